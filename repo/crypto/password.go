@@ -1,0 +1,167 @@
+package crypto
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+
+	"golang.org/x/term"
+)
+
+// Environment variables read by PasswordSource.
+const (
+	EnvPasswordFile = "STASIS_PASSWORD_FILE"
+	EnvPassword     = "STASIS_PASSWORD"
+)
+
+// ErrNoPassword means no password source was given and there is no terminal
+// to ask on. Its message lists the sources.
+var ErrNoPassword = errors.New("no password given: use --password-file FILE (or " + EnvPasswordFile +
+	"=FILE), --password-command CMD, or " + EnvPassword + "=PASSWORD, or run on a terminal to be asked")
+
+// PasswordSource says where a repository password comes from. Read tries, in
+// this order, and uses the first that is set:
+//
+//  1. File (the --password-file flag), or else the file named by STASIS_PASSWORD_FILE;
+//  2. Command (the --password-command flag), run with /bin/sh -c, its stdout;
+//  3. the STASIS_PASSWORD environment variable;
+//  4. a prompt without echo, when Stdin is a terminal.
+//
+// From a file or a command, one trailing newline ("\n" or "\r\n") is removed.
+// An empty password is an error.
+type PasswordSource struct {
+	// File is the --password-file flag; empty if not given.
+	File string
+	// Command is the --password-command flag; empty if not given.
+	Command string
+	// Env looks up environment variables; nil means os.Getenv.
+	Env func(string) string
+	// Stdin is where a prompt reads from, and the command's stdin; nil means
+	// none: no prompt is possible and the command gets no input.
+	Stdin *os.File
+	// Prompt is where the prompt is written; nil means os.Stderr.
+	Prompt io.Writer
+}
+
+// Read returns the password from the first source that is set (see
+// PasswordSource), asking with prompt on a terminal. With no source and no
+// terminal it returns an error matching ErrNoPassword.
+func (s PasswordSource) Read(ctx context.Context, prompt string) ([]byte, error) {
+	return s.read(ctx, prompt, false)
+}
+
+// ReadNew is Read for a new password (init, key add, key passwd): on a
+// terminal it asks twice and fails if the two answers differ. Other sources
+// are read once.
+func (s PasswordSource) ReadNew(ctx context.Context, prompt string) ([]byte, error) {
+	return s.read(ctx, prompt, true)
+}
+
+func (s PasswordSource) read(ctx context.Context, prompt string, confirm bool) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	env := s.Env
+	if env == nil {
+		env = os.Getenv
+	}
+	switch {
+	case s.File != "":
+		return readPasswordFile(s.File, "--password-file")
+	case env(EnvPasswordFile) != "":
+		return readPasswordFile(env(EnvPasswordFile), EnvPasswordFile)
+	case s.Command != "":
+		return s.runCommand(ctx)
+	case env(EnvPassword) != "":
+		return []byte(env(EnvPassword)), nil
+	case s.Stdin != nil && term.IsTerminal(int(s.Stdin.Fd())):
+		return s.prompt(prompt, confirm)
+	}
+	return nil, ErrNoPassword
+}
+
+func readPasswordFile(name, from string) ([]byte, error) {
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("read password file %s (from %s): %w", name, from, err)
+	}
+	pw := trimNewline(data)
+	if len(pw) == 0 {
+		return nil, fmt.Errorf("password file %s (from %s) is empty; put the password in it", name, from)
+	}
+	return pw, nil
+}
+
+// maxCommandStderr bounds how much of a failed command's stderr an error quotes.
+const maxCommandStderr = 1024
+
+func (s PasswordSource) runCommand(ctx context.Context) ([]byte, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", s.Command)
+	if s.Stdin != nil {
+		cmd.Stdin = s.Stdin
+	}
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if len(msg) > maxCommandStderr {
+			msg = msg[:maxCommandStderr] + "..."
+		}
+		if msg != "" {
+			msg = ": " + msg
+		}
+		return nil, fmt.Errorf("password command %q failed (%v)%s; fix the command given with --password-command", s.Command, err, msg)
+	}
+	pw := trimNewline(stdout.Bytes())
+	if len(pw) == 0 {
+		return nil, fmt.Errorf("password command %q printed no password", s.Command)
+	}
+	return pw, nil
+}
+
+func (s PasswordSource) prompt(prompt string, confirm bool) ([]byte, error) {
+	w := s.Prompt
+	if w == nil {
+		w = os.Stderr
+	}
+	ask := func(p string) ([]byte, error) {
+		fmt.Fprint(w, p)
+		pw, err := term.ReadPassword(int(s.Stdin.Fd()))
+		fmt.Fprintln(w)
+		if err != nil {
+			return nil, fmt.Errorf("read password from terminal: %w", err)
+		}
+		return pw, nil
+	}
+	pw, err := ask(prompt)
+	if err != nil {
+		return nil, err
+	}
+	if len(pw) == 0 {
+		return nil, errors.New("empty password refused")
+	}
+	if confirm {
+		again, err := ask("enter the password again: ")
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(pw, again) {
+			return nil, errors.New("the two passwords differ; nothing was changed, try again")
+		}
+	}
+	return pw, nil
+}
+
+// trimNewline removes one trailing "\n" or "\r\n".
+func trimNewline(b []byte) []byte {
+	if b, ok := bytes.CutSuffix(b, []byte("\n")); ok {
+		return bytes.TrimSuffix(b, []byte("\r"))
+	}
+	return b
+}
