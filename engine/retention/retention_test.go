@@ -146,8 +146,8 @@ func TestApplyBuckets(t *testing.T) {
 			policy: Policy{Daily: 3, Weekly: 2, Monthly: 3},
 			keep: []string{
 				"2027-01-09 02:00", "2027-01-08 02:00", "2027-01-07 02:00", // daily 3; weekly + monthly on the 9th
-				"2026-12-28 02:00",                     // weekly 2026-W53 and monthly 2026-12
-				"2026-11-20 02:00",                     // monthly 2026-11
+				"2026-12-28 02:00", // weekly 2026-W53 and monthly 2026-12
+				"2026-11-20 02:00", // monthly 2026-11
 			},
 		},
 	}
