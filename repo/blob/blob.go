@@ -60,3 +60,16 @@ func (t Type) String() string {
 
 // Valid reports whether t is a known type.
 func (t Type) Valid() bool { return t == Data || t == Tree }
+
+// MarshalText encodes the id as hex (used by JSON).
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText decodes the hex form.
+func (id *ID) UnmarshalText(b []byte) error {
+	v, err := ParseID(string(b))
+	if err != nil {
+		return err
+	}
+	*id = v
+	return nil
+}

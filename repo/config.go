@@ -1,0 +1,156 @@
+package repo
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/restic/chunker"
+)
+
+// FormatVersion is the repository format this code reads and writes.
+const FormatVersion = 1
+
+// ChunkProfile sets content-defined chunk boundaries. AvgBits gives an
+// average chunk size of 2^AvgBits bytes.
+type ChunkProfile struct {
+	Min     uint `json:"min"`
+	Max     uint `json:"max"`
+	AvgBits int  `json:"avg_bits"`
+}
+
+// Default chunk profiles: "default" ≈1 MiB for ordinary files, "db" ≈16 KiB
+// for page-structured database files updated in place.
+var (
+	ProfileDefault = ChunkProfile{Min: 512 << 10, Max: 8 << 20, AvgBits: 20}
+	ProfileDB      = ChunkProfile{Min: 4 << 10, Max: 64 << 10, AvgBits: 14}
+)
+
+// Config is the repository's `config` file (JSON). It is written once, by init.
+type Config struct {
+	Format            string                  `json:"format"` // always "stasis-config"
+	Version           int                     `json:"version"`
+	ID                string                  `json:"id"` // 32 hex digits
+	Created           time.Time               `json:"created"`
+	ChunkerPolynomial string                  `json:"chunker_polynomial"` // hex
+	IDKey             string                  `json:"id_key"`             // 64 hex digits: the BLAKE3 key for blob ids
+	Profiles          map[string]ChunkProfile `json:"profiles"`
+	DBGlobs           []string                `json:"db_globs"` // files chunked with profile "db"
+	Compression       string                  `json:"compression"`
+	CompressionLevel  int                     `json:"compression_level"` // zstd encoder level (1 fastest .. 4 best)
+	PackSize          int64                   `json:"pack_size"`         // target pack size in bytes
+}
+
+const configFormat = "stasis-config"
+
+// InitOptions tune a new repository. Zero values pick the defaults; tests set
+// Polynomial and IDKey to be deterministic.
+type InitOptions struct {
+	Polynomial chunker.Pol
+	IDKey      []byte
+	PackSize   int64
+	DBGlobs    []string
+	Now        time.Time
+}
+
+func newConfig(o InitOptions) (Config, error) {
+	var err error
+	pol := o.Polynomial
+	if pol == 0 {
+		if pol, err = chunker.RandomPolynomial(); err != nil {
+			return Config{}, fmt.Errorf("choose chunker polynomial: %w", err)
+		}
+	}
+	key := o.IDKey
+	if key == nil {
+		key = make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return Config{}, err
+		}
+	}
+	if len(key) != 32 {
+		return Config{}, fmt.Errorf("id key must be 32 bytes")
+	}
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return Config{}, err
+	}
+	c := Config{
+		Format: configFormat, Version: FormatVersion, ID: hex.EncodeToString(id),
+		Created: o.Now, ChunkerPolynomial: strconv.FormatUint(uint64(pol), 16),
+		IDKey:    hex.EncodeToString(key),
+		Profiles: map[string]ChunkProfile{"default": ProfileDefault, "db": ProfileDB},
+		DBGlobs:  o.DBGlobs, Compression: "zstd", CompressionLevel: 2, PackSize: o.PackSize,
+	}
+	if c.Created.IsZero() {
+		c.Created = time.Now()
+	}
+	if c.DBGlobs == nil {
+		c.DBGlobs = []string{"*.db"}
+	}
+	if c.PackSize == 0 {
+		c.PackSize = 16 << 20
+	}
+	return c, c.validate()
+}
+
+// DecodeConfig parses and validates a config file.
+func DecodeConfig(b []byte) (Config, error) {
+	var c Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("decode config: %w", err)
+	}
+	if c.Format != configFormat {
+		return c, fmt.Errorf("config: format %q is not %q", c.Format, configFormat)
+	}
+	if c.Version != FormatVersion {
+		return c, fmt.Errorf("config: %w %d (this stasis reads version %d; use a newer stasis)", ErrVersion, c.Version, FormatVersion)
+	}
+	return c, c.validate()
+}
+
+func (c Config) validate() error {
+	if _, err := c.polynomial(); err != nil {
+		return err
+	}
+	if k, err := hex.DecodeString(c.IDKey); err != nil || len(k) != 32 {
+		return fmt.Errorf("config: id_key is not 64 hex digits")
+	}
+	if len(c.ID) != 32 {
+		return fmt.Errorf("config: id %q is not 32 hex digits", c.ID)
+	}
+	for _, name := range []string{"default", "db"} {
+		p, ok := c.Profiles[name]
+		if !ok {
+			return fmt.Errorf("config: chunk profile %q missing", name)
+		}
+		if p.Min < 64 || p.Max < p.Min || p.Max > 64<<20 || p.AvgBits < 8 || p.AvgBits > 26 {
+			return fmt.Errorf("config: chunk profile %q has bad bounds %+v", name, p)
+		}
+	}
+	if c.Compression != "zstd" && c.Compression != "none" {
+		return fmt.Errorf("config: unknown compression %q", c.Compression)
+	}
+	if c.PackSize < 1<<16 || c.PackSize > 1<<30 {
+		return fmt.Errorf("config: pack_size %d out of range", c.PackSize)
+	}
+	return nil
+}
+
+func (c Config) polynomial() (chunker.Pol, error) {
+	v, err := strconv.ParseUint(c.ChunkerPolynomial, 16, 64)
+	if err != nil {
+		return 0, fmt.Errorf("config: chunker_polynomial %q: %w", c.ChunkerPolynomial, err)
+	}
+	p := chunker.Pol(v)
+	if !p.Irreducible() {
+		return 0, fmt.Errorf("config: chunker_polynomial %q is not irreducible", c.ChunkerPolynomial)
+	}
+	return p, nil
+}
+
+// Polynomial returns the chunker polynomial (validated at open).
+func (c Config) Polynomial() chunker.Pol { p, _ := c.polynomial(); return p }

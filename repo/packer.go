@@ -1,0 +1,148 @@
+package repo
+
+import (
+	"path"
+	"context"
+	"fmt"
+
+	"github.com/stasisbackup/stasis/repo/backend"
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/pack"
+)
+
+// packer appends blobs of one type to a pack in tmp/ and, when the pack is
+// full or on flush, finishes it: header, fsync, rename into packs/, fsync of
+// the directory, index update, and only then forgets the pending ids.
+type packer struct {
+	repo *Repository
+	typ  blob.Type
+
+	mu  chan struct{} // a 1-slot semaphore so waiting respects ctx
+	cur *openPackFile
+}
+
+type openPackFile struct {
+	f backend.File
+	w *pack.Writer
+}
+
+func (p *packer) lock(ctx context.Context) error {
+	select {
+	case p.mu <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (p *packer) unlock() { <-p.mu }
+
+func (p *packer) add(ctx context.Context, id blob.ID, s pack.Storage, rawLen int, data []byte) error {
+	if err := p.lock(ctx); err != nil {
+		return err
+	}
+	if p.cur == nil {
+		f, err := p.repo.fs.CreateTemp("tmp", "pack-*")
+		if err != nil {
+			p.unlock()
+			return fmt.Errorf("create pack in %s/tmp: %w", p.repo.dir, err)
+		}
+		w, err := pack.NewWriter(f)
+		if err != nil {
+			f.Close()
+			p.repo.fs.Remove(f.Name())
+			p.unlock()
+			return fmt.Errorf("write pack %s: %w", f.Name(), err)
+		}
+		p.cur = &openPackFile{f: f, w: w}
+	}
+	cur := p.cur
+	if err := cur.w.Add(id, p.typ, s, rawLen, data); err != nil {
+		p.cur = nil
+		p.unlock()
+		p.discard(cur)
+		return fmt.Errorf("pack %s: %w", cur.f.Name(), err)
+	}
+	var full *openPackFile
+	if int64(cur.w.Size()) >= p.repo.cfg.PackSize {
+		full, p.cur = cur, nil
+	}
+	p.unlock()
+	if full != nil {
+		return p.finish(full)
+	}
+	return nil
+}
+
+func (p *packer) flush(ctx context.Context) error {
+	if err := p.lock(ctx); err != nil {
+		return err
+	}
+	cur := p.cur
+	p.cur = nil
+	p.unlock()
+	if cur == nil {
+		return nil
+	}
+	return p.finish(cur)
+}
+
+// discard removes a pack that cannot be finished; its blobs are forgotten
+// so that a later save writes them again.
+func (p *packer) discard(o *openPackFile) {
+	o.f.Close()
+	p.repo.fs.Remove(o.f.Name())
+	p.repo.mu.Lock()
+	for _, e := range o.w.Entries() {
+		delete(p.repo.pending, e.ID)
+	}
+	p.repo.mu.Unlock()
+}
+
+func (p *packer) abort() {
+	if p.cur != nil {
+		p.discard(p.cur)
+		p.cur = nil
+	}
+}
+
+func (p *packer) finish(o *openPackFile) error {
+	r := p.repo
+	id, size, err := o.w.Finish(nil)
+	if err == nil {
+		err = o.f.Sync()
+		if err != nil {
+			err = fmt.Errorf("fsync: %w", err)
+		}
+	}
+	if err == nil {
+		err = o.f.Close()
+	}
+	if err != nil {
+		p.discard(o)
+		return fmt.Errorf("finish pack %s in %s: %w", o.f.Name(), r.dir, err)
+	}
+	name := PackName(id)
+	if err := r.fs.MkdirAll(path.Dir(name)); err != nil {
+		p.discard(o)
+		return fmt.Errorf("finish pack %s: %w", id, err)
+	}
+	if err := r.fs.Rename(o.f.Name(), name); err != nil {
+		p.discard(o)
+		return fmt.Errorf("rename pack %s into place: %w", id, err)
+	}
+	if err := r.fs.SyncDir(path.Dir(name)); err != nil {
+		return fmt.Errorf("fsync directory of pack %s: %w", id, err)
+	}
+	entries := o.w.Entries()
+	if err := r.idx.AddPack(id, size, entries); err != nil {
+		return fmt.Errorf("index pack %s: %w (run `stasis repair index`)", id, err)
+	}
+	r.mu.Lock()
+	for _, e := range entries {
+		delete(r.pending, e.ID)
+	}
+	r.mu.Unlock()
+	return nil
+}
+
