@@ -1,0 +1,216 @@
+package quiesce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Freeze is how the quiesced files are held still during capture.
+type Freeze string
+
+// Freeze modes (see the package comment).
+const (
+	FreezeStop    Freeze = "stop"
+	FreezeCopy    Freeze = "copy"
+	FreezeReflink Freeze = "reflink"
+)
+
+// OnOpen says what to do when a quiesced file is still open for writing
+// after the quiesce hook.
+type OnOpen string
+
+// OnOpen policies.
+const (
+	OnOpenWarn OnOpen = "warn"
+	OnOpenFail OnOpen = "fail"
+)
+
+// Options configure Run. The zero value (plus Paths) runs no hooks, freeze
+// stop, on-open warn.
+type Options struct {
+	Repository   string   // passed to hooks as STASIS_REPO
+	Paths        []string // backup paths: STASIS_PATHS, and where quiesced files are looked for
+	QuiescePaths []string // globs selecting the quiesced files (see QuiescedFiles); none = all files
+	Quiesce      string   // shell command run before capture; "" = none
+	Resume       string   // shell command run after; "" = none
+	HookTimeout  time.Duration
+	KillGrace    time.Duration
+	Freeze       Freeze // "" = stop
+	// Staging is the directory under which copy and reflink modes create
+	// their temporary staging directory. "" = beside the repository (its
+	// parent directory), or os.TempDir() without a repository. For reflink
+	// it must be on the same filesystem as the data.
+	Staging string
+	OnOpen  OnOpen    // "" = warn
+	Log     io.Writer // hook output and progress lines; nil = discard
+}
+
+// Report is what quiescing did; it is stored in the snapshot and shown by
+// `stasis snapshots --json` as the "quiesce" object. Slices are never nil,
+// so they serialise as [] rather than null.
+type Report struct {
+	FreezeRequested Freeze        `json:"freeze_requested"`
+	Freeze          Freeze        `json:"freeze"` // mode actually used
+	Downtime        time.Duration `json:"-"`
+	// DowntimeSeconds is from the start of the quiesce hook to the end of the
+	// resume hook; 0 when no hooks were given.
+	DowntimeSeconds float64      `json:"downtime_seconds"`
+	QuiescedFiles   int          `json:"quiesced_files"`
+	Hooks           []HookResult `json:"hooks"`
+	OpenWriters     []Holder     `json:"open_writers"`
+	Warnings        []string     `json:"warnings"`
+}
+
+// Run quiesces, lets capture read the files, and resumes; see the package
+// comment for the modes and the exactly-once resume guarantee. capture is
+// called at most once, on the calling goroutine, with ctx; it is not called
+// when quiescing, staging or the open-writer check failed. Run returns the
+// Report in every case, and an error wrapping ErrQuiesceFailed,
+// ErrOpenWriters, ErrResumeFailed, ctx.Err() or capture's error (joined with
+// errors.Join when there are several).
+func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s *Stage) error) (rep Report, err error) {
+	if opts.Freeze == "" {
+		opts.Freeze = FreezeStop
+	}
+	if opts.OnOpen == "" {
+		opts.OnOpen = OnOpenWarn
+	}
+	rep = Report{FreezeRequested: opts.Freeze, Freeze: opts.Freeze,
+		Hooks: []HookResult{}, OpenWriters: []Holder{}, Warnings: []string{}}
+	switch opts.Freeze {
+	case FreezeStop, FreezeCopy, FreezeReflink:
+	default:
+		return rep, fmt.Errorf("freeze mode %q: want stop, copy or reflink", opts.Freeze)
+	}
+	if opts.OnOpen != OnOpenWarn && opts.OnOpen != OnOpenFail {
+		return rep, fmt.Errorf("on-open policy %q: want warn or fail", opts.OnOpen)
+	}
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	files, err := QuiescedFiles(opts.Paths, opts.QuiescePaths)
+	if err != nil {
+		return rep, err
+	}
+	rep.QuiescedFiles = len(files)
+	if err := ctx.Err(); err != nil {
+		return rep, err
+	}
+
+	var mu sync.Mutex // guards rep while Stage.Resume may run on capture's goroutines
+	hooked := opts.Quiesce != "" || opts.Resume != ""
+	start := time.Now()
+	var (
+		once      sync.Once
+		resumeErr error
+	)
+	resume := func() error {
+		once.Do(func() {
+			if opts.Resume != "" {
+				res, err := RunHook(context.WithoutCancel(ctx), opts.hook(PhaseResume, opts.Resume), opts.Log)
+				mu.Lock()
+				rep.Hooks = append(rep.Hooks, res)
+				mu.Unlock()
+				if err != nil {
+					resumeErr = fmt.Errorf("%w: %w", ErrResumeFailed, err)
+				}
+			}
+			if hooked {
+				mu.Lock()
+				rep.Downtime = time.Since(start)
+				rep.DowntimeSeconds = rep.Downtime.Seconds()
+				mu.Unlock()
+			}
+		})
+		return resumeErr
+	}
+	// Whatever happens below, including a panic in capture, resume once.
+	defer func() {
+		if rerr := resume(); rerr != nil {
+			mu.Lock()
+			rep.Warnings = append(rep.Warnings, rerr.Error())
+			mu.Unlock()
+			if !errors.Is(err, ErrResumeFailed) {
+				err = errors.Join(err, rerr)
+			}
+		}
+	}()
+
+	if opts.Quiesce != "" {
+		res, qerr := RunHook(ctx, opts.hook(PhaseQuiesce, opts.Quiesce), opts.Log)
+		rep.Hooks = append(rep.Hooks, res)
+		if qerr != nil {
+			return rep, fmt.Errorf("%w: %w", ErrQuiesceFailed, qerr)
+		}
+	}
+
+	holders, oerr := OpenWriters(ctx, files)
+	if oerr != nil {
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("open-file check: %v", oerr))
+	}
+	if len(holders) > 0 {
+		rep.OpenWriters = holders
+		for _, h := range holders {
+			rep.Warnings = append(rep.Warnings, h.String()+" after quiesce: the service was not stopped from writing it")
+		}
+		if opts.OnOpen == OnOpenFail {
+			return rep, fmt.Errorf("%w: %s (and %d more); make the quiesce hook stop the writer, or use --on-open warn",
+				ErrOpenWriters, holders[0], len(holders)-1)
+		}
+	}
+
+	if opts.Freeze == FreezeStop {
+		stage := &Stage{Freeze: FreezeStop, Files: files, resume: resume}
+		if cerr := capture(ctx, stage); cerr != nil {
+			return rep, cerr
+		}
+		return rep, resume()
+	}
+
+	dir, err := os.MkdirTemp(opts.stagingParent(), "stasis-stage-")
+	if err != nil {
+		return rep, fmt.Errorf("create staging directory: %w (set --staging to a writable directory)", err)
+	}
+	defer func() {
+		if rerr := os.RemoveAll(dir); rerr != nil {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("remove staging directory: %v", rerr))
+		}
+	}()
+	fmt.Fprintf(opts.Log, "stasis: staging %d quiesced files in %s (%s)\n", len(files), dir, opts.Freeze)
+	staged, used, warns, err := stageFiles(ctx, files, dir, opts.Freeze)
+	rep.Freeze = used
+	rep.Warnings = append(rep.Warnings, warns...)
+	if err != nil {
+		return rep, err
+	}
+	rerr := resume()
+	if cerr := capture(ctx, &Stage{Freeze: used, Files: files, staged: staged}); cerr != nil {
+		return rep, errors.Join(cerr, rerr)
+	}
+	return rep, rerr
+}
+
+func (o Options) hook(p Phase, cmd string) Hook {
+	return Hook{Phase: p, Command: cmd, Timeout: o.HookTimeout, Grace: o.KillGrace,
+		Repo: o.Repository, Paths: o.Paths}
+}
+
+func (o Options) stagingParent() string {
+	switch {
+	case o.Staging != "":
+		return o.Staging
+	case o.Repository != "":
+		return filepath.Dir(filepath.Clean(o.Repository))
+	default:
+		return os.TempDir()
+	}
+}

@@ -1,0 +1,207 @@
+package quiesce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Stage is what capture is given: which files were quiesced and where to read
+// each one. Its methods are safe for concurrent use.
+type Stage struct {
+	// Freeze is the mode in effect: stop, copy, or reflink (never reflink
+	// when the fallback to copy happened).
+	Freeze Freeze
+	// Files are the quiesced files, cleaned, sorted, as found by walking
+	// Options.Paths.
+	Files []string
+
+	staged map[string]string
+	resume func() error
+}
+
+// Path returns where to read the file named orig: its staged copy in copy and
+// reflink modes, orig itself otherwise (stop mode, or a file not quiesced).
+// Record orig, not the returned path, in the snapshot.
+func (s *Stage) Path(orig string) string {
+	if p, ok := s.staged[filepath.Clean(orig)]; ok {
+		return p
+	}
+	return orig
+}
+
+// Quiesced reports whether orig is one of the quiesced files.
+func (s *Stage) Quiesced(orig string) bool {
+	i := sort.SearchStrings(s.Files, filepath.Clean(orig))
+	return i < len(s.Files) && s.Files[i] == filepath.Clean(orig)
+}
+
+// Resume ends the quiesced window early in stop mode: capture calls it once
+// it has read every file in Files, and Run does not resume again. It runs
+// the resume hook and returns its error (also reported by Run). In copy and
+// reflink modes the service was resumed before capture and Resume does
+// nothing; repeated calls return the first call's result.
+func (s *Stage) Resume() error {
+	if s.resume == nil {
+		return nil
+	}
+	return s.resume()
+}
+
+// QuiescedFiles walks paths (files or directories, symlinks not followed) and
+// returns the regular files matching any of globs, cleaned and sorted. A glob
+// without a slash matches the base name (X500.*), one with a slash matches
+// the absolute path (/srv/zoomserv/*.db). No globs means every file.
+func QuiescedFiles(paths, globs []string) ([]string, error) {
+	for _, g := range globs {
+		if _, err := filepath.Match(g, ""); err != nil {
+			return nil, fmt.Errorf("quiesce path glob %q: %w", g, err)
+		}
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, root := range paths {
+		err := filepath.WalkDir(filepath.Clean(root), func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return fmt.Errorf("find quiesced files: %w", err)
+			}
+			if !d.Type().IsRegular() || seen[p] {
+				return nil
+			}
+			if len(globs) > 0 && !matchAny(p, globs) {
+				return nil
+			}
+			seen[p] = true
+			out = append(out, p)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func matchAny(p string, globs []string) bool {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		abs = p
+	}
+	for _, g := range globs {
+		subject := filepath.Base(p)
+		if strings.Contains(g, "/") {
+			subject = abs
+		}
+		if ok, _ := filepath.Match(g, subject); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// stageFiles copies (or clones) files into dir. It returns the mapping, the
+// mode used, and warnings for a reflink that fell back to copy.
+func stageFiles(ctx context.Context, files []string, dir string, mode Freeze) (map[string]string, Freeze, []string, error) {
+	staged := make(map[string]string, len(files))
+	var warnings []string
+	for i, src := range files {
+		if err := ctx.Err(); err != nil {
+			return nil, mode, warnings, err
+		}
+		sub := filepath.Join(dir, strconv.Itoa(i))
+		if err := os.Mkdir(sub, 0o700); err != nil {
+			return nil, mode, warnings, fmt.Errorf("staging %s: %w", src, err)
+		}
+		dst := filepath.Join(sub, filepath.Base(src))
+		if err := stageFile(ctx, src, dst, mode == FreezeReflink); err != nil {
+			var ce *cloneError
+			if !errors.As(err, &ce) {
+				return nil, mode, warnings, err
+			}
+			warnings = append(warnings, fmt.Sprintf("freeze reflink: %v; falling back to copy for the remaining files (use XFS or btrfs, with --staging on the same filesystem as the data)", ce))
+			mode = FreezeCopy
+			if err := stageFile(ctx, src, dst, false); err != nil {
+				return nil, mode, warnings, err
+			}
+		}
+		staged[src] = dst
+	}
+	return staged, mode, warnings, nil
+}
+
+// cloneError is a FICLONE the filesystem refused; the caller falls back.
+type cloneError struct {
+	src, dst string
+	err      error
+}
+
+func (e *cloneError) Error() string {
+	return fmt.Sprintf("cannot clone %s to %s: %v", e.src, e.dst, e.err)
+}
+
+// stageFile copies src to a new file dst keeping mode and times; with
+// reflink it clones instead and returns a *cloneError when the filesystem
+// refuses (dst is removed then).
+func stageFile(ctx context.Context, src, dst string, reflink bool) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("stage %s: %w", src, err)
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return fmt.Errorf("stage %s: %w", src, err)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("stage %s: create copy: %w (check --staging)", src, err)
+	}
+	if reflink {
+		if cerr := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); cerr != nil {
+			out.Close()
+			os.Remove(dst)
+			return &cloneError{src: src, dst: dst, err: cerr}
+		}
+	} else if _, err := io.Copy(out, ctxReader{ctx, in}); err != nil {
+		out.Close()
+		return fmt.Errorf("stage %s: copy to %s: %w", src, dst, err)
+	}
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("stage %s: close copy %s: %w", src, dst, err)
+	}
+	if err := os.Chmod(dst, fi.Mode()&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)); err != nil {
+		return fmt.Errorf("stage %s: %w", src, err)
+	}
+	atime := fi.ModTime()
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		atime = time.Unix(st.Atim.Sec, st.Atim.Nsec)
+	}
+	if err := os.Chtimes(dst, atime, fi.ModTime()); err != nil {
+		return fmt.Errorf("stage %s: %w", src, err)
+	}
+	return nil
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
