@@ -246,3 +246,21 @@ func FuzzOpenKeyFile(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkOpenKeyFileTuned measures opening a key file made with
+// TuneKDF(500ms) on this machine and reports the parameters chosen.
+func BenchmarkOpenKeyFileTuned(b *testing.B) {
+	p := TuneKDF(500 * time.Millisecond)
+	data, err := NewKeyFile(newKey(b), []byte("pw"), p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := OpenKeyFile(data, []byte("pw")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(p.Time), "passes")
+	b.ReportMetric(float64(p.MemoryKiB>>10), "MiB")
+	b.ReportMetric(float64(p.Threads), "threads")
+}
