@@ -78,7 +78,7 @@ func TestHookCancelled(t *testing.T) {
 		r.Read(buf)
 		cancel()
 	}()
-	h := Hook{Phase: PhaseQuiesce, Timeout: time.Minute, Grace: time.Second, }
+	h := Hook{Phase: PhaseQuiesce, Timeout: time.Minute, Grace: time.Second}
 	h.Command = "echo x > /proc/" + strconv.Itoa(os.Getpid()) + "/fd/" + strconv.Itoa(int(w.Fd())) + "; exec sleep 60"
 	res, err := RunHook(ctx, h, nil)
 	w.Close()

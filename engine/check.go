@@ -1,0 +1,241 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/index"
+	"github.com/stasisbackup/stasis/repo/pack"
+	"github.com/stasisbackup/stasis/repo/tree"
+	"github.com/zeebo/blake3"
+)
+
+// CheckOptions tune Check.
+type CheckOptions struct {
+	ReadData bool // read every pack, verify its hash, header and every blob
+	// Log, when set, receives one line per phase.
+	Log io.Writer
+}
+
+// CheckReport lists what is wrong. Errors are damage (something cannot be
+// restored or the repository is inconsistent); Warnings are harmless leftovers.
+type CheckReport struct {
+	Snapshots, Trees, Packs int
+	Errors                  []string
+	Warnings                []string
+}
+
+// OK reports whether no damage was found.
+func (r *CheckReport) OK() bool { return len(r.Errors) == 0 }
+
+// Check verifies the repository: every indexed pack exists with its recorded
+// size, every snapshot's trees decode and every blob they reference is
+// indexed; with ReadData every pack is read and every blob decoded and
+// re-hashed. Damage is named by pack, blob, snapshot and file path.
+func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckReport, error) {
+	rep := &CheckReport{}
+	logf := func(format string, args ...any) {
+		if o.Log != nil {
+			fmt.Fprintf(o.Log, format+"\n", args...)
+		}
+	}
+	fsys := r.FS()
+
+	logf("checking packs")
+	onDisk := map[blob.ID]int64{}
+	dirs, err := fsys.ReadDir("packs")
+	if err != nil {
+		return nil, fmt.Errorf("list packs: %w", err)
+	}
+	for _, d := range dirs {
+		ents, err := fsys.ReadDir(path.Join("packs", d.Name()))
+		if err != nil {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("packs/%s: %v", d.Name(), err))
+			continue
+		}
+		for _, e := range ents {
+			id, err := blob.ParseID(e.Name())
+			if err != nil || !strings.HasPrefix(e.Name(), d.Name()) {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("packs/%s/%s: not a pack file name", d.Name(), e.Name()))
+				continue
+			}
+			fi, err := e.Info()
+			if err != nil {
+				rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: %v", id, err))
+				continue
+			}
+			onDisk[id] = fi.Size()
+		}
+	}
+	damaged := map[blob.ID]string{} // blob → why
+	missing := map[blob.ID]bool{}   // packs whose blobs cannot be read
+	idx := r.Index()
+	err = idx.EachPack(func(id blob.ID, info index.PackInfo) error {
+		rep.Packs++
+		size, ok := onDisk[id]
+		delete(onDisk, id)
+		switch {
+		case !ok:
+			missing[id] = true
+			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s is missing (its blobs are lost; restore the file from a copy or tape)", id))
+		case uint64(size) != info.Size:
+			missing[id] = true
+			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s has %d bytes, the index says %d (truncated or overwritten)", id, size, info.Size))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for id := range onDisk {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("pack %s is not in the index (left by an interrupted backup; `stasis repair index` adopts it)", id))
+	}
+	if tmp, err := fsys.ReadDir("tmp"); err == nil {
+		for _, e := range tmp {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("tmp/%s: leftover temporary file (safe to delete when no stasis runs)", e.Name()))
+		}
+	}
+	if len(missing) > 0 {
+		idx.EachBlob(func(id blob.ID, loc index.Location) error {
+			if missing[loc.Pack] {
+				damaged[id] = fmt.Sprintf("in damaged pack %s", loc.Pack.Short())
+			}
+			return nil
+		})
+	}
+
+	if o.ReadData {
+		logf("reading all packs")
+		err := idx.EachPack(func(id blob.ID, info index.PackInfo) error {
+			if missing[id] {
+				return nil
+			}
+			for bid, why := range readPack(ctx, r, id, rep) {
+				damaged[bid] = why
+			}
+			return ctx.Err()
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	logf("checking snapshots")
+	snaps, bad, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range bad {
+		rep.Errors = append(rep.Errors, e.Error())
+	}
+	seen := map[blob.ID]bool{}
+	for _, sn := range snaps {
+		rep.Snapshots++
+		if _, err := r.LoadSnapshot(ctx, sn.ID); err != nil {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("snapshot %s: %v", sn.ID.Short(), err))
+		}
+		checkTree(ctx, r, sn, "/", sn.Tree, seen, damaged, rep)
+	}
+	return rep, nil
+}
+
+// readPack verifies one pack and returns its damaged blobs.
+func readPack(ctx context.Context, r *repo.Repository, id blob.ID, rep *CheckReport) map[blob.ID]string {
+	bad := map[blob.ID]string{}
+	f, err := r.FS().Open(repo.PackName(id))
+	if err != nil {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: %v", id, err))
+		return bad
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: read: %v", id, err))
+		return bad
+	}
+	if blob.ID(blake3.Sum256(data)) != id {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: content does not match its name (bit rot or tampering)", id))
+	}
+	entries, err := pack.ReadHeader(bytesReaderAt(data), int64(len(data)), nil)
+	if err != nil {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: header: %v", id, err))
+		// Fall back to the index's view to test each blob.
+		r.Index().EachBlob(func(bid blob.ID, loc index.Location) error {
+			if loc.Pack == id {
+				entries = append(entries, pack.Entry{ID: bid, Type: loc.Type, Storage: loc.Storage, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength})
+			}
+			return nil
+		})
+	}
+	for _, e := range entries {
+		loc, ok, err := r.Index().Lookup(e.ID)
+		if err == nil && ok && loc.Pack == id && (loc.Offset != e.Offset || loc.Length != e.Length) {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: index entry of blob %s disagrees with the pack header (run `stasis repair index`)", id.Short(), e.ID))
+		}
+		if e.Offset+uint64(e.Length) > uint64(len(data)) {
+			bad[e.ID] = fmt.Sprintf("cut off in pack %s", id.Short())
+			continue
+		}
+		if _, err := r.DecodeBlob(e.ID, e.Storage, int(e.RawLength), data[e.Offset:e.Offset+uint64(e.Length)], nil); err != nil {
+			bad[e.ID] = fmt.Sprintf("corrupt in pack %s", id.Short())
+			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: %v", id.Short(), err))
+		}
+	}
+	return bad
+}
+
+type bytesReaderAt []byte
+
+func (b bytesReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func checkTree(ctx context.Context, r *repo.Repository, sn *repo.Snapshot, dir string, id blob.ID, seen map[blob.ID]bool, damaged map[blob.ID]string, rep *CheckReport) {
+	if seen[id] && len(damaged) == 0 {
+		return
+	}
+	seen[id] = true
+	rep.Trees++
+	t, err := r.LoadTree(ctx, id)
+	if err != nil {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("snapshot %s: directory %s cannot be read: %v", sn.ID.Short(), dir, err))
+		return
+	}
+	for _, n := range t.Nodes {
+		p := filepath.Join(dir, n.Name)
+		switch n.Kind {
+		case tree.Dir:
+			checkTree(ctx, r, sn, p, n.Subtree, seen, damaged, rep)
+		case tree.File:
+			var problems []string
+			for _, e := range n.Content {
+				if e.Hole {
+					continue
+				}
+				if why, ok := damaged[e.ID]; ok {
+					problems = append(problems, fmt.Sprintf("chunk %s %s", e.ID.Short(), why))
+				} else if ok, err := r.HasBlob(e.ID); err != nil || !ok {
+					problems = append(problems, fmt.Sprintf("chunk %s is not in the index", e.ID.Short()))
+				}
+			}
+			if len(problems) > 0 {
+				sort.Strings(problems)
+				rep.Errors = append(rep.Errors, fmt.Sprintf("snapshot %s: file %s cannot be restored: %s", sn.ID.Short(), p, strings.Join(problems, "; ")))
+			}
+		}
+	}
+}

@@ -1,0 +1,401 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/tree"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+)
+
+// RestoreRepo is what a restore needs from the repository.
+type RestoreRepo interface {
+	LoadTree(ctx context.Context, id blob.ID) (*tree.Tree, error)
+	LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]byte, error)
+}
+
+var _ RestoreRepo = (*repo.Repository)(nil)
+
+// RestoreOptions say where and what to restore.
+type RestoreOptions struct {
+	Target    string   // directory to restore into; backed-up paths are recreated below it
+	Includes  []string // snapshot paths (absolute, as backed up) to restore; none: everything
+	Overwrite bool     // allow a non-empty target; existing files are replaced
+	Workers   int      // files written at once (default 4)
+	// Progress, when set, is called after each file with the running totals.
+	Progress func(files, bytes int64)
+}
+
+// RestoreResult counts what was restored and lists what was not.
+type RestoreResult struct {
+	Files, Dirs, Others, Bytes int64
+	Problems                   []repo.Problem
+}
+
+// ErrRestoreIncomplete is matched when some files could not be restored;
+// RestoreResult.Problems names each one.
+var ErrRestoreIncomplete = errors.New("restore is incomplete")
+
+// ErrTargetNotEmpty is matched when the target has files and Overwrite is false.
+var ErrTargetNotEmpty = errors.New("target directory is not empty")
+
+type restorer struct {
+	repo     RestoreRepo
+	opts     RestoreOptions
+	target   string
+	includes []string
+	isRoot   bool
+
+	mu       sync.Mutex
+	problems []repo.Problem
+	dirs     []dirMeta
+	links    map[[2]uint64]string // (device, inode) → restored path of the first name
+	pending  []linkJob
+
+	files, ndirs, others, bytes, selected atomic.Int64
+}
+
+type dirMeta struct {
+	path string
+	node tree.Node
+}
+
+type linkJob struct {
+	path, first string
+	node        tree.Node
+}
+
+type restoreJob struct {
+	path, src string
+	node      tree.Node
+}
+
+// Restore writes the snapshot's files below opts.Target. Every chunk is
+// verified (LoadBlob hashes it) before it is written; each file is written
+// under a temporary name and renamed when complete; metadata is applied after
+// content, and to directories after their contents. Files that cannot be
+// restored are listed and the error matches ErrRestoreIncomplete.
+func Restore(ctx context.Context, r RestoreRepo, sn *repo.Snapshot, opts RestoreOptions) (*RestoreResult, error) {
+	if opts.Target == "" {
+		return nil, errors.New("restore: no target directory given")
+	}
+	target, err := filepath.Abs(opts.Target)
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareTarget(target, opts.Overwrite); err != nil {
+		return nil, err
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 4
+	}
+	rs := &restorer{repo: r, opts: opts, target: target, isRoot: os.Geteuid() == 0, links: map[[2]uint64]string{}}
+	for _, inc := range opts.Includes {
+		rs.includes = append(rs.includes, filepath.Clean("/"+inc))
+	}
+	root, err := r.LoadTree(ctx, sn.Tree)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
+	}
+	jobs := make(chan restoreJob, 2*opts.Workers)
+	g, gctx := errgroup.WithContext(ctx)
+	for i := 0; i < opts.Workers; i++ {
+		g.Go(func() error {
+			buf := make([]byte, 0, 1<<20)
+			for j := range jobs {
+				buf = rs.restoreFile(gctx, j, buf)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		defer close(jobs)
+		return rs.walk(gctx, "/", root, jobs)
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if len(rs.includes) > 0 && rs.selected.Load() == 0 {
+		return nil, fmt.Errorf("restore: nothing in snapshot %s matches %s (see `stasis ls %s`)", sn.ID.Short(), strings.Join(opts.Includes, ", "), sn.ID.Short())
+	}
+	for _, l := range rs.pending {
+		rs.restoreLink(l)
+	}
+	// Directory metadata last, deepest first, so writing inside them is done.
+	sort.Slice(rs.dirs, func(i, j int) bool { return len(rs.dirs[i].path) > len(rs.dirs[j].path) })
+	for _, d := range rs.dirs {
+		if err := rs.applyMeta(d.path, &d.node); err != nil {
+			rs.problem(d.path, err)
+		}
+	}
+	res := &RestoreResult{Files: rs.files.Load(), Dirs: rs.ndirs.Load(), Others: rs.others.Load(), Bytes: rs.bytes.Load(), Problems: rs.problems}
+	sort.Slice(res.Problems, func(i, j int) bool { return res.Problems[i].Path < res.Problems[j].Path })
+	if len(res.Problems) > 0 {
+		return res, fmt.Errorf("%w: %d files could not be restored", ErrRestoreIncomplete, len(res.Problems))
+	}
+	return res, nil
+}
+
+func prepareTarget(target string, overwrite bool) error {
+	ents, err := os.ReadDir(target)
+	if errors.Is(err, fs.ErrNotExist) {
+		return os.MkdirAll(target, 0o700)
+	}
+	if err != nil {
+		return fmt.Errorf("restore target %s: %w", target, err)
+	}
+	if len(ents) > 0 && !overwrite {
+		return fmt.Errorf("%s: %w (choose an empty directory, or give --overwrite to replace files in it)", target, ErrTargetNotEmpty)
+	}
+	return nil
+}
+
+func (rs *restorer) problem(path string, err error) {
+	rs.mu.Lock()
+	rs.problems = append(rs.problems, repo.Problem{Path: path, Kind: "unrestored", Error: err.Error()})
+	rs.mu.Unlock()
+}
+
+// wanted tells whether a snapshot path is selected (inside an include) and
+// whether it leads to one (an ancestor of an include).
+func (rs *restorer) wanted(p string) (selected, leads bool) {
+	if len(rs.includes) == 0 {
+		return true, true
+	}
+	for _, inc := range rs.includes {
+		if p == inc || inc == "/" || strings.HasPrefix(p, inc+"/") {
+			return true, true
+		}
+		if strings.HasPrefix(inc, p+"/") || p == "/" {
+			leads = true
+		}
+	}
+	return false, leads
+}
+
+func (rs *restorer) walk(ctx context.Context, dir string, t *tree.Tree, jobs chan<- restoreJob) error {
+	for _, n := range t.Nodes {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		src := filepath.Join(dir, n.Name)
+		selected, leads := rs.wanted(src)
+		if !selected && !(leads && n.Kind == tree.Dir) {
+			continue
+		}
+		if selected {
+			rs.selected.Add(1)
+		}
+		dst := filepath.Join(rs.target, src)
+		switch n.Kind {
+		case tree.Dir:
+			if err := rs.mkdir(dst); err != nil {
+				rs.problem(src, err)
+				continue
+			}
+			rs.mu.Lock()
+			rs.dirs = append(rs.dirs, dirMeta{dst, n})
+			rs.mu.Unlock()
+			rs.ndirs.Add(1)
+			if n.Flags&tree.Unreadable != 0 {
+				rs.problem(src, fmt.Errorf("directory was unreadable at backup time: %s", n.Error))
+			}
+			sub, err := rs.repo.LoadTree(ctx, n.Subtree)
+			if err != nil {
+				rs.problem(src, fmt.Errorf("directory contents cannot be restored: %w", err))
+				continue
+			}
+			if err := rs.walk(ctx, src, sub, jobs); err != nil {
+				return err
+			}
+		case tree.File:
+			if n.Flags&tree.Unreadable != 0 {
+				rs.problem(src, fmt.Errorf("file was unreadable at backup time: %s", n.Error))
+				continue
+			}
+			if n.Links > 1 {
+				key := [2]uint64{n.Device, n.Inode}
+				rs.mu.Lock()
+				first, seen := rs.links[key]
+				if !seen {
+					rs.links[key] = dst
+				} else {
+					rs.pending = append(rs.pending, linkJob{path: dst, first: first, node: n})
+				}
+				rs.mu.Unlock()
+				if seen {
+					continue
+				}
+			}
+			select {
+			case jobs <- restoreJob{path: dst, src: src, node: n}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		default:
+			if err := rs.restoreSpecial(dst, &n); err != nil {
+				rs.problem(src, err)
+				continue
+			}
+			rs.others.Add(1)
+		}
+	}
+	return nil
+}
+
+func (rs *restorer) mkdir(p string) error {
+	fi, err := os.Lstat(p)
+	if err == nil && fi.IsDir() {
+		return nil
+	}
+	if err == nil {
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+	}
+	return os.MkdirAll(p, 0o700)
+}
+
+// restoreFile writes one file via a temporary name. A chunk that is missing
+// or fails verification leaves no file behind and is reported.
+func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) []byte {
+	dir, name := filepath.Split(j.path)
+	f, err := os.CreateTemp(dir, ".stasis-restore-*")
+	if err != nil {
+		rs.problem(j.src, err)
+		return buf
+	}
+	tmp := f.Name()
+	fail := func(err error) {
+		f.Close()
+		os.Remove(tmp)
+		rs.problem(j.src, err)
+	}
+	var off int64
+	for _, e := range j.node.Content {
+		if e.Hole {
+			off += int64(e.Length)
+			continue
+		}
+		data, err := rs.repo.LoadBlob(ctx, e.ID, buf)
+		if err != nil {
+			fail(fmt.Errorf("chunk at offset %d: %w", off, err))
+			return buf
+		}
+		buf = data
+		if uint64(len(data)) != e.Length {
+			fail(fmt.Errorf("chunk %s at offset %d has %d bytes, tree says %d", e.ID.Short(), off, len(data), e.Length))
+			return buf
+		}
+		if _, err := f.WriteAt(data, off); err != nil {
+			fail(fmt.Errorf("write %s: %w", j.path, err))
+			return buf
+		}
+		off += int64(len(data))
+	}
+	if err := f.Truncate(int64(j.node.Size)); err != nil {
+		fail(err)
+		return buf
+	}
+	if err := f.Close(); err != nil {
+		fail(err)
+		return buf
+	}
+	if err := rs.applyMeta(tmp, &j.node); err != nil {
+		fail(err)
+		return buf
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		os.Remove(tmp)
+		rs.problem(j.src, err)
+		return buf
+	}
+	if j.node.Flags&tree.Changed != 0 {
+		rs.problem(j.src, fmt.Errorf("restored, but it was changing while backed up: it may be inconsistent"))
+	}
+	rs.files.Add(1)
+	rs.bytes.Add(int64(j.node.Size))
+	if rs.opts.Progress != nil {
+		rs.opts.Progress(rs.files.Load(), rs.bytes.Load())
+	}
+	return buf
+}
+
+func (rs *restorer) restoreLink(l linkJob) {
+	src := strings.TrimPrefix(l.path, rs.target)
+	if _, err := os.Lstat(l.first); err != nil {
+		rs.problem(src, fmt.Errorf("hard link to %s: the first name was not restored", strings.TrimPrefix(l.first, rs.target)))
+		return
+	}
+	os.Remove(l.path)
+	if err := os.Link(l.first, l.path); err != nil {
+		rs.problem(src, err)
+		return
+	}
+	rs.files.Add(1)
+}
+
+func (rs *restorer) restoreSpecial(p string, n *tree.Node) error {
+	if fi, err := os.Lstat(p); err == nil {
+		if fi.IsDir() {
+			if err := os.RemoveAll(p); err != nil {
+				return err
+			}
+		} else if err := os.Remove(p); err != nil {
+			return err
+		}
+	}
+	var err error
+	switch n.Kind {
+	case tree.Symlink:
+		err = os.Symlink(n.LinkTarget, p)
+	case tree.FIFO:
+		err = unix.Mkfifo(p, 0o600)
+	case tree.CharDev:
+		err = unix.Mknod(p, unix.S_IFCHR|0o600, int(n.Rdev))
+	case tree.BlockDev:
+		err = unix.Mknod(p, unix.S_IFBLK|0o600, int(n.Rdev))
+	case tree.Socket:
+		err = unix.Mknod(p, unix.S_IFSOCK|0o600, 0)
+	default:
+		err = fmt.Errorf("unknown entry kind %s", n.Kind)
+	}
+	if err != nil {
+		if errors.Is(err, unix.EPERM) && !rs.isRoot {
+			return fmt.Errorf("create %s: %w (creating device nodes needs root)", n.Kind, err)
+		}
+		return fmt.Errorf("create %s: %w", n.Kind, err)
+	}
+	return rs.applyMeta(p, n)
+}
+
+// applyMeta sets owner (when root), mode and times, in that order (chown
+// clears setuid bits).
+func (rs *restorer) applyMeta(p string, n *tree.Node) error {
+	if rs.isRoot {
+		if err := os.Lchown(p, int(n.UID), int(n.GID)); err != nil {
+			return fmt.Errorf("chown %s: %w", p, err)
+		}
+	}
+	if n.Kind != tree.Symlink {
+		if err := unix.Chmod(p, n.Mode&0o7777); err != nil {
+			return fmt.Errorf("chmod %s: %w", p, err)
+		}
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(n.ATime), unix.NsecToTimespec(n.MTime)}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("set times of %s: %w", p, err)
+	}
+	return nil
+}
