@@ -1,0 +1,108 @@
+// Package profile reads a backup profile: a small TOML file naming the
+// repository, paths, quiesce hooks and freeze mode of one backup job, so that
+// a daily timer runs `stasis backup --profile FILE`. Command-line flags given
+// alongside a profile override its values (the CLI's job, not this package's).
+//
+// Example (docs/examples/zoomserv.toml):
+//
+//	repository    = "/backup/stasis"
+//	paths         = ["/srv/zoomserv"]
+//	quiesce       = "systemctl stop zoomit"
+//	resume        = "systemctl start zoomit"
+//	freeze        = "reflink"
+//	quiesce_paths = ["X500.db", "X500.log"]
+package profile
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Profile is one backup job. Zero values mean "not set": the CLI's defaults
+// apply.
+type Profile struct {
+	Repository   string   `toml:"repository"`
+	Paths        []string `toml:"paths"`
+	Excludes     []string `toml:"excludes"`
+	DBGlob       []string `toml:"db_glob"` // files chunked with the db profile
+	Host         string   `toml:"host"`
+	Tags         []string `toml:"tags"`
+	Quiesce      string   `toml:"quiesce"`
+	Resume       string   `toml:"resume"`
+	HookTimeout  Duration `toml:"hook_timeout"` // e.g. "2m"
+	Freeze       string   `toml:"freeze"`       // stop | copy | reflink
+	Staging      string   `toml:"staging"`
+	QuiescePaths []string `toml:"quiesce_paths"`
+	OnOpen       string   `toml:"on_open"` // warn | fail
+	Retries      *int     `toml:"retries"` // nil = not set
+}
+
+// Duration is a time.Duration written as a Go duration string ("90s", "2m").
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: want a form like 90s or 2m", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// Load reads and validates the profile at path. Unknown keys, wrong types,
+// an unknown freeze or on_open value, a negative retries or hook_timeout, and
+// a missing repository or paths are errors naming the file and the key.
+func Load(path string) (*Profile, error) {
+	var p Profile
+	md, err := toml.DecodeFile(path, &p)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("profile %s: unknown key %s (known: repository, paths, excludes, db_glob, host, tags, quiesce, resume, hook_timeout, freeze, staging, quiesce_paths, on_open, retries)",
+			path, strings.Join(keys, ", "))
+	}
+	if err := p.validate(); err != nil {
+		return nil, fmt.Errorf("profile %s: %w", path, err)
+	}
+	return &p, nil
+}
+
+func (p *Profile) validate() error {
+	var errs []error
+	if p.Repository == "" {
+		errs = append(errs, errors.New("key repository: missing"))
+	}
+	if len(p.Paths) == 0 {
+		errs = append(errs, errors.New("key paths: missing (list the directories to back up)"))
+	}
+	switch p.Freeze {
+	case "", "stop", "copy", "reflink":
+	default:
+		errs = append(errs, fmt.Errorf("key freeze: %q, want stop, copy or reflink", p.Freeze))
+	}
+	switch p.OnOpen {
+	case "", "warn", "fail":
+	default:
+		errs = append(errs, fmt.Errorf("key on_open: %q, want warn or fail", p.OnOpen))
+	}
+	if p.Retries != nil && *p.Retries < 0 {
+		errs = append(errs, fmt.Errorf("key retries: %d, want 0 or more", *p.Retries))
+	}
+	if p.HookTimeout.Duration < 0 {
+		errs = append(errs, fmt.Errorf("key hook_timeout: %s is negative", p.HookTimeout.Duration))
+	}
+	if p.Resume != "" && p.Quiesce == "" {
+		errs = append(errs, errors.New("key resume: set without quiesce"))
+	}
+	return errors.Join(errs...)
+}
