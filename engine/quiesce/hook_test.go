@@ -48,7 +48,7 @@ func alive(pid int) bool {
 // including a background child.
 func TestHookTimeoutKillsGroup(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "child")
-	h := Hook{Phase: PhaseQuiesce, Timeout: 300 * time.Millisecond, Grace: 200 * time.Millisecond,
+	h := Hook{Phase: PhaseQuiesce, Timeout: time.Second, Grace: 200 * time.Millisecond,
 		Command: "trap '' TERM; sleep 60 & echo $! > " + pidFile + "; wait"}
 	res, err := RunHook(context.Background(), h, nil)
 	if !errors.Is(err, ErrHookTimeout) || !res.TimedOut || res.Exit != -1 {
