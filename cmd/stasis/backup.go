@@ -1,0 +1,123 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/repo"
+)
+
+func (a *app) backupCommand() *cobra.Command {
+	var (
+		create  bool
+		opts    engine.BackupOptions
+		dbGlobs []string
+	)
+	c := &cobra.Command{
+		Use:   "backup [flags] PATH...",
+		Short: "Take a snapshot of files and directories",
+		Long: `Take a snapshot of PATHs. Files unchanged since the last snapshot of the same
+host and paths are not read again. A file that cannot be read, or that keeps
+changing while it is read, is listed and the exit code is 3; the snapshot is
+still written and everything else in it is restorable.`,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("backup: give at least one PATH to back up")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			ctx := c.Context()
+			dir, err := a.needRepo()
+			if err != nil {
+				return err
+			}
+			if create {
+				if _, err := os.Stat(dir + "/config"); errors.Is(err, os.ErrNotExist) {
+					r, err := repo.Init(ctx, dir, repo.InitOptions{DBGlobs: dbGlobs})
+					if err != nil {
+						return err
+					}
+					r.Close()
+					if !a.json {
+						fmt.Fprintf(a.stdout, "created stasis repository %s at %s\n", r.Config().ID[:8], dir)
+					}
+				}
+			}
+			r, err := a.openRepo(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			if c.Flags().Changed("db-glob") {
+				opts.DBGlobs = dbGlobs
+			}
+			if opts.Host == "" {
+				opts.Host, _ = os.Hostname()
+			}
+			opts.Paths = args
+			tty := !a.json && isTerminal(a.stderr)
+			switch {
+			case a.json:
+				opts.Progress = func(p engine.Progress) {
+					writeJSONLine(a.stdout, map[string]any{"message_type": "status", "files_done": p.Files, "bytes_done": p.Bytes,
+						"total_files": p.TotalFiles, "total_bytes": p.TotalBytes, "seconds_elapsed": p.Elapsed.Seconds()})
+				}
+			case tty:
+				opts.Progress = func(p engine.Progress) { fmt.Fprintf(a.stderr, "\r\033[K%s", progressLine(p)) }
+			}
+			sn, err := engine.Backup(ctx, r, opts)
+			if tty {
+				fmt.Fprint(a.stderr, "\r\033[K")
+			}
+			if sn == nil {
+				return err
+			}
+			s := sn.Summary
+			if a.json {
+				writeJSONLine(a.stdout, map[string]any{"message_type": "summary", "snapshot_id": sn.ID.String(), "time": sn.Time,
+					"files_new": s.FilesNew, "files_changed": s.FilesChanged, "files_unchanged": s.FilesUnchanged,
+					"dirs": s.Dirs, "others": s.Others, "total_bytes": s.TotalBytes, "bytes_read": s.BytesRead,
+					"bytes_added": s.BytesAdded, "stored_added": s.StoredAdded, "duration_seconds": s.Duration, "problems": s.Problems})
+			} else {
+				fmt.Fprintf(a.stdout, "snapshot %s saved\n", sn.ID.Short())
+				fmt.Fprintf(a.stdout, "files:  %d new, %d changed, %d unchanged; %d dirs, %d other entries\n",
+					s.FilesNew, s.FilesChanged, s.FilesUnchanged, s.Dirs, s.Others)
+				fmt.Fprintf(a.stdout, "data:   %s read of %s; %s new, %s added to the repository after dedup and compression\n",
+					humanBytes(s.BytesRead), humanBytes(s.TotalBytes), humanBytes(s.BytesAdded), humanBytes(s.StoredAdded))
+				fmt.Fprintf(a.stdout, "time:   %s\n", humanDuration(time.Duration(s.Duration*float64(time.Second))))
+			}
+			if err != nil {
+				printProblems(a.stderr, "files were not captured cleanly (the snapshot is incomplete)", s.Problems)
+				return exitError{exitIncomplete, fmt.Errorf("snapshot %s is incomplete: %w", sn.ID.Short(), err)}
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.BoolVar(&create, "init", false, "create the repository first when it does not exist")
+	f.StringVar(&opts.Host, "host", "", "host name recorded in the snapshot (default: this host's name)")
+	f.StringArrayVar(&opts.Tags, "tag", nil, "tag the snapshot (repeatable)")
+	f.StringArrayVar(&opts.Excludes, "exclude", nil, "exclude entries whose name or absolute path matches GLOB (repeatable)")
+	f.StringSliceVar(&dbGlobs, "db-glob", nil, "base-name globs of files chunked with the small \"db\" profile (default: the repository's, *.db)")
+	f.IntVar(&opts.Retries, "retries", 2, "re-reads of a file that changes while it is read")
+	return c
+}
+
+func progressLine(p engine.Progress) string {
+	rate := float64(p.Bytes) / p.Elapsed.Seconds()
+	s := fmt.Sprintf("%d files, %s, %s/s", p.Files, humanBytes(p.Bytes), humanBytes(int64(rate)))
+	if p.ScanDone && p.TotalBytes > 0 && rate > 0 {
+		left := time.Duration(float64(p.TotalBytes-p.Bytes) / rate * float64(time.Second))
+		if left < 0 {
+			left = 0
+		}
+		s += fmt.Sprintf(" of %d files, %s, ETA %s", p.TotalFiles, humanBytes(p.TotalBytes), left.Round(time.Second))
+	}
+	return strings.TrimSpace(s)
+}

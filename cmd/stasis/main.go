@@ -1,0 +1,153 @@
+// Command stasis is a content-addressed, deduplicating backup tool for live
+// service data. Run `stasis help` for the commands.
+//
+// Exit codes: 0 ok · 1 fatal error · 2 usage error · 3 snapshot made but
+// incomplete or inconsistent files (listed) · 10 no repository · 11 lock held.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/index"
+)
+
+// Exit codes.
+const (
+	exitOK         = 0
+	exitFatal      = 1
+	exitUsage      = 2
+	exitIncomplete = 3
+	exitNoRepo     = 10
+	exitLocked     = 11
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// usageError marks a command line the user must fix (exit 2).
+type usageError struct{ error }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// app is one invocation: its streams and global flags.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	repoDir        string
+	json           bool
+}
+
+// run executes the command line args and returns the exit code. Tests call
+// it in-process.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := a.rootCommand()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	code := exitCode(err)
+	if !errors.Is(err, errReported) {
+		fmt.Fprintf(stderr, "stasis: %v\n", err)
+	}
+	if code == exitUsage {
+		fmt.Fprintln(stderr, "Run `stasis help` for usage.")
+	}
+	return code
+}
+
+// errReported is returned after a command already printed its problems;
+// exitError carries the code.
+var errReported = errors.New("reported")
+
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
+func exitCode(err error) int {
+	var ee exitError
+	var ue usageError
+	switch {
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.Is(err, repo.ErrNoRepository):
+		return exitNoRepo
+	case errors.Is(err, index.ErrBusy):
+		return exitLocked
+	case errors.Is(err, engine.ErrIncomplete):
+		return exitIncomplete
+	}
+	return exitFatal
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "stasis",
+		Short: "Content-addressed, deduplicating backups of live service data",
+		Long: `stasis takes consistent, deduplicated, compressed snapshots of directories
+into a repository, and restores any of them, whole or one file, verified.
+
+The repository comes from --repo or the STASIS_REPO environment variable.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVarP(&a.repoDir, "repo", "r", os.Getenv("STASIS_REPO"), "repository directory (default $STASIS_REPO)")
+	root.PersistentFlags().BoolVar(&a.json, "json", false, "machine-readable JSON output")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(a.initCommand(), a.backupCommand(), a.snapshotsCommand(), a.restoreCommand(),
+		a.lsCommand(), a.checkCommand(), a.statsCommand(), a.versionCommand())
+	return root
+}
+
+// needRepo returns the repository directory or a usage error.
+func (a *app) needRepo() (string, error) {
+	if a.repoDir == "" {
+		return "", usagef("no repository given: use --repo DIR or set STASIS_REPO")
+	}
+	return a.repoDir, nil
+}
+
+func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
+	dir, err := a.needRepo()
+	if err != nil {
+		return nil, err
+	}
+	r, err := repo.Open(ctx, dir, repo.OpenOptions{})
+	if errors.Is(err, index.ErrBusy) {
+		return nil, fmt.Errorf("%w: another stasis command is using repository %s; wait for it to finish", err, dir)
+	}
+	return r, err
+}
+
+// args validators that return usage errors.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s: expected %s, got %d arguments", c.Name(), what, len(args))
+		}
+		return nil
+	}
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/repo"
+)
+
+// snapshotJSON is the --json form of a snapshot, for scripts.
+type snapshotJSON struct {
+	ID       string       `json:"id"`
+	ShortID  string       `json:"short_id"`
+	Time     time.Time    `json:"time"`
+	Host     string       `json:"host"`
+	Username string       `json:"username,omitempty"`
+	Paths    []string     `json:"paths"`
+	Tags     []string     `json:"tags"`
+	Tree     string       `json:"tree"`
+	Parent   string       `json:"parent,omitempty"`
+	Summary  repo.Summary `json:"summary"`
+	Complete bool         `json:"complete"`
+	Quiesce  any          `json:"quiesce,omitempty"`
+}
+
+func toJSON(sn *repo.Snapshot) snapshotJSON {
+	j := snapshotJSON{ID: sn.ID.String(), ShortID: sn.ID.Short(), Time: sn.Time, Host: sn.Host, Username: sn.Username,
+		Paths: sn.Paths, Tags: sn.Tags, Tree: sn.Tree.String(), Summary: sn.Summary, Complete: len(sn.Summary.Problems) == 0}
+	if sn.Parent != nil {
+		j.Parent = sn.Parent.String()
+	}
+	if len(sn.Quiesce) > 0 {
+		j.Quiesce = sn.Quiesce
+	}
+	if j.Tags == nil {
+		j.Tags = []string{}
+	}
+	return j
+}
+
+func (a *app) snapshotsCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "snapshots",
+		Short: "List snapshots, oldest first",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, args []string) error {
+			r, err := a.openRepo(c.Context())
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			list, bad, err := r.Snapshots(c.Context())
+			if err != nil {
+				return err
+			}
+			for _, e := range bad {
+				fmt.Fprintf(a.stderr, "warning: %v (run `stasis check`)\n", e)
+			}
+			if a.json {
+				out := make([]snapshotJSON, 0, len(list))
+				for _, sn := range list {
+					out = append(out, toJSON(sn))
+				}
+				return writeJSON(a.stdout, out)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTime\tHost\tTags\tFiles\tSize\tPaths\t")
+			for _, sn := range list {
+				s := sn.Summary
+				flag := ""
+				if len(s.Problems) > 0 {
+					flag = fmt.Sprintf(" (incomplete: %d)", len(s.Problems))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s%s\t\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"), sn.Host,
+					strings.Join(sn.Tags, ","), s.FilesNew+s.FilesChanged+s.FilesUnchanged, humanBytes(s.TotalBytes), strings.Join(sn.Paths, " "), flag)
+			}
+			tw.Flush()
+			fmt.Fprintf(a.stdout, "%d snapshots\n", len(list))
+			return nil
+		},
+	}
+}

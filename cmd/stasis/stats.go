@@ -1,0 +1,38 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/engine"
+)
+
+func (a *app) statsCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "stats",
+		Short: "Show logical and stored size, dedup and compression ratios",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, args []string) error {
+			r, err := a.openRepo(c.Context())
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			st, err := engine.RepoStats(c.Context(), r)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return writeJSON(a.stdout, st)
+			}
+			fmt.Fprintf(a.stdout, "snapshots:          %d\n", st.Snapshots)
+			fmt.Fprintf(a.stdout, "logical size:       %s (all files of all snapshots)\n", humanBytes(st.LogicalBytes))
+			fmt.Fprintf(a.stdout, "unique data:        %s in %d chunks\n", humanBytes(st.UniqueBytes), st.Chunks)
+			fmt.Fprintf(a.stdout, "stored size:        %s in %d packs (%d trees)\n", humanBytes(st.StoredBytes), st.Packs, st.Trees)
+			fmt.Fprintf(a.stdout, "dedup ratio:        %.2fx\n", st.DedupRatio)
+			fmt.Fprintf(a.stdout, "compression ratio:  %.2fx\n", st.Compression)
+			fmt.Fprintf(a.stdout, "space saving:       %.1f%%\n", 100*st.SpaceSaving)
+			return nil
+		},
+	}
+}
