@@ -103,10 +103,10 @@ type backup struct {
 	problems []repo.Problem
 	links    map[[2]uint64]*future
 
-	filesNew, filesChanged, filesUnchanged, dirs, others atomic.Int64
-	totalBytes, bytesRead, blobsAdded, bytesAdded, stored  atomic.Int64
-	doneFiles, doneBytes, scanFiles, scanBytes             atomic.Int64
-	scanDone                                               atomic.Bool
+	filesNew, filesChanged, filesUnchanged, dirs, others  atomic.Int64
+	totalBytes, bytesRead, blobsAdded, bytesAdded, stored atomic.Int64
+	doneFiles, doneBytes, scanFiles, scanBytes            atomic.Int64
+	scanDone                                              atomic.Bool
 }
 
 // future is a node that becomes known later.

@@ -1,9 +1,9 @@
 package repo
 
 import (
-	"path"
 	"context"
 	"fmt"
+	"path"
 
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
@@ -145,4 +145,3 @@ func (p *packer) finish(o *openPackFile) error {
 	r.mu.Unlock()
 	return nil
 }
-

@@ -109,7 +109,9 @@ func ValidName(name string) bool {
 }
 
 // Sort orders the nodes by name.
-func (t *Tree) Sort() { sort.Slice(t.Nodes, func(i, j int) bool { return t.Nodes[i].Name < t.Nodes[j].Name }) }
+func (t *Tree) Sort() {
+	sort.Slice(t.Nodes, func(i, j int) bool { return t.Nodes[i].Name < t.Nodes[j].Name })
+}
 
 // Find returns the node with the given name, or nil. t must be sorted.
 func (t *Tree) Find(name string) *Node {

@@ -1,0 +1,52 @@
+// Package enginetest has helpers for tests that need a real repository:
+// deterministic settings (fixed chunker polynomial and id key) and a full
+// `check --read-data` when the test ends, as bbolt's MustCreateDB does.
+package enginetest
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/restic/chunker"
+	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/repo"
+)
+
+// Polynomial is the fixed chunker polynomial of test repositories (restic's).
+const Polynomial = chunker.Pol(0x3DA3358B4DC173)
+
+// IDKey is the fixed BLAKE3 id key of test repositories.
+var IDKey = []byte("stasis-test-id-key-0123456789abc")
+
+// InitOptions returns deterministic repository settings.
+func InitOptions() repo.InitOptions {
+	return repo.InitOptions{Polynomial: Polynomial, IDKey: IDKey}
+}
+
+// NewRepo creates a repository in a temporary directory. When the test ends
+// the repository is closed and checked with ReadData; damage fails the test.
+func NewRepo(t testing.TB) *repo.Repository {
+	t.Helper()
+	dir := t.TempDir() + "/repo"
+	r, err := repo.Init(context.Background(), dir, InitOptions())
+	if err != nil {
+		t.Fatalf("init repository: %v", err)
+	}
+	t.Cleanup(func() { CheckAndClose(t, r) })
+	return r
+}
+
+// CheckAndClose runs a full check on r, reports any damage, and closes it.
+func CheckAndClose(t testing.TB, r *repo.Repository) {
+	t.Helper()
+	defer r.Close()
+	rep, err := engine.Check(context.Background(), r, engine.CheckOptions{ReadData: true})
+	if err != nil {
+		t.Errorf("check %s: %v", r.Dir(), err)
+		return
+	}
+	if !rep.OK() {
+		t.Errorf("check %s found damage:\n%s", r.Dir(), strings.Join(rep.Errors, "\n"))
+	}
+}
