@@ -27,7 +27,9 @@ type tapeDrive struct {
 
 var _ Device = (*tapeDrive)(nil)
 
-func (d *tapeDrive) path(seq int) string { return filepath.Join(d.dir, fmt.Sprintf("vol-%03d.tar", seq)) }
+func (d *tapeDrive) path(seq int) string {
+	return filepath.Join(d.dir, fmt.Sprintf("vol-%03d.tar", seq))
+}
 
 func (d *tapeDrive) OpenWrite(ctx context.Context, seq int) (io.WriteCloser, error) {
 	f, err := os.Create(d.path(seq))
@@ -79,3 +81,11 @@ func (v *driveVolume) Write(p []byte) (int, error) {
 }
 
 func (v *driveVolume) Close() error { return v.f.Close() }
+
+func mustRead(tb interface{ Fatal(...any) }, p string) []byte {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}

@@ -217,7 +217,7 @@ func scan(ctx context.Context, r io.Reader, opts ReadOptions, fn MemberFunc) (*V
 	truncate := func(in string, err error) {
 		v.Truncated, v.TruncatedIn, v.TruncatedBy = true, in, err.Error()
 	}
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, 64<<10)
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, nil, err
