@@ -40,7 +40,6 @@ func nodeFromInfo(name string, fi fs.FileInfo, names *idNames) tree.Node {
 	n.UID, n.GID = st.Uid, st.Gid
 	n.Inode, n.Device, n.Links, n.Rdev = st.Ino, uint64(st.Dev), uint64(st.Nlink), uint64(st.Rdev)
 	n.MTime = st.Mtim.Sec*1e9 + st.Mtim.Nsec
-	n.ATime = st.Atim.Sec*1e9 + st.Atim.Nsec
 	n.CTime = st.Ctim.Sec*1e9 + st.Ctim.Nsec
 	if n.Kind == tree.File {
 		n.Size = uint64(st.Size)

@@ -393,7 +393,7 @@ func (rs *restorer) applyMeta(p string, n *tree.Node) error {
 			return fmt.Errorf("chmod %s: %w", p, err)
 		}
 	}
-	ts := []unix.Timespec{unix.NsecToTimespec(n.ATime), unix.NsecToTimespec(n.MTime)}
+	ts := []unix.Timespec{unix.NsecToTimespec(n.MTime), unix.NsecToTimespec(n.MTime)} // atime := mtime
 	if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("set times of %s: %w", p, err)
 	}

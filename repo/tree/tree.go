@@ -9,7 +9,7 @@
 //
 //	tree  = "STTR" version(=1 byte) count node*
 //	node  = name:bytes kind:u8 flags:u8 mode uid gid size inode device links rdev
-//	        mtime atime ctime (zig-zag varints, nanoseconds since 1970)
+//	        mtime ctime (zig-zag varints, nanoseconds since 1970)
 //	        user:bytes group:bytes linktarget:bytes error:bytes
 //	        [kind==dir]  subtree:[32]byte
 //	        [kind==file] extents:count (tag:u8 [tag==0: id:[32]byte] length)*
@@ -81,8 +81,7 @@ type Node struct {
 	Links      uint64
 	Rdev       uint64
 	MTime      int64 // nanoseconds since the Unix epoch
-	ATime      int64
-	CTime      int64
+	CTime      int64 // for change detection; access times are not kept (they would make every tree new)
 	User       string
 	Group      string
 	LinkTarget string
@@ -142,7 +141,7 @@ func (t *Tree) Encode() ([]byte, error) {
 		for _, v := range []uint64{uint64(n.Mode), uint64(n.UID), uint64(n.GID), n.Size, n.Inode, n.Device, n.Links, n.Rdev} {
 			b = binary.AppendUvarint(b, v)
 		}
-		for _, v := range []int64{n.MTime, n.ATime, n.CTime} {
+		for _, v := range []int64{n.MTime, n.CTime} {
 			b = binary.AppendVarint(b, v)
 		}
 		for _, s := range []string{n.User, n.Group, n.LinkTarget, n.Error} {
@@ -270,7 +269,7 @@ func Decode(data []byte) (*Tree, error) {
 		}
 		n.Mode, n.UID, n.GID = d.u32(), d.u32(), d.u32()
 		n.Size, n.Inode, n.Device, n.Links, n.Rdev = d.uvarint(), d.uvarint(), d.uvarint(), d.uvarint(), d.uvarint()
-		n.MTime, n.ATime, n.CTime = d.varint(), d.varint(), d.varint()
+		n.MTime, n.CTime = d.varint(), d.varint()
 		n.User, n.Group, n.LinkTarget, n.Error = d.str(), d.str(), d.str(), d.str()
 		switch n.Kind {
 		case Dir:
