@@ -235,7 +235,13 @@ func (r *Repository) SaveBlob(ctx context.Context, t blob.Type, id blob.ID, data
 	}
 	r.pending[id] = struct{}{}
 	r.mu.Unlock()
+	return r.storeBlob(ctx, t, id, data)
+}
 
+// storeBlob compresses data and appends it to a pack of type t without
+// looking at the index; the caller has put id in r.pending. SaveBlob uses it
+// for new blobs, and prune to rewrite live blobs of packs it repacks.
+func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, data []byte) (SaveResult, error) {
 	stored, storage := data, pack.Raw
 	var buf []byte
 	if r.cfg.Compression == "zstd" {
