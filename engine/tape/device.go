@@ -47,6 +47,7 @@ type PathDevice struct {
 
 var _ Device = (*PathDevice)(nil)
 
+// String returns the device path, for messages.
 func (d *PathDevice) String() string { return d.Path }
 
 func (d *PathDevice) perVolume() bool { return strings.Contains(d.Path, "%") }
