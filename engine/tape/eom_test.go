@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -151,5 +153,13 @@ func TestMediaTooSmall(t *testing.T) {
 	_, err := WriteSet(context.Background(), drive, baseOpts(4096, 0), toMembers(ms), nil)
 	if !errors.Is(err, ErrMemberTooLarge) {
 		t.Fatalf("err = %v, want ErrMemberTooLarge", err)
+	}
+}
+
+func TestDriveRejectsOtherWriteSizes(t *testing.T) {
+	drive := &tapeDrive{dir: t.TempDir(), blockSize: 512}
+	_, err := WriteSet(context.Background(), drive, baseOpts(1024, 0), toMembers(makeMembers(14, 2, 10, 10)), nil)
+	if !errors.Is(err, syscall.EINVAL) || !strings.Contains(err.Error(), "volume 1") {
+		t.Fatalf("err = %v, want EINVAL naming volume 1", err)
 	}
 }
