@@ -58,6 +58,20 @@ type BackupOptions struct {
 	Substitutes map[string]string
 	// Quiesce is stored in the snapshot as is.
 	Quiesce json.RawMessage
+	// QuiesceFunc, when set, is called once after every file has been read
+	// and before the snapshot is written; its result is stored instead of
+	// Quiesce (the quiesce report is complete only once the service resumed).
+	QuiesceFunc func() json.RawMessage
+	// Prefetch lists files (absolute paths under Paths) that are read and
+	// stored before the tree walk starts; AfterPrefetch, when set, is called
+	// once they are all read, on Backup's walking goroutine, before any other
+	// file is read. Stop-mode quiescing uses it to read the quiesced files
+	// while the service is held still, then resume it, then read the rest.
+	// A prefetched file is recorded with the metadata and content it had when
+	// it was read, even if it changes or disappears afterwards. Entries that
+	// are not regular files, not under Paths or excluded are ignored.
+	Prefetch      []string
+	AfterPrefetch func()
 	// Progress, when set, is called about every ProgressEvery from one goroutine.
 	Progress      func(Progress)
 	ProgressEvery time.Duration
@@ -102,6 +116,8 @@ type backup struct {
 	mu       sync.Mutex
 	problems []repo.Problem
 	links    map[[2]uint64]*future
+	// prefetched: futures of Prefetch files by path; written before the walk.
+	prefetched map[string]*future
 
 	filesNew, filesChanged, filesUnchanged, dirs, others  atomic.Int64
 	totalBytes, bytesRead, blobsAdded, bytesAdded, stored atomic.Int64
@@ -213,6 +229,9 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 			close(b.blobs)
 			savers.Wait()
 		}()
+		if err := b.prefetch(gctx, paths, parentRoot); err != nil {
+			return err
+		}
 		root, err := b.walkRoot(gctx, paths, parentRoot)
 		if err != nil {
 			return err
@@ -248,6 +267,9 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 			BlobsAdded: b.blobsAdded.Load(), BytesAdded: b.bytesAdded.Load(), StoredAdded: b.stored.Load(),
 			Duration: time.Since(b.start).Seconds(), Problems: b.problems,
 		},
+	}
+	if opts.QuiesceFunc != nil {
+		sn.Quiesce = opts.QuiesceFunc()
 	}
 	if u := os.Getenv("USER"); u != "" {
 		sn.Username = u
@@ -386,6 +408,10 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 			return nil, err
 		}
 		p := filepath.Join(dir, name)
+		if f := b.prefetched[p]; f != nil {
+			kids = append(kids, f) // read already, whatever it is now
+			continue
+		}
 		var sub *pathTrie
 		if only != nil {
 			sub = only.children[name]
@@ -468,6 +494,82 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 		f.node.Subtree = id
 	}()
 	return f, nil
+}
+
+// prefetch reads opts.Prefetch before the walk and then calls
+// opts.AfterPrefetch (see BackupOptions).
+func (b *backup) prefetch(ctx context.Context, paths []string, parentRoot *tree.Tree) error {
+	if len(b.opts.Prefetch) == 0 && b.opts.AfterPrefetch == nil {
+		return nil
+	}
+	b.prefetched = map[string]*future{}
+	var futs []*future
+	for _, p := range b.opts.Prefetch {
+		p = filepath.Clean(p)
+		root := containing(paths, p)
+		if root == "" || b.prefetched[p] != nil {
+			continue
+		}
+		excluded := false
+		for q := p; q != root && !excluded; q = filepath.Dir(q) {
+			excluded = b.excluded(q)
+		}
+		fi, err := os.Lstat(p)
+		if excluded || err != nil || !fi.Mode().IsRegular() {
+			continue // the walk finds it, or not, as usual
+		}
+		f := b.submitFile(ctx, p, nodeFromInfo(filepath.Base(p), fi, b.names), b.parentNode(ctx, parentRoot, p))
+		b.prefetched[p] = f
+		futs = append(futs, f)
+	}
+	for _, f := range futs {
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return context.Cause(ctx)
+	}
+	if b.opts.AfterPrefetch != nil {
+		b.opts.AfterPrefetch()
+	}
+	return nil
+}
+
+// containing returns the path of paths that is p or holds p, or "".
+func containing(paths []string, p string) string {
+	for _, root := range paths {
+		if p == root || root == "/" || strings.HasPrefix(p, root+"/") {
+			return root
+		}
+	}
+	return ""
+}
+
+// parentNode finds the node of absolute path p in the parent snapshot's
+// root tree, or nil.
+func (b *backup) parentNode(ctx context.Context, root *tree.Tree, p string) *tree.Node {
+	t := root
+	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	for i, c := range parts {
+		if t == nil {
+			return nil
+		}
+		n := t.Find(c)
+		if n == nil || i == len(parts)-1 {
+			return n
+		}
+		if n.Kind != tree.Dir {
+			return nil
+		}
+		var err error
+		if t, err = b.repo.LoadTree(ctx, n.Subtree); err != nil {
+			return nil
+		}
+	}
+	return nil
 }
 
 func readDirNames(dir string) ([]string, error) {
