@@ -168,12 +168,23 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 		}
 	}
 
+	snapshot := func() Report {
+		mu.Lock()
+		defer mu.Unlock()
+		r := rep
+		r.Hooks = append([]HookResult{}, rep.Hooks...)
+		r.OpenWriters = append([]Holder{}, rep.OpenWriters...)
+		r.Warnings = append([]string{}, rep.Warnings...)
+		return r
+	}
 	if opts.Freeze == FreezeStop {
-		stage := &Stage{Freeze: FreezeStop, Files: files, resume: resume}
+		fmt.Fprintf(opts.Log, "stasis: quiesced; capturing %d files (stop)\n", len(files))
+		stage := &Stage{Freeze: FreezeStop, Files: files, resume: resume, report: snapshot}
 		if cerr := capture(ctx, stage); cerr != nil {
 			return rep, cerr
 		}
-		return rep, resume()
+		rerr := resume()
+		return rep, rerr
 	}
 
 	dir, err := os.MkdirTemp(opts.stagingParent(), "stasis-stage-")
@@ -187,13 +198,15 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 	}()
 	fmt.Fprintf(opts.Log, "stasis: staging %d quiesced files in %s (%s)\n", len(files), dir, opts.Freeze)
 	staged, used, warns, err := stageFiles(ctx, files, dir, opts.Freeze)
+	mu.Lock()
 	rep.Freeze = used
 	rep.Warnings = append(rep.Warnings, warns...)
+	mu.Unlock()
 	if err != nil {
 		return rep, err
 	}
 	rerr := resume()
-	if cerr := capture(ctx, &Stage{Freeze: used, Files: files, staged: staged}); cerr != nil {
+	if cerr := capture(ctx, &Stage{Freeze: used, Files: files, staged: staged, report: snapshot}); cerr != nil {
 		return rep, errors.Join(cerr, rerr)
 	}
 	return rep, rerr

@@ -93,8 +93,14 @@ func TestStopEarlyResume(t *testing.T) {
 		if err := zdb.Check(e.db); err != nil {
 			return err
 		}
+		if r := s.Report(); len(r.Hooks) != 1 || r.DowntimeSeconds != 0 {
+			t.Errorf("report before resume %+v: want the quiesce hook only, no downtime yet", r)
+		}
 		if err := s.Resume(); err != nil {
 			return err
+		}
+		if r := s.Report(); len(r.Hooks) != 2 || r.DowntimeSeconds <= 0 || r.Freeze != FreezeStop {
+			t.Errorf("report after resume %+v: want both hooks and the downtime", r)
 		}
 		e.wantState(t, "running") // the rest of the tree is read while the service runs
 		return s.Resume()         // idempotent
@@ -120,6 +126,9 @@ func TestCopyMode(t *testing.T) {
 	var staged string
 	rep, err := Run(context.Background(), e.opts, func(ctx context.Context, s *Stage) error {
 		e.wantState(t, "running") // resumed before capture
+		if r := s.Report(); len(r.Hooks) != 2 || r.DowntimeSeconds <= 0 || r.Freeze != FreezeCopy {
+			t.Errorf("report in capture %+v: want both hooks and the downtime", r)
+		}
 		staged = s.Path(e.db)
 		if staged == e.db || s.Freeze != FreezeCopy {
 			t.Errorf("db not staged: %q, mode %s", staged, s.Freeze)

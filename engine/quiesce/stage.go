@@ -29,6 +29,18 @@ type Stage struct {
 
 	staged map[string]string
 	resume func() error
+	report func() Report
+}
+
+// Report returns a copy of the Report so far. Once the service has resumed
+// (after Resume in stop mode, always in copy and reflink modes) it holds the
+// downtime and every hook result; a backup stores it in the snapshot. Only
+// the removal of the staging directory, after capture, may add a warning.
+func (s *Stage) Report() Report {
+	if s.report == nil {
+		return Report{Hooks: []HookResult{}, OpenWriters: []Holder{}, Warnings: []string{}}
+	}
+	return s.report()
 }
 
 // Path returns where to read the file named orig: its staged copy in copy and
