@@ -207,8 +207,10 @@ func DecodeHeader(b []byte, headerStart uint64) ([]Entry, error) {
 			return nil, fmt.Errorf("%w: entry %d at offset %d, expected %d", ErrCorrupt, i, en.Offset, next)
 		case en.Offset+uint64(en.Length) > headerStart:
 			return nil, fmt.Errorf("%w: entry %d runs past the header", ErrCorrupt, i)
-		case en.Storage == Raw && en.Length != en.RawLength:
-			return nil, fmt.Errorf("%w: raw entry %d has length %d but raw length %d", ErrCorrupt, i, en.Length, en.RawLength)
+		case en.Storage == Raw && en.Length < en.RawLength:
+			// An encrypted repository adds the AEAD overhead to Length;
+			// the repository checks the exact length when it opens a blob.
+			return nil, fmt.Errorf("%w: raw entry %d has length %d, less than its raw length %d", ErrCorrupt, i, en.Length, en.RawLength)
 		}
 		next = en.Offset + uint64(en.Length)
 		entries[i] = en
