@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/restic/chunker"
+	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
 // FormatVersion is the repository format this code reads and writes.
@@ -30,13 +31,21 @@ var (
 )
 
 // Config is the repository's `config` file (JSON). It is written once, by init.
+//
+// In an encrypted repository (Encrypted true) the file holds no secret: the
+// chunker polynomial is sealed in Secrets with the master key, and the id key
+// is part of the master key, which only key files (keys/<id>) hold. Open
+// fills ChunkerPolynomial in the Config it returns once the password opened a
+// key file; IDKey stays empty there.
 type Config struct {
 	Format            string                  `json:"format"` // always "stasis-config"
 	Version           int                     `json:"version"`
 	ID                string                  `json:"id"` // 32 hex digits
 	Created           time.Time               `json:"created"`
-	ChunkerPolynomial string                  `json:"chunker_polynomial"` // hex
-	IDKey             string                  `json:"id_key"`             // 64 hex digits: the BLAKE3 key for blob ids
+	Encrypted         bool                    `json:"encrypted"`
+	Secrets           []byte                  `json:"secrets,omitempty"`            // encrypted only: sealed configSecrets (base64)
+	ChunkerPolynomial string                  `json:"chunker_polynomial,omitempty"` // hex; plain repositories only in the file
+	IDKey             string                  `json:"id_key,omitempty"`             // 64 hex digits: the BLAKE3 key for blob ids; plain repositories only
 	Profiles          map[string]ChunkProfile `json:"profiles"`
 	DBGlobs           []string                `json:"db_globs"` // files chunked with profile "db"
 	Compression       string                  `json:"compression"`
@@ -48,12 +57,23 @@ const configFormat = "stasis-config"
 
 // InitOptions tune a new repository. Zero values pick the defaults; tests set
 // Polynomial and IDKey to be deterministic.
+//
+// A repository is encrypted unless InsecureNoPassword is set: Init then needs
+// a non-empty Password, and fails when neither is given.
 type InitOptions struct {
 	Polynomial chunker.Pol
 	IDKey      []byte
 	PackSize   int64
 	DBGlobs    []string
 	Now        time.Time
+
+	// Password protects the first key file of an encrypted repository.
+	Password []byte
+	// KDF are the argon2id parameters of that key file; zero means
+	// crypto.TuneKDF(500ms). Tests use crypto.TestKDFParams.
+	KDF crypto.KDFParams
+	// InsecureNoPassword creates an unencrypted repository, on purpose only.
+	InsecureNoPassword bool
 }
 
 func newConfig(o InitOptions) (Config, error) {
@@ -84,6 +104,7 @@ func newConfig(o InitOptions) (Config, error) {
 		IDKey:    hex.EncodeToString(key),
 		Profiles: map[string]ChunkProfile{"default": ProfileDefault, "db": ProfileDB},
 		DBGlobs:  o.DBGlobs, Compression: "zstd", CompressionLevel: 2, PackSize: o.PackSize,
+		Encrypted: !o.InsecureNoPassword,
 	}
 	if c.Created.IsZero() {
 		c.Created = time.Now()
@@ -97,9 +118,16 @@ func newConfig(o InitOptions) (Config, error) {
 	return c, c.validate()
 }
 
-// DecodeConfig parses and validates a config file.
+// maxConfigSize bounds what DecodeConfig accepts; real config files are < 1 KiB.
+const maxConfigSize = 64 << 10
+
+// DecodeConfig parses and validates a config file. For an encrypted
+// repository it checks the public fields only: the secrets are opened by Open.
 func DecodeConfig(b []byte) (Config, error) {
 	var c Config
+	if len(b) > maxConfigSize {
+		return c, fmt.Errorf("config: %d bytes, more than the %d a config file can have; is this a stasis repository?", len(b), maxConfigSize)
+	}
 	if err := json.Unmarshal(b, &c); err != nil {
 		return c, fmt.Errorf("decode config: %w", err)
 	}
@@ -109,16 +137,37 @@ func DecodeConfig(b []byte) (Config, error) {
 	if c.Version != FormatVersion {
 		return c, fmt.Errorf("config: %w %d (this stasis reads version %d; use a newer stasis)", ErrVersion, c.Version, FormatVersion)
 	}
+	if c.Encrypted {
+		if c.ChunkerPolynomial != "" || c.IDKey != "" {
+			return c, fmt.Errorf("config: an encrypted repository must not show chunker_polynomial or id_key in the clear")
+		}
+		if len(c.Secrets) < crypto.Overhead || len(c.Secrets) > 4096 {
+			return c, fmt.Errorf("config: sealed secrets of %d bytes, want %d..4096", len(c.Secrets), crypto.Overhead)
+		}
+		return c, c.validatePublic()
+	}
+	if c.Secrets != nil {
+		return c, fmt.Errorf("config: an unencrypted repository has no secrets field")
+	}
 	return c, c.validate()
 }
 
+// validate checks a complete config: secrets (polynomial, id key of a plain
+// repository) and public fields.
 func (c Config) validate() error {
 	if _, err := c.polynomial(); err != nil {
 		return err
 	}
-	if k, err := hex.DecodeString(c.IDKey); err != nil || len(k) != 32 {
-		return fmt.Errorf("config: id_key is not 64 hex digits")
+	if !c.Encrypted {
+		if k, err := hex.DecodeString(c.IDKey); err != nil || len(k) != 32 {
+			return fmt.Errorf("config: id_key is not 64 hex digits")
+		}
 	}
+	return c.validatePublic()
+}
+
+// validatePublic checks the fields an encrypted config shows in the clear.
+func (c Config) validatePublic() error {
 	if len(c.ID) != 32 {
 		return fmt.Errorf("config: id %q is not 32 hex digits", c.ID)
 	}

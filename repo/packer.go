@@ -108,7 +108,7 @@ func (p *packer) abort() {
 
 func (p *packer) finish(o *openPackFile) error {
 	r := p.repo
-	id, size, err := o.w.Finish(nil)
+	id, size, err := o.w.Finish(r.headerSeal())
 	if err == nil {
 		err = o.f.Sync()
 		if err != nil {

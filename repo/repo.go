@@ -2,7 +2,10 @@
 // content-addressed files plus a derived bbolt index.
 //
 //	config              JSON, written once by init (format version, id, chunker
-//	                    polynomial, BLAKE3 id key, chunk profiles, compression)
+//	                    polynomial, BLAKE3 id key, chunk profiles, compression;
+//	                    in an encrypted repository the secrets are sealed)
+//	keys/<id>           key files: the master key sealed under a password
+//	                    (encrypted repositories only; see keys.go)
 //	packs/xx/<id>       pack files (package pack), named by the BLAKE3 of their bytes
 //	snapshots/<id>      snapshot files (JSON), named by the BLAKE3 of their bytes
 //	index.db            bbolt index (package index), rebuildable from the above
@@ -14,6 +17,10 @@
 // A snapshot file is written (same atomic way) only after every pack it needs
 // is in place, and indexed last. A crash at any point therefore leaves every
 // earlier snapshot restorable.
+//
+// Repositories are encrypted unless created with InitOptions.InsecureNoPassword:
+// blobs, pack headers and snapshot files are sealed with XChaCha20-Poly1305
+// under the master key (package crypto), which only key files hold.
 //
 // A Repository is safe for concurrent use by multiple goroutines.
 package repo
@@ -35,6 +42,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/crypto"
 	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/pack"
 	"github.com/zeebo/blake3"
@@ -47,6 +55,9 @@ type Repository struct {
 	cfg   Config
 	idKey []byte
 	idx   *index.Index
+
+	mk    *crypto.MasterKey // nil: unencrypted
+	keyID string            // key file that opened the repository
 
 	enc *zstd.Encoder
 	dec *zstd.Decoder
@@ -66,13 +77,31 @@ type OpenOptions struct {
 	IndexTimeout time.Duration
 	// FS replaces the local file system (fault injection in tests).
 	FS backend.FS
+	// Password is called, once, when the repository is encrypted; nil
+	// means no password is available (Open then fails with an error
+	// matching crypto.ErrNoPassword).
+	Password func(ctx context.Context) ([]byte, error)
 }
 
-// Init creates a repository in dir, which must not exist or be empty.
+// Init creates a repository in dir, which must not exist or be empty. It is
+// encrypted with a first key file for o.Password, unless o.InsecureNoPassword.
 func Init(ctx context.Context, dir string, o InitOptions) (*Repository, error) {
+	if !o.InsecureNoPassword && len(o.Password) == 0 {
+		return nil, fmt.Errorf("init %s: %w (or create an unencrypted repository on purpose with --insecure-no-password)", dir, crypto.ErrNoPassword)
+	}
 	cfg, err := newConfig(o)
 	if err != nil {
 		return nil, err
+	}
+	fileCfg := cfg
+	var mk *crypto.MasterKey
+	if cfg.Encrypted {
+		if mk, err = newMasterKey(cfg); err != nil {
+			return nil, fmt.Errorf("init %s: %w", dir, err)
+		}
+		if fileCfg, err = sealConfig(cfg, mk); err != nil {
+			return nil, fmt.Errorf("init %s: %w", dir, err)
+		}
 	}
 	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
 		if _, err := os.Stat(filepath.Join(dir, "config")); err == nil {
@@ -94,14 +123,22 @@ func Init(ctx context.Context, dir string, o InitOptions) (*Repository, error) {
 			return nil, fmt.Errorf("init %s: %w", dir, err)
 		}
 	}
-	data, err := json.MarshalIndent(cfg, "", "  ")
+	var keyID string
+	if mk != nil {
+		// The key file goes first: a config without a key would be a
+		// repository nobody can open.
+		if keyID, err = writeKeyFile(b, mk, o.Password, kdfOrDefault(o.KDF)); err != nil {
+			return nil, fmt.Errorf("init %s: %w", dir, err)
+		}
+	}
+	data, err := json.MarshalIndent(fileCfg, "", "  ")
 	if err != nil {
 		return nil, err
 	}
 	if err := backend.WriteFile(b, "config", func(w io.Writer) error { _, err := w.Write(append(data, '\n')); return err }); err != nil {
 		return nil, fmt.Errorf("init %s: %w", dir, err)
 	}
-	return Open(ctx, dir, OpenOptions{})
+	return open(ctx, dir, b, cfg, mk, keyID, OpenOptions{})
 }
 
 // Open opens the repository in dir. It fails with ErrNoRepository when there
@@ -122,7 +159,53 @@ func Open(ctx context.Context, dir string, o OpenOptions) (*Repository, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
-	key, _ := hex.DecodeString(cfg.IDKey)
+	var mk *crypto.MasterKey
+	var keyID string
+	if cfg.Encrypted {
+		if o.Password == nil {
+			return nil, fmt.Errorf("repository %s is encrypted: %w", dir, crypto.ErrNoPassword)
+		}
+		pw, err := o.Password(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("password for repository %s: %w", dir, err)
+		}
+		mk, keyID, err = unlock(ctx, b, dir, pw)
+		clear(pw)
+		if err != nil {
+			return nil, err
+		}
+		if cfg, err = openConfig(cfg, mk); err != nil {
+			return nil, fmt.Errorf("%s: %w", dir, err)
+		}
+	}
+	return open(ctx, dir, b, cfg, mk, keyID, o)
+}
+
+// decodeIDKey decodes the hex id key of a config.
+func decodeIDKey(s string) ([]byte, error) {
+	k, err := hex.DecodeString(s)
+	if err != nil || len(k) != 32 {
+		return nil, fmt.Errorf("config: id_key is not 64 hex digits")
+	}
+	return k, nil
+}
+
+// open finishes Init and Open: cfg is complete (secrets opened), mk is nil
+// for an unencrypted repository.
+func open(ctx context.Context, dir string, b backend.FS, cfg Config, mk *crypto.MasterKey, keyID string, o OpenOptions) (*Repository, error) {
+	var key []byte
+	if mk != nil {
+		k := mk.IDKey()
+		key = k[:]
+	} else {
+		var err error
+		if key, err = decodeIDKey(cfg.IDKey); err != nil {
+			return nil, fmt.Errorf("%s: %w", dir, err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	idxOpts := index.Options{Timeout: o.IndexTimeout}
 	if idxOpts.Timeout == 0 {
 		idxOpts.Timeout = time.Second
@@ -131,7 +214,7 @@ func Open(ctx context.Context, dir string, o OpenOptions) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Repository{fs: b, dir: dir, cfg: cfg, idKey: key, idx: idx,
+	r := &Repository{fs: b, dir: dir, cfg: cfg, idKey: key, idx: idx, mk: mk, keyID: keyID,
 		pending: map[blob.ID]struct{}{}, packers: map[blob.Type]*packer{}}
 	r.hashers.New = func() any { h, _ := blake3.NewKeyed(key); return h }
 	level := zstd.EncoderLevelFromZstd(cfg.CompressionLevel)
@@ -250,6 +333,7 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 			stored, storage = buf, pack.Zstd
 		}
 	}
+	stored = r.sealBlob(t, id, stored)
 	if err := r.packers[t].add(ctx, id, storage, len(data), stored); err != nil {
 		return SaveResult{}, err
 	}
@@ -289,11 +373,30 @@ func (r *Repository) ReadBlobAt(ctx context.Context, id blob.ID, loc index.Locat
 	if err := r.packs.readAt(loc.Pack, raw, int64(loc.Offset)); err != nil {
 		return nil, fmt.Errorf("read blob %s from pack %s: %w", id, loc.Pack, err)
 	}
-	return r.DecodeBlob(id, loc.Storage, int(loc.RawLength), raw, buf)
+	return r.DecodeBlob(id, loc.Type, loc.Storage, int(loc.RawLength), raw, buf)
 }
 
-// DecodeBlob decodes stored bytes and verifies that they hash to id.
-func (r *Repository) DecodeBlob(id blob.ID, storage pack.Storage, rawLength int, stored, buf []byte) ([]byte, error) {
+// DecodeBlob decodes the pack bytes of blob id of type t (opening them in an
+// encrypted repository, then decompressing) and verifies that they hash to
+// id, appending to buf[:0]. Bytes that fail authentication, decoding or the
+// hash give an error matching ErrCorruptBlob, and no data. stored and buf
+// must not overlap.
+func (r *Repository) DecodeBlob(id blob.ID, t blob.Type, storage pack.Storage, rawLength int, stored, buf []byte) ([]byte, error) {
+	if r.mk != nil {
+		ad := adBlob(t, id)
+		var dst []byte
+		if storage == pack.Raw && cap(buf) >= len(stored) {
+			dst = buf[:0] // raw: the opened bytes are the plaintext, no copy below
+		}
+		opened, err := r.mk.Open(dst, stored, ad[:])
+		if err != nil {
+			return nil, fmt.Errorf("blob %s: %w: %v", id, ErrCorruptBlob, err)
+		}
+		stored = opened
+		if storage == pack.Raw && dst != nil {
+			return r.verifyBlob(id, rawLength, opened)
+		}
+	}
 	var plain []byte
 	switch storage {
 	case pack.Raw:
@@ -310,6 +413,11 @@ func (r *Repository) DecodeBlob(id blob.ID, storage pack.Storage, rawLength int,
 	default:
 		return nil, fmt.Errorf("blob %s: %w: unknown storage %d", id, ErrCorruptBlob, storage)
 	}
+	return r.verifyBlob(id, rawLength, plain)
+}
+
+// verifyBlob checks the length and hash of a decoded blob.
+func (r *Repository) verifyBlob(id blob.ID, rawLength int, plain []byte) ([]byte, error) {
 	if len(plain) != rawLength {
 		return nil, fmt.Errorf("blob %s: %w: %d bytes, expected %d", id, ErrCorruptBlob, len(plain), rawLength)
 	}

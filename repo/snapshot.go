@@ -77,10 +77,39 @@ func EncodeSnapshot(sn *Snapshot) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// DecodeSnapshot parses snapshot file bytes and checks that they hash to id.
+// DecodeSnapshot parses the bytes of a snapshot file of an unencrypted
+// repository and checks that they hash to id. For any repository use
+// Repository.DecodeSnapshotFile.
 func DecodeSnapshot(id blob.ID, data []byte) (*Snapshot, error) {
 	if got := blob.ID(blake3.Sum256(data)); got != id {
 		return nil, fmt.Errorf("snapshot %s: %w: content hashes to %s", id.Short(), ErrCorruptSnapshot, got.Short())
+	}
+	return parseSnapshot(id, data)
+}
+
+// DecodeSnapshotFile checks that the bytes of snapshot file id hash to id,
+// opens them in an encrypted repository, and parses them. Damage gives an
+// error matching ErrCorruptSnapshot.
+func (r *Repository) DecodeSnapshotFile(id blob.ID, data []byte) (*Snapshot, error) {
+	if r.mk == nil {
+		return DecodeSnapshot(id, data)
+	}
+	if got := blob.ID(blake3.Sum256(data)); got != id {
+		return nil, fmt.Errorf("snapshot %s: %w: content hashes to %s", id.Short(), ErrCorruptSnapshot, got.Short())
+	}
+	plain, err := r.mk.Open(nil, data, adSnapshot)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w: %v", id.Short(), ErrCorruptSnapshot, err)
+	}
+	return parseSnapshot(id, plain)
+}
+
+// maxSnapshotSize bounds the snapshot JSON parseSnapshot accepts.
+const maxSnapshotSize = 256 << 20
+
+func parseSnapshot(id blob.ID, data []byte) (*Snapshot, error) {
+	if len(data) > maxSnapshotSize {
+		return nil, fmt.Errorf("snapshot %s: %w: %d bytes", id.Short(), ErrCorruptSnapshot, len(data))
 	}
 	var sn Snapshot
 	if err := json.Unmarshal(data, &sn); err != nil {
@@ -108,6 +137,9 @@ func (r *Repository) SaveSnapshot(ctx context.Context, sn *Snapshot) (blob.ID, e
 	data, err := EncodeSnapshot(sn)
 	if err != nil {
 		return blob.ID{}, err
+	}
+	if r.mk != nil {
+		data = r.mk.Seal(nil, data, adSnapshot)
 	}
 	id := blob.ID(blake3.Sum256(data))
 	if err := backend.WriteFile(r.fs, SnapshotName(id), func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
@@ -173,14 +205,14 @@ func (r *Repository) LoadSnapshot(ctx context.Context, id blob.ID) (*Snapshot, e
 	if err != nil {
 		return nil, fmt.Errorf("read snapshot %s: %w", id.Short(), err)
 	}
-	return DecodeSnapshot(id, data)
+	return r.DecodeSnapshotFile(id, data)
 }
 
 // Snapshots returns every snapshot, oldest first, read from the index.
 // Records that fail to decode are returned as errors in bad (never skipped).
 func (r *Repository) Snapshots(ctx context.Context) (list []*Snapshot, bad []error, err error) {
 	err = r.idx.EachSnapshot(func(id blob.ID, data []byte) error {
-		sn, err := DecodeSnapshot(id, data)
+		sn, err := r.DecodeSnapshotFile(id, data)
 		if err != nil {
 			bad = append(bad, err)
 			return nil

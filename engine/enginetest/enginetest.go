@@ -1,5 +1,6 @@
 // Package enginetest has helpers for tests that need a real repository:
-// deterministic settings (fixed chunker polynomial and id key) and a full
+// deterministic settings (fixed chunker polynomial, id key and password,
+// encrypted with cheap KDF parameters) and a full
 // `check --read-data` when the test ends, as bbolt's MustCreateDB does.
 package enginetest
 
@@ -11,6 +12,7 @@ import (
 	"github.com/restic/chunker"
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
 // Polynomial is the fixed chunker polynomial of test repositories (restic's).
@@ -19,9 +21,18 @@ const Polynomial = chunker.Pol(0x3DA3358B4DC173)
 // IDKey is the fixed BLAKE3 id key of test repositories.
 var IDKey = []byte("stasis-test-id-key-0123456789abc")
 
-// InitOptions returns deterministic repository settings.
+// Password is the password of test repositories.
+const Password = "stasis-test-password"
+
+// InitOptions returns deterministic settings of an encrypted repository
+// with Password and the cheap crypto.TestKDFParams.
 func InitOptions() repo.InitOptions {
-	return repo.InitOptions{Polynomial: Polynomial, IDKey: IDKey}
+	return repo.InitOptions{Polynomial: Polynomial, IDKey: IDKey, Password: []byte(Password), KDF: crypto.TestKDFParams}
+}
+
+// OpenOptions returns options that open a test repository with Password.
+func OpenOptions() repo.OpenOptions {
+	return repo.OpenOptions{Password: func(context.Context) ([]byte, error) { return []byte(Password), nil }}
 }
 
 // NewRepo creates a repository in a temporary directory. When the test ends

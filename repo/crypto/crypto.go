@@ -75,6 +75,15 @@ func NewMasterKey() (*MasterKey, error) {
 	return newMasterKey(enc, id)
 }
 
+// NewMasterKeyWithIDKey returns a master key with a random encryption key
+// and the given id key. It exists so that tests can make repositories whose
+// blob ids are the same in every run; real repositories use NewMasterKey.
+func NewMasterKeyWithIDKey(idKey [KeySize]byte) (*MasterKey, error) {
+	var enc [KeySize]byte
+	rand.Read(enc[:])
+	return newMasterKey(enc, idKey)
+}
+
 func newMasterKey(enc, id [KeySize]byte) (*MasterKey, error) {
 	aead, err := chacha20poly1305.NewX(enc[:])
 	if err != nil {
