@@ -1,0 +1,82 @@
+package engine_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/tree"
+)
+
+// A flipped byte in a pack is found by check --read-data, which names the
+// file; restore writes every other file, names the damaged one, and never
+// writes garbage.
+func TestFlippedByteIsNamedByCheckAndRestore(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	os.MkdirAll(src, 0o755)
+	os.WriteFile(filepath.Join(src, "a.ldif"), []byte("dn: cn=alice,o=Zoomserv\n"), 0o644)
+	dir := t.TempDir() + "/repo"
+	r, err := repo.Init(ctx, dir, enginetest.InitOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	backup(t, r, day1, src)
+	os.WriteFile(filepath.Join(src, "b.ldif"), []byte("dn: cn=bob,o=Zoomserv\nmail: bob@example.org\n"), 0o644)
+	sn := backup(t, r, day1.Add(1), src)
+
+	var bNode tree.Node
+	engine.Walk(ctx, r, sn, filepath.Join(src, "b.ldif"), func(_ string, n *tree.Node) error { bNode = *n; return nil })
+	loc, ok, err := r.Index().Lookup(bNode.Content[0].ID)
+	if err != nil || !ok {
+		t.Fatalf("lookup b's chunk: %v %v", ok, err)
+	}
+	packFile := filepath.Join(dir, repo.PackName(loc.Pack))
+	data, _ := os.ReadFile(packFile)
+	data[loc.Offset+uint64(loc.Length)/2] ^= 0x01
+	os.Chmod(packFile, 0o644)
+	if err := os.WriteFile(packFile, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	rep, err := engine.Check(ctx, r, engine.CheckOptions{ReadData: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(rep.Errors, "\n")
+	if rep.OK() || !strings.Contains(all, filepath.Join(src, "b.ldif")) || !strings.Contains(all, loc.Pack.String()) {
+		t.Errorf("check does not name the damaged file and pack:\n%s", all)
+	}
+	if strings.Contains(all, "a.ldif") {
+		t.Errorf("check blames the undamaged file:\n%s", all)
+	}
+	if rep, _ := engine.Check(ctx, r, engine.CheckOptions{}); !rep.OK() {
+		t.Errorf("structure-only check reports damage it cannot see: %v", rep.Errors)
+	}
+
+	target := t.TempDir()
+	res, err := engine.Restore(ctx, r, sn, engine.RestoreOptions{Target: target})
+	if !errors.Is(err, engine.ErrRestoreIncomplete) {
+		t.Fatalf("restore of a damaged snapshot: err = %v", err)
+	}
+	if len(res.Problems) != 1 || res.Problems[0].Path != filepath.Join(src, "b.ldif") || !strings.Contains(res.Problems[0].Error, "corrupt") {
+		t.Errorf("problems = %+v", res.Problems)
+	}
+	if b, _ := os.ReadFile(filepath.Join(target, src, "a.ldif")); !strings.Contains(string(b), "alice") {
+		t.Error("undamaged file not restored")
+	}
+	if _, err := os.Stat(filepath.Join(target, src, "b.ldif")); err == nil {
+		t.Error("damaged file restored with garbage")
+	}
+	ents, _ := os.ReadDir(filepath.Join(target, src))
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".stasis-restore") {
+			t.Errorf("temp file %s left behind", e.Name())
+		}
+	}
+}
