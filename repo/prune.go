@@ -94,6 +94,9 @@ func (s *BlobSet) Has(id blob.ID) (bool, error) {
 	return ok, err
 }
 
+// Path returns the set's file name.
+func (s *BlobSet) Path() string { return s.path }
+
 // Len returns the number of ids added.
 func (s *BlobSet) Len() int { return s.n }
 

@@ -1,0 +1,247 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/index"
+	"github.com/stasisbackup/stasis/repo/tree"
+)
+
+// PruneOptions tune Prune.
+type PruneOptions struct {
+	// DryRun reports what would be done and changes nothing.
+	DryRun bool
+	// MaxUnused is the percentage of a pack's blob bytes that may be unused
+	// before the pack is repacked (its live blobs written to a new pack).
+	// Packs with no live blob are always deleted. Default 10; 100 never
+	// repacks.
+	MaxUnused float64
+	// Log, when set, receives one line per phase.
+	Log io.Writer
+}
+
+// PruneReport says what Prune did (or, with DryRun, would do).
+type PruneReport struct {
+	Snapshots       int   // snapshots whose trees were walked
+	LiveBlobs       int   // blobs referenced by a snapshot
+	PacksDeleted    int   // packs with no live blob
+	PacksRepacked   int   // mostly-unused packs whose live blobs were copied
+	PacksUnindexed  int   // packs on disk the index does not know (left by a crash)
+	PacksWritten    int   // new packs written by repacking
+	BlobsRemoved    int   // index entries of unused blobs dropped
+	BytesRepacked   int64 // live bytes copied
+	BytesFreed      int64 // pack bytes given back (deleted minus written)
+	TempFilesRemove int   // leftover files removed from tmp/
+	PackBytesBefore int64
+	PackBytesAfter  int64
+}
+
+// ErrPruneUnsafe is matched when prune refuses to run because a snapshot
+// cannot be walked completely: deleting anything then could destroy data
+// that a repair would have recovered.
+var ErrPruneUnsafe = errors.New("prune refused: the repository is damaged")
+
+type packUse struct {
+	size             uint64
+	count            uint32
+	blobs, live      int
+	bytes, liveBytes int64
+}
+
+// Prune removes data no snapshot references. It marks the live blobs by
+// walking every snapshot's trees into an on-disk BlobSet (memory does not
+// grow with the repository), deletes packs without a live blob and packs
+// that are on disk but not indexed, repacks packs whose unused share exceeds
+// MaxUnused, and deletes leftover temp files. New packs are written and
+// indexed before anything is deleted, so it is safe to kill at any moment.
+// It refuses (ErrPruneUnsafe) when a snapshot does not decode or references
+// a tree or chunk that is not indexed. The caller must hold an exclusive lock.
+func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneReport, error) {
+	if o.MaxUnused == 0 {
+		o.MaxUnused = 10
+	}
+	logf := func(format string, args ...any) {
+		if o.Log != nil {
+			fmt.Fprintf(o.Log, format+"\n", args...)
+		}
+	}
+	rep := &PruneReport{}
+	live, err := r.NewBlobSet()
+	if err != nil {
+		return nil, err
+	}
+	defer live.Close()
+
+	logf("marking live blobs")
+	snaps, bad, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("%w: %v; run `stasis repair snapshots`", ErrPruneUnsafe, bad[0])
+	}
+	for _, sn := range snaps {
+		rep.Snapshots++
+		if err := markTree(ctx, r, live, sn, "/", sn.Tree); err != nil {
+			return nil, err
+		}
+	}
+	rep.LiveBlobs = live.Len()
+
+	logf("finding unused data")
+	use := map[blob.ID]*packUse{}
+	err = r.Index().EachPack(func(id blob.ID, info index.PackInfo) error {
+		use[id] = &packUse{size: info.Size, count: info.Count}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = r.Index().EachBlob(func(id blob.ID, loc index.Location) error {
+		u := use[loc.Pack]
+		if u == nil {
+			return nil
+		}
+		u.blobs++
+		u.bytes += int64(loc.Length)
+		ok, err := live.Has(id)
+		if err != nil {
+			return err
+		}
+		if ok {
+			u.live++
+			u.liveBytes += int64(loc.Length)
+		} else {
+			rep.BlobsRemoved++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var del, repack []blob.ID
+	for id, u := range use {
+		rep.PackBytesBefore += int64(u.size)
+		stored := int64(u.size) - repo.PackOverhead(int(u.count))
+		unused := stored - u.liveBytes
+		switch {
+		case u.live == 0:
+			del = append(del, id)
+		case stored > 0 && float64(unused)*100 > o.MaxUnused*float64(stored):
+			repack = append(repack, id)
+		}
+	}
+	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+		if use[id] == nil {
+			del = append(del, id)
+			rep.PacksUnindexed++
+			rep.PackBytesBefore += size
+		}
+		return nil
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	sortIDs(del)
+	sortIDs(repack)
+	rep.PacksDeleted = len(del) - rep.PacksUnindexed
+	rep.PacksRepacked = len(repack)
+	for _, id := range repack {
+		rep.BytesRepacked += use[id].liveBytes
+	}
+	if o.DryRun {
+		var keep int64
+		for id, u := range use {
+			if !contains(del, id) && !contains(repack, id) {
+				keep += int64(u.size)
+			}
+		}
+		rep.PackBytesAfter = keep + rep.BytesRepacked
+		rep.BytesFreed = rep.PackBytesBefore - rep.PackBytesAfter
+		return rep, nil
+	}
+
+	tmp, err := r.RemoveTemp(ctx, filepath.Base(liveName(live)))
+	if err != nil {
+		return nil, err
+	}
+	rep.TempFilesRemove = len(tmp)
+	if len(repack) > 0 {
+		logf("repacking %d packs", len(repack))
+		st, err := r.Repack(ctx, repack, live.Has)
+		if err != nil {
+			return nil, err
+		}
+		rep.PacksWritten = len(st.NewPacks)
+		rep.BytesRepacked = st.Bytes
+	}
+	logf("deleting %d packs", len(del)+len(repack))
+	if _, err := r.DeletePacks(ctx, append(append([]blob.ID{}, del...), repack...)); err != nil {
+		return nil, err
+	}
+	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error { rep.PackBytesAfter += size; return nil }, nil)
+	if err != nil {
+		return nil, err
+	}
+	rep.BytesFreed = rep.PackBytesBefore - rep.PackBytesAfter
+	return rep, nil
+}
+
+func liveName(s *repo.BlobSet) string { return s.Path() }
+
+func contains(ids []blob.ID, id blob.ID) bool {
+	i := sort.Search(len(ids), func(i int) bool { return ids[i].String() >= id.String() })
+	return i < len(ids) && ids[i] == id
+}
+
+func sortIDs(ids []blob.ID) {
+	sort.Slice(ids, func(i, j int) bool { return ids[i].String() < ids[j].String() })
+}
+
+// markTree adds tree id and everything below it to live. A tree already in
+// the set was walked before (trees are added after their contents).
+func markTree(ctx context.Context, r *repo.Repository, live *repo.BlobSet, sn *repo.Snapshot, dir string, id blob.ID) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if ok, err := live.Has(id); err != nil || ok {
+		return err
+	}
+	t, err := r.LoadTree(ctx, id)
+	if err != nil {
+		return fmt.Errorf("%w: snapshot %s: directory %s: %v; run `stasis check`, then `stasis repair index` or `stasis repair snapshots`", ErrPruneUnsafe, sn.ID.Short(), dir, err)
+	}
+	var ids []blob.ID
+	for _, n := range t.Nodes {
+		switch n.Kind {
+		case tree.Dir:
+			if err := markTree(ctx, r, live, sn, filepath.Join(dir, n.Name), n.Subtree); err != nil {
+				return err
+			}
+		case tree.File:
+			for _, e := range n.Content {
+				if e.Hole {
+					continue
+				}
+				ok, err := r.HasBlob(e.ID)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return fmt.Errorf("%w: snapshot %s: file %s: chunk %s is not in the index; run `stasis repair index`, then `stasis repair snapshots`", ErrPruneUnsafe, sn.ID.Short(), filepath.Join(dir, n.Name), e.ID.Short())
+				}
+				ids = append(ids, e.ID)
+			}
+		}
+	}
+	ids = append(ids, id)
+	_, err = live.Add(ids...)
+	return err
+}
