@@ -2,7 +2,8 @@
 // service data. Run `stasis help` for the commands.
 //
 // Exit codes: 0 ok · 1 fatal error · 2 usage error · 3 snapshot made but
-// incomplete or inconsistent files (listed) · 10 no repository · 11 lock held.
+// incomplete or inconsistent files (listed) · 10 no repository · 11 lock held ·
+// 12 wrong password, or no password given and no terminal to ask on.
 package main
 
 import (
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/crypto"
 	"github.com/stasisbackup/stasis/repo/index"
 )
 
@@ -28,6 +30,7 @@ const (
 	exitIncomplete = 3
 	exitNoRepo     = 10
 	exitLocked     = 11
+	exitPassword   = 12
 )
 
 func main() {
@@ -48,6 +51,9 @@ type app struct {
 	stdout, stderr io.Writer
 	repoDir        string
 	json           bool
+
+	passwordFile, passwordCommand string
+	insecureNoPassword            bool
 }
 
 // run executes the command line args and returns the exit code. Tests call
@@ -97,6 +103,8 @@ func exitCode(err error) int {
 		return exitNoRepo
 	case errors.Is(err, index.ErrBusy):
 		return exitLocked
+	case errors.Is(err, crypto.ErrWrongPassword), errors.Is(err, crypto.ErrNoPassword):
+		return exitPassword
 	case errors.Is(err, engine.ErrIncomplete):
 		return exitIncomplete
 	}
@@ -110,15 +118,22 @@ func (a *app) rootCommand() *cobra.Command {
 		Long: `stasis takes consistent, deduplicated, compressed snapshots of directories
 into a repository, and restores any of them, whole or one file, verified.
 
-The repository comes from --repo or the STASIS_REPO environment variable.`,
+The repository comes from --repo or the STASIS_REPO environment variable.
+Repositories are encrypted; the password comes from --password-file FILE (or
+STASIS_PASSWORD_FILE), --password-command CMD, STASIS_PASSWORD, or a prompt on
+a terminal, in this order. A wrong or missing password exits with code 12.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVarP(&a.repoDir, "repo", "r", os.Getenv("STASIS_REPO"), "repository directory (default $STASIS_REPO)")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "machine-readable JSON output")
+	root.PersistentFlags().StringVar(&a.passwordFile, "password-file", "", "read the repository password from FILE (default $"+crypto.EnvPasswordFile+")")
+	root.PersistentFlags().StringVar(&a.passwordCommand, "password-command", "", "run CMD (with /bin/sh -c) and read the repository password from its output")
+	root.PersistentFlags().BoolVar(&a.insecureNoPassword, "insecure-no-password", false, "init, backup --init: create an UNENCRYPTED repository")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.initCommand(), a.backupCommand(), a.snapshotsCommand(), a.restoreCommand(),
-		a.lsCommand(), a.checkCommand(), a.statsCommand(), a.versionCommand())
+		a.lsCommand(), a.checkCommand(), a.statsCommand(), a.versionCommand(),
+		a.keyCommand())
 	return root
 }
 
@@ -135,7 +150,7 @@ func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := repo.Open(ctx, dir, repo.OpenOptions{})
+	r, err := repo.Open(ctx, dir, repo.OpenOptions{Password: a.repoPassword(dir)})
 	if errors.Is(err, index.ErrBusy) {
 		return nil, fmt.Errorf("%w: another stasis command is using repository %s; wait for it to finish", err, dir)
 	}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/crypto"
+)
+
+// newKDF picks the argon2id parameters of new key files (init, key add, key
+// passwd): about half a second on this machine. Tests replace it with
+// crypto.TestKDFParams.
+var newKDF = func() crypto.KDFParams { return crypto.TuneKDF(500 * time.Millisecond) }
+
+// Environment variables of the new password of `key add` and `key passwd`.
+const (
+	envNewPasswordFile = "STASIS_NEW_PASSWORD_FILE"
+	envNewPassword     = "STASIS_NEW_PASSWORD"
+)
+
+// terminal returns stdin when it is a file (a terminal or not: PasswordSource
+// checks), else nil.
+func (a *app) terminal() *os.File {
+	f, _ := a.stdin.(*os.File)
+	return f
+}
+
+// passwordSource is where the password of an existing repository comes from:
+// --password-file, STASIS_PASSWORD_FILE, --password-command, STASIS_PASSWORD,
+// then a prompt on a terminal.
+func (a *app) passwordSource() crypto.PasswordSource {
+	return crypto.PasswordSource{File: a.passwordFile, Command: a.passwordCommand, Stdin: a.terminal(), Prompt: a.stderr}
+}
+
+// repoPassword returns the OpenOptions.Password callback for dir.
+func (a *app) repoPassword(dir string) func(ctx context.Context) ([]byte, error) {
+	return func(ctx context.Context) ([]byte, error) {
+		return a.passwordSource().Read(ctx, fmt.Sprintf("enter password for repository %s: ", dir))
+	}
+}
+
+// newPassword reads the new password of `key add` and `key passwd`: from
+// --new-password-file, STASIS_NEW_PASSWORD_FILE, --new-password-command,
+// STASIS_NEW_PASSWORD, or asked twice on a terminal.
+func (a *app) newPassword(ctx context.Context, file, command string) ([]byte, error) {
+	src := crypto.PasswordSource{File: file, Command: command, Stdin: a.terminal(), Prompt: a.stderr,
+		Env: func(name string) string {
+			switch name {
+			case crypto.EnvPasswordFile:
+				return os.Getenv(envNewPasswordFile)
+			case crypto.EnvPassword:
+				return os.Getenv(envNewPassword)
+			}
+			return ""
+		}}
+	pw, err := src.ReadNew(ctx, "enter the new password: ")
+	if errors.Is(err, crypto.ErrNoPassword) {
+		return nil, usagef("no new password given: use --new-password-file FILE (or %s=FILE), --new-password-command CMD, or %s=PASSWORD, or run on a terminal to be asked", envNewPasswordFile, envNewPassword)
+	}
+	return pw, err
+}
+
+// initRepo creates the repository dir for `init` and `backup --init`:
+// encrypted with a password read from the usual sources (asked twice on a
+// terminal), or unencrypted with --insecure-no-password.
+func (a *app) initRepo(ctx context.Context, dir string, dbGlobs []string) (*repo.Repository, error) {
+	o := repo.InitOptions{DBGlobs: dbGlobs, InsecureNoPassword: a.insecureNoPassword}
+	if !a.insecureNoPassword {
+		if _, err := os.Stat(dir + "/config"); err == nil {
+			return nil, fmt.Errorf("init %s: %w", dir, repo.ErrExists) // before asking for a password
+		}
+		pw, err := a.passwordSource().ReadNew(ctx, fmt.Sprintf("enter password for new repository %s: ", dir))
+		if err != nil {
+			if errors.Is(err, crypto.ErrNoPassword) {
+				return nil, fmt.Errorf("init %s: %w; or create an unencrypted repository on purpose with --insecure-no-password", dir, err)
+			}
+			return nil, fmt.Errorf("init %s: %w", dir, err)
+		}
+		o.Password, o.KDF = pw, newKDF()
+	}
+	return repo.Init(ctx, dir, o)
+}
