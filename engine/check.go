@@ -163,7 +163,7 @@ func readPack(ctx context.Context, r *repo.Repository, id blob.ID, rep *CheckRep
 	if blob.ID(blake3.Sum256(data)) != id {
 		rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: content does not match its name (bit rot or tampering)", id))
 	}
-	entries, err := pack.ReadHeader(bytesReaderAt(data), int64(len(data)), nil)
+	entries, err := r.DecodePackHeader(data)
 	if err != nil {
 		rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: header: %v", id, err))
 		// Fall back to the index's view to test each blob.
@@ -183,7 +183,7 @@ func readPack(ctx context.Context, r *repo.Repository, id blob.ID, rep *CheckRep
 			bad[e.ID] = fmt.Sprintf("cut off in pack %s", id.Short())
 			continue
 		}
-		if _, err := r.DecodeBlob(e.ID, e.Storage, int(e.RawLength), data[e.Offset:e.Offset+uint64(e.Length)], nil); err != nil {
+		if _, err := r.DecodeBlob(e.ID, e.Type, e.Storage, int(e.RawLength), data[e.Offset:e.Offset+uint64(e.Length)], nil); err != nil {
 			bad[e.ID] = fmt.Sprintf("corrupt in pack %s", id.Short())
 			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: %v", id.Short(), err))
 		}

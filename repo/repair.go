@@ -29,10 +29,6 @@ import (
 // files that do not decode. Nothing reads them; inspect or delete them.
 const DamagedDir = "damaged"
 
-// headerOpen is the transform that opens a pack header; nil for an
-// unencrypted repository. Encryption replaces it.
-func (r *Repository) headerOpen() pack.Transform { return nil }
-
 // ReadPackHeader reads and opens the header of pack id and returns its
 // entries and the pack's size. Errors about malformed bytes match
 // pack.ErrCorrupt; a missing pack matches fs.ErrNotExist.
@@ -294,7 +290,7 @@ func (r *Repository) verifyPack(ctx context.Context, id blob.ID, entries []pack.
 	}
 	d = DamagedPack{ID: id, Problem: "content does not match its name (bit rot)"}
 	for _, e := range entries {
-		if _, err := r.DecodeBlob(e.ID, e.Storage, int(e.RawLength), data[e.Offset:e.Offset+uint64(e.Length)], nil); err != nil {
+		if _, err := r.DecodeBlob(e.ID, e.Type, e.Storage, int(e.RawLength), data[e.Offset:e.Offset+uint64(e.Length)], nil); err != nil {
 			d.Lost++
 		}
 	}

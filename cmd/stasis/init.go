@@ -18,7 +18,7 @@ repository cannot be read: keep it safe (stasis key add makes a second one).
 
 --insecure-no-password creates an unencrypted repository instead, on purpose
 only: anyone who can read its files (or tapes) can read the backups.`,
-		Args:  exactArgs(0, "no arguments (the repository comes from --repo)"),
+		Args: exactArgs(0, "no arguments (the repository comes from --repo)"),
 		RunE: func(c *cobra.Command, args []string) error {
 			dir, err := a.needRepo()
 			if err != nil {
