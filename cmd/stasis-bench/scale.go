@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/index"
+	"github.com/stasisbackup/stasis/repo/pack"
+)
+
+// fillIndex adds n synthetic data-blob entries to ix: random ids (seeded),
+// added in ascending id order, batchSize entries per fake pack, so that
+// bbolt appends instead of splitting pages at random. It returns a sample
+// of the ids added, for lookups.
+func fillIndex(ix *index.Index, n, batchSize int, seed uint64) ([]blob.ID, error) {
+	rng := rand.New(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 's', 'c', 'a', 'l', 'e'}))
+	ids := make([]blob.ID, n)
+	for i := range ids {
+		for j := 0; j < 32; j += 8 {
+			v := rng.Uint64()
+			for k := 0; k < 8; k++ {
+				ids[i][j+k] = byte(v >> (8 * k))
+			}
+		}
+	}
+	slices.SortFunc(ids, func(a, b blob.ID) int { return bytes.Compare(a[:], b[:]) })
+	entries := make([]pack.Entry, 0, batchSize)
+	for start := 0; start < n; start += batchSize {
+		entries = entries[:0]
+		var off uint64
+		for _, id := range ids[start:min(start+batchSize, n)] {
+			entries = append(entries, pack.Entry{ID: id, Type: blob.Data, Storage: pack.Zstd, Offset: off, Length: 6000, RawLength: 16384})
+			off += 6000
+		}
+		var packID blob.ID
+		for j := 0; j < 32; j += 8 {
+			v := rng.Uint64()
+			for k := 0; k < 8; k++ {
+				packID[j+k] = byte(v >> (8 * k))
+			}
+		}
+		if err := ix.AddPack(packID, off, entries); err != nil {
+			return nil, fmt.Errorf("fill index: %w", err)
+		}
+	}
+	sample := make([]blob.ID, 0, 1<<20)
+	for i := 0; i < cap(sample); i++ {
+		sample = append(sample, ids[rng.IntN(n)])
+	}
+	return sample, nil
+}
+
+// lookupRate times Has for every id in ids with the given number of
+// goroutines and returns lookups per second; found counts the hits.
+func lookupRate(ix *index.Index, ids []blob.ID, workers int) (rate float64, found int, err error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	per := (len(ids) + workers - 1) / workers
+	for w := 0; w < workers; w++ {
+		part := ids[min(w*per, len(ids)):min((w+1)*per, len(ids))]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := 0
+			for _, id := range part {
+				ok, e := ix.Has(id)
+				if e != nil {
+					mu.Lock()
+					err = e
+					mu.Unlock()
+					return
+				}
+				if ok {
+					n++
+				}
+			}
+			mu.Lock()
+			found += n
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return float64(len(ids)) / time.Since(start).Seconds(), found, err
+}
+
+// runScale compares a full backup of the workload into an empty repository
+// with the same backup into one whose index holds o.chunks synthetic
+// entries, and reports the bbolt lookup rate of the large index.
+func runScale(ctx context.Context, o options, stdout io.Writer, log func(string, ...any)) error {
+	w := o.workload()
+	if _, err := w.Generate(); err != nil {
+		return err
+	}
+	if _, err := warm(w.Root); err != nil {
+		return err
+	}
+	bin, err := buildStasis(ctx, o)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(o.work, "scale")
+	os.RemoveAll(dir)
+	tplEmpty, tplBig := filepath.Join(dir, "tpl-empty"), filepath.Join(dir, "tpl-big")
+	t := newStasis(ctx, bin, dir, o.encrypt)
+	t.Repo = tplEmpty
+	t.Env = append(t.Env, "STASIS_REPO="+tplEmpty)
+	if err := t.Reset(ctx); err != nil {
+		return err
+	}
+	// Same config (polynomial, keys) for both: copy the empty repository.
+	if out, err := exec.CommandContext(ctx, "cp", "-a", tplEmpty, tplBig).CombinedOutput(); err != nil {
+		return fmt.Errorf("copy repository: %w: %s", err, out)
+	}
+	r, err := openRepo(ctx, tplBig)
+	if err != nil {
+		return err
+	}
+	log("filling %s with %d synthetic index entries", tplBig, o.chunks)
+	start := time.Now()
+	hits, err := fillIndex(r.Index(), o.chunks, 100_000, uint64(o.seed))
+	if err != nil {
+		r.Close()
+		return err
+	}
+	fill := time.Since(start)
+	misses := make([]blob.ID, len(hits))
+	mr := rand.New(rand.NewPCG(uint64(o.seed), 99))
+	for i := range misses {
+		for j := range misses[i] {
+			misses[i][j] = byte(mr.Uint32())
+		}
+	}
+	type rateRow struct {
+		what    string
+		workers int
+		rate    float64
+		found   int
+	}
+	var rates []rateRow
+	for _, c := range []struct {
+		what string
+		ids  []blob.ID
+	}{{"present ids", hits}, {"absent ids", misses}} {
+		for _, workers := range []int{1, runtime.NumCPU()} {
+			rate, found, err := lookupRate(r.Index(), c.ids, workers)
+			if err != nil {
+				r.Close()
+				return err
+			}
+			rates = append(rates, rateRow{c.what, workers, rate, found})
+		}
+	}
+	blobsN, packsN, _ := r.Index().Counts()
+	r.Close()
+	hits, misses = nil, nil
+	runtime.GC()
+	ixSize := func(d string) int64 {
+		st, err := os.Stat(filepath.Join(d, "index.db"))
+		if err != nil {
+			return 0
+		}
+		return st.Size()
+	}
+	log("index filled in %s: %d blobs, %d packs, index.db %s", fill.Round(time.Second), blobsN, packsN, mib(ixSize(tplBig)))
+
+	res := map[string][]Sample{}
+	kinds := []struct{ name, tpl string }{{"empty", tplEmpty}, {fmt.Sprintf("%d chunks", o.chunks), tplBig}}
+	for run := 0; run < o.runs; run++ {
+		for _, k := range kinds {
+			work := filepath.Join(dir, "repo")
+			os.RemoveAll(work)
+			if out, err := exec.CommandContext(ctx, "cp", "-a", k.tpl, work).CombinedOutput(); err != nil {
+				return fmt.Errorf("copy repository: %w: %s", err, out)
+			}
+			bt := newStasis(ctx, bin, dir, o.encrypt)
+			bt.Repo = work
+			bt.Env = append(bt.Env, "STASIS_REPO="+work)
+			s, err := measure(bt.Backup(ctx, w.Root))
+			if err != nil {
+				return fmt.Errorf("scale backup into %s repository: %w", k.name, err)
+			}
+			log("backup into %-16s wall %6.2fs cpu %6.2fs rss %s", k.name, s.Wall.Seconds(), s.CPU.Seconds(), mib(s.MaxRSS))
+			res[k.name] = append(res[k.name], s)
+		}
+	}
+	os.RemoveAll(filepath.Join(dir, "repo"))
+
+	fmt.Fprintf(stdout, "Command: `%s`\n\nMachine: %s. Workload: as above (X500.db %s, %d files, seed %d). Page cache warm; median of %d runs.\n\n",
+		commandLine(), machine(), mib(w.DBSize), w.Files, w.Seed, o.runs)
+	fmt.Fprintf(stdout, "The large repository is the empty one (same config) whose index.db got %d synthetic data-blob entries "+
+		"(random 32-byte ids, added in id order, 100,000 per fake pack id, through index.AddPack) in %s; index.db %s. "+
+		"No pack files back them: the backup only looks them up.\n\n", blobsN, fill.Round(time.Second), mib(ixSize(tplBig)))
+	fmt.Fprintln(stdout, "| repository | index.db MiB | backup wall s | CPU s | peak RSS MiB | RSS vs empty |")
+	fmt.Fprintln(stdout, "|---|---:|---:|---:|---:|---:|")
+	base := median(res[kinds[0].name])
+	for _, k := range kinds {
+		m := median(res[k.name])
+		fmt.Fprintf(stdout, "| %s | %.1f | %.2f | %.2f | %.0f | %+.0f%% |\n", k.name, float64(ixSize(k.tpl))/(1<<20),
+			m.Wall.Seconds(), m.CPU.Seconds(), float64(m.MaxRSS)/(1<<20), 100*(float64(m.MaxRSS)/float64(base.MaxRSS)-1))
+	}
+	fmt.Fprintln(stdout, "\nbbolt lookup rate of the large index (index.Has, one read transaction per lookup, 1,048,576 lookups):")
+	fmt.Fprintln(stdout)
+	fmt.Fprintln(stdout, "| ids | goroutines | lookups/s | found |")
+	fmt.Fprintln(stdout, "|---|---:|---:|---:|")
+	for _, r := range rates {
+		fmt.Fprintf(stdout, "| %s | %d | %.0f | %d |\n", r.what, r.workers, r.rate, r.found)
+	}
+	return nil
+}

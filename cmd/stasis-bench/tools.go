@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Tool runs one backup program through the scenarios. Every command it
+// builds is a child process measured by measure.
+type Tool struct {
+	Name     string
+	Bin      string
+	Repo     string   // repository directory (its du is the repository size)
+	Scratch  []string // caches and homes removed with the repository
+	Env      []string
+	Settings string // compression, encryption and caches, for the notes
+
+	initArgs    []string
+	backupArgs  func(n int) []string // n: the backup's sequence number
+	restoreArgs func(n int, target, only string) []string
+	restoreDir  bool // the restore runs with the target as working directory (borg extract)
+	backups     int
+}
+
+func (t *Tool) command(ctx context.Context, dir string, args ...string) *exec.Cmd {
+	c := exec.CommandContext(ctx, t.Bin, args...)
+	c.Env = append(os.Environ(), t.Env...)
+	c.Dir = dir
+	return c
+}
+
+// Reset removes the repository and caches and creates an empty repository
+// (not measured).
+func (t *Tool) Reset(ctx context.Context) error {
+	for _, d := range append([]string{t.Repo}, t.Scratch...) {
+		if err := os.RemoveAll(d); err != nil {
+			return fmt.Errorf("%s: reset %s: %w", t.Name, d, err)
+		}
+	}
+	for _, d := range t.Scratch {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("%s: %w", t.Name, err)
+		}
+	}
+	t.backups = 0
+	out, err := t.command(ctx, "", t.initArgs...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: init repository %s: %w\n%s", t.Name, t.Repo, err, tail(string(out), 2000))
+	}
+	return nil
+}
+
+// Backup returns the command of the next backup of path.
+func (t *Tool) Backup(ctx context.Context, path string) *exec.Cmd {
+	t.backups++
+	return t.command(ctx, "", append(t.backupArgs(t.backups), path)...)
+}
+
+// Restore returns the command that restores the latest snapshot into target,
+// or only the file only (an absolute path as backed up) when it is not "".
+func (t *Tool) Restore(ctx context.Context, target, only string) *exec.Cmd {
+	dir := ""
+	if t.restoreDir {
+		dir = target
+	}
+	return t.command(ctx, dir, t.restoreArgs(t.backups, target, only)...)
+}
+
+// Version asks the tool for its version line.
+func (t *Tool) Version(ctx context.Context, args ...string) string {
+	out, err := t.command(ctx, "", args...).Output()
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+}
+
+// newStasis sets up stasis. Its repository is unencrypted when the stasis
+// under test can be told so (init --insecure-no-password), like borg's
+// --encryption none; encrypt makes it use a password instead.
+func newStasis(ctx context.Context, bin, work string, encrypt bool) *Tool {
+	t := &Tool{Name: "stasis", Bin: bin, Repo: filepath.Join(work, "repo-stasis"),
+		Env: []string{"STASIS_PASSWORD=stasis-bench", "STASIS_REPO=" + filepath.Join(work, "repo-stasis")}}
+	t.initArgs = []string{"init"}
+	help, _ := t.command(ctx, "", "init", "--help").CombinedOutput()
+	switch {
+	case strings.Contains(string(help), "--insecure-no-password") && !encrypt:
+		t.initArgs = append(t.initArgs, "--insecure-no-password")
+		t.Settings = "zstd level 2 per blob (repository default), not encrypted (`init --insecure-no-password`), no cache"
+	case strings.Contains(string(help), "--insecure-no-password"):
+		t.Settings = "zstd level 2 per blob (repository default), encrypted (password from STASIS_PASSWORD), no cache"
+	default:
+		t.Settings = "zstd level 2 per blob (repository default); this stasis has no encryption; no cache"
+	}
+	t.backupArgs = func(int) []string { return []string{"backup"} }
+	t.restoreArgs = func(_ int, target, only string) []string {
+		a := []string{"restore", "latest", "--target", target}
+		if only != "" {
+			a = append(a, "--include", only)
+		}
+		return a
+	}
+	return t
+}
+
+// newRestic sets up restic: repository format 2 (compression), password
+// file (restic always encrypts), cache in the work directory.
+func newRestic(bin, work string) *Tool {
+	pass := filepath.Join(work, "restic-password")
+	os.WriteFile(pass, []byte("stasis-bench\n"), 0o600)
+	cache := filepath.Join(work, "cache-restic")
+	t := &Tool{Name: "restic", Bin: bin, Repo: filepath.Join(work, "repo-restic"), Scratch: []string{cache},
+		Env: []string{"RESTIC_REPOSITORY=" + filepath.Join(work, "repo-restic"), "RESTIC_PASSWORD_FILE=" + pass,
+			"RESTIC_CACHE_DIR=" + cache},
+		Settings: "repository version 2, `--compression auto` (its default: zstd, fastest level), AES-256-CTR + Poly1305 encryption (always on), local cache (not counted in growth)"}
+	t.initArgs = []string{"init", "--repository-version", "2"}
+	t.backupArgs = func(int) []string { return []string{"backup", "--quiet", "--host", "bench"} }
+	t.restoreArgs = func(_ int, target, only string) []string {
+		a := []string{"restore", "latest", "--quiet", "--target", target}
+		if only != "" {
+			a = append(a, "--include", only)
+		}
+		return a
+	}
+	return t
+}
+
+// newBorg sets up borg: `--encryption none`, the given compression, all of
+// borg's config, cache and security state under the work directory.
+func newBorg(bin, work, compression string) *Tool {
+	base := filepath.Join(work, "borg-home")
+	repo := filepath.Join(work, "repo-borg")
+	t := &Tool{Name: "borg", Bin: bin, Repo: repo, Scratch: []string{base}, restoreDir: true,
+		Env: []string{"BORG_REPO=" + repo, "BORG_BASE_DIR=" + base, "BORG_PASSPHRASE=",
+			"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK=yes"},
+		Settings: fmt.Sprintf("`--encryption none`, `--compression %s` (borg's default is lz4), files and chunks cache under BORG_BASE_DIR (not counted in growth)", compression)}
+	t.initArgs = []string{"init", "--encryption", "none"}
+	t.backupArgs = func(n int) []string {
+		return []string{"create", "--compression", compression, fmt.Sprintf("::run-%03d", n)}
+	}
+	t.restoreArgs = func(n int, _, only string) []string {
+		a := []string{"extract", fmt.Sprintf("::run-%03d", n)}
+		if only != "" {
+			a = append(a, strings.TrimPrefix(only, "/"))
+		}
+		return a
+	}
+	return t
+}
