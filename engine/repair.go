@@ -121,7 +121,7 @@ func RepairSnapshots(ctx context.Context, r *repo.Repository, o RepairSnapshotsO
 func repairSnapshotFiles(ctx context.Context, r *repo.Repository, dry bool, rep *RepairSnapshotsReport) error {
 	copies := map[blob.ID][]byte{}
 	if err := r.Index().EachSnapshot(func(id blob.ID, data []byte) error {
-		if _, err := repo.DecodeSnapshot(id, data); err == nil {
+		if _, err := r.DecodeSnapshotFile(id, data); err == nil {
 			copies[id] = append([]byte(nil), data...)
 		} else {
 			copies[id] = nil
@@ -144,7 +144,7 @@ func repairSnapshotFiles(ctx context.Context, r *repo.Repository, dry bool, rep 
 		if err != nil {
 			return fmt.Errorf("read %s: %w", name, err)
 		}
-		if _, err := repo.DecodeSnapshot(id, data); err == nil {
+		if _, err := r.DecodeSnapshotFile(id, data); err == nil {
 			if copies[id] == nil && !dry { // the index copy is bad: refresh it
 				if err := r.Index().PutSnapshot(id, data); err != nil {
 					return err
