@@ -72,7 +72,7 @@ func runProfile(ctx context.Context, o options, stdout io.Writer, log func(strin
 	}
 	var after syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &after)
-	cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano())
+	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
 	fmt.Fprintf(stdout, "In-process backup of %s: %s read, %s stored, wall %.2fs, CPU %.2fs (%.2f cores busy); profile in %s\n\n",
 		w.Root, mib(sn.Summary.BytesRead), mib(sn.Summary.StoredAdded), wall.Seconds(), cpu.Seconds(), cpu.Seconds()/wall.Seconds(), out)
 	self, _ := os.Executable()

@@ -36,7 +36,9 @@ func (w Workload) stamp() string {
 	return fmt.Sprintf("stasis-bench workload v1 db=%d log=%d files=%d seed=%d\n", w.DBSize, w.LogSize, w.Files, w.Seed)
 }
 
-func (w Workload) stampPath() string { return filepath.Join(filepath.Dir(w.Root), ".stamp-"+filepath.Base(w.Root)) }
+func (w Workload) stampPath() string {
+	return filepath.Join(filepath.Dir(w.Root), ".stamp-"+filepath.Base(w.Root))
+}
 
 // Generate writes the workload tree, replacing whatever Root held, unless a
 // tree with the same parameters is already there (reused reports that).
