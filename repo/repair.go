@@ -129,8 +129,6 @@ func (r *Repository) MoveToDamaged(name string) (string, error) {
 
 // RebuildOptions tune RebuildIndex.
 type RebuildOptions struct {
-	// Open is passed to Open for the rebuilt repository.
-	Open OpenOptions
 	// ReadData reads every pack whole: a pack whose bytes do not hash to its
 	// name has its intact blobs copied to new packs and is moved to damaged/.
 	ReadData bool
@@ -144,63 +142,62 @@ type DamagedPack struct {
 	Problem  string
 	Salvaged int    // intact blobs copied to new packs
 	Lost     int    // blobs that could not be read (-1: unknown, the header is unreadable)
-	MovedTo  string // where the file went ("" when it stayed)
+	MovedTo  string // where the file went
 }
 
 // RebuildReport says what RebuildIndex found.
 type RebuildReport struct {
 	Packs, Blobs, Snapshots int
 	Damaged                 []DamagedPack
-	OldIndex                string // what happened to the old index.db
 }
 
-// RebuildIndex recreates index.db of the repository in dir from the pack
-// headers and the snapshot files, without reading the old index (which may
-// be missing, truncated or corrupt). The old file is renamed to
-// index.db.old while the new one is built and removed at the end; a crash
-// leaves a partial index.db, and running RebuildIndex again finishes the job.
-// Packs whose header cannot be read are moved to damaged/. It fails with
-// index.ErrBusy while another process has index.db open. The caller must
-// hold an exclusive repository lock. The returned Repository is open on the
-// new index.
-func RebuildIndex(ctx context.Context, dir string, o RebuildOptions) (*Repository, *RebuildReport, error) {
+// ResetIndex prepares rebuilding index.db of the repository in dir without
+// reading it (it may be missing, truncated or corrupt): it renames index.db
+// to index.db.old, so that Open creates an empty index; RebuildIndex then
+// fills it and removes index.db.old. If index.db.old exists already (an
+// interrupted rebuild), the partial index.db is removed instead. It fails
+// with index.ErrBusy while another process has index.db open. The caller
+// must hold an exclusive repository lock.
+func ResetIndex(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "config")); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: %w", dir, ErrNoRepository)
+	}
+	p := filepath.Join(dir, "index.db")
+	old := p + ".old"
+	if err := indexBusy(p); err != nil {
+		return err
+	}
+	if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if _, err := os.Stat(old); err == nil {
+		if err := os.Remove(p); err != nil {
+			return fmt.Errorf("remove partial %s: %w", p, err)
+		}
+		return nil
+	}
+	if err := os.Rename(p, old); err != nil {
+		return fmt.Errorf("move %s aside: %w", p, err)
+	}
+	return nil
+}
+
+// RebuildIndex adds every pack on disk to the index from its header (the
+// snapshot records were synchronised by Open), moves packs whose header
+// cannot be read to damaged/, and, with ReadData, salvages packs whose
+// bytes are damaged. Call it on a repository opened right after ResetIndex;
+// on an existing index it only adds what is missing. It removes
+// index.db.old when done. A crash leaves a partial index: run it again.
+func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*RebuildReport, error) {
 	logf := func(format string, args ...any) {
 		if o.Log != nil {
 			fmt.Fprintf(o.Log, format+"\n", args...)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, "config")); errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, fmt.Errorf("%s: %w", dir, ErrNoRepository)
-	}
-	rep := &RebuildReport{OldIndex: "there was no index.db"}
-	p := filepath.Join(dir, "index.db")
-	old := p + ".old"
-	if err := indexBusy(p); err != nil {
-		return nil, nil, err
-	}
-	if _, err := os.Stat(p); err == nil {
-		if _, err := os.Stat(old); err == nil {
-			// A previous rebuild was interrupted: index.db is partial, keep
-			// the older file as the one to report on.
-			if err := os.Remove(p); err != nil {
-				return nil, nil, fmt.Errorf("remove partial %s: %w", p, err)
-			}
-		} else if err := os.Rename(p, old); err != nil {
-			return nil, nil, fmt.Errorf("move %s aside: %w", p, err)
-		}
-		rep.OldIndex = "replaced"
-	}
-	r, err := Open(ctx, dir, o.Open)
-	if err != nil {
-		return nil, nil, err
-	}
-	fail := func(err error) (*Repository, *RebuildReport, error) {
-		r.Close()
-		return nil, nil, err
-	}
+	rep := &RebuildReport{}
 	logf("reading pack headers")
 	var bad []DamagedPack
-	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+	err := r.EachPackFile(ctx, func(id blob.ID, size int64) error {
 		entries, _, err := r.ReadPackHeader(ctx, id)
 		if err != nil {
 			if errors.Is(err, pack.ErrCorrupt) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
@@ -225,37 +222,41 @@ func RebuildIndex(ctx context.Context, dir string, o RebuildOptions) (*Repositor
 		return nil
 	}, nil)
 	if err != nil {
-		return fail(fmt.Errorf("rebuild index: %w", err))
+		return nil, fmt.Errorf("rebuild index: %w", err)
 	}
 	// Salvage intact blobs of packs that fail verification, then take the
 	// damaged files out of use.
 	for i := range bad {
 		d := &bad[i]
+		if _, err := r.idx.RemovePacks(map[blob.ID]bool{d.ID: true}); err != nil {
+			return nil, err
+		}
 		if d.Lost != -1 {
 			n, err := r.salvage(ctx, d.ID)
 			if err != nil {
-				return fail(err)
+				return nil, err
 			}
 			d.Salvaged = n
 		}
 		if err := r.Flush(ctx); err != nil {
-			return fail(fmt.Errorf("rebuild index: %w", err))
+			return nil, fmt.Errorf("rebuild index: %w", err)
 		}
 		to, err := r.MoveToDamaged(PackName(d.ID))
 		if err != nil {
-			return fail(err)
+			return nil, err
 		}
 		d.MovedTo = to
 		logf("pack %s: %s: moved to %s (%d blobs salvaged)", d.ID, d.Problem, to, d.Salvaged)
 	}
 	rep.Damaged = bad
 	if err := r.idx.EachSnapshot(func(blob.ID, []byte) error { rep.Snapshots++; return nil }); err != nil {
-		return fail(err)
+		return nil, err
 	}
+	old := filepath.Join(r.dir, "index.db.old")
 	if err := os.Remove(old); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fail(fmt.Errorf("remove %s: %w", old, err))
+		return nil, fmt.Errorf("remove %s: %w", old, err)
 	}
-	return r, rep, nil
+	return rep, nil
 }
 
 // indexBusy fails with index.ErrBusy when another process has index.db open
