@@ -205,7 +205,7 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 
 	b.jobs = make(chan fileJob, 4*opts.Workers)
 	b.blobs = make(chan saveJob, 2*opts.Savers)
-	b.chunkB.New = func() any { s := make([]byte, 0, chunker.MaxSize); return &s }
+	b.chunkB.New = func() any { s := make([]byte, 0, 64<<10); return &s } // grows to the chunk size in use
 
 	ctx, b.cancel = context.WithCancelCause(ctx)
 	defer b.cancel(nil)

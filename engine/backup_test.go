@@ -166,7 +166,7 @@ func TestFileModifiedInSnapshotSecondIsReRead(t *testing.T) {
 
 // writePages writes a page-structured database: 4 KiB pages of
 // semi-compressible records.
-func writePages(t *testing.T, p string, pages int, rng *rand.Rand) {
+func writePages(t testing.TB, p string, pages int, rng *rand.Rand) {
 	t.Helper()
 	f, err := os.Create(p)
 	if err != nil {

@@ -1,0 +1,34 @@
+package engine_test
+
+import (
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/engine/enginetest"
+)
+
+// BenchmarkBackupDatabase backs up a 64 MiB page-structured database into an
+// empty repository each iteration (go test -bench BackupDatabase -benchmem ./engine).
+func BenchmarkBackupDatabase(b *testing.B) {
+	dir := b.TempDir()
+	rng := rand.New(rand.NewSource(1))
+	f, _ := os.Create(filepath.Join(dir, "X500.db"))
+	for i := 0; i < 16384; i++ {
+		f.Write(page(rng))
+	}
+	f.Close()
+	b.SetBytes(64 << 20)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		r := enginetest.NewRepo(b)
+		b.StartTimer()
+		if _, err := engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{dir}, Now: time.Now}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
