@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -20,6 +21,7 @@ import (
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/crypto"
 	"github.com/stasisbackup/stasis/repo/index"
+	"github.com/stasisbackup/stasis/repo/lock"
 )
 
 // Exit codes.
@@ -52,6 +54,8 @@ type app struct {
 	repoDir        string
 	json           bool
 
+	locking lockState // the repository lock (lock.go)
+
 	passwordFile, passwordCommand string
 	insecureNoPassword            bool
 }
@@ -66,6 +70,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	a.releaseLock()
 	if err == nil {
 		return exitOK
 	}
@@ -101,7 +106,7 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, repo.ErrNoRepository):
 		return exitNoRepo
-	case errors.Is(err, index.ErrBusy):
+	case errors.Is(err, index.ErrBusy), errors.Is(err, lock.ErrLocked):
 		return exitLocked
 	case errors.Is(err, crypto.ErrWrongPassword), errors.Is(err, crypto.ErrNoPassword):
 		return exitPassword
@@ -134,6 +139,7 @@ a terminal, in this order. A wrong or missing password exits with code 12.`,
 	root.AddCommand(a.initCommand(), a.backupCommand(), a.snapshotsCommand(), a.restoreCommand(),
 		a.lsCommand(), a.checkCommand(), a.statsCommand(), a.versionCommand(),
 		a.keyCommand())
+	a.addMaintenanceCommands(root) // forget, prune, repair, unlock, --retry-lock (lock.go)
 	return root
 }
 
@@ -150,7 +156,12 @@ func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := repo.Open(ctx, dir, repo.OpenOptions{Password: a.repoPassword(dir)})
+	if _, err := os.Stat(filepath.Join(dir, "config")); err == nil {
+		if err := a.lockRepo(ctx, dir, false); err != nil { // shared unless a command took an exclusive one
+			return nil, err
+		}
+	}
+	r, err := repo.Open(ctx, dir, repo.OpenOptions{Password: a.repoPassword(dir), IndexTimeout: a.indexWait()})
 	if errors.Is(err, index.ErrBusy) {
 		return nil, fmt.Errorf("%w: another stasis command is using repository %s; wait for it to finish", err, dir)
 	}

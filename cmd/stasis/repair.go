@@ -1,0 +1,121 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/repo"
+)
+
+func (a *app) repairCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "repair index|snapshots",
+		Short: "Rebuild the index, or rewrite snapshots whose data is missing",
+		Long: `repair index rebuilds index.db from the pack headers and snapshot files (after
+it was deleted, truncated or corrupted); with --read-data it reads every pack
+and salvages the intact blobs of packs with bit rot. Unreadable packs are
+moved to damaged/.
+
+repair snapshots rewrites each snapshot that references missing data into a
+new snapshot (tagged "repaired") in which the affected files are marked
+damaged, so that everything else stays restorable; the original is kept
+unless --forget. See docs/damage.md.`,
+	}
+	c.AddCommand(a.repairIndexCommand(), a.repairSnapshotsCommand())
+	return c
+}
+
+func (a *app) logWriter() io.Writer {
+	if a.json {
+		return nil
+	}
+	return a.stderr
+}
+
+func (a *app) repairIndexCommand() *cobra.Command {
+	var o repo.RebuildOptions
+	c := &cobra.Command{
+		Use:   "index [--read-data]",
+		Short: "Rebuild index.db from the packs and snapshot files",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: a.exclusive(func(c *cobra.Command, args []string) error {
+			dir, _ := a.needRepo()
+			if err := repo.ResetIndex(dir); err != nil {
+				return err
+			}
+			r, err := a.openRepo(c.Context())
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			o.Log = a.logWriter()
+			rep, err := r.RebuildIndex(c.Context(), o)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				writeJSON(a.stdout, rep)
+				return nil
+			}
+			for _, d := range rep.Damaged {
+				lost := fmt.Sprintf("%d blobs lost", d.Lost)
+				if d.Lost < 0 {
+					lost = "its blobs are lost"
+				}
+				fmt.Fprintf(a.stdout, "damaged pack %s: %s; %d blobs salvaged, %s; moved to %s\n", d.ID, d.Problem, d.Salvaged, lost, d.MovedTo)
+			}
+			fmt.Fprintf(a.stdout, "index rebuilt: %d packs, %d blobs, %d snapshots\n", rep.Packs, rep.Blobs, rep.Snapshots)
+			if len(rep.Damaged) > 0 {
+				fmt.Fprintln(a.stdout, "data was lost: run `stasis repair snapshots` to mark the affected files")
+			}
+			return nil
+		}),
+	}
+	c.Flags().BoolVar(&o.ReadData, "read-data", false, "read every pack and salvage packs with bit rot")
+	return c
+}
+
+func (a *app) repairSnapshotsCommand() *cobra.Command {
+	var o engine.RepairSnapshotsOptions
+	c := &cobra.Command{
+		Use:   "snapshots [--forget] [--dry-run]",
+		Short: "Rewrite snapshots that reference missing data, marking the affected files",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: a.exclusive(func(c *cobra.Command, args []string) error {
+			r, err := a.openRepo(c.Context())
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			o.Log = a.logWriter()
+			rep, err := engine.RepairSnapshots(c.Context(), r, o)
+			if rep != nil && a.json {
+				writeJSON(a.stdout, rep)
+			} else if rep != nil {
+				for _, f := range rep.Files {
+					fmt.Fprintf(a.stdout, "%s\n", f)
+				}
+				for _, s := range rep.Repaired {
+					fmt.Fprintf(a.stdout, "snapshot %s: %d damaged paths", s.Old.Short(), len(s.Damaged))
+					if !s.New.IsZero() {
+						fmt.Fprintf(a.stdout, ", repaired copy %s", s.New.Short())
+					}
+					if s.Forgot {
+						fmt.Fprintf(a.stdout, ", original removed")
+					}
+					fmt.Fprintln(a.stdout)
+					for _, p := range s.Damaged {
+						fmt.Fprintf(a.stdout, "  damaged: %s\n", quotePath(p))
+					}
+				}
+				fmt.Fprintf(a.stdout, "checked %d snapshots, %d need repair\n", rep.Checked, len(rep.Repaired))
+			}
+			return err
+		}),
+	}
+	c.Flags().BoolVar(&o.Forget, "forget", false, "remove each original snapshot after saving its repaired copy")
+	c.Flags().BoolVarP(&o.DryRun, "dry-run", "n", false, "report, change nothing")
+	return c
+}
