@@ -633,8 +633,10 @@ func (b *backup) submitFile(ctx context.Context, p string, n tree.Node, pn *tree
 }
 
 func (b *backup) fileWorker(ctx context.Context) error {
+	// One chunker per worker: its 512 KiB read buffer is reused for every file.
+	ck := chunker.NewWithBoundaries(nil, b.pol, repo.ProfileDefault.Min, repo.ProfileDefault.Max)
 	for job := range b.jobs {
-		if err := b.saveFile(ctx, &job); err != nil {
+		if err := b.saveFile(ctx, &job, ck); err != nil {
 			close(job.fut.done)
 			return err
 		}
@@ -646,7 +648,7 @@ func (b *backup) fileWorker(ctx context.Context) error {
 // saveFile fills job.fut.node with the file's content. Errors returned are
 // fatal (repository failures, cancellation); a file that cannot be read is
 // recorded as a problem instead.
-func (b *backup) saveFile(ctx context.Context, job *fileJob) error {
+func (b *backup) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chunker) error {
 	n := &job.fut.node
 	pn := job.parent
 	defer func() {
@@ -687,7 +689,7 @@ func (b *backup) saveFile(ctx context.Context, job *fileJob) error {
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		changed, err := b.readFile(ctx, job, profile)
+		changed, err := b.readFile(ctx, job, profile, ck)
 		if err != nil {
 			if ctx.Err() != nil || isRepoError(err) {
 				return err
@@ -718,7 +720,7 @@ func isRepoError(err error) bool { var r repoError; return errors.As(err, &r) }
 
 // readFile reads, chunks and saves one file and reports whether it changed
 // while it was read (size, mtime or ctime differ before and after).
-func (b *backup) readFile(ctx context.Context, job *fileJob, profile repo.ChunkProfile) (changed bool, err error) {
+func (b *backup) readFile(ctx context.Context, job *fileJob, profile repo.ChunkProfile, ck *chunker.Chunker) (changed bool, err error) {
 	n := &job.fut.node
 	f, err := os.Open(job.read)
 	if err != nil {
@@ -736,7 +738,7 @@ func (b *backup) readFile(ctx context.Context, job *fileJob, profile repo.ChunkP
 	if job.read == job.path {
 		n.Size, n.MTime, n.CTime, n.Mode, n.UID, n.GID, n.Inode = bn.Size, bn.MTime, bn.CTime, bn.Mode, bn.UID, bn.GID, bn.Inode
 	}
-	content, read, err := b.chunkFile(ctx, f, int64(bn.Size), profile)
+	content, read, err := b.chunkFile(ctx, f, int64(bn.Size), profile, ck)
 	b.bytesRead.Add(read)
 	if err != nil {
 		return false, err
@@ -758,10 +760,9 @@ func (b *backup) readFile(ctx context.Context, job *fileJob, profile repo.ChunkP
 // chunkFile splits the data regions of f (holes are skipped via
 // SEEK_DATA/SEEK_HOLE) into content-defined chunks and hands new ones to the
 // savers.
-func (b *backup) chunkFile(ctx context.Context, f *os.File, size int64, profile repo.ChunkProfile) ([]tree.Extent, int64, error) {
+func (b *backup) chunkFile(ctx context.Context, f *os.File, size int64, profile repo.ChunkProfile, ck *chunker.Chunker) ([]tree.Extent, int64, error) {
 	var content []tree.Extent
 	var read int64
-	ck := chunker.NewWithBoundaries(nil, b.pol, profile.Min, profile.Max)
 	for off := int64(0); off < size; {
 		start, end := dataRegion(f, off, size)
 		if start > off {

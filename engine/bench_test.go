@@ -32,3 +32,28 @@ func BenchmarkBackupDatabase(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBackupSmallFiles backs up 2,000 small LDIF-like files into an
+// empty repository each iteration.
+func BenchmarkBackupSmallFiles(b *testing.B) {
+	dir := b.TempDir()
+	rng := rand.New(rand.NewSource(2))
+	var total int64
+	for i := 0; i < 2000; i++ {
+		sub := filepath.Join(dir, "ldif", string(rune('a'+i%20)))
+		os.MkdirAll(sub, 0o755)
+		data := page(rng)[:1024+rng.Intn(3072)]
+		total += int64(len(data))
+		os.WriteFile(filepath.Join(sub, "entry"+string(rune('A'+i%26))+string(rune('a'+i/26%26))+string(rune('a'+i/676))+".ldif"), data, 0o644)
+	}
+	b.SetBytes(total)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		r := enginetest.NewRepo(b)
+		b.StartTimer()
+		if _, err := engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{dir}, Now: time.Now}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
