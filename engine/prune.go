@@ -129,12 +129,16 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 	var del, repack []blob.ID
 	for id, u := range use {
 		rep.PackBytesBefore += int64(u.size)
-		stored := int64(u.size) - repo.PackOverhead(int(u.count))
-		unused := stored - u.liveBytes
+		// Unused: indexed blobs no snapshot needs, plus copies of blobs
+		// that are indexed in another pack (estimated from the size).
+		unused := u.bytes - u.liveBytes
+		if u.blobs < int(u.count) {
+			unused += max(0, int64(u.size)-repo.PackOverhead(int(u.count))-u.bytes)
+		}
 		switch {
 		case u.live == 0:
 			del = append(del, id)
-		case stored > 0 && float64(unused)*100 > o.MaxUnused*float64(stored):
+		case unused > 0 && float64(unused)*100 > o.MaxUnused*float64(u.size):
 			repack = append(repack, id)
 		}
 	}
