@@ -66,6 +66,18 @@ type Dropped struct {
 	Reason string `json:"reason"`
 }
 
+// Note is what the exporter told about one payload member beyond its bytes
+// (see Member.Time and Member.Needs). Readers use notes to plan: which
+// members a restore needs, and so which volumes.
+type Note struct {
+	Name string `json:"name"`
+	// Time is the time of what the member holds (a snapshot's time), if given.
+	Time *time.Time `json:"time,omitempty"`
+	// Needs names the members this one depends on; each is on this volume
+	// before it or on an earlier volume of the set.
+	Needs []string `json:"needs,omitempty"`
+}
+
 // Catalog lists the payload members of one volume. It is the last member
 // of its volume and is copied onto every later volume of the set.
 type Catalog struct {
@@ -84,6 +96,19 @@ type Catalog struct {
 	Truncated bool      `json:"truncated"`
 	Members   []Entry   `json:"members"`
 	Dropped   []Dropped `json:"dropped,omitempty"`
+	// Notes holds a note for each member written with a time or needs,
+	// in member order.
+	Notes []Note `json:"notes,omitempty"`
+}
+
+// Note returns the note of member name, if the catalog has one.
+func (c *Catalog) Note(name string) (Note, bool) {
+	for _, n := range c.Notes {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return Note{}, false
 }
 
 // CatalogName returns the tar member name of the catalog of volume seq.
@@ -228,6 +253,18 @@ func (c *Catalog) validate() error {
 	for _, d := range c.Dropped {
 		if err := ValidName(d.Name); err != nil {
 			return fmt.Errorf("dropped %v: %w", err, ErrCorrupt)
+		}
+	}
+	noted := make(map[string]bool, len(c.Notes))
+	for _, n := range c.Notes {
+		if !seen[n.Name] || noted[n.Name] {
+			return fmt.Errorf("note for %q: not a member, or noted twice: %w", n.Name, ErrCorrupt)
+		}
+		noted[n.Name] = true
+		for _, d := range n.Needs {
+			if err := ValidName(d); err != nil {
+				return fmt.Errorf("note for %q needs %v: %w", n.Name, err, ErrCorrupt)
+			}
 		}
 	}
 	return nil

@@ -25,6 +25,25 @@ type Member struct {
 	// member interrupted by end of media is written again on the next
 	// volume) and must yield the same Size bytes each time.
 	Open func(ctx context.Context) (io.ReadCloser, error)
+	// Time and Needs, when set, are recorded in the catalog as the member's
+	// Note. Every name in Needs must be an earlier member of the same
+	// WriteSet call or a member of an earlier catalog: the needed members
+	// are then on the same or an earlier volume.
+	Time  time.Time
+	Needs []string
+}
+
+// note returns m's catalog note, or ok false when it has none.
+func (m Member) note() (Note, bool) {
+	if m.Time.IsZero() && len(m.Needs) == 0 {
+		return Note{}, false
+	}
+	n := Note{Name: m.Name, Needs: m.Needs}
+	if !m.Time.IsZero() {
+		t := m.Time.UTC()
+		n.Time = &t
+	}
+	return n, true
 }
 
 // WriteOptions configure WriteSet.
@@ -76,14 +95,25 @@ func WriteSet(ctx context.Context, dev Device, opts WriteOptions, members []Memb
 		opts.Now = time.Now
 	}
 	seen := make(map[string]bool, len(members))
+	given := make(map[string]bool, len(members))
+	for _, c := range earlier {
+		for _, e := range c.Members {
+			seen[e.Name] = true
+		}
+	}
 	for _, m := range members {
+		for _, d := range m.Needs {
+			if !seen[d] {
+				return nil, fmt.Errorf("member %q needs %q, which is neither an earlier member nor on an earlier volume: %w", m.Name, d, ErrInvalidName)
+			}
+		}
 		if err := ValidName(m.Name); err != nil {
 			return nil, err
 		}
-		if seen[m.Name] {
+		if given[m.Name] {
 			return nil, fmt.Errorf("member %q given twice: %w", m.Name, ErrInvalidName)
 		}
-		seen[m.Name] = true
+		seen[m.Name], given[m.Name] = true, true
 		if m.Size < 0 || m.Open == nil {
 			return nil, fmt.Errorf("member %q: negative size or no Open function", m.Name)
 		}
@@ -202,6 +232,18 @@ type volWriter struct {
 	spans  []*span
 	hitEOM bool
 	buf    []byte
+	notes  map[string]Note
+}
+
+// withNotes sets cat.Notes from the notes of its members.
+func (v *volWriter) withNotes(cat Catalog) Catalog {
+	cat.Notes = nil
+	for _, e := range cat.Members {
+		if n, ok := v.notes[e.Name]; ok {
+			cat.Notes = append(cat.Notes, n)
+		}
+	}
+	return cat
 }
 
 func (v *volWriter) label() Label {
@@ -231,7 +273,12 @@ func (v *volWriter) payloadFootprint(m Member) int64 {
 // entrySize is the JSON size of m's catalog entry.
 func (v *volWriter) entrySize(m Member) int {
 	b, _ := json.Marshal(Entry{Name: m.Name, Size: m.Size, BLAKE3: string(make([]byte, 64)), Volume: v.seq})
-	return len(b) - 4*64 + 64 // NULs are escaped as \u0000; a real checksum is 64 plain digits
+	n := len(b) - 4*64 + 64 // NULs are escaped as \u0000; a real checksum is 64 plain digits
+	if note, ok := m.note(); ok {
+		nb, _ := json.Marshal(note)
+		n += len(nb) + 1 + len(`,"notes":[]`)
+	}
+	return n
 }
 
 // catalogFootprint bounds the tar footprint of a catalog with n members
@@ -298,11 +345,18 @@ func (v *volWriter) write(ctx context.Context, queue []Member, prior []Catalog) 
 			return cat, err
 		}
 		cat.Members = append(cat.Members, e)
+		if n, ok := m.note(); ok {
+			if v.notes == nil {
+				v.notes = map[string]Note{}
+			}
+			v.notes[m.Name] = n
+		}
 		if v.opts.Progress != nil {
 			v.opts.Progress(v.seq, m.Name, m.Size)
 		}
 	}
 	cat.EndsSession = len(cat.Members) == len(queue)
+	cat = v.withNotes(cat)
 	if err := v.put(v.metaSpan(CatalogName(v.seq), encodeJSON(cat))); err != nil {
 		return v.checkEOM(cat, err, "its catalog")
 	}
@@ -403,6 +457,7 @@ func (v *volWriter) endOfMedia(cat Catalog) Catalog {
 		cur.done = cur.done || cur.kind != kindPayload
 		if err == nil && cur.kind == kindPayload {
 			cat.Members = members()
+			cat = v.withNotes(cat)
 			cat.Dropped = []Dropped{{Name: cur.name, Size: cur.size,
 				Reason: fmt.Sprintf("end of media on volume %d; written whole on volume %d; the bytes here are zeros", v.seq, v.seq+1)}}
 			cat.EndsSession = false
@@ -429,5 +484,5 @@ func (v *volWriter) endOfMedia(cat Catalog) Catalog {
 	}
 	cat.EndsSession = false
 	cat.Truncated = true
-	return cat
+	return v.withNotes(cat)
 }
