@@ -1,0 +1,212 @@
+package engine_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/index"
+	"github.com/stasisbackup/stasis/repo/tree"
+)
+
+// largestDataPack returns the indexed data pack with the most blobs.
+func largestDataPack(t *testing.T, r *repo.Repository) blob.ID {
+	t.Helper()
+	var best blob.ID
+	var n uint32
+	r.Index().EachPack(func(id blob.ID, info index.PackInfo) error {
+		if info.Type == blob.Data && info.Count > n {
+			best, n = id, info.Count
+		}
+		return nil
+	})
+	if n == 0 {
+		t.Fatal("no data pack")
+	}
+	return best
+}
+
+// filesIn returns the paths (relative to src) of files with a chunk in pack.
+// With first, only files with the pack's first blob (where a byte is
+// flipped) count.
+func filesIn(t *testing.T, f *fixture, sn *repo.Snapshot, pack blob.ID, first bool) []string {
+	t.Helper()
+	var out []string
+	err := engine.Walk(ctx, f.r, sn, "", func(p string, n *tree.Node) error {
+		for _, e := range n.Content {
+			if loc, ok, _ := f.r.Index().Lookup(e.ID); ok && loc.Pack == pack && (!first || loc.Offset == 8) {
+				rel, _ := filepath.Rel(f.src, p)
+				out = append(out, rel)
+				break
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestBitRotIsReportedRestoredAroundAndRepaired damages the repository in
+// one way each time: check names the damage, restore restores every other
+// file and names the affected ones, and repair makes check pass again.
+func TestBitRotIsReportedRestoredAroundAndRepaired(t *testing.T) {
+	cases := []struct {
+		name     string
+		damage   func(t *testing.T, f *fixture, pack blob.ID, sn *repo.Snapshot)
+		check    string // in a check error (with --read-data)
+		lostData bool   // files become unrestorable
+		reopen   bool   // Open fails until repair index
+		repair   string // "index", "snapshots" or "both" (docs/damage.md)
+	}{
+		{"flipped byte in a pack", func(t *testing.T, f *fixture, pack blob.ID, _ *repo.Snapshot) {
+			p := filepath.Join(f.dir, repo.PackName(pack))
+			data, _ := os.ReadFile(p)
+			data[40] ^= 0x55
+			os.WriteFile(p, data, 0o600)
+		}, "content does not match its name", true, false, "both"},
+		{"truncated pack", func(t *testing.T, f *fixture, pack blob.ID, _ *repo.Snapshot) {
+			p := filepath.Join(f.dir, repo.PackName(pack))
+			fi, _ := os.Stat(p)
+			os.Truncate(p, fi.Size()/2)
+		}, "truncated or overwritten", true, false, "both"},
+		{"deleted pack", func(t *testing.T, f *fixture, pack blob.ID, _ *repo.Snapshot) {
+			os.Remove(filepath.Join(f.dir, repo.PackName(pack)))
+		}, "is missing", true, false, "both"},
+		{"corrupted index.db", func(t *testing.T, f *fixture, _ blob.ID, _ *repo.Snapshot) {
+			p := filepath.Join(f.dir, "index.db")
+			data, _ := os.ReadFile(p)
+			for i := 0; i < len(data); i += 4096 {
+				copy(data[i:], "garbage!garbage!garbage!")
+			}
+			os.WriteFile(p, data, 0o600)
+		}, "", false, true, "index"},
+		{"corrupted snapshot file", func(t *testing.T, f *fixture, _ blob.ID, sn *repo.Snapshot) {
+			p := filepath.Join(f.dir, repo.SnapshotName(sn.ID))
+			data, _ := os.ReadFile(p)
+			data[len(data)/2] ^= 1
+			os.WriteFile(p, data, 0o600)
+		}, "corrupt snapshot file", false, false, "snapshots"},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, int64(200+i))
+			f.mutate()
+			f.mutate()
+			f.mutate()
+			sn, want := f.backup()
+			pack := largestDataPack(t, f.r)
+			affected := filesIn(t, f, sn, pack, c.name == "flipped byte in a pack")
+			f.r.Close()
+			f.r = nil
+			c.damage(t, f, pack, sn)
+
+			r, err := repo.Open(ctx, f.dir, f.opts)
+			if c.reopen {
+				if err == nil || !strings.Contains(err.Error(), "repair index") {
+					t.Fatalf("open with a corrupt index: %v; want an error that says to run repair index", err)
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.r = r
+				rep, err := engine.Check(ctx, r, engine.CheckOptions{ReadData: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rep.OK() || !strings.Contains(strings.Join(rep.Errors, "\n"), c.check) {
+					t.Fatalf("check errors %q do not say %q", rep.Errors, c.check)
+				}
+				if c.lostData {
+					all := strings.Join(rep.Errors, "\n")
+					for _, p := range affected {
+						if !strings.Contains(all, "file "+filepath.Join(f.src, p)+" cannot be restored") {
+							t.Errorf("check does not name damaged file %s:\n%s", p, all)
+						}
+					}
+					res, err := engine.Restore(ctx, r, sn, engine.RestoreOptions{Target: t.TempDir()})
+					if !errors.Is(err, engine.ErrRestoreIncomplete) {
+						t.Fatalf("restore of a damaged snapshot: %v, want ErrRestoreIncomplete", err)
+					}
+					var named []string
+					for _, p := range res.Problems {
+						rel, _ := filepath.Rel(f.src, p.Path)
+						named = append(named, rel)
+					}
+					sort.Strings(named)
+					if strings.Join(named, ",") != strings.Join(affected, ",") {
+						t.Errorf("restore named %v, want exactly %v", named, affected)
+					}
+					if int(res.Files) != len(want)-len(affected) {
+						t.Errorf("restore wrote %d files, want the %d unaffected ones", res.Files, len(want)-len(affected))
+					}
+				}
+				r.Close()
+				f.r = nil
+			}
+
+			// Repair as docs/damage.md says: index (reading data), then
+			// snapshots with --forget.
+			if c.repair != "snapshots" {
+				if err := repo.ResetIndex(f.dir); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r, err = repo.Open(ctx, f.dir, f.opts)
+			if err != nil {
+				t.Fatalf("open for repair: %v", err)
+			}
+			f.r = r
+			if c.repair != "snapshots" {
+				if _, err := r.RebuildIndex(ctx, repo.RebuildOptions{ReadData: true}); err != nil {
+					t.Fatalf("repair index: %v", err)
+				}
+			}
+			if c.repair != "index" {
+				rs, err := engine.RepairSnapshots(ctx, r, engine.RepairSnapshotsOptions{Forget: true})
+				if err != nil {
+					t.Fatalf("repair snapshots: %v", err)
+				}
+				if c.lostData && (len(rs.Repaired) != 1 || len(rs.Repaired[0].Damaged) != len(affected)) {
+					t.Fatalf("repair snapshots repaired %+v, want the one snapshot with %d damaged files", rs.Repaired, len(affected))
+				}
+			}
+			rep, err := engine.Check(ctx, r, engine.CheckOptions{ReadData: true})
+			if err != nil || !rep.OK() {
+				t.Fatalf("check after repair: %v\n%s", err, strings.Join(rep.Errors, "\n"))
+			}
+			list, _, _ := r.Snapshots(ctx)
+			if len(list) != 1 {
+				t.Fatalf("%d snapshots after repair, want 1", len(list))
+			}
+			if !c.lostData {
+				if list[0].ID != sn.ID {
+					t.Fatalf("snapshot %s became %s although no data was lost", sn.ID.Short(), list[0].ID.Short())
+				}
+				f.verify(sn.ID, want)
+				return
+			}
+			// The repaired snapshot restores every unaffected file.
+			res, err := engine.Restore(ctx, r, list[0], engine.RestoreOptions{Target: t.TempDir()})
+			if !errors.Is(err, engine.ErrRestoreIncomplete) || int(res.Files) != len(want)-len(affected) {
+				t.Fatalf("restore of the repaired snapshot: %v, %d files; want %d and the damaged ones named", err, res.Files, len(want)-len(affected))
+			}
+			// The next backup stores the lost files again, and prune works.
+			f.mutate()
+			sn2, want2 := f.backup()
+			f.verify(sn2.ID, want2)
+			if _, err := engine.Prune(ctx, r, engine.PruneOptions{}); err != nil {
+				t.Fatalf("prune after repair: %v", err)
+			}
+		})
+	}
+}
