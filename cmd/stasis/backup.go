@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/engine/quiesce"
 	"github.com/stasisbackup/stasis/repo"
 )
 
@@ -17,6 +19,7 @@ func (a *app) backupCommand() *cobra.Command {
 		create  bool
 		opts    engine.BackupOptions
 		dbGlobs []string
+		q       quiesceFlags
 	)
 	c := &cobra.Command{
 		Use:   "backup [flags] PATH...",
@@ -24,22 +27,41 @@ func (a *app) backupCommand() *cobra.Command {
 		Long: `Take a snapshot of PATHs. Files unchanged since the last snapshot of the same
 host and paths are not read again. A file that cannot be read, or that keeps
 changing while it is read, is listed and the exit code is 3; the snapshot is
-still written and everything else in it is restorable.`,
+still written and everything else in it is restorable.
+
+A live service is held still with --quiesce CMD and --resume CMD (shell
+commands; resume always runs once quiesce started, also on errors, Ctrl-C and
+SIGTERM) and --freeze stop|copy|reflink; see docs/quiesce.md. Hook output and
+warnings go to stderr; the snapshot records what quiescing did (stasis
+snapshots --json, "quiesce"). A hook failure, --on-open fail with a writer
+still present, or a signal in the window exits 1 without a snapshot. A resume
+hook failure after a snapshot was written also exits 1: check the service.
+
+--profile FILE (TOML, docs/examples/zoomserv.toml) supplies the repository,
+paths and these settings; flags given as well win, and the profile's
+repository wins over $STASIS_REPO.`,
 		Args: func(c *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usagef("backup: give at least one PATH to back up")
+			if len(args) == 0 && q.profile == "" {
+				return usagef("backup: give at least one PATH to back up, or --profile FILE")
 			}
 			return nil
 		},
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
+			args, err := a.applyProfile(c, &q, &opts, &dbGlobs, args)
+			if err != nil {
+				return err
+			}
+			if err := q.validate(); err != nil {
+				return err
+			}
 			dir, err := a.needRepo()
 			if err != nil {
 				return err
 			}
 			if create {
 				if _, err := os.Stat(dir + "/config"); errors.Is(err, os.ErrNotExist) {
-					r, err := repo.Init(ctx, dir, repo.InitOptions{DBGlobs: dbGlobs})
+					r, err := a.initRepo(ctx, dir, dbGlobs)
 					if err != nil {
 						return err
 					}
@@ -54,8 +76,11 @@ still written and everything else in it is restorable.`,
 				return err
 			}
 			defer r.Close()
-			if c.Flags().Changed("db-glob") {
+			if dbGlobs != nil {
 				opts.DBGlobs = dbGlobs
+			}
+			if opts.Retries == 0 {
+				opts.Retries = -1 // --retries 0: no re-reads (the engine's 0 means its default)
 			}
 			if opts.Host == "" {
 				opts.Host, _ = os.Hostname()
@@ -71,9 +96,20 @@ still written and everything else in it is restorable.`,
 			case tty:
 				opts.Progress = func(p engine.Progress) { fmt.Fprintf(a.stderr, "\r\033[K%s", progressLine(p)) }
 			}
-			sn, err := engine.Backup(ctx, r, opts)
+			var (
+				sn  *repo.Snapshot
+				rep quiesce.Report
+			)
+			if q.quiesce != "" {
+				rep, sn, err = a.quiescedBackup(ctx, r, &q, opts)
+			} else {
+				sn, err = engine.Backup(ctx, r, opts)
+			}
 			if tty {
 				fmt.Fprint(a.stderr, "\r\033[K")
+			}
+			if q.quiesce != "" {
+				a.printQuiesce(rep)
 			}
 			if sn == nil {
 				return err
@@ -83,7 +119,8 @@ still written and everything else in it is restorable.`,
 				writeJSONLine(a.stdout, map[string]any{"message_type": "summary", "snapshot_id": sn.ID.String(), "time": sn.Time,
 					"files_new": s.FilesNew, "files_changed": s.FilesChanged, "files_unchanged": s.FilesUnchanged,
 					"dirs": s.Dirs, "others": s.Others, "total_bytes": s.TotalBytes, "bytes_read": s.BytesRead,
-					"bytes_added": s.BytesAdded, "stored_added": s.StoredAdded, "duration_seconds": s.Duration, "problems": s.Problems})
+					"bytes_added": s.BytesAdded, "stored_added": s.StoredAdded, "duration_seconds": s.Duration, "problems": s.Problems,
+					"quiesce": json.RawMessage(sn.Quiesce)})
 			} else {
 				fmt.Fprintf(a.stdout, "snapshot %s saved\n", sn.ID.Short())
 				fmt.Fprintf(a.stdout, "files:  %d new, %d changed, %d unchanged; %d dirs, %d other entries\n",
@@ -91,6 +128,10 @@ still written and everything else in it is restorable.`,
 				fmt.Fprintf(a.stdout, "data:   %s read of %s; %s new, %s added to the repository after dedup and compression\n",
 					humanBytes(s.BytesRead), humanBytes(s.TotalBytes), humanBytes(s.BytesAdded), humanBytes(s.StoredAdded))
 				fmt.Fprintf(a.stdout, "time:   %s\n", humanDuration(time.Duration(s.Duration*float64(time.Second))))
+			}
+			if errors.Is(err, quiesce.ErrResumeFailed) {
+				printProblems(a.stderr, "files were not captured cleanly (the snapshot is incomplete)", s.Problems)
+				return exitError{exitFatal, fmt.Errorf("snapshot %s saved, but: %w", sn.ID.Short(), err)}
 			}
 			if err != nil {
 				printProblems(a.stderr, "files were not captured cleanly (the snapshot is incomplete)", s.Problems)
@@ -106,6 +147,7 @@ still written and everything else in it is restorable.`,
 	f.StringArrayVar(&opts.Excludes, "exclude", nil, "exclude entries whose name or absolute path matches GLOB (repeatable)")
 	f.StringSliceVar(&dbGlobs, "db-glob", nil, "base-name globs of files chunked with the small \"db\" profile (default: the repository's, *.db)")
 	f.IntVar(&opts.Retries, "retries", 2, "re-reads of a file that changes while it is read")
+	addQuiesceFlags(c, &q)
 	return c
 }
 

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/engine/profile"
+	"github.com/stasisbackup/stasis/engine/quiesce"
+	"github.com/stasisbackup/stasis/repo"
+)
+
+// quiesceFlags are the flags of `stasis backup` that hold a live service
+// still while its files are captured (docs/quiesce.md), and --profile.
+type quiesceFlags struct {
+	profile     string
+	quiesce     string
+	resume      string
+	hookTimeout time.Duration
+	paths       []string // --quiesce-path globs
+	freeze      string
+	staging     string
+	onOpen      string
+}
+
+func addQuiesceFlags(c *cobra.Command, q *quiesceFlags) {
+	f := c.Flags()
+	f.StringVar(&q.profile, "profile", "", "read repository, paths and quiesce settings from a TOML profile; flags given as well win")
+	f.StringVar(&q.quiesce, "quiesce", "", "shell command that stops the service from writing, run before capture")
+	f.StringVar(&q.resume, "resume", "", "shell command that lets the service run again; always runs once --quiesce started")
+	f.DurationVar(&q.hookTimeout, "hook-timeout", 0, "kill a hook (its process group) that runs longer than this (default 5m)")
+	f.StringArrayVar(&q.paths, "quiesce-path", nil, "only files matching GLOB are held still; base name, or absolute path when GLOB has a slash (repeatable; default all files)")
+	f.StringVar(&q.freeze, "freeze", "", "how quiesced files are held still: stop, copy or reflink (default stop)")
+	f.StringVar(&q.staging, "staging", "", "directory for the copies of copy and reflink modes (default the repository's parent directory)")
+	f.StringVar(&q.onOpen, "on-open", "", "when a quiesced file is still open for writing after --quiesce: warn or fail (default warn)")
+}
+
+// applyProfile loads --profile, when given, and fills in every value that was
+// not set on the command line. It returns the paths to back up.
+func (a *app) applyProfile(c *cobra.Command, q *quiesceFlags, opts *engine.BackupOptions, dbGlobs *[]string, args []string) ([]string, error) {
+	if q.profile == "" {
+		return args, nil
+	}
+	p, err := profile.Load(q.profile)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("%w (fix the profile)", err)}
+	}
+	set := c.Flags().Changed
+	if !set("repo") {
+		a.repoDir = p.Repository // the profile is more specific than $STASIS_REPO
+	}
+	if len(args) == 0 {
+		args = p.Paths
+	}
+	str := func(flag string, dst *string, v string) {
+		if !set(flag) && v != "" {
+			*dst = v
+		}
+	}
+	list := func(flag string, dst *[]string, v []string) {
+		if !set(flag) && len(v) > 0 {
+			*dst = v
+		}
+	}
+	str("host", &opts.Host, p.Host)
+	list("tag", &opts.Tags, p.Tags)
+	list("exclude", &opts.Excludes, p.Excludes)
+	list("db-glob", dbGlobs, p.DBGlob)
+	str("quiesce", &q.quiesce, p.Quiesce)
+	str("resume", &q.resume, p.Resume)
+	str("freeze", &q.freeze, p.Freeze)
+	str("staging", &q.staging, p.Staging)
+	str("on-open", &q.onOpen, p.OnOpen)
+	list("quiesce-path", &q.paths, p.QuiescePaths)
+	if !set("hook-timeout") && p.HookTimeout.Duration > 0 {
+		q.hookTimeout = p.HookTimeout.Duration
+	}
+	if !set("retries") && p.Retries != nil {
+		opts.Retries = *p.Retries
+	}
+	return args, nil
+}
+
+// validate returns a usage error for flag combinations that cannot work.
+func (q *quiesceFlags) validate() error {
+	if q.resume != "" && q.quiesce == "" {
+		return usagef("backup: --resume needs --quiesce (resume runs only after a quiesce command)")
+	}
+	if q.quiesce == "" {
+		for flag, set := range map[string]bool{"freeze": q.freeze != "", "staging": q.staging != "",
+			"on-open": q.onOpen != "", "quiesce-path": len(q.paths) > 0, "hook-timeout": q.hookTimeout != 0} {
+			if set {
+				return usagef("backup: --%s only applies with --quiesce CMD", flag)
+			}
+		}
+		return nil
+	}
+	switch quiesce.Freeze(q.freeze) {
+	case "", quiesce.FreezeStop:
+		if q.staging != "" {
+			return usagef("backup: --staging only applies with --freeze copy or reflink")
+		}
+	case quiesce.FreezeCopy, quiesce.FreezeReflink:
+	default:
+		return usagef("backup: --freeze %q: want stop, copy or reflink", q.freeze)
+	}
+	switch quiesce.OnOpen(q.onOpen) {
+	case "", quiesce.OnOpenWarn, quiesce.OnOpenFail:
+	default:
+		return usagef("backup: --on-open %q: want warn or fail", q.onOpen)
+	}
+	if q.hookTimeout < 0 {
+		return usagef("backup: --hook-timeout %s is negative", q.hookTimeout)
+	}
+	for _, g := range q.paths {
+		if _, err := filepath.Match(g, ""); err != nil {
+			return usagef("backup: --quiesce-path %q: %v", g, err)
+		}
+	}
+	return nil
+}
+
+// quiescedBackup runs the quiesce hook, captures the files held still as
+// the freeze mode says, resumes, and backs up the rest of the tree into one
+// snapshot whose "quiesce" object is the returned Report.
+//
+//   - stop: the quiesced files are read first (engine Prefetch) while the
+//     service is held still, the resume hook runs (AfterPrefetch), and the
+//     rest of the tree is read with the service running.
+//   - copy, reflink: the quiesced files are staged, the service resumes, and
+//     the backup reads the staged files under their original names
+//     (engine Substitutes).
+//
+// When a snapshot was written, sn is not nil and err may match
+// engine.ErrIncomplete and/or quiesce.ErrResumeFailed; when sn is nil, err
+// says why nothing was written (the resume hook ran in every case where the
+// quiesce hook was started).
+func (a *app) quiescedBackup(ctx context.Context, r *repo.Repository, q *quiesceFlags, opts engine.BackupOptions) (rep quiesce.Report, sn *repo.Snapshot, err error) {
+	paths := make([]string, len(opts.Paths))
+	for i, p := range opts.Paths {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return rep, nil, fmt.Errorf("path %q: %w", p, err)
+		}
+		if _, err := os.Lstat(abs); errors.Is(err, fs.ErrNotExist) {
+			return rep, nil, fmt.Errorf("%s: %w (check the spelling, or remove it from the command)", p, engine.ErrPathNotFound)
+		}
+		paths[i] = abs
+	}
+	opts.Paths = paths
+	qopts := quiesce.Options{Repository: a.repoDir, Paths: paths, QuiescePaths: q.paths,
+		Quiesce: q.quiesce, Resume: q.resume, HookTimeout: q.hookTimeout, Freeze: quiesce.Freeze(q.freeze),
+		Staging: q.staging, OnOpen: quiesce.OnOpen(q.onOpen), Log: a.stderr}
+	var berr error
+	rep, qerr := quiesce.Run(ctx, qopts, func(ctx context.Context, s *quiesce.Stage) error {
+		opts.QuiesceFunc = func() json.RawMessage {
+			b, err := json.Marshal(s.Report())
+			if err != nil {
+				panic(err) // a Report always marshals
+			}
+			return b
+		}
+		if s.Freeze == quiesce.FreezeStop {
+			opts.Prefetch = s.Files
+			opts.AfterPrefetch = func() { _ = s.Resume() } // a failure is in the Report and Run's error
+		} else {
+			opts.Substitutes = make(map[string]string, len(s.Files))
+			for _, f := range s.Files {
+				opts.Substitutes[f] = s.Path(f)
+			}
+		}
+		sn, berr = engine.Backup(ctx, r, opts)
+		if sn == nil {
+			return berr
+		}
+		return nil
+	})
+	if sn == nil {
+		return rep, nil, qerr
+	}
+	return rep, sn, errors.Join(berr, qerr)
+}
+
+// printQuiesce writes the one-line summary of what quiescing did, then every
+// warning on stderr.
+func (a *app) printQuiesce(rep quiesce.Report) {
+	for _, w := range rep.Warnings {
+		fmt.Fprintf(a.stderr, "warning: %s\n", w)
+	}
+	if a.json {
+		return
+	}
+	hooks := "hooks ok"
+	for _, h := range rep.Hooks {
+		if !h.OK() {
+			hooks = "a hook failed"
+		}
+	}
+	if len(rep.Hooks) == 0 {
+		hooks = "no hooks ran"
+	}
+	mode := string(rep.Freeze)
+	if rep.Freeze != rep.FreezeRequested {
+		mode += " (instead of " + string(rep.FreezeRequested) + ")"
+	}
+	fmt.Fprintf(a.stdout, "quiesce: %s, %d files held still, downtime %s, %s, %d %s\n", mode, rep.QuiescedFiles,
+		humanDuration(rep.Downtime), hooks, len(rep.Warnings), plural(len(rep.Warnings), "warning"))
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return word
+	}
+	return strings.TrimSuffix(word, "s") + "s"
+}
