@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stasisbackup/stasis/repo/lock"
+)
+
+func TestExclusiveLockExits11NamingTheHolder(t *testing.T) {
+	setupEnv(t)
+	src := sampleTree(t)
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	mustRun(t, "backup", "--init", "--repo", repoDir, src)
+	held, err := lock.Acquire(context.Background(), repoDir, true, lock.Options{Command: "stasis prune (test)"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"prune"}, {"backup", src}, {"forget", "--keep-last", "1"}, {"repair", "index"}} {
+		code, _, errs := stasis(t, append([]string{"--repo", repoDir}, args...)...)
+		if code != exitLocked || !strings.Contains(errs, "stasis prune (test)") || !strings.Contains(errs, "pid") {
+			t.Fatalf("%v while an exclusive lock is held: exit %d, stderr %q; want 11 naming the holder", args, code, errs)
+		}
+	}
+	// --retry-lock waits; the holder releases while the command waits or
+	// before it starts: either way it runs.
+	done := make(chan int)
+	go func() {
+		code, _, _ := stasis(t, "--repo", repoDir, "--retry-lock", "30s", "prune")
+		done <- code
+	}()
+	held.Release()
+	if code := <-done; code != 0 {
+		t.Fatalf("prune with --retry-lock after the holder released: exit %d", code)
+	}
+	locks, _ := lock.List(context.Background(), repoDir)
+	if len(locks) != 0 {
+		t.Fatalf("%d locks left after the commands ended", len(locks))
+	}
+}
+
+func TestConcurrentBackupsKeepBothSnapshots(t *testing.T) {
+	setupEnv(t)
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	mustRun(t, "init", "--repo", repoDir)
+	srcs := []string{sampleTree(t), sampleTree(t)}
+	os.WriteFile(filepath.Join(srcs[1], "extra"), []byte("only in the second"), 0o644)
+	var wg sync.WaitGroup
+	codes := make([]int, 2)
+	errs := make([]string, 2)
+	for i := range srcs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i], _, errs[i] = stasis(t, "--repo", repoDir, "backup", srcs[i])
+		}()
+	}
+	wg.Wait()
+	for i := range codes {
+		if codes[i] != 0 {
+			t.Fatalf("concurrent backup %d: exit %d\n%s", i, codes[i], errs[i])
+		}
+	}
+	out := mustRun(t, "--repo", repoDir, "snapshots")
+	if !strings.Contains(out, "2 snapshots") {
+		t.Fatalf("snapshots after two concurrent backups:\n%s", out)
+	}
+	mustRun(t, "--repo", repoDir, "check", "--read-data")
+	target := t.TempDir()
+	mustRun(t, "--repo", repoDir, "restore", "latest", "--target", target)
+}
+
+func TestUnlockRemovesStaleLocksOnly(t *testing.T) {
+	setupEnv(t)
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	mustRun(t, "init", "--repo", repoDir)
+	live, err := lock.Acquire(context.Background(), repoDir, false, lock.Options{Command: "live"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Release()
+	out := mustRun(t, "--repo", repoDir, "unlock")
+	if !strings.Contains(out, "0 locks removed") {
+		t.Fatalf("unlock removed a live lock:\n%s", out)
+	}
+	out = mustRun(t, "--repo", repoDir, "unlock", "--remove-all")
+	if !strings.Contains(out, "1 locks removed") {
+		t.Fatalf("unlock --remove-all:\n%s", out)
+	}
+}
