@@ -737,6 +737,12 @@ func (b *backup) readFile(ctx context.Context, job *fileJob, profile repo.ChunkP
 	bn := nodeFromInfo(n.Name, before, nil)
 	if job.read == job.path {
 		n.Size, n.MTime, n.CTime, n.Mode, n.UID, n.GID, n.Inode = bn.Size, bn.MTime, bn.CTime, bn.Mode, bn.UID, bn.GID, bn.Inode
+	} else {
+		// A staged copy (Substitutes) carries the original's mtime as of
+		// staging; the original may have been written since. Record the
+		// staged mtime so that the next backup sees such a write and
+		// re-reads the original instead of reusing this older content.
+		n.MTime = bn.MTime
 	}
 	content, read, err := b.chunkFile(ctx, f, int64(bn.Size), profile, ck)
 	b.bytesRead.Add(read)
