@@ -53,9 +53,10 @@ See docs/retention.md.`,
 			if rep == nil {
 				return err
 			}
+			jsonOut := map[string]any{"policy": o.Policy.String(), "dry_run": o.DryRun,
+				"decisions": rep.Decisions, "removed": len(rep.Removed)}
 			if a.json {
-				writeJSON(a.stdout, map[string]any{"policy": o.Policy.String(), "dry_run": o.DryRun,
-					"decisions": rep.Decisions, "removed": len(rep.Removed)})
+				defer func() { writeJSON(a.stdout, jsonOut) }()
 			} else {
 				group := ""
 				for _, d := range rep.Decisions {
@@ -90,7 +91,9 @@ See docs/retention.md.`,
 				}
 			}
 			if prune && !o.DryRun {
-				return a.runPrune(ctx, r, popts)
+				pr, err := a.runPrune(ctx, r, popts)
+				jsonOut["prune"] = pr
+				return err
 			}
 			return nil
 		}),

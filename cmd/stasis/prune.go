@@ -31,7 +31,11 @@ run ` + "`stasis check`" + ` and ` + "`stasis repair`" + ` first.`,
 				return err
 			}
 			defer r.Close()
-			return a.runPrune(c.Context(), r, o)
+			rep, err := a.runPrune(c.Context(), r, o)
+			if err == nil && a.json {
+				writeJSON(a.stdout, rep)
+			}
+			return err
 		}),
 	}
 	c.Flags().BoolVarP(&o.DryRun, "dry-run", "n", false, "report what would be deleted, change nothing")
@@ -39,8 +43,8 @@ run ` + "`stasis check`" + ` and ` + "`stasis repair`" + ` first.`,
 	return c
 }
 
-// runPrune prunes r and prints the report.
-func (a *app) runPrune(ctx context.Context, r *repo.Repository, o engine.PruneOptions) error {
+// runPrune prunes r and, unless --json, prints the report.
+func (a *app) runPrune(ctx context.Context, r *repo.Repository, o engine.PruneOptions) (*engine.PruneReport, error) {
 	if o.MaxUnused == 0 {
 		o.MaxUnused = 0.000001 // 0 means "repack anything unused", not the default
 	}
@@ -48,12 +52,8 @@ func (a *app) runPrune(ctx context.Context, r *repo.Repository, o engine.PruneOp
 		o.Log = a.stderr
 	}
 	rep, err := engine.Prune(ctx, r, o)
-	if err != nil {
-		return err
-	}
-	if a.json {
-		writeJSON(a.stdout, rep)
-		return nil
+	if err != nil || a.json {
+		return rep, err
 	}
 	verb := "deleted"
 	if o.DryRun {
@@ -66,5 +66,5 @@ func (a *app) runPrune(ctx context.Context, r *repo.Repository, o engine.PruneOp
 		fmt.Fprintf(a.stdout, "removed %d leftover temporary files\n", rep.TempFilesRemove)
 	}
 	fmt.Fprintf(a.stdout, "packs: %s before, %s after: %s freed\n", humanBytes(rep.PackBytesBefore), humanBytes(rep.PackBytesAfter), humanBytes(rep.BytesFreed))
-	return nil
+	return rep, nil
 }
