@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // stasis runs the CLI in-process and returns exit code, stdout and stderr.
@@ -35,6 +36,12 @@ func sampleTree(t *testing.T) string {
 	os.MkdirAll(filepath.Join(dir, "ldif"), 0o755)
 	os.WriteFile(filepath.Join(dir, "X500.db"), bytes.Repeat([]byte("page of records\n"), 4096), 0o600)
 	os.WriteFile(filepath.Join(dir, "ldif", "people.ldif"), []byte("dn: cn=alice,o=Zoomserv\n"), 0o644)
+	// Files modified in the second a backup starts are always re-read by the
+	// next one; date them an hour back so that "unchanged" is deterministic.
+	old := time.Now().Add(-time.Hour)
+	for _, f := range []string{"X500.db", "ldif/people.ldif"} {
+		os.Chtimes(filepath.Join(dir, f), old, old)
+	}
 	return dir
 }
 
