@@ -138,7 +138,7 @@ a terminal, in this order. A wrong or missing password exits with code 12.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.initCommand(), a.backupCommand(), a.snapshotsCommand(), a.restoreCommand(),
 		a.lsCommand(), a.checkCommand(), a.statsCommand(), a.versionCommand(),
-		a.keyCommand())
+		a.keyCommand(), a.tapeCommand())
 	a.addMaintenanceCommands(root) // forget, prune, repair, unlock, --retry-lock (lock.go)
 	return root
 }

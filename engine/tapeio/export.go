@@ -1,0 +1,272 @@
+// Package tapeio connects tape volumes (package engine/tape, which knows
+// nothing of repositories) with stasis repositories: Export writes a
+// repository's files to a tape set and records the catalogs in the
+// repository, Import rebuilds a repository from volumes, and Restore
+// restores a snapshot straight from volumes, spooling only the packs it
+// needs.
+//
+// Volumes carry the repository's files byte for byte (config, keys/<id>,
+// packs/xx/<id>, snapshots/<id>), so an encrypted repository stays
+// encrypted on tape. Members are written packs first, then snapshot files
+// (each with its time and the packs it needs as a catalog note), then
+// config and key files: a snapshot is never on an earlier volume than a
+// pack it needs (engine/tape checks it).
+package tapeio
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/engine/tape"
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/tree"
+)
+
+// ExportOptions tune Export.
+type ExportOptions struct {
+	// Write passes block size, volume size, label, clock and progress to
+	// tape.WriteSet; RepositoryID and SetID are set by Export.
+	Write tape.WriteOptions
+	// Incremental writes only the packs and snapshot files that are not on
+	// a volume of the current set (the set written to last), appending
+	// volumes to it. Without a recorded set it writes a new full set.
+	Incremental bool
+	// NewSet starts a new set even with Incremental.
+	NewSet bool
+}
+
+// ExportResult says what Export wrote.
+type ExportResult struct {
+	SetID    string
+	Appended bool // volumes were appended to an existing set
+	// Catalogs of the volumes written (also recorded in the repository).
+	Catalogs []tape.Catalog
+	// Members and Bytes count the payload written; Skipped counts packs
+	// and snapshot files already on the set.
+	Members, Skipped int
+	Bytes            int64
+}
+
+// Export writes the repository r to new volumes on dev and records their
+// catalogs in the repository (repo.TapeDir), also when it fails part way:
+// the volumes completed so far are then recorded. The caller holds a shared
+// repository lock.
+func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOptions) (*ExportResult, error) {
+	sets, err := RecordedSets(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	res := &ExportResult{}
+	var earlier []tape.Catalog
+	onSet := map[string]bool{}
+	if cur := CurrentSet(sets); o.Incremental && !o.NewSet && cur != "" {
+		earlier = sets[cur]
+		res.SetID, res.Appended = cur, true
+		for _, c := range earlier {
+			for _, e := range c.Members {
+				onSet[e.Name] = true
+			}
+		}
+	}
+	members, skipped, err := exportMembers(ctx, r, onSet)
+	if err != nil {
+		return nil, err
+	}
+	res.Skipped = skipped
+	wo := o.Write
+	wo.RepositoryID = r.Config().ID
+	wo.SetID = res.SetID
+	cats, werr := tape.WriteSet(ctx, dev, wo, members, earlier)
+	for _, c := range cats {
+		res.SetID = c.SetID
+		data, err := json.Marshal(c)
+		if err != nil {
+			return res, err
+		}
+		if err := r.SaveTapeCatalog(ctx, c.SetID, c.Volume, append(data, '\n')); err != nil {
+			return res, fmt.Errorf("%w (the volumes were written; record the catalogs again by exporting anew with --new-set)", err)
+		}
+		res.Catalogs = append(res.Catalogs, c)
+		for _, e := range c.Members {
+			res.Members++
+			res.Bytes += e.Size
+		}
+	}
+	if werr != nil {
+		return res, fmt.Errorf("tape export: %w", werr)
+	}
+	return res, nil
+}
+
+// exportMembers lists the repository files to write: packs, snapshot files,
+// then config and key files; names in skip are left out (config and keys
+// are always written: they are small and keys change).
+func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool) ([]tape.Member, int, error) {
+	fsys := r.FS()
+	member := func(name string, size int64) tape.Member {
+		return tape.Member{Name: name, Size: size, Open: func(ctx context.Context) (io.ReadCloser, error) {
+			return fsys.Open(name)
+		}}
+	}
+	sized := func(name string) (tape.Member, error) {
+		fi, err := fsys.Stat(name)
+		if err != nil {
+			return tape.Member{}, fmt.Errorf("tape export: %w", err)
+		}
+		return member(name, fi.Size()), nil
+	}
+	var packs, out []tape.Member
+	skipped := 0
+	havePack := map[string]bool{}
+	err := r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+		name := repo.PackName(id)
+		havePack[name] = true
+		if skip[name] {
+			skipped++
+			return nil
+		}
+		packs = append(packs, member(name, size))
+		return nil
+	}, nil)
+	if err != nil {
+		return nil, 0, fmt.Errorf("tape export: list packs: %w", err)
+	}
+	sort.Slice(packs, func(i, j int) bool { return packs[i].Name < packs[j].Name })
+	out = append(out, packs...)
+
+	snaps, bad, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("tape export: %w", err)
+	}
+	if len(bad) > 0 {
+		return nil, 0, fmt.Errorf("tape export: %d snapshot records cannot be read (first: %v); run `stasis check` and `stasis repair index`", len(bad), bad[0])
+	}
+	for _, sn := range snaps {
+		name := repo.SnapshotName(sn.ID)
+		if skip[name] {
+			skipped++
+			continue
+		}
+		m, err := sized(name)
+		if err != nil {
+			return nil, 0, err
+		}
+		m.Time = sn.Time
+		if m.Needs, err = neededPacks(ctx, r, sn); err != nil {
+			return nil, 0, err
+		}
+		for _, p := range m.Needs {
+			if !havePack[p] {
+				return nil, 0, fmt.Errorf("tape export: snapshot %s needs %s, which is not in the repository; run `stasis check`", sn.ID.Short(), p)
+			}
+		}
+		out = append(out, m)
+	}
+	m, err := sized("config")
+	if err != nil {
+		return nil, 0, err
+	}
+	out = append(out, m)
+	keys, err := fsys.ReadDir("keys")
+	if err != nil && r.Encrypted() {
+		return nil, 0, fmt.Errorf("tape export: list key files: %w", err)
+	}
+	for _, k := range keys {
+		name := "keys/" + k.Name()
+		if !repo.ValidFileName(name) {
+			continue
+		}
+		m, err := sized(name)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, m)
+	}
+	return out, skipped, nil
+}
+
+// neededPacks returns the sorted pack file names holding the trees and
+// chunks of snapshot sn.
+func neededPacks(ctx context.Context, r *repo.Repository, sn *repo.Snapshot) ([]string, error) {
+	packs := map[string]bool{}
+	add := func(id blob.ID) error {
+		loc, ok, err := r.Index().Lookup(id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("blob %s of snapshot %s is not in the index; run `stasis check`", id.Short(), sn.ID.Short())
+		}
+		packs[repo.PackName(loc.Pack)] = true
+		return nil
+	}
+	if err := add(sn.Tree); err != nil {
+		return nil, fmt.Errorf("tape export: %w", err)
+	}
+	err := engine.Walk(ctx, r, sn, "", func(_ string, n *tree.Node) error {
+		if n.Kind == tree.Dir {
+			return add(n.Subtree)
+		}
+		for _, e := range n.Content {
+			if !e.Hole {
+				if err := add(e.ID); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tape export: walk snapshot %s: %w", sn.ID.Short(), err)
+	}
+	out := make([]string, 0, len(packs))
+	for p := range packs {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// RecordedSets returns the catalogs recorded in the repository, by set id,
+// ordered by volume. A catalog file that does not decode is an error naming
+// it.
+func RecordedSets(ctx context.Context, r *repo.Repository) (map[string][]tape.Catalog, error) {
+	files, err := r.TapeCatalogs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sets := map[string][]tape.Catalog{}
+	for _, f := range files {
+		c, err := tape.DecodeCatalog(f.Data)
+		if err != nil {
+			return nil, fmt.Errorf("recorded tape catalog of set %s volume %d: %w", f.SetID, f.Volume, err)
+		}
+		if c.SetID != f.SetID || c.Volume != f.Volume {
+			return nil, fmt.Errorf("recorded tape catalog %s/%06d.json holds volume %d of set %s: %w", f.SetID, f.Volume, c.Volume, c.SetID, tape.ErrCorrupt)
+		}
+		sets[c.SetID] = append(sets[c.SetID], c)
+	}
+	return sets, nil
+}
+
+// CurrentSet returns the id of the set written to last (by catalog time,
+// then volume number), or "" when none is recorded.
+func CurrentSet(sets map[string][]tape.Catalog) string {
+	var best string
+	var bestTime time.Time
+	for id, cats := range sets {
+		for _, c := range cats {
+			if best == "" || c.Time.After(bestTime) || (c.Time.Equal(bestTime) && strings.Compare(id, best) > 0) {
+				best, bestTime = id, c.Time
+			}
+		}
+	}
+	return best
+}
