@@ -1,0 +1,111 @@
+package tapeio
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/engine/tape"
+)
+
+// drive is a tape-drive double: volumes are files in dir, every write must
+// be exactly blockSize bytes (else EINVAL), and after capacity bytes a
+// volume takes no more (ENOSPC, no partial block).
+type drive struct {
+	dir       string
+	blockSize int
+	capacity  int64
+}
+
+func (d *drive) path(seq int) string { return filepath.Join(d.dir, fmt.Sprintf("vol-%03d.tar", seq)) }
+
+func (d *drive) OpenWrite(ctx context.Context, seq int) (io.WriteCloser, error) {
+	f, err := os.Create(d.path(seq))
+	return &driveVol{d: d, f: f}, err
+}
+
+func (d *drive) OpenRead(ctx context.Context, seq int) (io.ReadCloser, error) {
+	return os.Open(d.path(seq))
+}
+
+type driveVol struct {
+	d *drive
+	f *os.File
+	n int64
+}
+
+func (v *driveVol) Write(p []byte) (int, error) {
+	if len(p) != v.d.blockSize {
+		return 0, syscall.EINVAL
+	}
+	if v.n+int64(len(p)) > v.d.capacity {
+		return 0, syscall.ENOSPC
+	}
+	n, err := v.f.Write(p)
+	v.n += int64(n)
+	return n, err
+}
+
+func (v *driveVol) Close() error { return v.f.Close() }
+
+// TestExportEndOfMediaRestores exports to a drive that reports end of
+// media part way through volumes; the set still imports and restores.
+func TestExportEndOfMediaRestores(t *testing.T) {
+	ctx := context.Background()
+	r := enginetest.NewRepo(t)
+	src := t.TempDir()
+	rng := rand.New(rand.NewSource(7))
+	for i := 0; i < 3; i++ {
+		b := make([]byte, 100<<10)
+		rng.Read(b)
+		os.WriteFile(filepath.Join(src, fmt.Sprintf("f%d", i)), b, 0o600)
+		if _, err := engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{src}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := &drive{dir: t.TempDir(), blockSize: 4096, capacity: 160 << 10}
+	res, err := Export(ctx, r, d, ExportOptions{Write: tape.WriteOptions{BlockSize: 4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped := 0
+	for _, c := range res.Catalogs {
+		dropped += len(c.Dropped)
+	}
+	if len(res.Catalogs) < 3 || dropped == 0 {
+		t.Fatalf("%d volumes, %d dropped members: the drive should have met end of media", len(res.Catalogs), dropped)
+	}
+	var paths []string
+	for i := len(res.Catalogs); i >= 1; i-- {
+		paths = append(paths, d.path(i))
+	}
+	dir := filepath.Join(t.TempDir(), "imported")
+	imp, err := Import(ctx, dir, paths, ImportOptions{Read: ReadOptions{BlockSize: 4096}, Open: enginetest.OpenOptions()})
+	if err != nil {
+		t.Fatalf("import: %v (%+v)", err, imp)
+	}
+	target := t.TempDir()
+	rr, err := Restore(ctx, paths, RestoreOptions{Read: ReadOptions{BlockSize: 4096}, Snapshot: "latest",
+		Open: enginetest.OpenOptions(), Restore: engine.RestoreOptions{Target: target}})
+	if err != nil {
+		t.Fatalf("tape restore: %v", err)
+	}
+	if rr.Files != 3 {
+		t.Errorf("restored %d files, want 3", rr.Files)
+	}
+	for i := 0; i < 3; i++ {
+		p := filepath.Join(src, fmt.Sprintf("f%d", i))
+		want, _ := os.ReadFile(p)
+		if got, err := os.ReadFile(filepath.Join(target, p)); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s differs after tape restore: %v", p, err)
+		}
+	}
+}
