@@ -30,8 +30,8 @@ func initEncrypted(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("init: %v", err)
 	}
-	if !r.Encrypted() || r.KeyID() == "" {
-		t.Fatalf("new repository: encrypted %v, key %q", r.Encrypted(), r.KeyID())
+	if !r.Encrypted() || r.KeyID() == "" || r.Config().IDKey != "" {
+		t.Fatalf("new repository: encrypted %v, key %q, id_key %q in Config", r.Encrypted(), r.KeyID(), r.Config().IDKey)
 	}
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
@@ -87,6 +87,9 @@ func TestEncryptedConfigShowsNoSecret(t *testing.T) {
 	r := mustOpen(t, dir, enginetest.Password)
 	if got := r.Config().Polynomial(); got != enginetest.Polynomial {
 		t.Errorf("opened polynomial %v, want %v", got, enginetest.Polynomial)
+	}
+	if r.Config().IDKey != "" || r.Config().Secrets == nil {
+		t.Errorf("Config() of an encrypted repository: id_key %q, secrets %d bytes", r.Config().IDKey, len(r.Config().Secrets))
 	}
 	if r.KeyID() != keys[0].Name() {
 		t.Errorf("KeyID %q, key file %q", r.KeyID(), keys[0].Name())

@@ -197,6 +197,7 @@ func open(ctx context.Context, dir string, b backend.FS, cfg Config, mk *crypto.
 	if mk != nil {
 		k := mk.IDKey()
 		key = k[:]
+		cfg.IDKey = "" // the secret stays in the master key (see Config)
 	} else {
 		var err error
 		if key, err = decodeIDKey(cfg.IDKey); err != nil {
