@@ -80,6 +80,7 @@ func runSideBySide(ctx context.Context, o options, stdout io.Writer, log func(st
 	}
 
 	start := time.Now()
+	loadBefore := loadAvg()
 	log("generating workload in %s (X500.db %s, log %s, %d files, seed %d)", w.Root, mib(w.DBSize), mib(w.LogSize), w.Files, w.Seed)
 	reused, err := w.Generate()
 	if err != nil {
@@ -193,7 +194,9 @@ func runSideBySide(ctx context.Context, o options, stdout io.Writer, log func(st
 	if o.cold {
 		cache = "cold (`echo 3 > /proc/sys/vm/drop_caches` before every measured command)"
 	}
-	fmt.Fprintf(&rep, "Page cache: %s. Median of %d runs per figure.\n\n", cache, o.runs)
+	fmt.Fprintf(&rep, "Page cache: %s. Median of %d runs per figure. Load average (1, 5, 15 min) before: %s; after: %s "+
+		"(above the number of CPUs, other processes competed for them: wall times are inflated, CPU times much less so).\n\n",
+		cache, o.runs, loadBefore, loadAvg())
 	for _, t := range tools {
 		fmt.Fprintf(&rep, "- %s (%s): %s\n", t.Name, versions[t.Name], t.Settings)
 	}
