@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/crypto"
 	"github.com/stasisbackup/stasis/repo/index"
+	"golang.org/x/sys/unix"
 )
 
 // Key files made by in-process tests use the cheap test parameters; the
@@ -319,5 +321,67 @@ func TestTamperedCiphertextNamedByCheckAndRestore(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(target, src, "bystander.txt")); err != nil || string(got) != "I am fine\n" {
 		t.Errorf("intact file not restored: %q, %v", got, err)
+	}
+}
+
+// ptyPair returns the master and slave ends of a new pseudo-terminal.
+func ptyPair(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal (/dev/ptmx): %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Skipf("unlock pty: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Skipf("pty number: %v", err)
+	}
+	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("open pty slave: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return m, s
+}
+
+// onTerminal runs the CLI with stdin on a pseudo-terminal where typed is
+// already typed.
+func onTerminal(t *testing.T, typed string, args ...string) (int, string, string) {
+	t.Helper()
+	master, slave := ptyPair(t)
+	if _, err := master.WriteString(typed); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, slave, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestPasswordPromptOnTerminal(t *testing.T) {
+	noPasswordEnv(t)
+	dir := filepath.Join(t.TempDir(), "repo")
+	// init asks twice; two different answers create nothing.
+	code, _, errs := onTerminal(t, "typed once\ntyped twice\n", "init", "--repo", dir)
+	if code == 0 || !strings.Contains(errs, "differ") {
+		t.Fatalf("init with differing passwords: exit %d, %s", code, errs)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "config")); err == nil {
+		t.Fatal("init with differing passwords created a repository")
+	}
+	code, _, errs = onTerminal(t, "on a tty\non a tty\n", "init", "--repo", dir)
+	if code != 0 || strings.Count(errs, "password") != 2 {
+		t.Fatalf("init on a terminal: exit %d, prompts %q", code, errs)
+	}
+	// Other commands ask once.
+	code, _, errs = onTerminal(t, "on a tty\n", "snapshots", "--repo", dir)
+	if code != 0 || !strings.Contains(errs, "enter password for repository "+dir) {
+		t.Fatalf("snapshots on a terminal: exit %d, %q", code, errs)
+	}
+	code, _, errs = onTerminal(t, "not it\n", "snapshots", "--repo", dir)
+	if code != exitPassword || !strings.Contains(errs, "wrong password") {
+		t.Fatalf("wrong password on a terminal: exit %d, %q", code, errs)
 	}
 }
