@@ -248,8 +248,10 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 	})
 	err = g.Wait()
 	stopProgress()
-	if err == nil {
-		err = context.Cause(ctx)
+	if cause := context.Cause(ctx); err == nil || (isRepoError(cause) && !errors.Is(cause, context.Canceled)) {
+		// A failed tree save cancels ctx with its cause; the workers then
+		// return "context canceled", which must not hide the cause.
+		err = cause
 	}
 	if err != nil {
 		return nil, err
