@@ -110,6 +110,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "stasis-bench: --runs must be at least 1")
 		return 2
 	}
+	if cmd == "fill-index" {
+		return exitCode(runFillIndex(ctx, o, stdout), stderr)
+	}
 	if o.work, err = filepath.Abs(o.work); err != nil {
 		fmt.Fprintf(stderr, "stasis-bench: %v\n", err)
 		return 1
@@ -126,6 +129,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runScale(ctx, o, stdout, log)
 	case "profile":
 		err = runProfile(ctx, o, stdout, log)
+	case "fill-index": // internal: run by scale in a child process
+		err = runFillIndex(ctx, o, stdout)
 	default:
 		fmt.Fprintf(stderr, "stasis-bench: unknown command %q: use run, scale or profile\n", cmd)
 		return 2
@@ -252,4 +257,20 @@ func loadAvg() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+func exitCode(err error, stderr io.Writer) int {
+	if err != nil {
+		fmt.Fprintf(stderr, "stasis-bench: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// selfPeakRSS is the harness's own peak RSS: on Linux every child's
+// ru_maxrss starts at its parent's peak, so this is the floor of the figures.
+func selfPeakRSS() int64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Maxrss << 10
 }

@@ -203,7 +203,7 @@ func runSideBySide(ctx context.Context, o options, stdout io.Writer, log func(st
 	for _, m := range missing {
 		fmt.Fprintf(&rep, "- missing, not run: %s\n", m)
 	}
-	fmt.Fprintln(&rep)
+	fmt.Fprintf(&rep, "\nPeak RSS of the harness itself: %s (a child's ru_maxrss starts at its parent's peak on Linux, so no figure below can be smaller).\n\n", mib(selfPeakRSS()))
 	writeTable(&rep, res, tools)
 	stdout.Write(rep.Bytes())
 	if o.out != "" {
