@@ -313,14 +313,20 @@ func (r *Repository) ChangePassword(ctx context.Context, password []byte, p cryp
 	return id, nil
 }
 
-// sealBlob appends the pack form of a stored blob to dst: sealed in an
-// encrypted repository, stored as it is otherwise.
-func (r *Repository) sealBlob(t blob.Type, id blob.ID, stored []byte) []byte {
+// sealBlob returns the pack form of a stored blob: sealed in an encrypted
+// repository (into a pooled buffer; call the returned release once the bytes
+// are written), stored as it is otherwise.
+func (r *Repository) sealBlob(t blob.Type, id blob.ID, stored []byte) (sealed []byte, release func()) {
 	if r.mk == nil {
-		return stored
+		return stored, func() {}
+	}
+	buf, _ := r.sealBufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
 	}
 	ad := adBlob(t, id)
-	return r.mk.Seal(make([]byte, 0, len(stored)+crypto.Overhead), stored, ad[:])
+	*buf = r.mk.Seal((*buf)[:0], stored, ad[:])
+	return *buf, func() { r.sealBufs.Put(buf) }
 }
 
 // headerSeal and headerOpen are the pack.Transform of this repository; nil

@@ -62,7 +62,8 @@ type Repository struct {
 	enc *zstd.Encoder
 	dec *zstd.Decoder
 
-	hashers sync.Pool
+	hashers  sync.Pool
+	sealBufs sync.Pool // *[]byte for sealed blobs on their way into a pack
 
 	mu      sync.Mutex
 	pending map[blob.ID]struct{} // blobs in packs not yet indexed
@@ -334,7 +335,8 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 			stored, storage = buf, pack.Zstd
 		}
 	}
-	stored = r.sealBlob(t, id, stored)
+	stored, release := r.sealBlob(t, id, stored)
+	defer release() // add has written the bytes when it returns
 	if err := r.packers[t].add(ctx, id, storage, len(data), stored); err != nil {
 		return SaveResult{}, err
 	}
