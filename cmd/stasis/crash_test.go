@@ -111,6 +111,14 @@ func TestCrashSafety(t *testing.T) {
 		src: filepath.Join(t.TempDir(), "src"), rng: rand.New(rand.NewSource(42))}
 	e.must("init", "--insecure-no-password")
 	model := map[string]map[string]string{} // tag → content
+	// Calibrate: kill delays are drawn below the time an uninterrupted
+	// backup takes on this machine, so most commands die mid-way whatever
+	// the machine's speed.
+	e.mutate(-1)
+	began := time.Now()
+	e.must("backup", "--tag", "calibration", e.src)
+	model["calibration"] = treeHashes(t, e.src)
+	span := time.Since(began)
 	kills := 0
 	for step := 0; step < 16; step++ {
 		e.mutate(step)
@@ -118,13 +126,13 @@ func TestCrashSafety(t *testing.T) {
 		want := treeHashes(t, e.src)
 		// A killed backup may have written its snapshot just before it
 		// died; the listing at the end decides which snapshots exist.
-		if !e.killed(400*time.Millisecond, "backup", "--tag", tag, e.src) {
+		if !e.killed(span, "backup", "--tag", tag, e.src) {
 			kills++
 		}
 		model[tag] = want
 		if step%3 == 2 {
 			e.must("forget", "--keep-last", "3")
-			if !e.killed(300*time.Millisecond, "prune", "--max-unused", "5") {
+			if !e.killed(span, "prune", "--max-unused", "5") {
 				kills++
 			}
 		}
