@@ -379,3 +379,21 @@ func TestRestoreRefusesNonEmptyTarget(t *testing.T) {
 		t.Fatalf("--overwrite restore gave %q", b)
 	}
 }
+
+// A file larger than a restore segment is written by several goroutines,
+// each to its own range; holes stay holes.
+func TestLargeSparseFileRestoresByRanges(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "X500.db")
+	rng := rand.New(rand.NewSource(11))
+	writePages(t, p, 6144, rng) // 24 MiB
+	f, _ := os.OpenFile(p, os.O_RDWR, 0)
+	f.Truncate(40 << 20) // 16 MiB hole at the end
+	f.WriteAt(page(rng), 40<<20-4096)
+	f.Close()
+	r := enginetest.NewRepo(t)
+	sn := backup(t, r, day1, dir)
+	target := t.TempDir()
+	restore(t, r, sn, engine.RestoreOptions{Target: target})
+	compareTrees(t, dir, filepath.Join(target, dir))
+}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -282,27 +283,9 @@ func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) [
 		os.Remove(tmp)
 		rs.problem(j.src, err)
 	}
-	var off int64
-	for _, e := range j.node.Content {
-		if e.Hole {
-			off += int64(e.Length)
-			continue
-		}
-		data, err := rs.repo.LoadBlob(ctx, e.ID, buf)
-		if err != nil {
-			fail(fmt.Errorf("chunk at offset %d: %w", off, err))
-			return buf
-		}
-		buf = data
-		if uint64(len(data)) != e.Length {
-			fail(fmt.Errorf("chunk %s at offset %d has %d bytes, tree says %d", e.ID.Short(), off, len(data), e.Length))
-			return buf
-		}
-		if _, err := f.WriteAt(data, off); err != nil {
-			fail(fmt.Errorf("write %s: %w", j.path, err))
-			return buf
-		}
-		off += int64(len(data))
+	if buf, err = rs.writeContent(ctx, f, j.node.Content, buf); err != nil {
+		fail(err)
+		return buf
 	}
 	if err := f.Truncate(int64(j.node.Size)); err != nil {
 		fail(err)
@@ -330,6 +313,83 @@ func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) [
 		rs.opts.Progress(rs.files.Load(), rs.bytes.Load())
 	}
 	return buf
+}
+
+// bigFileSegment is the amount of a large file's content one goroutine
+// restores at a time: a large file (a database) is written by several
+// goroutines at once, each to its own range, so it does not bound a restore
+// to one core.
+const bigFileSegment = 8 << 20
+
+// writeContent writes extents (holes skipped) to f, verifying every chunk.
+func (rs *restorer) writeContent(ctx context.Context, f *os.File, content []tree.Extent, buf []byte) ([]byte, error) {
+	type segment struct {
+		off     int64
+		extents []tree.Extent
+	}
+	var segs []segment
+	var off, segBytes int64
+	start := 0
+	for i, e := range content {
+		if segBytes >= bigFileSegment {
+			segs = append(segs, segment{off - segBytes, content[start:i]})
+			start, segBytes = i, 0
+		}
+		off += int64(e.Length)
+		segBytes += int64(e.Length)
+	}
+	segs = append(segs, segment{off - segBytes, content[start:]})
+	write := func(ctx context.Context, s segment, buf []byte) ([]byte, error) {
+		off := s.off
+		for _, e := range s.extents {
+			if e.Hole {
+				off += int64(e.Length)
+				continue
+			}
+			data, err := rs.repo.LoadBlob(ctx, e.ID, buf)
+			if err != nil {
+				return buf, fmt.Errorf("chunk at offset %d: %w", off, err)
+			}
+			buf = data
+			if uint64(len(data)) != e.Length {
+				return buf, fmt.Errorf("chunk %s at offset %d has %d bytes, tree says %d", e.ID.Short(), off, len(data), e.Length)
+			}
+			if _, err := f.WriteAt(data, off); err != nil {
+				return buf, fmt.Errorf("write %s: %w", f.Name(), err)
+			}
+			off += int64(len(data))
+		}
+		return buf, nil
+	}
+	if len(segs) == 1 {
+		return write(ctx, segs[0], buf)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	next := make(chan segment)
+	g.Go(func() error {
+		defer close(next)
+		for _, s := range segs {
+			select {
+			case next <- s:
+			case <-gctx.Done():
+				return nil
+			}
+		}
+		return nil
+	})
+	for i := 0; i < runtime.NumCPU(); i++ {
+		g.Go(func() error {
+			var b []byte
+			var err error
+			for s := range next {
+				if b, err = write(gctx, s, b); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return buf, g.Wait()
 }
 
 func (rs *restorer) restoreLink(l linkJob) {

@@ -1,9 +1,11 @@
 package repo
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"path"
+	"sync"
 
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
@@ -13,17 +15,48 @@ import (
 // packer appends blobs of one type to a pack in tmp/ and, when the pack is
 // full or on flush, finishes it: header, fsync, rename into packs/, fsync of
 // the directory, index update, and only then forgets the pending ids.
+//
+// A full pack is finished in the background (at most maxFinishing at once)
+// so that the goroutines compressing blobs do not wait for fsync and the
+// index commit; the first error of a background finish is returned by the
+// next add or by flush, which also waits for every finish in flight.
 type packer struct {
 	repo *Repository
 	typ  blob.Type
 
 	mu  chan struct{} // a 1-slot semaphore so waiting respects ctx
 	cur *openPackFile
+
+	finishing chan struct{} // slots for background finishes
+	wg        sync.WaitGroup
+	errMu     sync.Mutex
+	err       error
 }
 
+const maxFinishing = 2
+
 type openPackFile struct {
-	f backend.File
-	w *pack.Writer
+	f  backend.File
+	bw *bufio.Writer
+	w  *pack.Writer
+}
+
+func newPacker(r *Repository, t blob.Type) *packer {
+	return &packer{repo: r, typ: t, mu: make(chan struct{}, 1), finishing: make(chan struct{}, maxFinishing)}
+}
+
+func (p *packer) failed() error {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.err
+}
+
+func (p *packer) fail(err error) {
+	p.errMu.Lock()
+	if p.err == nil {
+		p.err = err
+	}
+	p.errMu.Unlock()
 }
 
 func (p *packer) lock(ctx context.Context) error {
@@ -38,6 +71,9 @@ func (p *packer) lock(ctx context.Context) error {
 func (p *packer) unlock() { <-p.mu }
 
 func (p *packer) add(ctx context.Context, id blob.ID, s pack.Storage, rawLen int, data []byte) error {
+	if err := p.failed(); err != nil {
+		return err
+	}
 	if err := p.lock(ctx); err != nil {
 		return err
 	}
@@ -47,14 +83,15 @@ func (p *packer) add(ctx context.Context, id blob.ID, s pack.Storage, rawLen int
 			p.unlock()
 			return fmt.Errorf("create pack in %s/tmp: %w", p.repo.dir, err)
 		}
-		w, err := pack.NewWriter(f)
+		bw := bufio.NewWriterSize(f, 1<<20)
+		w, err := pack.NewWriter(bw)
 		if err != nil {
 			f.Close()
 			p.repo.fs.Remove(f.Name())
 			p.unlock()
 			return fmt.Errorf("write pack %s: %w", f.Name(), err)
 		}
-		p.cur = &openPackFile{f: f, w: w}
+		p.cur = &openPackFile{f: f, bw: bw, w: w}
 	}
 	cur := p.cur
 	if err := cur.w.Add(id, p.typ, s, rawLen, data); err != nil {
@@ -68,9 +105,22 @@ func (p *packer) add(ctx context.Context, id blob.ID, s pack.Storage, rawLen int
 		full, p.cur = cur, nil
 	}
 	p.unlock()
-	if full != nil {
-		return p.finish(full)
+	if full == nil {
+		return nil
 	}
+	select {
+	case p.finishing <- struct{}{}:
+	case <-ctx.Done():
+		p.discard(full)
+		return ctx.Err()
+	}
+	p.wg.Add(1)
+	go func() {
+		defer func() { <-p.finishing; p.wg.Done() }()
+		if err := p.finish(full); err != nil {
+			p.fail(err)
+		}
+	}()
 	return nil
 }
 
@@ -81,10 +131,17 @@ func (p *packer) flush(ctx context.Context) error {
 	cur := p.cur
 	p.cur = nil
 	p.unlock()
-	if cur == nil {
-		return nil
+	var err error
+	if cur != nil {
+		err = p.finish(cur)
 	}
-	return p.finish(cur)
+	p.wg.Wait()
+	p.errMu.Lock()
+	if p.err != nil {
+		err, p.err = p.err, nil // reported once; the packer is usable again
+	}
+	p.errMu.Unlock()
+	return err
 }
 
 // discard removes a pack that cannot be finished; its blobs are forgotten
@@ -100,6 +157,7 @@ func (p *packer) discard(o *openPackFile) {
 }
 
 func (p *packer) abort() {
+	p.wg.Wait()
 	if p.cur != nil {
 		p.discard(p.cur)
 		p.cur = nil
@@ -109,6 +167,9 @@ func (p *packer) abort() {
 func (p *packer) finish(o *openPackFile) error {
 	r := p.repo
 	id, size, err := o.w.Finish(r.headerSeal())
+	if err == nil {
+		err = o.bw.Flush()
+	}
 	if err == nil {
 		err = o.f.Sync()
 		if err != nil {

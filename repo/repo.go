@@ -230,7 +230,7 @@ func open(ctx context.Context, dir string, b backend.FS, cfg Config, mk *crypto.
 	}
 	r.packs = newPackCache(b, 64)
 	for _, t := range []blob.Type{blob.Data, blob.Tree} {
-		r.packers[t] = &packer{repo: r, typ: t, mu: make(chan struct{}, 1)}
+		r.packers[t] = newPacker(r, t)
 	}
 	if err := r.syncSnapshots(); err != nil {
 		r.Close()
