@@ -215,18 +215,6 @@ func readPack(ctx context.Context, r *repo.Repository, id blob.ID, rep *CheckRep
 	return bad
 }
 
-type bytesReaderAt []byte
-
-func (b bytesReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if off >= int64(len(b)) {
-		return 0, io.EOF
-	}
-	n := copy(p, b[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
 
 func checkTree(ctx context.Context, r *repo.Repository, sn *repo.Snapshot, dir string, id blob.ID, seen map[blob.ID]bool, damaged map[blob.ID]string, rep *CheckReport) {
 	if seen[id] && len(damaged) == 0 {

@@ -107,10 +107,3 @@ func readVolume(ctx context.Context, v *VolumeFile, o ReadOptions, ref *tape.Cat
 	ro.Catalog = ref
 	return tape.ReadVolume(ctx, f, ro, fn)
 }
-
-// copyTo is a MemberFunc body: it copies r into w and returns the reader's
-// verdict (an error matching tape.ErrChecksum for bad bytes).
-func copyTo(w io.Writer, r io.Reader) error {
-	_, err := io.Copy(w, r)
-	return err
-}
