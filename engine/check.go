@@ -215,7 +215,6 @@ func readPack(ctx context.Context, r *repo.Repository, id blob.ID, rep *CheckRep
 	return bad
 }
 
-
 func checkTree(ctx context.Context, r *repo.Repository, sn *repo.Snapshot, dir string, id blob.ID, seen map[blob.ID]bool, damaged map[blob.ID]string, rep *CheckReport) {
 	if seen[id] && len(damaged) == 0 {
 		return
