@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -67,19 +68,40 @@ func (a *app) snapshotsCommand() *cobra.Command {
 				return writeJSON(a.stdout, out)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTime\tHost\tTags\tFiles\tSize\tPaths\t")
+			fmt.Fprintln(tw, "ID\tTime\tHost\tTags\tFiles\tSize\tQuiesce\tPaths\t")
 			for _, sn := range list {
 				s := sn.Summary
 				flag := ""
 				if len(s.Problems) > 0 {
 					flag = fmt.Sprintf(" (incomplete: %d)", len(s.Problems))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s%s\t\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"), sn.Host,
-					strings.Join(sn.Tags, ","), s.FilesNew+s.FilesChanged+s.FilesUnchanged, humanBytes(s.TotalBytes), strings.Join(sn.Paths, " "), flag)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s%s\t\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"), sn.Host,
+					strings.Join(sn.Tags, ","), s.FilesNew+s.FilesChanged+s.FilesUnchanged, humanBytes(s.TotalBytes), quiesceCell(sn), strings.Join(sn.Paths, " "), flag)
 			}
 			tw.Flush()
 			fmt.Fprintf(a.stdout, "%d snapshots\n", len(list))
 			return nil
 		},
 	}
+}
+
+// quiesceCell summarises a snapshot's quiesce record: mode and downtime,
+// with the number of warnings; "-" when the backup was not quiesced.
+func quiesceCell(sn *repo.Snapshot) string {
+	if len(sn.Quiesce) == 0 {
+		return "-"
+	}
+	var q struct {
+		Freeze   string   `json:"freeze"`
+		Downtime float64  `json:"downtime_seconds"`
+		Warnings []string `json:"warnings"`
+	}
+	if err := json.Unmarshal(sn.Quiesce, &q); err != nil {
+		return "?"
+	}
+	cell := fmt.Sprintf("%s %s", q.Freeze, humanDuration(time.Duration(q.Downtime*float64(time.Second))))
+	if n := len(q.Warnings); n > 0 {
+		cell += fmt.Sprintf(" (%d warnings)", n)
+	}
+	return cell
 }
