@@ -97,6 +97,7 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 	for id := range onDisk {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("pack %s is not in the index (left by an interrupted backup; `stasis repair index` adopts it)", id))
 	}
+	rep.Errors = append(rep.Errors, r.DictProblems()...)
 	if tmp, err := fsys.ReadDir("tmp"); err == nil {
 		for _, e := range tmp {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("tmp/%s: leftover temporary file (safe to delete when no stasis runs)", e.Name()))

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"errors"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -78,5 +79,61 @@ func TestFlippedByteIsNamedByCheckAndRestore(t *testing.T) {
 		if strings.HasPrefix(e.Name(), ".stasis-restore") {
 			t.Errorf("temp file %s left behind", e.Name())
 		}
+	}
+}
+
+// The compression dictionary is made from the first data blobs, used for
+// every later one, survives reopening, and a damaged dictionary file is
+// named by check while restore names the files it cannot decode.
+func TestCompressionDictionary(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	os.MkdirAll(src, 0o755)
+	rng := rand.New(rand.NewSource(5))
+	writePages(t, filepath.Join(src, "X500.db"), 1024, rng) // 4 MiB of records
+	os.WriteFile(filepath.Join(src, "tiny.conf"), []byte("port 389\n"), 0o644)
+	dir := t.TempDir() + "/repo"
+	r, err := repo.Init(ctx, dir, enginetest.InitOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn := backup(t, r, day1, src)
+	dicts, _ := r.DictNames()
+	if len(dicts) != 1 {
+		t.Fatalf("dictionaries after a 4 MiB database: %v", dicts)
+	}
+	r.Close()
+	if r, err = repo.Open(ctx, dir, enginetest.OpenOptions()); err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	restore(t, r, sn, engine.RestoreOptions{Target: target})
+	compareTrees(t, src, filepath.Join(target, src))
+	if rep, _ := engine.Check(ctx, r, engine.CheckOptions{ReadData: true}); !rep.OK() {
+		t.Fatalf("check: %v", rep.Errors)
+	}
+	r.Close()
+
+	// Damage the dictionary: the repository still opens, check names the
+	// file, restore writes what does not need it and names the rest.
+	p := filepath.Join(dir, dicts[0])
+	data, _ := os.ReadFile(p)
+	data[len(data)/2] ^= 1
+	os.Chmod(p, 0o600)
+	os.WriteFile(p, data, 0o600)
+	if r, err = repo.Open(ctx, dir, enginetest.OpenOptions()); err != nil {
+		t.Fatalf("open with a damaged dictionary: %v", err)
+	}
+	defer r.Close()
+	rep, err := engine.Check(ctx, r, engine.CheckOptions{ReadData: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(rep.Errors, "\n")
+	if !strings.Contains(all, dicts[0]) || !strings.Contains(all, filepath.Join(src, "X500.db")) {
+		t.Errorf("check does not name the dictionary and the file:\n%s", all)
+	}
+	res, err := engine.Restore(ctx, r, sn, engine.RestoreOptions{Target: t.TempDir()})
+	if !errors.Is(err, engine.ErrRestoreIncomplete) || len(res.Problems) != 1 || res.Problems[0].Path != filepath.Join(src, "X500.db") {
+		t.Errorf("restore with a damaged dictionary: %v %+v", err, res)
 	}
 }

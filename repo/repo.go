@@ -37,9 +37,9 @@ import (
 	"path"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/crypto"
@@ -59,8 +59,10 @@ type Repository struct {
 	mk    *crypto.MasterKey // nil: unencrypted
 	keyID string            // key file that opened the repository
 
-	enc *zstd.Encoder
-	dec *zstd.Decoder
+	comp         atomic.Pointer[compressor] // zstd encoder/decoder with the current dictionaries
+	dictMu       sync.Mutex
+	sampler      dictSampler
+	dictProblems []string
 
 	hashers  sync.Pool
 	sealBufs sync.Pool // *[]byte for sealed blobs on their way into a pack
@@ -219,15 +221,14 @@ func open(ctx context.Context, dir string, b backend.FS, cfg Config, mk *crypto.
 	r := &Repository{fs: b, dir: dir, cfg: cfg, idKey: key, idx: idx, mk: mk, keyID: keyID,
 		pending: map[blob.ID]struct{}{}, packers: map[blob.Type]*packer{}}
 	r.hashers.New = func() any { h, _ := blake3.NewKeyed(key); return h }
-	level := zstd.EncoderLevelFromZstd(cfg.CompressionLevel)
-	if r.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderCRC(false)); err != nil {
+	c, problems, err := r.loadCompressor()
+	if err != nil {
 		idx.Close()
 		return nil, err
 	}
-	if r.dec, err = zstd.NewReader(nil, zstd.WithDecoderMaxMemory(1<<30)); err != nil {
-		idx.Close()
-		return nil, err
-	}
+	r.comp.Store(c)
+	r.dictProblems = problems
+	r.sampler.done = c.dictID != 0 || cfg.Compression != "zstd"
 	r.packs = newPackCache(b, 64)
 	for _, t := range []blob.Type{blob.Data, blob.Tree} {
 		r.packers[t] = newPacker(r, t)
@@ -246,7 +247,7 @@ func (r *Repository) Close() error {
 		p.abort()
 	}
 	r.packs.close()
-	r.dec.Close()
+	r.comp.Load().dec.Close()
 	return r.idx.Close()
 }
 
@@ -330,7 +331,14 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 	stored, storage := data, pack.Raw
 	var buf []byte
 	if r.cfg.Compression == "zstd" {
-		buf = r.enc.EncodeAll(data, make([]byte, 0, len(data)/2+64))
+		c := r.comp.Load()
+		if c.dictID == 0 && t == blob.Data {
+			if err := r.sampleForDict(data); err != nil {
+				return SaveResult{}, err
+			}
+			c = r.comp.Load()
+		}
+		buf = c.enc.EncodeAll(data, make([]byte, 0, len(data)/2+64))
 		if len(buf) < len(data) {
 			stored, storage = buf, pack.Zstd
 		}
@@ -409,7 +417,7 @@ func (r *Repository) DecodeBlob(id blob.ID, t blob.Type, storage pack.Storage, r
 		if cap(buf) < rawLength {
 			buf = make([]byte, 0, rawLength)
 		}
-		plain, err = r.dec.DecodeAll(stored, buf[:0])
+		plain, err = r.comp.Load().dec.DecodeAll(stored, buf[:0])
 		if err != nil {
 			return nil, fmt.Errorf("blob %s: %w: decompress: %v", id, ErrCorruptBlob, err)
 		}

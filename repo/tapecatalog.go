@@ -108,7 +108,7 @@ func (r *Repository) TapeCatalogs(ctx context.Context) ([]TapeCatalog, error) {
 
 // ValidFileName reports whether name (slash-separated, relative) is a file
 // that belongs in a repository directory and is copied to tape: config,
-// keys/<id>, packs/xx/<id>, snapshots/<id> or a tape catalog. Derived and
+// keys/<id>, dicts/<id>, packs/xx/<id>, snapshots/<id> or a tape catalog. Derived and
 // scratch files (index.db, tmp/, locks/, damaged/) are not.
 func ValidFileName(name string) bool {
 	parts := strings.Split(name, "/")
@@ -118,7 +118,7 @@ func ValidFileName(name string) bool {
 		return true
 	case len(parts) == 2 && parts[0] == keysDir:
 		return parts[1] != "" && setIDPattern.MatchString(parts[1])
-	case len(parts) == 2 && parts[0] == "snapshots":
+	case len(parts) == 2 && (parts[0] == "snapshots" || parts[0] == dictDir):
 		return hexID(parts[1])
 	case len(parts) == 3 && parts[0] == "packs":
 		return hexID(parts[2]) && parts[1] == parts[2][:2]

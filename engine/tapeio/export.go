@@ -189,6 +189,19 @@ func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool
 		}
 		out = append(out, m)
 	}
+	// Compression dictionaries are needed to decode blobs: like keys, they
+	// are small and go on every export.
+	dicts, err := r.DictNames()
+	if err != nil {
+		return nil, 0, fmt.Errorf("tape export: list compression dictionaries: %w", err)
+	}
+	for _, name := range dicts {
+		m, err := sized(name)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, m)
+	}
 	return out, skipped, nil
 }
 

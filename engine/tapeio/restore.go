@@ -105,7 +105,7 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 	need := map[string]int{} // name → volume
 	wanted := append([]string{snapEntry.Name, "config"}, note.Needs...)
 	for _, e := range set.Members {
-		if strings.HasPrefix(e.Name, "keys/") {
+		if strings.HasPrefix(e.Name, "keys/") || strings.HasPrefix(e.Name, "dicts/") {
 			wanted = append(wanted, e.Name)
 		}
 	}

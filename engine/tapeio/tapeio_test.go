@@ -14,6 +14,7 @@ import (
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/enginetest"
 	"github.com/stasisbackup/stasis/engine/tape"
+	"github.com/stasisbackup/stasis/repo"
 )
 
 // drive is a tape-drive double: volumes are files in dir, every write must
@@ -107,5 +108,57 @@ func TestExportEndOfMediaRestores(t *testing.T) {
 		if got, err := os.ReadFile(filepath.Join(target, p)); err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s differs after tape restore: %v", p, err)
 		}
+	}
+}
+
+// A repository's compression dictionary travels on tape: import and direct
+// tape restore both decode blobs compressed with it.
+func TestDictionaryTravelsOnTape(t *testing.T) {
+	ctx := context.Background()
+	r := enginetest.NewRepo(t)
+	src := t.TempDir()
+	var db bytes.Buffer
+	for i := 0; db.Len() < 2<<20; i++ {
+		fmt.Fprintf(&db, "dn: cn=user%d,ou=people,o=Zoomserv\nmail: user%d@example.org\ntelephoneNumber: +1 555 %04d\n\n", i, i*7, i%10000)
+	}
+	os.WriteFile(filepath.Join(src, "X500.db"), db.Bytes(), 0o600)
+	if _, err := engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{src}}); err != nil {
+		t.Fatal(err)
+	}
+	dicts, err := r.DictNames()
+	if err != nil || len(dicts) != 1 {
+		t.Fatalf("repository dictionaries: %v %v (want one after 2 MiB of database chunks)", dicts, err)
+	}
+	d := &drive{dir: t.TempDir(), blockSize: 4096, capacity: 64 << 20}
+	res, err := Export(ctx, r, d, ExportOptions{Write: tape.WriteOptions{BlockSize: 4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onTape := false
+	for _, c := range res.Catalogs {
+		for _, m := range c.Members {
+			onTape = onTape || m.Name == dicts[0]
+		}
+	}
+	if !onTape {
+		t.Fatalf("%s is not on the tape", dicts[0])
+	}
+	paths := []string{d.path(1)}
+	dir := filepath.Join(t.TempDir(), "imported")
+	if imp, err := Import(ctx, dir, paths, ImportOptions{Read: ReadOptions{BlockSize: 4096}, Open: enginetest.OpenOptions()}); err != nil {
+		t.Fatalf("import: %v (%+v)", err, imp)
+	}
+	imported, err := repo.Open(ctx, dir, enginetest.OpenOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	enginetest.CheckAndClose(t, imported)
+	target := t.TempDir()
+	if _, err := Restore(ctx, paths, RestoreOptions{Read: ReadOptions{BlockSize: 4096}, Snapshot: "latest",
+		Open: enginetest.OpenOptions(), Restore: engine.RestoreOptions{Target: target}}); err != nil {
+		t.Fatalf("tape restore: %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(target, src, "X500.db")); !bytes.Equal(got, db.Bytes()) {
+		t.Error("X500.db differs after tape restore")
 	}
 }

@@ -1,0 +1,214 @@
+package repo
+
+import (
+	"bytes"
+	crand "crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"sort"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/stasisbackup/stasis/repo/backend"
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/zeebo/blake3"
+)
+
+// Compression dictionaries.
+//
+// Chunks of a page-structured database are small (≈16 KiB) and compressed
+// one by one, so each zstd frame starts with an empty history. A repository
+// therefore gets one zstd *raw content dictionary*: 64 KiB of sample chunk
+// data taken from the first data blobs it stores. Every later data blob is
+// compressed with it; the zstd frame header names the dictionary by its
+// 32-bit dictionary id, so the pack format does not change and a frame
+// without a dictionary id decodes as before. On the sample workload of
+// docs/benchmarks.md this stores database chunks ≈20% smaller and compresses
+// ≈20% faster (the encoder starts with warm history).
+//
+// File dicts/<id>, id = BLAKE3-256 of the file's bytes, written atomically
+// before any blob compressed with it; never modified or deleted:
+//
+//	plain = "STASISZ\x01" (8 bytes) | zstd dictionary id uint32 LE | content
+//	file  = plain, or Seal(plain, AD "stasis-dict") in an encrypted repository
+//	        (the samples are user data)
+//
+// Readers load every dictionary file at open; writers compress with the one
+// whose file name sorts first (two backups that started at once may each
+// have written one; both decode).
+
+const (
+	dictDir         = "dicts"
+	dictSampleSize  = 4 << 10  // bytes taken from each sample blob
+	dictContentSize = 64 << 10 // dictionary content
+	dictMinBlob     = 2 << 10  // smaller blobs are not sampled
+)
+
+var (
+	dictMagic = []byte("STASISZ\x01")
+	adDict    = []byte("stasis-dict")
+)
+
+// compressor is the encoder/decoder pair of the current dictionaries.
+type compressor struct {
+	enc    *zstd.Encoder
+	dec    *zstd.Decoder
+	dictID uint32 // 0: no dictionary yet
+}
+
+// dictSampler collects sample bytes until a dictionary can be made.
+type dictSampler struct {
+	content []byte
+	done    bool
+}
+
+func encodeDict(id uint32, content []byte) []byte {
+	b := append([]byte{}, dictMagic...)
+	b = binary.LittleEndian.AppendUint32(b, id)
+	return append(b, content...)
+}
+
+func decodeDict(plain []byte) (uint32, []byte, error) {
+	if len(plain) < len(dictMagic)+4+8 || !bytes.Equal(plain[:len(dictMagic)], dictMagic) {
+		return 0, nil, errors.New("not a stasis dictionary (bad magic or too short)")
+	}
+	id := binary.LittleEndian.Uint32(plain[len(dictMagic):])
+	if id < 32768 || id >= 1<<31 {
+		return 0, nil, fmt.Errorf("dictionary id %d outside the allowed range", id)
+	}
+	return id, plain[len(dictMagic)+4:], nil
+}
+
+// dictFileName returns the repository-relative name of a dictionary file.
+func dictFileName(data []byte) string {
+	return path.Join(dictDir, blob.ID(blake3.Sum256(data)).String())
+}
+
+// loadCompressor reads every dictionary and builds the encoder and decoder.
+// A dictionary file that cannot be read is returned in problems (check
+// lists them) and skipped: blobs compressed with it fail to decode, others
+// are unaffected.
+func (r *Repository) loadCompressor() (c *compressor, problems []string, err error) {
+	ents, err := r.fs.ReadDir(dictDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("list %s: %w", dictDir, err)
+	}
+	names := make([]string, 0, len(ents))
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	sort.Strings(names)
+	type dict struct {
+		id      uint32
+		content []byte
+	}
+	var dicts []dict
+	for _, n := range names {
+		name := path.Join(dictDir, n)
+		data, err := backend.ReadFile(r.fs, name)
+		if err == nil && dictFileName(data) != name {
+			err = errors.New("content does not match its name (bit rot or tampering)")
+		}
+		plain := data
+		if err == nil && r.mk != nil {
+			plain, err = r.mk.Open(nil, data, adDict)
+		}
+		var id uint32
+		var content []byte
+		if err == nil {
+			id, content, err = decodeDict(plain)
+		}
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("compression dictionary %s: %v (blobs compressed with it cannot be decoded)", name, err))
+			continue
+		}
+		dicts = append(dicts, dict{id, content})
+	}
+	level := zstd.EncoderLevelFromZstd(r.cfg.CompressionLevel)
+	encOpts := []zstd.EOption{zstd.WithEncoderLevel(level), zstd.WithEncoderCRC(false)}
+	decOpts := []zstd.DOption{zstd.WithDecoderMaxMemory(1 << 30)}
+	c = &compressor{}
+	for i, d := range dicts {
+		if i == 0 {
+			encOpts = append(encOpts, zstd.WithEncoderDictRaw(d.id, d.content))
+			c.dictID = d.id
+		}
+		decOpts = append(decOpts, zstd.WithDecoderDictRaw(d.id, d.content))
+	}
+	if c.enc, err = zstd.NewWriter(nil, encOpts...); err != nil {
+		return nil, nil, err
+	}
+	if c.dec, err = zstd.NewReader(nil, decOpts...); err != nil {
+		return nil, nil, err
+	}
+	return c, problems, nil
+}
+
+// sampleForDict collects data blob samples and, once there are enough,
+// writes the repository's dictionary and switches to it. Called for every
+// new data blob while the repository has no dictionary; cheap otherwise.
+func (r *Repository) sampleForDict(data []byte) error {
+	if len(data) < dictMinBlob {
+		return nil
+	}
+	r.dictMu.Lock()
+	defer r.dictMu.Unlock()
+	s := &r.sampler
+	if s.done {
+		return nil
+	}
+	n := min(len(data), dictSampleSize, dictContentSize-len(s.content))
+	s.content = append(s.content, data[:n]...)
+	if len(s.content) < dictContentSize {
+		return nil
+	}
+	s.done = true
+	var idb [4]byte
+	if _, err := crand.Read(idb[:]); err != nil {
+		return err
+	}
+	id := 32768 + binary.LittleEndian.Uint32(idb[:])%(1<<31-32768)
+	plain := encodeDict(id, s.content)
+	file := plain
+	if r.mk != nil {
+		file = r.mk.Seal(nil, plain, adDict)
+	}
+	name := dictFileName(file)
+	if err := r.fs.MkdirAll(dictDir); err != nil {
+		return fmt.Errorf("create %s: %w", dictDir, err)
+	}
+	if err := backend.WriteFile(r.fs, name, func(w io.Writer) error { _, err := w.Write(file); return err }); err != nil {
+		return fmt.Errorf("write compression dictionary: %w", err)
+	}
+	c, _, err := r.loadCompressor()
+	if err != nil {
+		return err
+	}
+	r.comp.Store(c) // the old decoder stays usable by readers that hold it
+	s.content = nil
+	return nil
+}
+
+// DictProblems lists dictionary files that could not be loaded (for check).
+func (r *Repository) DictProblems() []string { return r.dictProblems }
+
+// DictNames lists the repository-relative names of the dictionary files
+// (for tape export).
+func (r *Repository) DictNames() ([]string, error) {
+	ents, err := r.fs.ReadDir(dictDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, path.Join(dictDir, e.Name()))
+	}
+	sort.Strings(names)
+	return names, nil
+}
