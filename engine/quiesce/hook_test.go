@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"golang.org/x/sys/unix"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -62,8 +63,17 @@ func TestHookTimeoutKillsGroup(t *testing.T) {
 	if pid <= 0 {
 		t.Fatalf("bad child pid %q", b)
 	}
-	// SIGKILL is delivered before kill(2) returns; the child may linger only as a zombie.
-	if alive(pid) {
+	// SIGKILL was sent to the group before RunHook returned; the child may
+	// still be exiting. Wait for its exit on a pidfd (readable once the
+	// process has terminated), bounded, instead of a sleep.
+	if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, _ := unix.Poll(fds, 10000)
+		unix.Close(fd)
+		if n != 1 {
+			t.Fatalf("background child %d of the hook survived (still running 10 s after the kill)", pid)
+		}
+	} else if alive(pid) {
 		t.Fatalf("background child %d of the hook survived", pid)
 	}
 }
