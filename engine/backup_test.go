@@ -397,3 +397,33 @@ func TestLargeSparseFileRestoresByRanges(t *testing.T) {
 	restore(t, r, sn, engine.RestoreOptions{Target: target})
 	compareTrees(t, dir, filepath.Join(target, dir))
 }
+
+func TestDiffBetweenDays(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	makeTree(t, src, 8)
+	r := enginetest.NewRepo(t)
+	sn1 := backup(t, r, day1, src)
+	os.WriteFile(filepath.Join(src, "plain.txt"), []byte("changed"), 0o644)
+	os.Chmod(filepath.Join(src, "empty"), 0o600)
+	os.Remove(filepath.Join(src, "many", "f03"))
+	os.WriteFile(filepath.Join(src, "sub", "new"), []byte("n"), 0o644)
+	os.RemoveAll(filepath.Join(src, "emptydir"))
+	sn2 := backup(t, r, day1.Add(24*time.Hour), src)
+	got := map[string]string{}
+	if err := engine.Diff(ctx, r, sn1, sn2, func(c engine.Change) error { got[strings.TrimPrefix(c.Path, src+"/")] = c.What; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]string{"plain.txt": "M", "empty": "U", "many/f03": "-", "sub/new": "+", "emptydir": "-"} {
+		if got[p] != want {
+			t.Errorf("%s: %q, want %q (all: %v)", p, got[p], want, got)
+		}
+	}
+	if _, ok := got["big.bin"]; ok {
+		t.Errorf("unchanged big.bin listed: %v", got)
+	}
+	n := 0
+	engine.Diff(ctx, r, sn2, sn2, func(engine.Change) error { n++; return nil })
+	if n != 0 {
+		t.Errorf("a snapshot differs from itself in %d entries", n)
+	}
+}

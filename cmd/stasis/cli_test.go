@@ -227,3 +227,18 @@ func TestBinaryEndToEnd(t *testing.T) {
 		t.Errorf("unreadable file not named with its error:\n%s", out)
 	}
 }
+
+func TestCLIDiff(t *testing.T) {
+	setupEnv(t)
+	src := sampleTree(t)
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	mustRun(t, "backup", "--init", "--repo", repoDir, src)
+	os.WriteFile(filepath.Join(src, "ldif", "new.ldif"), []byte("dn: cn=carol\n"), 0o644)
+	mustRun(t, "backup", "--repo", repoDir, src)
+	var snaps []map[string]any
+	json.Unmarshal([]byte(mustRun(t, "snapshots", "--json", "--repo", repoDir)), &snaps)
+	out := mustRun(t, "diff", "--repo", repoDir, snaps[0]["id"].(string), "latest")
+	if !strings.Contains(out, "+  "+filepath.Join(src, "ldif", "new.ldif")) || !strings.Contains(out, "1 added, 0 removed") {
+		t.Errorf("diff output:\n%s", out)
+	}
+}

@@ -138,7 +138,7 @@ a terminal, in this order. A wrong or missing password exits with code 12.`,
 	root.PersistentFlags().StringVar(&a.passwordCommand, "password-command", "", "run CMD (with /bin/sh -c) and read the repository password from its output")
 	root.PersistentFlags().BoolVar(&a.insecureNoPassword, "insecure-no-password", false, "init, backup --init: create an UNENCRYPTED repository")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.initCommand(), a.backupCommand(), a.snapshotsCommand(), a.restoreCommand(),
+	root.AddCommand(a.initCommand(), a.backupCommand(), a.snapshotsCommand(), a.restoreCommand(), a.diffCommand(),
 		a.lsCommand(), a.checkCommand(), a.statsCommand(), a.versionCommand(),
 		a.keyCommand(), a.tapeCommand())
 	a.addMaintenanceCommands(root) // forget, prune, repair, unlock, --retry-lock (lock.go)

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/engine"
+)
+
+func (a *app) diffCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "diff ID1 ID2",
+		Short: "Show what changed between two snapshots",
+		Long: `Show what changed from snapshot ID1 to ID2 (either may be "latest"):
+"+" added, "-" removed, "M" content changed, "T" type changed, "U" metadata only.`,
+		Args: exactArgs(2, "two snapshot IDs"),
+		RunE: func(c *cobra.Command, args []string) error {
+			ctx := c.Context()
+			r, err := a.openRepo(ctx)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			sa, err := r.FindSnapshot(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			sb, err := r.FindSnapshot(ctx, args[1])
+			if err != nil {
+				return err
+			}
+			counts := map[string]int{}
+			err = engine.Diff(ctx, r, sa, sb, func(ch engine.Change) error {
+				counts[ch.What]++
+				if a.json {
+					writeJSONLine(a.stdout, ch)
+				} else {
+					fmt.Fprintf(a.stdout, "%-2s %s\n", ch.What, quotePath(ch.Path))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if !a.json {
+				fmt.Fprintf(a.stdout, "%s → %s: %d added, %d removed, %d changed, %d type changed, %d metadata only\n",
+					sa.ID.Short(), sb.ID.Short(), counts["+"], counts["-"], counts["M"], counts["T"], counts["U"])
+			}
+			return nil
+		},
+	}
+}
