@@ -106,8 +106,9 @@ func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOp
 }
 
 // exportMembers lists the repository files to write: packs, snapshot files,
-// then config and key files; names in skip are left out (config and keys
-// are always written: they are small and keys change).
+// then config, key files and compression dictionaries; names in skip are
+// left out (config and keys are always written: they are small and keys
+// change).
 func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool) ([]tape.Member, int, error) {
 	fsys := r.FS()
 	member := func(name string, size int64) tape.Member {
@@ -189,13 +190,18 @@ func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool
 		}
 		out = append(out, m)
 	}
-	// Compression dictionaries are needed to decode blobs: like keys, they
-	// are small and go on every export.
+	// Compression dictionaries are needed to decode blobs; they are
+	// immutable and content-addressed like packs, so an incremental export
+	// skips those already on the set.
 	dicts, err := r.DictNames()
 	if err != nil {
 		return nil, 0, fmt.Errorf("tape export: list compression dictionaries: %w", err)
 	}
 	for _, name := range dicts {
+		if skip[name] {
+			skipped++
+			continue
+		}
 		m, err := sized(name)
 		if err != nil {
 			return nil, 0, err
