@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -765,62 +766,135 @@ func (b *backup) readFile(ctx context.Context, job *fileJob, profile repo.ChunkP
 	return !sameFile(&bn, &an) || total != bn.Size, nil
 }
 
+// chunkWindow is the span of a file that is chunked independently of the
+// rest: chunk boundaries are forced at multiples of it (from the start of
+// the file), so several goroutines can chunk one large file at once. A
+// database updated in place keeps its boundaries from day to day, and a
+// forced cut every 32 MiB costs at most one extra chunk per window.
+const chunkWindow = 32 << 20
+
+// span is a piece of a file: a hole, or data to chunk.
+type span struct {
+	start, end int64
+	hole       bool
+}
+
 // chunkFile splits the data regions of f (holes are skipped via
-// SEEK_DATA/SEEK_HOLE) into content-defined chunks and hands new ones to the
-// savers.
+// SEEK_DATA/SEEK_HOLE) into content-defined chunks, window by window (see
+// chunkWindow), and hands new chunks to the savers. A file of several
+// windows is chunked by several goroutines, ck serving the first.
 func (b *backup) chunkFile(ctx context.Context, f *os.File, size int64, profile repo.ChunkProfile, ck *chunker.Chunker) ([]tree.Extent, int64, error) {
-	var content []tree.Extent
-	var read int64
+	var spans []span
 	for off := int64(0); off < size; {
 		start, end := dataRegion(f, off, size)
 		if start > off {
-			content = append(content, tree.Extent{Hole: true, Length: uint64(start - off)})
+			spans = append(spans, span{off, start, true})
 		}
 		if start >= size {
 			break
 		}
-		ck.ResetWithBoundaries(io.NewSectionReader(f, start, end-start), b.pol, profile.Min, profile.Max)
-		ck.SetAverageBits(profile.AvgBits)
-		var segRead int64
-		for {
-			bufp := b.chunkB.Get().(*[]byte)
-			c, err := ck.Next((*bufp)[:0])
-			if err == io.EOF {
-				b.chunkB.Put(bufp)
-				break
-			}
-			if err != nil {
-				b.chunkB.Put(bufp)
-				return nil, read, err
-			}
-			*bufp = c.Data[:0]
-			read += int64(c.Length)
-			segRead += int64(c.Length)
-			b.doneBytes.Add(int64(c.Length))
-			id := b.repo.Hash(c.Data)
-			content = append(content, tree.Extent{ID: id, Length: uint64(c.Length)})
-			has, err := b.repo.HasBlob(id)
-			if err != nil {
-				b.chunkB.Put(bufp)
-				return nil, read, repoError{fmt.Errorf("look up chunk %s: %w", id.Short(), err)}
-			}
-			if has {
-				b.chunkB.Put(bufp)
-				continue
-			}
-			select {
-			case b.blobs <- saveJob{id: id, data: c.Data, buf: bufp}:
-			case <-ctx.Done():
-				return nil, read, ctx.Err()
-			}
-		}
-		if segRead < end-start {
-			// The file shrank while it was read; the caller sees the change.
-			break
+		for s := start; s < end; {
+			e := min(end, (s/chunkWindow+1)*chunkWindow)
+			spans = append(spans, span{s, e, false})
+			s = e
 		}
 		off = end
 	}
-	return content, read, nil
+	parts := make([][]tree.Extent, len(spans))
+	reads := make([]int64, len(spans))
+	var data []int
+	for i, sp := range spans {
+		if sp.hole {
+			parts[i] = []tree.Extent{{Hole: true, Length: uint64(sp.end - sp.start)}}
+		} else {
+			data = append(data, i)
+		}
+	}
+	var err error
+	if len(data) <= 1 {
+		for _, i := range data {
+			if parts[i], reads[i], err = b.chunkSpan(ctx, f, spans[i], profile, ck); err != nil {
+				return nil, reads[i], err
+			}
+		}
+	} else {
+		g, gctx := errgroup.WithContext(ctx)
+		next := make(chan int)
+		g.Go(func() error {
+			defer close(next)
+			for _, i := range data {
+				select {
+				case next <- i:
+				case <-gctx.Done():
+					return nil
+				}
+			}
+			return nil
+		})
+		for w := 0; w < min(runtime.NumCPU(), len(data)); w++ {
+			c := ck
+			if w > 0 {
+				c = chunker.NewWithBoundaries(nil, b.pol, profile.Min, profile.Max)
+			}
+			g.Go(func() error {
+				for i := range next {
+					var err error
+					if parts[i], reads[i], err = b.chunkSpan(gctx, f, spans[i], profile, c); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		err = g.Wait()
+	}
+	var content []tree.Extent
+	var read int64
+	for i := range spans {
+		content = append(content, parts[i]...)
+		read += reads[i]
+	}
+	return content, read, err
+}
+
+// chunkSpan chunks one data span. A span that reads short (the file shrank
+// while it was read) ends early; the caller sees the change in the total.
+func (b *backup) chunkSpan(ctx context.Context, f *os.File, sp span, profile repo.ChunkProfile, ck *chunker.Chunker) ([]tree.Extent, int64, error) {
+	var content []tree.Extent
+	var read int64
+	ck.ResetWithBoundaries(io.NewSectionReader(f, sp.start, sp.end-sp.start), b.pol, profile.Min, profile.Max)
+	ck.SetAverageBits(profile.AvgBits)
+	for {
+		bufp := b.chunkB.Get().(*[]byte)
+		c, err := ck.Next((*bufp)[:0])
+		if err == io.EOF {
+			b.chunkB.Put(bufp)
+			return content, read, nil
+		}
+		if err != nil {
+			b.chunkB.Put(bufp)
+			return nil, read, err
+		}
+		*bufp = c.Data[:0]
+		read += int64(c.Length)
+		b.doneBytes.Add(int64(c.Length))
+		id := b.repo.Hash(c.Data)
+		content = append(content, tree.Extent{ID: id, Length: uint64(c.Length)})
+		has, err := b.repo.HasBlob(id)
+		if err != nil {
+			b.chunkB.Put(bufp)
+			return nil, read, repoError{fmt.Errorf("look up chunk %s: %w", id.Short(), err)}
+		}
+		if has {
+			b.chunkB.Put(bufp)
+			continue
+		}
+		select {
+		case b.blobs <- saveJob{id: id, data: c.Data, buf: bufp}:
+		case <-ctx.Done():
+			return nil, read, ctx.Err()
+		}
+	}
 }
 
 // dataRegion returns the next data region [start, end) at or after off,
