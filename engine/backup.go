@@ -658,7 +658,7 @@ func (b *backup) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chunker
 		b.doneFiles.Add(1)
 		b.totalBytes.Add(int64(n.Size))
 	}()
-	if pn != nil && pn.Kind == tree.File && pn.Flags == 0 && job.read == job.path &&
+	if pn != nil && pn.Kind == tree.File && pn.Flags == 0 && pn.ContentError == "" && job.read == job.path &&
 		pn.Size == n.Size && pn.MTime == n.MTime && pn.CTime == n.CTime && pn.Inode == n.Inode &&
 		pn.MTime < b.parentCutoff {
 		ids := make([]blob.ID, 0, len(pn.Content))

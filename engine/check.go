@@ -234,6 +234,9 @@ func checkTree(ctx context.Context, r *repo.Repository, sn *repo.Snapshot, dir s
 			checkTree(ctx, r, sn, p, n.Subtree, seen, damaged, rep)
 		case tree.File:
 			var problems []string
+			if n.ContentError != "" {
+				problems = append(problems, n.ContentError)
+			}
 			for _, e := range n.Content {
 				if e.Hole {
 					continue

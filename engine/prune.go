@@ -230,6 +230,10 @@ func markTree(ctx context.Context, r *repo.Repository, live *repo.BlobSet, sn *r
 				return err
 			}
 		case tree.File:
+			if n.ContentError != "" {
+				return fmt.Errorf("%w: snapshot %s: file %s: %s; run `stasis check`, then `stasis repair snapshots`", ErrPruneUnsafe, sn.ID.Short(), filepath.Join(dir, n.Name), n.ContentError)
+			}
+			ids = append(ids, n.Lists...) // extent-list blobs are live too
 			for _, e := range n.Content {
 				if e.Hole {
 					continue

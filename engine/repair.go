@@ -244,6 +244,9 @@ func (rw *rewriter) tree(ctx context.Context, dir string, id blob.ID) (blob.ID, 
 			}
 		case tree.File:
 			var lost []string
+			if n.ContentError != "" {
+				lost = append(lost, "its extent list ("+n.ContentError+")")
+			}
 			for _, e := range n.Content {
 				if e.Hole {
 					continue

@@ -225,6 +225,10 @@ func (rs *restorer) walk(ctx context.Context, dir string, t *tree.Tree, jobs cha
 				rs.problem(src, fmt.Errorf("file was unreadable at backup time: %s", n.Error))
 				continue
 			}
+			if n.ContentError != "" {
+				rs.problem(src, fmt.Errorf("cannot be restored: %s", n.ContentError))
+				continue
+			}
 			if n.Links > 1 {
 				key := [2]uint64{n.Device, n.Inode}
 				rs.mu.Lock()

@@ -23,7 +23,7 @@ import (
 // one by one, so each zstd frame starts with an empty history. A repository
 // therefore gets one zstd *raw content dictionary*: 64 KiB of sample chunk
 // data taken from the first data blobs it stores. Every later data blob is
-// compressed with it; the zstd frame header names the dictionary by its
+// compressed with it (tree blobs never are); the zstd frame header names the dictionary by its
 // 32-bit dictionary id, so the pack format does not change and a frame
 // without a dictionary id decodes as before. On the sample workload of
 // docs/benchmarks.md this stores database chunks ≈20% smaller and compresses
@@ -54,7 +54,8 @@ var (
 
 // compressor is the encoder/decoder pair of the current dictionaries.
 type compressor struct {
-	enc    *zstd.Encoder
+	enc    *zstd.Encoder // data blobs: with the dictionary once there is one
+	plain  *zstd.Encoder // tree blobs: never with a dictionary, so a damaged dictionary costs file content, not directories
 	dec    *zstd.Decoder
 	dictID uint32 // 0: no dictionary yet
 }
@@ -131,6 +132,9 @@ func (r *Repository) loadCompressor() (c *compressor, problems []string, err err
 	encOpts := []zstd.EOption{zstd.WithEncoderLevel(level), zstd.WithEncoderCRC(false)}
 	decOpts := []zstd.DOption{zstd.WithDecoderMaxMemory(1 << 30)}
 	c = &compressor{}
+	if c.plain, err = zstd.NewWriter(nil, encOpts...); err != nil {
+		return nil, nil, err
+	}
 	for i, d := range dicts {
 		if i == 0 {
 			encOpts = append(encOpts, zstd.WithEncoderDictRaw(d.id, d.content))

@@ -338,7 +338,11 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 			}
 			c = r.comp.Load()
 		}
-		buf = c.enc.EncodeAll(data, make([]byte, 0, len(data)/2+64))
+		enc := c.enc
+		if t == blob.Tree {
+			enc = c.plain
+		}
+		buf = enc.EncodeAll(data, make([]byte, 0, len(data)/2+64))
 		if len(buf) < len(data) {
 			stored, storage = buf, pack.Zstd
 		}

@@ -233,6 +233,11 @@ func neededPacks(ctx context.Context, r *repo.Repository, sn *repo.Snapshot) ([]
 		if n.Kind == tree.Dir {
 			return add(n.Subtree)
 		}
+		for _, id := range n.Lists {
+			if err := add(id); err != nil {
+				return err
+			}
+		}
 		for _, e := range n.Content {
 			if !e.Hole {
 				if err := add(e.ID); err != nil {

@@ -60,12 +60,14 @@ const (
 	Unreadable Flags = 1 << 1
 )
 
-// Extent is a piece of file content: a chunk blob, or a hole of zeros that is
-// not stored (ID is zero).
+// Extent is a piece of file content: a chunk blob, a hole of zeros that is
+// not stored (ID is zero), or (List) an extent-list blob holding the
+// extents of Length bytes of the file.
 type Extent struct {
 	ID     blob.ID
 	Length uint64
 	Hole   bool
+	List   bool
 }
 
 // Node is one directory entry.
@@ -88,6 +90,13 @@ type Node struct {
 	Error      string
 	Subtree    blob.ID  // Dir only
 	Content    []Extent // File only
+
+	// Set when a tree is loaded through the repository, never encoded:
+	// Lists are the extent-list blobs Content was expanded from, and
+	// ContentError says why Content could not be expanded (the file cannot
+	// be restored; its metadata is intact).
+	Lists        []blob.ID
+	ContentError string
 }
 
 // Tree is a directory listing, sorted by Name.
@@ -151,16 +160,7 @@ func (t *Tree) Encode() ([]byte, error) {
 		case Dir:
 			b = append(b, n.Subtree[:]...)
 		case File:
-			b = binary.AppendUvarint(b, uint64(len(n.Content)))
-			for _, e := range n.Content {
-				if e.Hole {
-					b = append(b, 1)
-				} else {
-					b = append(b, 0)
-					b = append(b, e.ID[:]...)
-				}
-				b = binary.AppendUvarint(b, e.Length)
-			}
+			b = appendExtents(b, n.Content)
 		}
 	}
 	return b, nil
@@ -275,28 +275,8 @@ func Decode(data []byte) (*Tree, error) {
 		case Dir:
 			n.Subtree = d.id()
 		case File:
-			ne := d.uvarint()
-			if ne > uint64(len(d.b)) {
-				d.fail("%d extents cannot fit in %d bytes", ne, len(d.b))
-				break
-			}
 			var total uint64
-			n.Content = make([]Extent, 0, ne)
-			for j := uint64(0); j < ne && d.err == nil; j++ {
-				var e Extent
-				switch tag := d.take(1); {
-				case tag == nil:
-				case tag[0] == 0:
-					e.ID = d.id()
-				case tag[0] == 1:
-					e.Hole = true
-				default:
-					d.fail("unknown extent tag %d", tag[0])
-				}
-				e.Length = d.uvarint()
-				total += e.Length
-				n.Content = append(n.Content, e)
-			}
+			n.Content, total = d.extents(true)
 			if d.err == nil && total != n.Size && n.Flags&Unreadable == 0 {
 				d.fail("file %q has size %d but extents sum to %d", n.Name, n.Size, total)
 			}
@@ -310,4 +290,125 @@ func Decode(data []byte) (*Tree, error) {
 		return nil, d.err
 	}
 	return t, nil
+}
+
+// Extent tags in the encoding. Values are never reused.
+const (
+	tagChunk = 0
+	tagHole  = 1
+	tagList  = 2 // an extent-list blob (only in trees, never inside a list)
+)
+
+func appendExtents(b []byte, content []Extent) []byte {
+	b = binary.AppendUvarint(b, uint64(len(content)))
+	for _, e := range content {
+		switch {
+		case e.Hole:
+			b = append(b, tagHole)
+		case e.List:
+			b = append(b, tagList)
+			b = append(b, e.ID[:]...)
+		default:
+			b = append(b, tagChunk)
+			b = append(b, e.ID[:]...)
+		}
+		b = binary.AppendUvarint(b, e.Length)
+	}
+	return b
+}
+
+func (d *decoder) extents(lists bool) ([]Extent, uint64) {
+	ne := d.uvarint()
+	if ne > uint64(len(d.b)) {
+		d.fail("%d extents cannot fit in %d bytes", ne, len(d.b))
+		return nil, 0
+	}
+	var total uint64
+	content := make([]Extent, 0, ne)
+	for j := uint64(0); j < ne && d.err == nil; j++ {
+		var e Extent
+		switch tag := d.take(1); {
+		case tag == nil:
+		case tag[0] == tagChunk:
+			e.ID = d.id()
+		case tag[0] == tagHole:
+			e.Hole = true
+		case tag[0] == tagList && lists:
+			e.ID, e.List = d.id(), true
+		default:
+			d.fail("unknown extent tag %d", tag[0])
+		}
+		e.Length = d.uvarint()
+		if total+e.Length < total {
+			d.fail("extent lengths overflow")
+		}
+		total += e.Length
+		content = append(content, e)
+	}
+	return content, total
+}
+
+// Extent lists: a large file's extents are stored in extent-list blobs
+// (tree type), cut where an extent's id says so, so that an unchanged stretch
+// of a big file gives the same list blob every day and only the lists around
+// changed chunks are new. Encoding of a list blob:
+//
+//	list = "STEL" version(=1 byte) extents   (tags 0 and 1 only)
+var listMagic = []byte("STEL")
+
+// Thresholds of SplitExtents.
+const (
+	ListMinFile = 32  // files with more extents than this use lists
+	listMin     = 16  // extents per list, at least (but the last)
+	listMax     = 256 // and at most
+)
+
+// SplitExtents cuts content into extent lists: after an extent whose id's
+// first byte is a multiple of 64 (a content-defined cut, about every 64
+// extents), with at least listMin and at most listMax extents per list. It
+// returns nil when content is small enough to stay in the tree.
+func SplitExtents(content []Extent) [][]Extent {
+	if len(content) <= ListMinFile {
+		return nil
+	}
+	var lists [][]Extent
+	start := 0
+	for i, e := range content {
+		n := i + 1 - start
+		if n >= listMax || (n >= listMin && e.ID[0]%64 == 0) {
+			lists = append(lists, content[start:i+1])
+			start = i + 1
+		}
+	}
+	if start < len(content) {
+		lists = append(lists, content[start:])
+	}
+	return lists
+}
+
+// EncodeList returns the list-blob encoding of extents (chunks and holes).
+func EncodeList(extents []Extent) []byte {
+	b := append([]byte(nil), listMagic...)
+	b = append(b, version)
+	return appendExtents(b, extents)
+}
+
+// DecodeList parses a list blob and returns its extents and the bytes they
+// cover. It never panics on bad input.
+func DecodeList(data []byte) ([]Extent, uint64, error) {
+	if len(data) < len(listMagic)+1 || !bytes.Equal(data[:len(listMagic)], listMagic) {
+		return nil, 0, fmt.Errorf("%w: extent list: bad magic", ErrCorrupt)
+	}
+	if v := data[len(listMagic)]; v != version {
+		return nil, 0, fmt.Errorf("%w: unknown extent list version %d", ErrCorrupt, v)
+	}
+	d := &decoder{b: data[len(listMagic)+1:]}
+	ext, total := d.extents(false)
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d trailing bytes in extent list", len(d.b))
+	}
+	if d.err != nil {
+		return nil, 0, d.err
+	}
+	return ext, total, nil
 }

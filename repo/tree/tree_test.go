@@ -93,3 +93,71 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestExtentLists(t *testing.T) {
+	var content []Extent
+	for i := 0; i < 1000; i++ {
+		e := Extent{Length: uint64(4096 + i)}
+		e.ID[0], e.ID[1] = byte(i*37), byte(i)
+		if i%100 == 50 {
+			e = Extent{Hole: true, Length: 1 << 20}
+		}
+		content = append(content, e)
+	}
+	if SplitExtents(content[:ListMinFile]) != nil {
+		t.Error("a small file was split")
+	}
+	lists := SplitExtents(content)
+	var joined []Extent
+	for _, l := range lists {
+		if len(l) > listMax || (len(l) < listMin && &l[0] != &lists[len(lists)-1][0]) {
+			t.Errorf("list of %d extents", len(l))
+		}
+		got, total, err := DecodeList(EncodeList(l))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want uint64
+		for _, e := range l {
+			want += e.Length
+		}
+		if total != want {
+			t.Errorf("list covers %d bytes, want %d", total, want)
+		}
+		joined = append(joined, got...)
+	}
+	if !reflect.DeepEqual(joined, content) {
+		t.Error("lists do not join back to the content")
+	}
+	// Content-defined: dropping the first extent leaves later cuts in place.
+	again := SplitExtents(content[1:])
+	if len(lists[len(lists)-1]) != len(again[len(again)-1]) {
+		t.Error("cuts moved after a change at the start")
+	}
+	// Lists never nest.
+	nested := EncodeList([]Extent{{ID: blob.ID{1}, Length: 5, List: true}})
+	if _, _, err := DecodeList(nested); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("a list inside a list decoded: %v", err)
+	}
+}
+
+func FuzzDecodeList(f *testing.F) {
+	f.Add(EncodeList([]Extent{{ID: blob.ID{1}, Length: 5}, {Hole: true, Length: 9}}))
+	f.Add(EncodeList(nil))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ext, total, err := DecodeList(data)
+		if err != nil {
+			return
+		}
+		var sum uint64
+		for _, e := range ext {
+			if e.List {
+				t.Fatal("decoded a nested list")
+			}
+			sum += e.Length
+		}
+		if sum != total {
+			t.Fatalf("total %d, extents sum to %d", total, sum)
+		}
+	})
+}
