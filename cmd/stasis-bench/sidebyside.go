@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -167,6 +168,10 @@ func runSideBySide(ctx context.Context, o options, stdout io.Writer, log func(st
 				if err := os.MkdirAll(target, 0o755); err != nil {
 					return err
 				}
+				// Let the file system finish deleting the previous restore
+				// (journal, discard) before the clock starts, so that no tool
+				// pays for another's cleanup.
+				syscall.Sync()
 				if err := measureOne(sc, t, t.Restore(ctx, target, only), false); err != nil {
 					return err
 				}
