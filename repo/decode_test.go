@@ -42,3 +42,17 @@ func FuzzDecodeConfig(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeDict(f *testing.F) {
+	f.Add(encodeDict(40000, []byte("dn: cn=alice,ou=people,o=Zoomserv\n")))
+	f.Add([]byte("STASISZ\x01"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		id, content, err := decodeDict(data)
+		if err != nil {
+			return
+		}
+		if id < 32768 || id >= 1<<31 || len(content) < 8 {
+			t.Fatalf("accepted dictionary id %d with %d bytes", id, len(content))
+		}
+	})
+}
