@@ -4,12 +4,17 @@
 // Lookups go to bbolt (memory-mapped pages), never to a whole-index map, so
 // memory stays flat as the repository grows.
 //
-// Buckets (keys are raw 32-byte ids, integers little-endian):
+// Buckets (keys are raw 32-byte ids, integers little-endian unless said):
 //
-//	meta       "version" → u32, "repo" → repository id bytes
-//	blobs      blob id → pack id [32] | type u8 | storage u8 | offset u64 | length u32 | rawLength u32
-//	packs      pack id → size u64 | blob count u32 | type u8
+//	meta       "version" → u32, "repo" → repository id bytes, "nextpack" → u32
+//	blobs      blob id → pack number u32 | type u8 | storage u8 | offset u32 | length u32 | rawLength u32
+//	packs      pack id → size u64 | blob count u32 | type u8 | pack number u32
+//	packnums   pack number (u32 big-endian) → pack id
 //	snapshots  snapshot id → the snapshot file's bytes
+//
+// A blob record names its pack by a small number (assigned when the pack is
+// first indexed) instead of its 32-byte id: 18 bytes instead of 50 per blob,
+// about a third less index for the millions of small chunks of a database.
 //
 // An Index is safe for concurrent use. Only one process can have index.db
 // open at a time (bbolt takes a file lock); Open waits up to Options.Timeout.
@@ -26,13 +31,14 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-const version = 1
+const version = 2
 
 var (
 	bucketMeta      = []byte("meta")
 	bucketBlobs     = []byte("blobs")
 	bucketPacks     = []byte("packs")
 	bucketSnapshots = []byte("snapshots")
+	bucketPackNums  = []byte("packnums")
 )
 
 // ErrBusy is returned by Open when another process holds index.db.
@@ -85,7 +91,7 @@ func Open(path string, repoID []byte, opts Options) (*Index, error) {
 		err = db.View(func(tx *bolt.Tx) error { return checkMeta(tx, repoID) })
 	} else {
 		err = db.Update(func(tx *bolt.Tx) error {
-			for _, b := range [][]byte{bucketMeta, bucketBlobs, bucketPacks, bucketSnapshots} {
+			for _, b := range [][]byte{bucketMeta, bucketBlobs, bucketPacks, bucketSnapshots, bucketPackNums} {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 					return err
 				}
@@ -111,7 +117,7 @@ func Open(path string, repoID []byte, opts Options) (*Index, error) {
 
 func checkMeta(tx *bolt.Tx, repoID []byte) error {
 	m := tx.Bucket(bucketMeta)
-	if m == nil || tx.Bucket(bucketBlobs) == nil || tx.Bucket(bucketPacks) == nil || tx.Bucket(bucketSnapshots) == nil {
+	if m == nil || tx.Bucket(bucketBlobs) == nil || tx.Bucket(bucketPacks) == nil || tx.Bucket(bucketSnapshots) == nil || tx.Bucket(bucketPackNums) == nil {
 		return fmt.Errorf("%w: buckets missing (run `stasis repair index`)", ErrMismatch)
 	}
 	if string(m.Get([]byte("repo"))) != string(repoID) {
@@ -126,26 +132,70 @@ func checkMeta(tx *bolt.Tx, repoID []byte) error {
 // Close closes the database.
 func (ix *Index) Close() error { return ix.db.Close() }
 
-func encodeLocation(l Location) []byte {
-	b := make([]byte, 0, 50)
-	b = append(b, l.Pack[:]...)
+const (
+	blobValueSize = 18
+	packValueSize = 17
+)
+
+func encodeLocation(num uint32, l Location) []byte {
+	b := make([]byte, 0, blobValueSize)
+	b = binary.LittleEndian.AppendUint32(b, num)
 	b = append(b, byte(l.Type), byte(l.Storage))
-	b = binary.LittleEndian.AppendUint64(b, l.Offset)
+	b = binary.LittleEndian.AppendUint32(b, uint32(l.Offset))
 	b = binary.LittleEndian.AppendUint32(b, l.Length)
 	return binary.LittleEndian.AppendUint32(b, l.RawLength)
 }
 
-func decodeLocation(b []byte) (Location, error) {
-	if len(b) != 50 {
-		return Location{}, fmt.Errorf("index entry of %d bytes, want 50 (run `stasis repair index`)", len(b))
+// packNumKey is the big-endian key of a pack number (packnums sorts by it).
+func packNumKey(num uint32) []byte { return binary.BigEndian.AppendUint32(nil, num) }
+
+// decodeLocation decodes a blob record, resolving its pack number in tx.
+func decodeLocation(tx *bolt.Tx, b []byte) (Location, error) {
+	if len(b) != blobValueSize {
+		return Location{}, fmt.Errorf("index entry of %d bytes, want %d (run `stasis repair index`)", len(b), blobValueSize)
 	}
-	var l Location
-	copy(l.Pack[:], b)
-	l.Type, l.Storage = blob.Type(b[32]), pack.Storage(b[33])
-	l.Offset = binary.LittleEndian.Uint64(b[34:])
-	l.Length = binary.LittleEndian.Uint32(b[42:])
-	l.RawLength = binary.LittleEndian.Uint32(b[46:])
+	num := binary.LittleEndian.Uint32(b)
+	id := tx.Bucket(bucketPackNums).Get(packNumKey(num))
+	if len(id) != blob.IDSize {
+		return Location{}, fmt.Errorf("index names pack number %d, which it does not record (run `stasis repair index`)", num)
+	}
+	l := Location{Pack: blob.ID(id), Type: blob.Type(b[4]), Storage: pack.Storage(b[5])}
+	l.Offset = uint64(binary.LittleEndian.Uint32(b[6:]))
+	l.Length = binary.LittleEndian.Uint32(b[10:])
+	l.RawLength = binary.LittleEndian.Uint32(b[14:])
 	return l, nil
+}
+
+// packNumber returns the number of pack id, assigning the next one (and
+// recording the pack) when it is new.
+func packNumber(tx *bolt.Tx, id blob.ID, size uint64, count int, t blob.Type) (uint32, error) {
+	packs := tx.Bucket(bucketPacks)
+	if v := packs.Get(id[:]); len(v) == packValueSize {
+		num := binary.LittleEndian.Uint32(v[13:])
+		return num, packs.Put(id[:], encodePackInfo(PackInfo{Size: size, Count: uint32(count), Type: t}, num))
+	}
+	meta := tx.Bucket(bucketMeta)
+	var num uint32 = 1
+	if v := meta.Get([]byte("nextpack")); len(v) == 4 {
+		num = binary.LittleEndian.Uint32(v)
+	}
+	if num == 0 {
+		return 0, errors.New("index: pack numbers exhausted (run `stasis repair index`)")
+	}
+	if err := meta.Put([]byte("nextpack"), binary.LittleEndian.AppendUint32(nil, num+1)); err != nil {
+		return 0, err
+	}
+	if err := tx.Bucket(bucketPackNums).Put(packNumKey(num), id[:]); err != nil {
+		return 0, err
+	}
+	return num, packs.Put(id[:], encodePackInfo(PackInfo{Size: size, Count: uint32(count), Type: t}, num))
+}
+
+func encodePackInfo(info PackInfo, num uint32) []byte {
+	v := binary.LittleEndian.AppendUint64(nil, info.Size)
+	v = binary.LittleEndian.AppendUint32(v, info.Count)
+	v = append(v, byte(info.Type))
+	return binary.LittleEndian.AppendUint32(v, num)
 }
 
 // Lookup returns where blob id is stored; ok is false when it is not indexed.
@@ -156,7 +206,7 @@ func (ix *Index) Lookup(id blob.ID) (loc Location, ok bool, err error) {
 			return nil
 		}
 		ok = true
-		loc, err = decodeLocation(v)
+		loc, err = decodeLocation(tx, v)
 		return err
 	})
 	return loc, ok, err
@@ -192,22 +242,20 @@ func (ix *Index) HasAll(ids []blob.ID) (bool, error) {
 // already indexed keeps its existing location.
 func (ix *Index) AddPack(id blob.ID, size uint64, entries []pack.Entry) error {
 	return ix.db.Update(func(tx *bolt.Tx) error {
+		num, err := packNumber(tx, id, size, len(entries), packType(entries))
+		if err != nil {
+			return err
+		}
 		blobs := tx.Bucket(bucketBlobs)
-		var t blob.Type
 		for _, e := range entries {
-			t = e.Type
 			if blobs.Get(e.ID[:]) != nil {
 				continue
 			}
-			loc := Location{Pack: id, Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength}
-			if err := blobs.Put(e.ID[:], encodeLocation(loc)); err != nil {
+			if err := putBlob(blobs, num, e); err != nil {
 				return err
 			}
 		}
-		v := binary.LittleEndian.AppendUint64(nil, size)
-		v = binary.LittleEndian.AppendUint32(v, uint32(len(entries)))
-		v = append(v, byte(t))
-		return tx.Bucket(bucketPacks).Put(id[:], v)
+		return nil
 	})
 }
 
@@ -225,9 +273,24 @@ func (ix *Index) Pack(id blob.ID) (info PackInfo, ok bool, err error) {
 	return info, ok, err
 }
 
+func packType(entries []pack.Entry) blob.Type {
+	if len(entries) == 0 {
+		return 0
+	}
+	return entries[len(entries)-1].Type
+}
+
+func putBlob(blobs *bolt.Bucket, num uint32, e pack.Entry) error {
+	if e.Offset > 1<<32-1 {
+		return fmt.Errorf("index: blob %s at offset %d: packs larger than 4 GiB are not supported", e.ID.Short(), e.Offset)
+	}
+	loc := Location{Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength}
+	return blobs.Put(e.ID[:], encodeLocation(num, loc))
+}
+
 func decodePackInfo(v []byte) (PackInfo, error) {
-	if len(v) != 13 {
-		return PackInfo{}, fmt.Errorf("pack entry of %d bytes, want 13 (run `stasis repair index`)", len(v))
+	if len(v) != packValueSize {
+		return PackInfo{}, fmt.Errorf("pack entry of %d bytes, want %d (run `stasis repair index`)", len(v), packValueSize)
 	}
 	return PackInfo{Size: binary.LittleEndian.Uint64(v), Count: binary.LittleEndian.Uint32(v[8:]), Type: blob.Type(v[12])}, nil
 }
@@ -250,7 +313,7 @@ func (ix *Index) EachPack(fn func(id blob.ID, info PackInfo) error) error {
 func (ix *Index) EachBlob(fn func(id blob.ID, loc Location) error) error {
 	return ix.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-			loc, err := decodeLocation(v)
+			loc, err := decodeLocation(tx, v)
 			if err != nil {
 				return err
 			}

@@ -15,19 +15,17 @@ import (
 // old packs can be dropped). One transaction.
 func (ix *Index) SetPack(id blob.ID, size uint64, entries []pack.Entry) error {
 	return ix.db.Update(func(tx *bolt.Tx) error {
+		num, err := packNumber(tx, id, size, len(entries), packType(entries))
+		if err != nil {
+			return err
+		}
 		blobs := tx.Bucket(bucketBlobs)
-		var t blob.Type
 		for _, e := range entries {
-			t = e.Type
-			loc := Location{Pack: id, Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength}
-			if err := blobs.Put(e.ID[:], encodeLocation(loc)); err != nil {
+			if err := putBlob(blobs, num, e); err != nil {
 				return err
 			}
 		}
-		v := binary.LittleEndian.AppendUint64(nil, size)
-		v = binary.LittleEndian.AppendUint32(v, uint32(len(entries)))
-		v = append(v, byte(t))
-		return tx.Bucket(bucketPacks).Put(id[:], v)
+		return nil
 	})
 }
 
@@ -39,10 +37,16 @@ func (ix *Index) SetPack(id blob.ID, size uint64, entries []pack.Entry) error {
 func (ix *Index) RemovePacks(ids map[blob.ID]bool) (removed int, err error) {
 	err = ix.db.Update(func(tx *bolt.Tx) error {
 		removed = 0
+		nums := map[uint32]bool{}
+		p := tx.Bucket(bucketPacks)
+		for id := range ids {
+			if v := p.Get(id[:]); len(v) == packValueSize {
+				nums[binary.LittleEndian.Uint32(v[13:])] = true
+			}
+		}
 		c := tx.Bucket(bucketBlobs).Cursor()
 		for k, v := c.First(); k != nil; {
-			loc, err := decodeLocation(v)
-			if err != nil || !ids[loc.Pack] {
+			if len(v) != blobValueSize || !nums[binary.LittleEndian.Uint32(v)] {
 				k, v = c.Next()
 				continue
 			}
@@ -54,7 +58,12 @@ func (ix *Index) RemovePacks(ids map[blob.ID]bool) (removed int, err error) {
 			// Seek past the deleted key: Next after Delete may skip one.
 			k, v = c.Seek(key)
 		}
-		p := tx.Bucket(bucketPacks)
+		nb := tx.Bucket(bucketPackNums)
+		for num := range nums {
+			if err := nb.Delete(packNumKey(num)); err != nil {
+				return err
+			}
+		}
 		for id := range ids {
 			if err := p.Delete(id[:]); err != nil {
 				return err

@@ -1,0 +1,88 @@
+package index
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/pack"
+)
+
+func entries(seed byte, n int) []pack.Entry {
+	var es []pack.Entry
+	off := uint64(8)
+	for i := 0; i < n; i++ {
+		e := pack.Entry{Type: blob.Data, Storage: pack.Zstd, Offset: off, Length: 100 + uint32(i), RawLength: 400}
+		e.ID[0], e.ID[1] = seed, byte(i)
+		es = append(es, e)
+		off += uint64(e.Length)
+	}
+	return es
+}
+
+func TestPackNumbers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix, err := Open(path, []byte("repo"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, p2 := blob.ID{1}, blob.ID{2}
+	e1, e2 := entries(1, 3), entries(2, 2)
+	e2 = append(e2, e1[0]) // a blob in two packs keeps its first location
+	if err := ix.AddPack(p1, 1000, e1); err != nil {
+		t.Fatal(err)
+	}
+	if err := ix.AddPack(p2, 2000, e2); err != nil {
+		t.Fatal(err)
+	}
+	loc, ok, err := ix.Lookup(e2[1].ID)
+	want := Location{Pack: p2, Type: blob.Data, Storage: pack.Zstd, Offset: e2[1].Offset, Length: e2[1].Length, RawLength: 400}
+	if err != nil || !ok || loc != want {
+		t.Fatalf("Lookup = %+v %v %v, want %+v", loc, ok, err, want)
+	}
+	if loc, _, _ := ix.Lookup(e1[0].ID); loc.Pack != p1 {
+		t.Errorf("a blob in two packs moved to %s", loc.Pack.Short())
+	}
+	if info, ok, _ := ix.Pack(p2); !ok || info.Size != 2000 || info.Count != 3 {
+		t.Errorf("Pack(p2) = %+v %v", info, ok)
+	}
+	// Repacking points the blob at the new pack; removing p1 keeps it.
+	if err := ix.SetPack(p2, 2000, e2); err != nil {
+		t.Fatal(err)
+	}
+	n, err := ix.RemovePacks(map[blob.ID]bool{p1: true})
+	if err != nil || n != 2 {
+		t.Fatalf("RemovePacks removed %d blobs (%v), want 2", n, err)
+	}
+	if loc, ok, _ := ix.Lookup(e1[0].ID); !ok || loc.Pack != p2 {
+		t.Errorf("repacked blob: %+v %v", loc, ok)
+	}
+	if _, ok, _ := ix.Lookup(e1[1].ID); ok {
+		t.Error("a blob of the removed pack is still indexed")
+	}
+	ix.Close()
+	// Numbers survive reopening, and new packs do not reuse old numbers.
+	ix, err = Open(path, []byte("repo"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.Close()
+	p3 := blob.ID{3}
+	if err := ix.AddPack(p3, 10, entries(3, 1)); err != nil {
+		t.Fatal(err)
+	}
+	count := 0
+	ix.EachBlob(func(id blob.ID, l Location) error {
+		count++
+		if l.Pack != p2 && l.Pack != p3 {
+			t.Errorf("blob %s in pack %s", id.Short(), l.Pack.Short())
+		}
+		return nil
+	})
+	if count != 4 {
+		t.Errorf("%d blobs indexed, want 4", count)
+	}
+	if _, err := Open(filepath.Join(t.TempDir(), "x.db"), []byte("repo"), Options{}); err != nil {
+		t.Fatal(err)
+	}
+}
