@@ -358,13 +358,13 @@ var listMagic = []byte("STEL")
 
 // Thresholds of SplitExtents.
 const (
-	ListMinFile = 32  // files with more extents than this use lists
-	listMin     = 16  // extents per list, at least (but the last)
-	listMax     = 256 // and at most
+	ListMinFile = 32 // files with more extents than this use lists
+	listMin     = 4  // extents per list, at least (but the last)
+	listMax     = 64 // and at most
 )
 
 // SplitExtents cuts content into extent lists: after an extent whose id's
-// first byte is a multiple of 64 (a content-defined cut, about every 64
+// first byte is a multiple of 16 (a content-defined cut, about every 20
 // extents), with at least listMin and at most listMax extents per list. It
 // returns nil when content is small enough to stay in the tree.
 func SplitExtents(content []Extent) [][]Extent {
@@ -375,7 +375,7 @@ func SplitExtents(content []Extent) [][]Extent {
 	start := 0
 	for i, e := range content {
 		n := i + 1 - start
-		if n >= listMax || (n >= listMin && e.ID[0]%64 == 0) {
+		if n >= listMax || (n >= listMin && e.ID[0]%16 == 0) {
 			lists = append(lists, content[start:i+1])
 			start = i + 1
 		}
