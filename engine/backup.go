@@ -12,7 +12,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -818,35 +817,17 @@ func (b *backup) chunkFile(ctx context.Context, f *os.File, size int64, profile 
 			}
 		}
 	} else {
-		g, gctx := errgroup.WithContext(ctx)
-		next := make(chan int)
-		g.Go(func() error {
-			defer close(next)
-			for _, i := range data {
-				select {
-				case next <- i:
-				case <-gctx.Done():
-					return nil
-				}
-			}
-			return nil
-		})
-		for w := 0; w < min(runtime.NumCPU(), len(data)); w++ {
-			c := ck
-			if w > 0 {
-				c = chunker.NewWithBoundaries(nil, b.pol, profile.Min, profile.Max)
-			}
-			g.Go(func() error {
-				for i := range next {
-					var err error
-					if parts[i], reads[i], err = b.chunkSpan(gctx, f, spans[i], profile, c); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
+		chunkers := make([]*chunker.Chunker, workers(len(data)))
+		chunkers[0] = ck
+		for w := 1; w < len(chunkers); w++ {
+			chunkers[w] = chunker.NewWithBoundaries(nil, b.pol, profile.Min, profile.Max)
 		}
-		err = g.Wait()
+		err = parallel(ctx, len(data), func(ctx context.Context, w, k int) error {
+			i := data[k]
+			var err error
+			parts[i], reads[i], err = b.chunkSpan(ctx, f, spans[i], profile, chunkers[w])
+			return err
+		})
 	}
 	var content []tree.Extent
 	var read int64

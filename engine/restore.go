@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -368,32 +367,12 @@ func (rs *restorer) writeContent(ctx context.Context, f *os.File, content []tree
 	if len(segs) == 1 {
 		return write(ctx, segs[0], buf)
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	next := make(chan segment)
-	g.Go(func() error {
-		defer close(next)
-		for _, s := range segs {
-			select {
-			case next <- s:
-			case <-gctx.Done():
-				return nil
-			}
-		}
-		return nil
+	bufs := make([][]byte, workers(len(segs)))
+	return buf, parallel(ctx, len(segs), func(ctx context.Context, w, i int) error {
+		var err error
+		bufs[w], err = write(ctx, segs[i], bufs[w])
+		return err
 	})
-	for i := 0; i < runtime.NumCPU(); i++ {
-		g.Go(func() error {
-			var b []byte
-			var err error
-			for s := range next {
-				if b, err = write(gctx, s, b); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	return buf, g.Wait()
 }
 
 func (rs *restorer) restoreLink(l linkJob) {
