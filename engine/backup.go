@@ -106,6 +106,8 @@ type backup struct {
 	names    *idNames
 	start    time.Time
 	cancel   context.CancelCauseFunc
+	// treeSavers counts the goroutines that save directory trees.
+	treeSavers sync.WaitGroup
 	// parentCutoff: a parent's file with mtime at or after this (ns) is re-read.
 	parentCutoff int64
 
@@ -247,6 +249,10 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 		return nil
 	})
 	err = g.Wait()
+	// Directory trees are saved by goroutines outside the group; after a
+	// failure they stop at ctx, or finish a save in progress: wait, so that
+	// nothing writes to the repository after Backup returns.
+	b.treeSavers.Wait()
 	stopProgress()
 	if cause := context.Cause(ctx); err == nil || (isRepoError(cause) && !errors.Is(cause, context.Canceled)) {
 		// A failed tree save cancels ctx with its cause; the workers then
@@ -474,7 +480,9 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 		b.addProblem(repo.Problem{Path: dir, Kind: "unreadable", Error: readErr.Error()})
 	}
 	f := &future{done: make(chan struct{}), node: node}
+	b.treeSavers.Add(1)
 	go func() {
+		defer b.treeSavers.Done()
 		defer close(f.done)
 		t := &tree.Tree{Nodes: make([]tree.Node, 0, len(kids))}
 		for _, k := range kids {

@@ -158,9 +158,12 @@ func (p *packer) discard(o *openPackFile) {
 
 func (p *packer) abort() {
 	p.wg.Wait()
-	if p.cur != nil {
-		p.discard(p.cur)
-		p.cur = nil
+	p.mu <- struct{}{}
+	cur := p.cur
+	p.cur = nil
+	<-p.mu
+	if cur != nil {
+		p.discard(cur)
 	}
 }
 
