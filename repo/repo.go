@@ -66,6 +66,7 @@ type Repository struct {
 
 	hashers  sync.Pool
 	sealBufs sync.Pool // *[]byte for sealed blobs on their way into a pack
+	compBufs sync.Pool // *[]byte for compressed blobs on their way into a pack
 
 	mu      sync.Mutex
 	pending map[blob.ID]struct{} // blobs in packs not yet indexed
@@ -342,7 +343,13 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 		if t == blob.Tree {
 			enc = c.plain
 		}
-		buf = enc.EncodeAll(data, make([]byte, 0, len(data)/2+64))
+		bp, _ := r.compBufs.Get().(*[]byte)
+		if bp == nil {
+			bp = new([]byte)
+		}
+		defer r.compBufs.Put(bp) // add has copied the bytes when it returns
+		buf = enc.EncodeAll(data, (*bp)[:0])
+		*bp = buf
 		if len(buf) < len(data) {
 			stored, storage = buf, pack.Zstd
 		}
