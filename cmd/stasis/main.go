@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
@@ -163,7 +164,27 @@ func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
 			return nil, err
 		}
 	}
-	r, err := repo.Open(ctx, dir, repo.OpenOptions{Password: a.repoPassword(dir), IndexTimeout: a.indexWait()})
+	wait := a.indexWait()
+	first := min(wait, time.Second)
+	var password []byte // asked once even when Open is tried twice
+	ask := a.repoPassword(dir)
+	passwordOnce := func(ctx context.Context) ([]byte, error) {
+		if password == nil {
+			p, err := ask(ctx)
+			if err != nil {
+				return nil, err
+			}
+			password = p
+		}
+		return password, nil
+	}
+	r, err := repo.Open(ctx, dir, repo.OpenOptions{Password: passwordOnce, IndexTimeout: first})
+	if errors.Is(err, index.ErrBusy) && wait > first {
+		// Say why nothing happens, then keep waiting (a second backup waits
+		// for the first one's index instead of failing).
+		fmt.Fprintf(a.stderr, "stasis: another stasis command is using %s/index.db; waiting up to %s for it to finish\n", dir, wait-first)
+		r, err = repo.Open(ctx, dir, repo.OpenOptions{Password: passwordOnce, IndexTimeout: wait - first})
+	}
 	if errors.Is(err, index.ErrBusy) {
 		return nil, fmt.Errorf("%w: another stasis command is using repository %s; wait for it to finish", err, dir)
 	}
