@@ -71,7 +71,7 @@ type Stats struct {
 	UniqueBytes  int64   `json:"unique_bytes"`  // distinct chunk data before compression
 	StoredBytes  int64   `json:"stored_bytes"`  // size of all packs
 	Chunks       int64   `json:"chunks"`
-	Trees        int64   `json:"trees"`
+	Trees        int64   `json:"trees"` // tree and extent-list blobs
 	Packs        int64   `json:"packs"`
 	DedupRatio   float64 `json:"dedup_ratio"`       // logical / unique
 	Compression  float64 `json:"compression_ratio"` // unique / stored data
