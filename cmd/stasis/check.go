@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 
@@ -55,4 +54,3 @@ func (a *app) checkCommand() *cobra.Command {
 	return c
 }
 
-var _ = errors.New
