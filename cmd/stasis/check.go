@@ -53,4 +53,3 @@ func (a *app) checkCommand() *cobra.Command {
 	c.Flags().BoolVar(&readData, "read-data", false, "read every pack and re-hash every blob")
 	return c
 }
-
