@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/user"
 	"runtime"
+	"runtime/debug"
 	"time"
 
 	"golang.org/x/crypto/argon2"
@@ -42,8 +43,12 @@ const (
 	MaxKDFWork = 16 << 20
 	// MinTunedMemoryKiB is the least memory TuneKDF picks: 64 MiB.
 	MinTunedMemoryKiB = 64 << 10
-	// maxTunedMemoryKiB is the most memory TuneKDF picks before it raises Time.
-	maxTunedMemoryKiB = 256 << 10
+	// maxTunedMemoryKiB is the most memory TuneKDF picks before it raises
+	// Time. It equals the floor: every stasis command that opens an
+	// encrypted repository derives the key once, and a larger setting would
+	// dominate the peak memory of a backup (256 MiB did; see
+	// docs/benchmarks.md). The budget goes to passes instead.
+	maxTunedMemoryKiB = 64 << 10
 )
 
 // KDFParams are the argon2id cost parameters stored in a key file.
@@ -78,12 +83,16 @@ func (p KDFParams) Validate() error {
 }
 
 func (p KDFParams) derive(password, salt []byte) []byte {
-	return argon2.IDKey(password, salt, p.Time, p.MemoryKiB, p.Threads, KeySize)
+	k := argon2.IDKey(password, salt, p.Time, p.MemoryKiB, p.Threads, KeySize)
+	// Give the KDF's memory back to the OS now, so that it does not add to
+	// the peak of the command that runs next (a backup).
+	debug.FreeOSMemory()
+	return k
 }
 
 // TuneKDF measures argon2id on this machine and returns parameters for which
 // one derivation takes about target (≈0.5 s is the intended use): memory of at
-// least 64 MiB (raised up to 256 MiB before passes are added), one thread per
+// least 64 MiB (raised up to maxTunedMemoryKiB before passes are added), one thread per
 // CPU up to 4, and as many passes as fit in target. On a slow machine the
 // result may take longer than target; the floors win. The result always passes
 // Validate. TuneKDF itself runs three derivations at the floor (64 MiB, one

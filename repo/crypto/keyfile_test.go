@@ -210,7 +210,7 @@ func TestTuneKDF(t *testing.T) {
 		t.Fatal(err)
 	}
 	if uint64(big.Time)*uint64(big.MemoryKiB) <= uint64(p.Time)*uint64(p.MemoryKiB) || big.MemoryKiB != maxTunedMemoryKiB {
-		t.Fatalf("TuneKDF(1h) = %+v, want more work than %+v at 256 MiB", big, p)
+		t.Fatalf("TuneKDF(1h) = %+v, want more work than %+v at %d KiB", big, p, maxTunedMemoryKiB)
 	}
 }
 
