@@ -2,11 +2,14 @@ package engine_test
 
 import (
 	"errors"
+	"github.com/stasisbackup/stasis/repo/backend"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/enginetest"
@@ -136,4 +139,37 @@ func TestCompressionDictionary(t *testing.T) {
 	if !errors.Is(err, engine.ErrRestoreIncomplete) || len(res.Problems) != 1 || res.Problems[0].Path != filepath.Join(src, "X500.db") {
 		t.Errorf("restore with a damaged dictionary: %v %+v", err, res)
 	}
+}
+
+// A dictionary that cannot be written (here: its rename fails, as on a full
+// disk) fails the backup with a message naming it; nothing half-written is
+// referenced and the next backup succeeds.
+func TestDictionaryWriteFailure(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	os.MkdirAll(src, 0o755)
+	writePages(t, filepath.Join(src, "X500.db"), 1024, rand.New(rand.NewSource(9)))
+	dir := t.TempDir() + "/repo"
+	r, err := repo.Init(ctx, dir, enginetest.InitOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	faulty := backend.NewFaulty(backend.OS{Dir: dir})
+	faulty.Inject(backend.Fault{Op: backend.OpRename, Name: "dicts/*", Err: syscall.ENOSPC})
+	o := enginetest.OpenOptions()
+	o.FS = faulty
+	if r, err = repo.Open(ctx, dir, o); err != nil {
+		t.Fatal(err)
+	}
+	_, err = engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{src}, Now: clock(day1)})
+	if err == nil || !strings.Contains(err.Error(), "compression dictionary") || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("backup with an unwritable dictionary: %v", err)
+	}
+	r.Close()
+	if r, err = repo.Open(ctx, dir, enginetest.OpenOptions()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { enginetest.CheckAndClose(t, r) })
+	sn := backup(t, r, day1.Add(time.Hour), src)
+	restore(t, r, sn, engine.RestoreOptions{})
 }

@@ -1,8 +1,6 @@
 package engine_test
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -90,29 +88,6 @@ func (f *fixture) mutate() {
 	}
 }
 
-// hashes returns relative path → sha256 of every regular file below dir.
-func hashes(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		sum := sha256.Sum256(data)
-		rel, _ := filepath.Rel(dir, p)
-		out[rel] = hex.EncodeToString(sum[:])
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 func (f *fixture) backup() (*repo.Snapshot, map[string]string) {
 	f.t.Helper()
 	f.now = f.now.Add(7 * time.Hour)
@@ -121,7 +96,7 @@ func (f *fixture) backup() (*repo.Snapshot, map[string]string) {
 	if err != nil {
 		f.t.Fatalf("backup: %v", err)
 	}
-	return sn, hashes(f.t, f.src)
+	return sn, enginetest.FileHashes(f.t, f.src)
 }
 
 // verify restores snapshot id and compares it with want, file by file.
@@ -135,7 +110,7 @@ func (f *fixture) verify(id blob.ID, want map[string]string) {
 	if _, err := engine.Restore(ctx, f.r, sn, engine.RestoreOptions{Target: target}); err != nil {
 		f.t.Fatalf("restore %s: %v", id.Short(), err)
 	}
-	got := hashes(f.t, filepath.Join(target, f.src))
+	got := enginetest.FileHashes(f.t, filepath.Join(target, f.src))
 	if len(got) != len(want) {
 		f.t.Fatalf("snapshot %s restored %d files, want %d", id.Short(), len(got), len(want))
 	}

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io/fs"
+	"github.com/stasisbackup/stasis/engine/enginetest"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -75,28 +73,6 @@ func (e *crashEnv) mutate(step int) {
 	}
 }
 
-func treeHashes(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		s := sha256.Sum256(data)
-		rel, _ := filepath.Rel(dir, p)
-		out[rel] = hex.EncodeToString(s[:])
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 // TestCrashSafety SIGKILLs `stasis backup` and `stasis prune` (separate
 // processes of the built binary) at random moments from a fixed seed. After
 // every kill the next command runs with no manual step (the dead process's
@@ -117,13 +93,13 @@ func TestCrashSafety(t *testing.T) {
 	e.mutate(-1)
 	began := time.Now()
 	e.must("backup", "--tag", "calibration", e.src)
-	model["calibration"] = treeHashes(t, e.src)
+	model["calibration"] = enginetest.FileHashes(t, e.src)
 	span := time.Since(began)
 	kills := 0
 	for step := 0; step < 16; step++ {
 		e.mutate(step)
 		tag := fmt.Sprintf("step%d", step)
-		want := treeHashes(t, e.src)
+		want := enginetest.FileHashes(t, e.src)
 		// A killed backup may have written its snapshot just before it
 		// died; the listing at the end decides which snapshots exist.
 		if !e.killed(span, "backup", "--tag", tag, e.src) {
@@ -143,7 +119,7 @@ func TestCrashSafety(t *testing.T) {
 	// The next backup and prune succeed with no manual step.
 	e.mutate(99)
 	e.must("backup", "--tag", "final", e.src)
-	model["final"] = treeHashes(t, e.src)
+	model["final"] = enginetest.FileHashes(t, e.src)
 	e.must("prune")
 	if out, err := e.cmd("check", "--read-data").CombinedOutput(); err != nil {
 		t.Fatalf("check --read-data after %d kills: %v\n%s", kills, err, out)
@@ -162,7 +138,7 @@ func TestCrashSafety(t *testing.T) {
 		want := model[sn.Tags[0]]
 		target := filepath.Join(t.TempDir(), "r")
 		e.must("restore", sn.ID, "--target", target)
-		got := treeHashes(t, filepath.Join(target, e.src))
+		got := enginetest.FileHashes(t, filepath.Join(target, e.src))
 		if len(got) != len(want) {
 			t.Fatalf("snapshot %s (%s): %d files restored, want %d", sn.ID[:8], sn.Tags[0], len(got), len(want))
 		}

@@ -6,6 +6,11 @@ package enginetest
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -60,4 +65,28 @@ func CheckAndClose(t testing.TB, r *repo.Repository) {
 	if !rep.OK() {
 		t.Errorf("check %s found damage:\n%s", r.Dir(), strings.Join(rep.Errors, "\n"))
 	}
+}
+
+// FileHashes returns relative path → SHA-256 (hex) of every regular file
+// below dir, to compare a restored tree with its source.
+func FileHashes(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(data)
+		rel, _ := filepath.Rel(dir, p)
+		out[rel] = hex.EncodeToString(sum[:])
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
