@@ -1,6 +1,8 @@
 package engine_test
 
 import (
+	"github.com/klauspost/compress/zstd"
+	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -85,5 +87,69 @@ func BenchmarkRestore(b *testing.B) {
 		if _, err := engine.Restore(ctx, r, sn, engine.RestoreOptions{Target: b.TempDir(), Workers: 16}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkZstdDictionary measures the decision behind the repository's
+// compression dictionary (docs/format.md): 16 KiB chunks of a zoomsim
+// database compressed one by one at zstd's fastest level, without and with a
+// 64 KiB raw-content dictionary sampled as the repository samples it.
+// go test -run '^$' -bench ZstdDictionary ./engine
+func BenchmarkZstdDictionary(b *testing.B) {
+	// Zoomserv-like pages (cmd/zoomsim's generator), 32 MiB.
+	db := filepath.Join(b.TempDir(), "X500.db")
+	if err := zdb.Create(db, 8192, 1); err != nil {
+		b.Fatal(err)
+	}
+	data, err := os.ReadFile(db)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const cs = 16 << 10
+	var chunks [][]byte
+	for i := 0; i+cs <= len(data); i += cs {
+		chunks = append(chunks, data[i:i+cs])
+	}
+	var dict []byte
+	for i := 0; len(dict) < 64<<10; i++ {
+		dict = append(dict, chunks[i][:4096]...)
+	}
+	for _, withDict := range []bool{false, true} {
+		name := "none"
+		eo := []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderCRC(false), zstd.WithEncoderConcurrency(1)}
+		do := []zstd.DOption{zstd.WithDecoderConcurrency(1)}
+		if withDict {
+			name = "dict64K"
+			eo = append(eo, zstd.WithEncoderDictRaw(40000, dict))
+			do = append(do, zstd.WithDecoderDictRaw(40000, dict))
+		}
+		enc, _ := zstd.NewWriter(nil, eo...)
+		dec, _ := zstd.NewReader(nil, do...)
+		var frames [][]byte
+		stored := 0
+		for _, c := range chunks {
+			f := enc.EncodeAll(c, nil)
+			frames = append(frames, f)
+			stored += len(f)
+		}
+		b.Run(name+"/encode", func(b *testing.B) {
+			b.SetBytes(int64(len(chunks) * cs))
+			buf := make([]byte, 0, cs)
+			for i := 0; i < b.N; i++ {
+				for _, c := range chunks {
+					buf = enc.EncodeAll(c, buf[:0])
+				}
+			}
+			b.ReportMetric(float64(len(chunks)*cs)/float64(stored), "ratio")
+		})
+		b.Run(name+"/decode", func(b *testing.B) {
+			b.SetBytes(int64(len(chunks) * cs))
+			buf := make([]byte, 0, cs)
+			for i := 0; i < b.N; i++ {
+				for _, f := range frames {
+					buf, _ = dec.DecodeAll(f, buf[:0])
+				}
+			}
+		})
 	}
 }
