@@ -62,6 +62,10 @@ type restorer struct {
 	dirs     []dirMeta
 	links    map[[2]uint64]string // (device, inode) → restored path of the first name
 	pending  []linkJob
+	// written holds the target paths whose content this restore wrote; a
+	// hard link is made only to one of them, never to a file that was at
+	// the path before (--overwrite) when the first name failed.
+	written map[string]bool
 
 	files, ndirs, others, bytes, selected atomic.Int64
 }
@@ -100,7 +104,8 @@ func Restore(ctx context.Context, r RestoreRepo, sn *repo.Snapshot, opts Restore
 	if opts.Workers <= 0 {
 		opts.Workers = 4
 	}
-	rs := &restorer{repo: r, opts: opts, target: target, isRoot: os.Geteuid() == 0, links: map[[2]uint64]string{}}
+	rs := &restorer{repo: r, opts: opts, target: target, isRoot: os.Geteuid() == 0, links: map[[2]uint64]string{},
+		written: map[string]bool{}}
 	for _, inc := range opts.Includes {
 		rs.includes = append(rs.includes, filepath.Clean("/"+inc))
 	}
@@ -307,6 +312,9 @@ func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) [
 		rs.problem(j.src, err)
 		return buf
 	}
+	rs.mu.Lock()
+	rs.written[j.path] = true
+	rs.mu.Unlock()
 	if j.node.Flags&tree.Changed != 0 {
 		rs.problem(j.src, fmt.Errorf("restored, but it was changing while backed up: it may be inconsistent"))
 	}
@@ -377,7 +385,12 @@ func (rs *restorer) writeContent(ctx context.Context, f *os.File, content []tree
 
 func (rs *restorer) restoreLink(l linkJob) {
 	src := strings.TrimPrefix(l.path, rs.target)
-	if _, err := os.Lstat(l.first); err != nil {
+	rs.mu.Lock()
+	written := rs.written[l.first]
+	rs.mu.Unlock()
+	if !written {
+		// Whatever is at l.first (nothing, or an older file kept there by
+		// --overwrite) is not this snapshot's content.
 		rs.problem(src, fmt.Errorf("hard link to %s: the first name was not restored", strings.TrimPrefix(l.first, rs.target)))
 		return
 	}
