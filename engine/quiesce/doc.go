@@ -9,7 +9,9 @@
 // own process group with a timeout; a hook that times out, or whose context
 // is cancelled, gets SIGTERM on its whole group and SIGKILL after a grace.
 // Combined output goes to Options.Log. Hooks see STASIS_REPO, STASIS_PATHS
-// (newline-separated) and STASIS_PHASE (quiesce|resume).
+// (newline-separated) and STASIS_PHASE (quiesce|resume), and the caller's
+// environment without its secrets: never the repository password or where it
+// comes from, nor cloud credentials (SecretEnv, IsSecretEnv).
 //
 // # Resume exactly once
 //

@@ -21,6 +21,45 @@ const (
 	PhaseResume  Phase = "resume"
 )
 
+// SecretEnv names the environment variables that hold or lead to the
+// repository's secrets; commands stasis runs (hooks) never inherit them.
+// Besides these, every variable whose name starts with STASIS_ and contains
+// PASSWORD is withheld (see IsSecretEnv).
+var SecretEnv = []string{
+	"STASIS_PASSWORD", "STASIS_PASSWORD_FILE", "STASIS_PASSWORD_COMMAND",
+	"STASIS_NEW_PASSWORD", "STASIS_NEW_PASSWORD_FILE", "STASIS_NEW_PASSWORD_COMMAND",
+	"STASIS_FROM_PASSWORD", "STASIS_FROM_PASSWORD_FILE", "STASIS_FROM_PASSWORD_COMMAND",
+	"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+}
+
+// IsSecretEnv reports whether the environment variable name is withheld from
+// hooks: one of SecretEnv, or STASIS_*PASSWORD*.
+func IsSecretEnv(name string) bool {
+	if strings.HasPrefix(name, "STASIS_") && strings.Contains(name, "PASSWORD") {
+		return true
+	}
+	for _, s := range SecretEnv {
+		if name == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Environ returns this process's environment without the secrets
+// (IsSecretEnv): the environment a hook starts from.
+func Environ() []string {
+	env := os.Environ()
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !IsSecretEnv(name) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 // Hook is a shell command run at one phase.
 type Hook struct {
 	Phase   Phase
@@ -55,8 +94,8 @@ func (r HookResult) OK() bool { return r.Error == "" }
 // ctx is cancelled, the whole group gets SIGTERM, then SIGKILL after the
 // grace; RunHook returns once the shell has exited. The returned error is
 // nil only for exit status 0; it wraps ErrHookTimeout on timeout and
-// ctx.Err() on cancellation. Environment: the caller's plus STASIS_REPO,
-// STASIS_PATHS and STASIS_PHASE.
+// ctx.Err() on cancellation. Environment: the caller's without its secrets
+// (see Environ) plus STASIS_REPO, STASIS_PATHS and STASIS_PHASE.
 func RunHook(ctx context.Context, h Hook, log io.Writer) (HookResult, error) {
 	res := HookResult{Phase: h.Phase, Command: h.Command, Exit: -1}
 	timeout, grace := h.Timeout, h.Grace
@@ -75,7 +114,7 @@ func RunHook(ctx context.Context, h Hook, log io.Writer) (HookResult, error) {
 	cmd.Stdout, cmd.Stderr = log, log
 	// A grandchild that escaped the group may hold the output pipe: don't wait for it forever.
 	cmd.WaitDelay = grace
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(Environ(),
 		"STASIS_REPO="+h.Repo,
 		"STASIS_PATHS="+strings.Join(h.Paths, "\n"),
 		"STASIS_PHASE="+string(h.Phase))

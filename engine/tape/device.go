@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+
+	"github.com/stasisbackup/stasis/engine/quiesce"
 )
 
 // Device opens the volumes of a set by sequence number (from 1).
@@ -75,7 +77,7 @@ func (d *PathDevice) prepare(ctx context.Context, seq int) error {
 			seq, d.Path, ErrChangeVolume)
 	}
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", d.ChangeVolume)
-	cmd.Env = append(os.Environ(), "STASIS_TAPE_VOLUME="+strconv.Itoa(seq), "STASIS_TAPE_DEVICE="+d.Path)
+	cmd.Env = append(quiesce.Environ(), "STASIS_TAPE_VOLUME="+strconv.Itoa(seq), "STASIS_TAPE_DEVICE="+d.Path)
 	var errBuf bytes.Buffer
 	cmd.Stdout = d.Stdout
 	cmd.Stderr = &errBuf
