@@ -1,35 +1,112 @@
-// Package lock implements repository locks: small JSON files under
-// <repo>/locks/ that say which process uses the repository and how.
+// Package lock implements repository locks: small JSON objects under locks/
+// in the repository's [backend.Storage] that say which process uses the
+// repository and how. The same protocol works on a local directory and on
+// object storage (S3) shared by several hosts: it needs no rename, no
+// conditional write and no agreement between the hosts' clocks.
 //
 // # Kinds
 //
 // A shared lock (backup, restore, check) coexists with other shared locks.
 // An exclusive lock (prune, forget, repair) excludes every other lock.
 //
-// # Procedure
+// # Objects
 //
-// [Acquire] lists the lock files and, if none conflicts, writes its own lock
-// file atomically (temp file, fsync, rename, fsync of the directory) and then
-// lists again. If a conflicting lock appeared meanwhile it removes its own
-// file and tries again later. Two processes that race cannot both succeed:
-// each one lists after its own file is visible, so the later lister sees the
-// other's file. Two racing processes may both back off; retries use a
-// randomised, growing delay so that one of them wins.
+// A lock has a random id (32 hex digits) and is represented by one object
+// locks/<id>.<seq>, where seq is a decimal counter the holder increments on
+// every write. The object holds the JSON [Info] (host, pid, command, user,
+// kind, and the holder's StaleAfter). A refresh never rewrites an existing
+// name; see below. Objects named locks/<x>.probe are clock probes (see
+// Staleness), not locks. Any other object under locks/, including one that
+// cannot be read or decoded, counts as an exclusive lock held by an unknown
+// process.
+//
+// # Acquiring
+//
+// [Acquire] writes its own lock object (Put is atomic), then lists locks/.
+// If a conflicting lock that is not stale is listed, it deletes its object
+// and tries again later; otherwise it holds the lock. Two processes that race
+// cannot both succeed: each one lists after its own object is visible, so the
+// later lister sees the other's object. Two racing processes may both back
+// off; retries use a randomised, growing delay so that one of them wins.
+// While it waits (Options.RetryFor), Acquire only lists, and writes its
+// object again only when no conflict is left, so that a waiting process does
+// not make others fail.
+//
+// # Refresh
+//
+// A held lock is refreshed every StaleAfter/6: the holder writes a new object
+// locks/<id>.<seq+1>, checks (Stat) that its previous object still exists,
+// then deletes the previous object. If the previous object is gone, another
+// process removed the lock (stasis unlock --remove-all, or a process that
+// judged it stale): the holder deletes the new object, so that a removed lock
+// is never resurrected, and the lock is lost. [RemoveStale] and [RemoveAll]
+// delete every object of a lock id and list again until none is left, so a
+// refresh that raced with them is deleted too.
+//
+// A failed refresh is retried with growing delays. The holder measures, on
+// its own monotonic clock, the time since the start of its last successful
+// write; when that reaches StaleAfter/2 without a new success, the lock is
+// lost. A lost lock closes [Lock.Done], [Lock.Err] says why, and
+// [Lock.Context] and [With] cancel their context with that error. The
+// remaining StaleAfter/2 is the margin for the command to stop before any
+// other process may consider the lock stale.
 //
 // # Staleness
 //
-// A lock is stale when its refresh time is older than Options.StaleAfter, or
-// when it was written on this host (same hostname) by a process that is gone:
+// A lock is stale when its newest object is older than StaleAfter (the
+// larger of the observer's Options.StaleAfter and the one the holder
+// recorded) by the storage's clock: the observer compares the lock's
+// [backend.ObjectInfo.ModTime] with the ModTime of an object it has just
+// written itself to the same storage (Acquire: its own lock object;
+// RemoveStale: a probe object locks/<random>.probe, deleted afterwards). Both
+// times are stamped by the same clock (the file system's, or the object
+// store's), so no host clock is involved: a host whose clock is an hour
+// ahead or behind neither breaks live locks nor keeps dead ones, and the
+// times in the JSON (written by the holder's clock) are only shown to users.
+// The comparison is safe because the holder's object was stamped after the
+// holder started writing it, and the holder gives up the lock StaleAfter/2
+// after starting its last successful write (by its monotonic clock): by the
+// time the storage's clock shows StaleAfter since that stamp, the holder has
+// stopped for StaleAfter/2 already. ModTimes read by Stat may be truncated to
+// whole seconds (S3 HEAD); that only makes locks look younger.
+//
+// A lock written on this host is also stale when its process is gone:
 // kill(pid, 0) fails with ESRCH, or the pid now belongs to a process with a
 // different start time (/proc/<pid>/stat), or the machine rebooted since
-// (/proc/sys/kernel/random/boot_id). A lock of another host is only stale by
-// its refresh time. Stale locks are removed by Acquire, with a message to
-// Options.Log, and by [RemoveStale] (stasis unlock).
+// (/proc/sys/kernel/random/boot_id). "This host" means the same host name and,
+// where both are known, the same /etc/machine-id; the pid is only checked in
+// the same pid namespace. Stale locks are removed by Acquire, with a message
+// to Options.Log, and by RemoveStale (stasis unlock).
 //
-// Held locks are refreshed in the background every StaleAfter/3 until
-// [Lock.Release]. If the lock file disappears (another process judged it
-// stale, or stasis unlock --remove-all removed it), the lock is lost:
-// [Lock.Done] is closed and [With] cancels the context of its function.
+// # Remaining races
+//
+//   - Listing must be consistent: a List that starts after a Put returned
+//     must include that object (local directories, AWS S3, and most
+//     S3-compatible stores guarantee this; [backend.Storage] alone does not).
+//     On a store whose listings lag, two processes can both take an
+//     exclusive lock.
+//   - After RemoveAll (stasis unlock --remove-all) returns, a holder whose
+//     lock it removed keeps running until its next refresh notices, at most
+//     StaleAfter/6 plus the duration of one refresh, and that refresh's new
+//     object exists for the moment between its Put and its Delete. That is
+//     why --remove-all is only for repositories no stasis process uses.
+//   - A lost lock cancels the command's context; the command must stop
+//     within StaleAfter/2 (the default: 15 minutes) or it may run while
+//     another process holds a conflicting lock.
+//   - Time the holder's host spends suspended (a paused VM, a sleeping
+//     laptop) does not advance the monotonic clock on Linux: a holder
+//     suspended for longer than StaleAfter can have its lock broken and,
+//     after resuming, run until its next refresh finds the lock removed.
+//     Stopped processes (SIGSTOP) are not affected: their timers fire on
+//     resume.
+//   - The storage's clock must run at the right rate and not jump: a forward
+//     step of it by more than StaleAfter/2 can make a live lock look stale.
+//     A directory on a network file system that stamps files with the
+//     writing client's clock (rather than the server's) brings clock skew
+//     back; NFS and SMB servers stamp with their own clock.
+//   - The same-host check trusts host names: two machines (or containers)
+//     with the same host name and no distinct /etc/machine-id can break each
+//     other's live locks by the pid or reboot rule.
 package lock
 
 import (
@@ -41,65 +118,100 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/user"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/stasisbackup/stasis/repo/backend"
 )
 
-// Format and Version identify a lock file. Readers refuse other versions.
+// Format and Version identify a lock object. Readers refuse other versions
+// (and then treat the object as an exclusive lock of an unknown process).
+// Version 2 is the object-storage protocol of this package; version 1 lock
+// files were rewritten in place and judged by the writer's clock.
 const (
 	Format  = "stasis-lock"
-	Version = 1
+	Version = 2
 )
 
-// DefaultStaleAfter is the refresh age after which a lock is stale.
+// Prefix starts the names of lock objects.
+const Prefix = "locks/"
+
+// DefaultStaleAfter is the age, by the storage's clock, after which a lock
+// that was not refreshed is stale.
 const DefaultStaleAfter = 30 * time.Minute
 
-// maxLockFileSize bounds what is read from a lock file.
-const maxLockFileSize = 64 << 10
+// MaxObjectSize bounds what is read from a lock object; a larger one is
+// unreadable.
+const MaxObjectSize = 64 << 10
 
-// tempPrefix starts the names of lock files being written; they are not locks.
-const tempPrefix = ".tmp-"
+const probeSuffix = ".probe"
+
+// cleanupTimeout bounds deletions done after the caller's context ended.
+const cleanupTimeout = 30 * time.Second
 
 // ErrLocked is matched (errors.Is) by the error of Acquire when a conflicting
 // lock is held; the error is a *LockedError naming the holders.
 var ErrLocked = errors.New("repository is locked")
 
-// ErrLost is the cause of the context cancelled by With when the lock file
-// disappeared while the lock was held.
-var ErrLost = errors.New("repository lock was removed by another process")
+// ErrLost is matched by [Lock.Err] once the lock is lost: it was removed by
+// another process, or it could not be refreshed in time.
+var ErrLost = errors.New("repository lock lost")
 
-// Info is the content of a lock file.
+// errRemoved marks a refresh that found the lock removed.
+var errRemoved = errors.New("the lock was removed by another process (stasis unlock --remove-all, or a process that judged it stale)")
+
+// Info describes a lock: the JSON content of its newest object, and what
+// the storage says about its objects.
 type Info struct {
-	// ID is the lock file's name; it is not stored in the file.
+	// ID is the lock's id: its objects are named locks/<ID>.<seq>. For an
+	// object of another form, ID is its name without locks/.
 	ID string `json:"-"`
+	// Objects are the names of the lock's objects, oldest first (two while
+	// a refresh is in progress, or more if deletions failed).
+	Objects []string `json:"-"`
+	// ModTime is the newest object's ModTime by the storage's clock: when
+	// the lock was last written.
+	ModTime time.Time `json:"-"`
+	// Age is ModTime's age by the storage's clock when Acquire or
+	// RemoveStale judged the lock (0 in List results; see Judged).
+	Age time.Duration `json:"-"`
+	// Judged is set when Age is known.
+	Judged bool `json:"-"`
 
-	Format    string    `json:"format"`
-	Version   int       `json:"version"`
-	Host      string    `json:"host"`
-	PID       int       `json:"pid"`
-	Command   string    `json:"command"`
-	User      string    `json:"user"`
+	Format  string `json:"format"`
+	Version int    `json:"version"`
+	Host    string `json:"host"`
+	PID     int    `json:"pid"`
+	Command string `json:"command"`
+	User    string `json:"user"`
+	// Time and Refreshed are when the lock was taken and last refreshed,
+	// by the holder's clock. They are shown to users and never used to
+	// judge staleness.
 	Time      time.Time `json:"time"`
 	Refreshed time.Time `json:"refreshed"`
 	Exclusive bool      `json:"exclusive"`
+	// StaleAfter is the holder's Options.StaleAfter, which its refresh
+	// rhythm follows; observers wait at least that long.
+	StaleAfter time.Duration `json:"stale_after_ns,omitempty"`
 	// PIDStart is the start time of the process in clock ticks after boot
 	// (field 22 of /proc/<pid>/stat), 0 if unknown; with BootID it tells a
 	// dead process from a new one that reuses its pid.
 	PIDStart uint64 `json:"pid_start,omitempty"`
 	BootID   string `json:"boot_id,omitempty"`
+	// MachineID (/etc/machine-id) tells hosts with the same name apart;
+	// PIDNamespace (/proc/self/ns/pid) says in which pid namespace PID is.
+	MachineID    string `json:"machine_id,omitempty"`
+	PIDNamespace string `json:"pid_ns,omitempty"`
 
-	// Err is set by List for a lock file that cannot be read or decoded;
-	// such a lock is treated as exclusive, held by an unknown process, and
-	// is stale when its modification time (kept in Refreshed) is older than
-	// StaleAfter.
+	// Err is set for a lock object that cannot be read or decoded; such a
+	// lock is treated as exclusive, held by an unknown process, and is
+	// stale when ModTime is older than StaleAfter by the storage's clock.
 	Err error `json:"-"`
 }
 
@@ -111,35 +223,47 @@ func (i Info) Kind() string {
 	return "shared"
 }
 
+const timeFormat = time.DateTime + " -0700"
+
 // String describes the holder for messages: kind, pid, host, command, user,
 // and since when, e.g. `exclusive lock by pid 4711 on host "db1"
-// ("stasis prune", user root) since 2026-11-20 03:00:00 +0100 (refreshed
-// 2026-11-20 03:20:00 +0100)`.
+// ("stasis prune", user root) since 2026-11-20 03:00:00 +0100 (last
+// refreshed 2m0s ago by the storage's clock)`.
 func (i Info) String() string {
-	if i.Err != nil {
-		return fmt.Sprintf("unreadable lock file %s (modified %s): %v", i.ID, i.Refreshed.Format(time.DateTime+" -0700"), i.Err)
+	written := "last written " + i.ModTime.Local().Format(timeFormat) + " by the storage's clock"
+	if i.Judged {
+		written = "last refreshed " + i.Age.Round(time.Second).String() + " ago by the storage's clock"
 	}
-	return fmt.Sprintf("%s lock by pid %d on host %q (%q, user %s) since %s (refreshed %s)",
-		i.Kind(), i.PID, i.Host, i.Command, i.User,
-		i.Time.Local().Format(time.DateTime+" -0700"), i.Refreshed.Local().Format(time.DateTime+" -0700"))
+	if i.Err != nil {
+		name := i.ID
+		if len(i.Objects) > 0 {
+			name = i.Objects[len(i.Objects)-1]
+		}
+		return fmt.Sprintf("unreadable lock object %s (%s), counted as an exclusive lock: %v", name, written, i.Err)
+	}
+	return fmt.Sprintf("%s lock by pid %d on host %q (%q, user %s) since %s (%s)",
+		i.Kind(), i.PID, i.Host, i.Command, i.User, i.Time.Local().Format(timeFormat), written)
 }
 
-// Options tunes Acquire, RemoveStale and the background refresh.
+// Options tunes Acquire, RemoveStale and the refresh of a held lock.
 type Options struct {
 	// RetryFor is how long Acquire waits for conflicting locks to go away;
 	// 0 fails at once.
 	RetryFor time.Duration
-	// StaleAfter is the refresh age after which a lock is stale; 0 means
-	// DefaultStaleAfter. A held lock is refreshed every StaleAfter/3.
+	// StaleAfter is the age, by the storage's clock, after which a lock
+	// that was not refreshed is stale; 0 means DefaultStaleAfter. A held
+	// lock is refreshed every StaleAfter/6, and lost when no refresh
+	// succeeded for StaleAfter/2.
 	StaleAfter time.Duration
 	// Log receives one line per stale lock removed, per wait, and per failed
-	// refresh; nil discards them.
+	// refresh; nil discards them. It is written from background goroutines.
 	Log io.Writer
 	// Command is recorded in the lock; "" records the process's arguments.
 	Command string
 
-	// testRefreshed, if set, receives the refresh time after each refresh.
-	testRefreshed chan<- time.Time
+	// onRefresh, if set, is called after each successful refresh with the
+	// new object's name (tests).
+	onRefresh func(object string)
 }
 
 func (o Options) withDefaults() Options {
@@ -155,10 +279,22 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// refreshInterval is how often a held lock is refreshed.
+func refreshInterval(staleAfter time.Duration) time.Duration {
+	return max(staleAfter/6, time.Millisecond)
+}
+
+// lostAfter is how long after the start of its last successful write a
+// lock that could not be refreshed is lost: safely below staleAfter, so
+// that nobody considers it stale while its holder still works.
+func lostAfter(staleAfter time.Duration) time.Duration {
+	return max(staleAfter/2, time.Millisecond)
+}
+
 // LockedError is the error of Acquire when conflicting locks are held.
 type LockedError struct {
-	// Dir is the repository directory.
-	Dir string
+	// Location is the repository's storage location.
+	Location string
 	// Holders are the conflicting locks.
 	Holders []Info
 	// Waited is how long Acquire waited.
@@ -168,7 +304,7 @@ type LockedError struct {
 // Error names every holder and says what to do.
 func (e *LockedError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "repository %s is locked", e.Dir)
+	fmt.Fprintf(&b, "repository %s is locked", e.Location)
 	if e.Waited > 0 {
 		fmt.Fprintf(&b, " (waited %s)", e.Waited.Round(time.Millisecond))
 	}
@@ -189,17 +325,25 @@ func (e *LockedError) Unwrap() error { return ErrLocked }
 
 // Lock is a held lock. Its methods are safe for concurrent use.
 type Lock struct {
-	dir  string
-	path string
+	st   backend.Storage
 	opts Options
+	id   string
 
-	mu   sync.Mutex
-	info Info
+	mu       sync.Mutex
+	info     Info     // as last written
+	cur      string   // the current object
+	seq      uint64   // of the last object name used
+	pending  []string // objects that may exist besides cur: failed Puts, failed Deletes
+	lastErr  error    // of the last failed refresh since the last success
+	err      error    // why the lock was lost
+	released bool
 
-	stop     chan struct{}
-	stopped  chan struct{}
+	ctx      context.Context // cancelled by Release and when lost
+	cancel   context.CancelFunc
+	stopped  chan struct{} // closed when refreshLoop returned
 	lost     chan struct{}
 	lostOnce sync.Once
+	watchdog *time.Timer
 	release  sync.Once
 	relErr   error
 }
@@ -208,80 +352,121 @@ type Lock struct {
 func (l *Lock) Info() Info {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.info
+	i := l.info
+	i.Objects = []string{l.cur}
+	return i
 }
 
-// Done is closed when the lock was lost: its file disappeared while held.
-// It is not closed by Release.
+// Done is closed when the lock is lost (see Err). It is not closed by
+// Release.
 func (l *Lock) Done() <-chan struct{} { return l.lost }
 
-// Release stops the refresh and removes the lock file. Calling it again
-// returns the first call's result.
+// Err returns nil while the lock is held, and after Done is closed an error
+// matching ErrLost that says why: the lock was removed by another process,
+// or no refresh succeeded in time (with the last refresh error).
+func (l *Lock) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// Context returns a context derived from parent that is cancelled, with
+// Err as its cause (context.Cause), when the lock is lost. The caller must
+// call cancel when done with it.
+func (l *Lock) Context(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
+	ctx, cancelCause := context.WithCancelCause(parent)
+	go func() {
+		select {
+		case <-l.lost:
+			cancelCause(l.Err())
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancelCause(nil) }
+}
+
+// lose marks the lock lost with err (which matches ErrLost), unless it was
+// released or already lost.
+func (l *Lock) lose(err error) {
+	l.mu.Lock()
+	if l.released || l.err != nil {
+		l.mu.Unlock()
+		return
+	}
+	l.err = err
+	l.mu.Unlock()
+	fmt.Fprintf(l.opts.Log, "%v\n", err)
+	l.lostOnce.Do(func() { close(l.lost) })
+	l.cancel() // abort a refresh in progress
+}
+
+// Release stops the refresh and deletes the lock's objects. Calling it again
+// returns the first call's result. After the lock was lost, Release deletes
+// what may be left of it and returns nil unless a deletion failed.
 func (l *Lock) Release() error {
 	l.release.Do(func() {
-		close(l.stop)
+		l.mu.Lock()
+		l.released = true
+		l.mu.Unlock()
+		l.watchdog.Stop()
+		l.cancel()
 		<-l.stopped
-		if err := os.Remove(l.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			l.relErr = fmt.Errorf("remove lock %s: %w; remove the file by hand or run `stasis unlock`", l.path, err)
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		l.mu.Lock()
+		names := append([]string{l.cur}, l.pending...)
+		l.mu.Unlock()
+		if err := removeObjects(ctx, l.st, l.id, names); err != nil {
+			l.relErr = fmt.Errorf("release lock: %w; it becomes stale %s after its last refresh, or run `stasis unlock --remove-all` when no stasis process uses the repository",
+				err, l.opts.StaleAfter)
 		}
 	})
 	return l.relErr
 }
 
-// Acquire takes a shared or exclusive lock on the repository in dir,
-// writing <dir>/locks/<random id>. It removes stale locks (logging each to
+// Acquire takes a shared or exclusive lock on the repository in st, writing
+// locks/<random id>.<seq>. It removes stale locks (logging each to
 // opts.Log), and waits up to opts.RetryFor for conflicting locks to go away,
 // re-checking with growing delays. If a conflict remains, the error is a
-// *LockedError matching ErrLocked. dir must exist; the locks directory is
-// created if missing. The caller must Release the lock.
-func Acquire(ctx context.Context, dir string, exclusive bool, opts Options) (*Lock, error) {
+// *LockedError matching ErrLocked. The caller must Release the lock, and
+// should stop its work when Done is closed (Context, With).
+func Acquire(ctx context.Context, st backend.Storage, exclusive bool, opts Options) (*Lock, error) {
 	opts = opts.withDefaults()
-	ldir := filepath.Join(dir, "locks")
-	if err := os.Mkdir(ldir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return nil, fmt.Errorf("create lock directory %s: %w; is %s a stasis repository?", ldir, err, dir)
-	}
-	me, err := newInfo(exclusive, opts.Command)
+	me, err := newInfo(exclusive, opts)
 	if err != nil {
 		return nil, err
 	}
+	a := &acquirer{st: st, me: me, opts: opts}
 	start := time.Now()
 	deadline := start.Add(opts.RetryFor)
 	delay := 10 * time.Millisecond
-	written := false
 	waitLogged := false
 	for {
 		if err := ctx.Err(); err != nil {
-			if written {
-				_ = os.Remove(filepath.Join(ldir, me.ID))
+			return nil, fmt.Errorf("lock repository %s: %w", st.Location(), err)
+		}
+		var conflicts []Info
+		try := true
+		if a.known {
+			// Waiting: look without writing; write only when no conflict
+			// is left (by an estimate of the storage's clock that can only
+			// be behind it).
+			if conflicts, err = a.precheck(ctx); err != nil {
+				return nil, err
 			}
-			return nil, fmt.Errorf("lock repository %s: %w", dir, err)
+			try = len(conflicts) == 0
 		}
-		conflicts, err := conflicting(ctx, dir, me, opts)
-		if err == nil && len(conflicts) == 0 && !written {
-			me.Time = time.Now().UTC()
-			me.Refreshed = me.Time
-			if err = writeInfo(ldir, me); err == nil {
-				written = true
-				conflicts, err = conflicting(ctx, dir, me, opts)
+		if try {
+			var l *Lock
+			if l, conflicts, err = a.attempt(ctx); err != nil || l != nil {
+				return l, err
 			}
-		}
-		if err == nil && len(conflicts) == 0 && written {
-			return newLock(dir, ldir, me, opts), nil
-		}
-		if written {
-			if rerr := os.Remove(filepath.Join(ldir, me.ID)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-				return nil, errors.Join(err, fmt.Errorf("remove own lock %s after a conflict: %w; run `stasis unlock`", me.ID, rerr))
-			}
-			written = false
-		}
-		if err != nil {
-			return nil, err
 		}
 		if !time.Now().Before(deadline) {
-			return nil, &LockedError{Dir: dir, Holders: conflicts, Waited: time.Since(start)}
+			return nil, &LockedError{Location: st.Location(), Holders: conflicts, Waited: time.Since(start)}
 		}
 		if !waitLogged {
-			fmt.Fprintf(opts.Log, "repository %s is locked by %s; waiting up to %s\n", dir, conflicts[0], opts.RetryFor)
+			fmt.Fprintf(opts.Log, "repository %s is locked by %s; waiting up to %s\n", st.Location(), conflicts[0], opts.RetryFor)
 			waitLogged = true
 		}
 		// Randomised delay so that two racing lockers do not retry in step.
@@ -299,138 +484,365 @@ func Acquire(ctx context.Context, dir string, exclusive bool, opts Options) (*Lo
 	}
 }
 
-// newLock makes the Lock for a written lock file and starts its refresh.
-func newLock(dir, ldir string, me Info, opts Options) *Lock {
-	l := &Lock{
-		dir:     dir,
-		path:    filepath.Join(ldir, me.ID),
-		opts:    opts,
-		info:    me,
-		stop:    make(chan struct{}),
-		stopped: make(chan struct{}),
-		lost:    make(chan struct{}),
-	}
-	go l.refreshLoop()
-	return l
+// acquirer is the state of one Acquire.
+type acquirer struct {
+	st   backend.Storage
+	me   Info
+	opts Options
+	seq  uint64
+
+	// known is set once ref, a ModTime of an object just written, and
+	// refAt, the local time after it was read, are known: ref plus the
+	// time since refAt is at most the storage's current time.
+	known bool
+	ref   time.Time
+	refAt time.Time
 }
 
-func (l *Lock) refreshLoop() {
-	defer close(l.stopped)
-	t := time.NewTicker(l.opts.StaleAfter / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.stop:
-			return
-		case <-t.C:
-		}
-		if err := l.refresh(); err != nil {
-			fmt.Fprintf(l.opts.Log, "%v\n", err)
-			if errors.Is(err, ErrLost) {
-				l.lostOnce.Do(func() { close(l.lost) })
-				return
-			}
-		}
+// attempt writes the lock object, lists, and either holds the lock (l) or
+// deletes its object again and returns the conflicts.
+func (a *acquirer) attempt(ctx context.Context) (l *Lock, conflicts []Info, err error) {
+	a.seq++
+	name := objectName(a.me.ID, a.seq)
+	now := time.Now().UTC()
+	if a.me.Time.IsZero() {
+		a.me.Time = now
 	}
-}
-
-// refresh rewrites the lock file with the current time, unless it is gone.
-func (l *Lock) refresh() error {
-	if _, err := os.Stat(l.path); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("lock %s: %w", l.path, ErrLost)
-	}
-	l.mu.Lock()
-	info := l.info
-	l.mu.Unlock()
-	info.Refreshed = time.Now().UTC()
-	if err := writeInfo(filepath.Dir(l.path), info); err != nil {
-		return fmt.Errorf("refresh lock: %w; the lock becomes stale after %s unless a later refresh succeeds", err, l.opts.StaleAfter)
-	}
-	l.mu.Lock()
-	l.info = info
-	l.mu.Unlock()
-	if l.opts.testRefreshed != nil {
-		l.opts.testRefreshed <- info.Refreshed
-	}
-	return nil
-}
-
-// With runs fn holding a lock on dir and releases it afterwards, also when
-// fn panics. The context passed to fn is cancelled with cause ErrLost if the
-// lock is lost while fn runs. A Release error is returned if fn succeeded.
-func With(ctx context.Context, dir string, exclusive bool, opts Options, fn func(ctx context.Context) error) (err error) {
-	l, err := Acquire(ctx, dir, exclusive, opts)
+	a.me.Refreshed = now
+	data, err := Encode(a.me)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		select {
-		case <-l.Done():
-			cancel(ErrLost)
-		case <-ctx.Done():
+	putStart := time.Now()
+	if err := backend.PutBytes(ctx, a.st, name, data); err != nil {
+		err = fmt.Errorf("write lock object %s in %s: %w", name, a.st.Location(), err)
+		return nil, nil, a.undo(ctx, name, err)
+	}
+	fi, err := a.st.Stat(ctx, name)
+	if err != nil {
+		err = fmt.Errorf("stat own lock object %s in %s: %w", name, a.st.Location(), err)
+		return nil, nil, a.undo(ctx, name, err)
+	}
+	a.known, a.ref, a.refAt = true, fi.ModTime, time.Now()
+	all, probes, err := list(ctx, a.st)
+	if err != nil {
+		return nil, nil, a.undo(ctx, name, err)
+	}
+	ref := fi.ModTime
+	for _, o := range all {
+		// A listed ModTime may be more precise than Stat's (S3).
+		if o.ID == a.me.ID && o.ModTime.After(ref) {
+			ref = o.ModTime
 		}
-	}()
-	defer func() {
-		cancel(nil)
-		<-watched
-		if rerr := l.Release(); err == nil {
-			err = rerr
+	}
+	self := selfProcess()
+	for _, o := range all {
+		if o.ID == a.me.ID {
+			continue
 		}
-	}()
-	return fn(ctx)
+		o.Age, o.Judged = ref.Sub(o.ModTime), true
+		if why := staleReason(o, self, a.opts.StaleAfter, ref); why != "" {
+			if err := removeStale(ctx, a.st, o, why, a.opts.Log); err != nil {
+				return nil, nil, a.undo(ctx, name, err)
+			}
+			continue
+		}
+		if a.me.Exclusive || o.Exclusive || o.Err != nil {
+			conflicts = append(conflicts, o)
+		}
+	}
+	removeStaleProbes(ctx, a.st, probes, ref, a.opts.StaleAfter)
+	if len(conflicts) > 0 {
+		if err := a.undo(ctx, name, nil); err != nil {
+			return nil, nil, err
+		}
+		return nil, conflicts, nil
+	}
+	return newLock(a.st, a.me, name, a.seq, putStart, a.opts), nil, nil
 }
 
-// conflicting lists the locks in dir that conflict with me, after removing
-// the stale ones.
-func conflicting(ctx context.Context, dir string, me Info, opts Options) ([]Info, error) {
-	all, err := List(ctx, dir)
+// undo deletes the object name of a failed attempt and returns err joined
+// with a deletion error. It deletes also after ctx ended.
+func (a *acquirer) undo(ctx context.Context, name string, err error) error {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if derr := a.st.Delete(dctx, name); derr != nil && !errors.Is(derr, backend.ErrNotExist) {
+		return errors.Join(err, fmt.Errorf("delete own lock object %s: %w; it becomes stale after %s, or run `stasis unlock`",
+			name, derr, a.opts.StaleAfter))
+	}
+	return err
+}
+
+// precheck lists the locks and returns those that conflict and do not look
+// stale by an estimate of the storage's clock. It writes and deletes
+// nothing.
+func (a *acquirer) precheck(ctx context.Context) ([]Info, error) {
+	all, _, err := list(ctx, a.st)
 	if err != nil {
 		return nil, err
 	}
+	ref := a.ref.Add(time.Since(a.refAt))
 	self := selfProcess()
 	var out []Info
 	for _, o := range all {
-		if o.ID == me.ID {
+		if o.ID == a.me.ID {
+			continue // a leftover of our own attempt: ignore it
+		}
+		o.Age, o.Judged = ref.Sub(o.ModTime), true
+		if staleReason(o, self, a.opts.StaleAfter, ref) != "" {
 			continue
 		}
-		if why := staleReason(o, self, opts.StaleAfter, time.Now()); why != "" {
-			if err := removeStale(dir, o, why, opts.Log); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if me.Exclusive || o.Exclusive || o.Err != nil {
+		if a.me.Exclusive || o.Exclusive || o.Err != nil {
 			out = append(out, o)
 		}
 	}
 	return out, nil
 }
 
-func removeStale(dir string, o Info, why string, log io.Writer) error {
-	err := os.Remove(filepath.Join(dir, "locks", o.ID))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil // someone else removed it first
+// newLock makes the Lock for its written object name and starts its
+// refresh. putStart is when the write of name started.
+func newLock(st backend.Storage, me Info, name string, seq uint64, putStart time.Time, opts Options) *Lock {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &Lock{
+		st:      st,
+		opts:    opts,
+		id:      me.ID,
+		info:    me,
+		cur:     name,
+		seq:     seq,
+		ctx:     ctx,
+		cancel:  cancel,
+		stopped: make(chan struct{}),
+		lost:    make(chan struct{}),
+	}
+	l.watchdog = time.AfterFunc(time.Until(putStart.Add(lostAfter(opts.StaleAfter))), l.expire)
+	go l.refreshLoop(putStart)
+	return l
+}
+
+// expire runs when no refresh succeeded for lostAfter.
+func (l *Lock) expire() {
+	l.mu.Lock()
+	last := l.lastErr
+	l.mu.Unlock()
+	why := "a refresh is still in progress"
+	if last != nil {
+		why = "last error: " + last.Error()
+	}
+	l.lose(fmt.Errorf("%w: the lock could not be refreshed for %s (%s), after which other processes may soon consider it stale",
+		ErrLost, lostAfter(l.opts.StaleAfter), why))
+}
+
+func (l *Lock) refreshLoop(lastOK time.Time) {
+	defer close(l.stopped)
+	interval := refreshInterval(l.opts.StaleAfter)
+	lost := lostAfter(l.opts.StaleAfter)
+	firstRetry := max(l.opts.StaleAfter/60, time.Millisecond)
+	retry := firstRetry
+	next := lastOK.Add(interval)
+	for {
+		t := time.NewTimer(time.Until(next))
+		select {
+		case <-l.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		start := time.Now()
+		deadline := lastOK.Add(lost)
+		if d := start.Add(interval); d.Before(deadline) {
+			deadline = d
+		}
+		actx, cancel := context.WithDeadline(l.ctx, deadline)
+		object, err := l.refresh(actx)
+		cancel()
+		if l.ctx.Err() != nil {
+			return // released, or lost meanwhile
+		}
+		if err == nil {
+			lastOK = start
+			l.watchdog.Reset(time.Until(start.Add(lost)))
+			l.mu.Lock()
+			l.lastErr = nil
+			l.mu.Unlock()
+			retry = firstRetry
+			next = start.Add(interval)
+			if l.opts.onRefresh != nil {
+				l.opts.onRefresh(object)
+			}
+			continue
+		}
+		if errors.Is(err, errRemoved) {
+			l.lose(fmt.Errorf("%w: %w", ErrLost, err))
+			return
+		}
+		l.mu.Lock()
+		l.lastErr = err
+		l.mu.Unlock()
+		left := time.Until(lastOK.Add(lost)).Round(time.Millisecond)
+		fmt.Fprintf(l.opts.Log, "refresh repository lock: %v; retrying (the lock is lost if no refresh succeeds within %s)\n", err, left)
+		next = time.Now().Add(retry)
+		retry = min(retry*2, interval)
+	}
+}
+
+// refresh writes the next object of the lock, checks that the current one
+// still exists and deletes it. It returns an error matching errRemoved if
+// the lock was removed.
+func (l *Lock) refresh(ctx context.Context) (string, error) {
+	l.mu.Lock()
+	info, cur := l.info, l.cur
+	l.seq++
+	name := objectName(l.id, l.seq)
+	l.mu.Unlock()
+	info.Refreshed = time.Now().UTC()
+	data, err := Encode(info)
+	if err != nil {
+		return "", err
+	}
+	if err := backend.PutBytes(ctx, l.st, name, data); err != nil {
+		l.discard(ctx, name) // the Put may have happened anyway
+		return "", fmt.Errorf("write lock object %s: %w", name, err)
+	}
+	_, err = l.st.Stat(ctx, cur)
+	if err == nil {
+		err = l.st.Delete(ctx, cur)
+		if err != nil && !errors.Is(err, backend.ErrNotExist) {
+			// The new object is the lock now; cur goes later.
+			fmt.Fprintf(l.opts.Log, "refresh repository lock: delete previous object %s: %v; retrying later\n", cur, err)
+			l.mu.Lock()
+			l.pending = append(l.pending, cur)
+			err = nil
+			l.mu.Unlock()
+		}
+	}
+	if errors.Is(err, backend.ErrNotExist) {
+		l.discard(ctx, name)
+		return "", fmt.Errorf("lock object %s is gone: %w", cur, errRemoved)
 	}
 	if err != nil {
-		return fmt.Errorf("remove stale lock %s: %w; remove the file by hand", o.ID, err)
+		l.discard(ctx, name)
+		return "", fmt.Errorf("check lock object %s: %w", cur, err)
+	}
+	l.mu.Lock()
+	l.cur, l.info = name, info
+	pending := l.pending
+	l.pending = nil
+	l.mu.Unlock()
+	for _, p := range pending {
+		if err := l.st.Delete(ctx, p); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			l.mu.Lock()
+			l.pending = append(l.pending, p)
+			l.mu.Unlock()
+		}
+	}
+	return name, nil
+}
+
+// discard deletes an object written by a failed refresh, also after ctx
+// ended; if that fails, Release or the next refresh tries again.
+func (l *Lock) discard(ctx context.Context, name string) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(cleanupTimeout, refreshInterval(l.opts.StaleAfter)))
+	defer cancel()
+	if err := l.st.Delete(dctx, name); err != nil && !errors.Is(err, backend.ErrNotExist) {
+		l.mu.Lock()
+		l.pending = append(l.pending, name)
+		l.mu.Unlock()
+	}
+}
+
+// With runs fn holding a lock on st and releases it afterwards, also when
+// fn panics. The context passed to fn is cancelled, with the lock's Err as
+// its cause, if the lock is lost while fn runs; With then returns that
+// error (joined with fn's error, if fn returned one that does not already
+// match ErrLost). A Release error is returned if there was no other error.
+func With(ctx context.Context, st backend.Storage, exclusive bool, opts Options, fn func(ctx context.Context) error) (err error) {
+	l, err := Acquire(ctx, st, exclusive, opts)
+	if err != nil {
+		return err
+	}
+	lctx, cancel := l.Context(ctx)
+	defer func() {
+		cancel()
+		if lerr := l.Err(); lerr != nil {
+			switch {
+			case err == nil:
+				err = lerr
+			case !errors.Is(err, ErrLost):
+				err = errors.Join(lerr, err)
+			}
+		}
+		if rerr := l.Release(); err == nil {
+			err = rerr
+		}
+	}()
+	return fn(lctx)
+}
+
+func removeStale(ctx context.Context, st backend.Storage, o Info, why string, log io.Writer) error {
+	if err := removeObjects(ctx, st, o.ID, o.Objects); err != nil {
+		return fmt.Errorf("remove stale lock %s: %w", o.ID, err)
 	}
 	fmt.Fprintf(log, "removed stale lock %s: %s (%s)\n", o.ID, o, why)
 	return nil
 }
 
-// staleReason says why o is stale, or "" if it is not.
-func staleReason(o Info, self process, staleAfter time.Duration, now time.Time) string {
-	if age := now.Sub(o.Refreshed); age > staleAfter {
-		return fmt.Sprintf("not refreshed for %s, more than %s", age.Round(time.Second), staleAfter)
+// removeObjects deletes names and then every other object of lock id,
+// listing again until none is left, so that a refresh that raced with the
+// deletion does not survive it.
+func removeObjects(ctx context.Context, st backend.Storage, id string, names []string) error {
+	for round := 0; ; round++ {
+		for _, n := range names {
+			if err := st.Delete(ctx, n); err != nil && !errors.Is(err, backend.ErrNotExist) {
+				return fmt.Errorf("delete lock object %s: %w", n, err)
+			}
+		}
+		left, err := objectsOf(ctx, st, id)
+		if err != nil {
+			return err
+		}
+		if len(left) == 0 {
+			return nil
+		}
+		names = make([]string, len(left))
+		for i, o := range left {
+			names[i] = o.Name
+		}
+		if round == 10 {
+			return fmt.Errorf("lock %s: new objects keep appearing (%s); is its holder still running?", id, strings.Join(names, ", "))
+		}
 	}
-	if o.Err != nil || o.Host != self.host || self.host == "" {
+}
+
+// removeStaleProbes deletes probe objects older than staleAfter by ref,
+// left by processes that crashed between writing and deleting them. Errors
+// are ignored: a probe does not block anyone.
+func removeStaleProbes(ctx context.Context, st backend.Storage, probes []backend.ObjectInfo, ref time.Time, staleAfter time.Duration) {
+	for _, p := range probes {
+		if ref.Sub(p.ModTime) > staleAfter {
+			_ = st.Delete(ctx, p.Name)
+		}
+	}
+}
+
+// staleReason says why o is stale, or "" if it is not. ref is a time by the
+// storage's clock, no later than its current time.
+func staleReason(o Info, self process, staleAfter time.Duration, ref time.Time) string {
+	limit := max(staleAfter, o.StaleAfter)
+	if age := ref.Sub(o.ModTime); age > limit {
+		return fmt.Sprintf("not refreshed for %s by the storage's clock, more than %s", age.Round(time.Second), limit)
+	}
+	if o.Err != nil || self.host == "" || o.Host != self.host {
 		return ""
+	}
+	if o.MachineID != "" && self.machineID != "" && o.MachineID != self.machineID {
+		return "" // another machine with the same host name
 	}
 	if o.BootID != "" && self.bootID != "" && o.BootID != self.bootID {
 		return "written before this host rebooted"
+	}
+	if o.PIDNamespace != "" && self.pidNS != "" && o.PIDNamespace != self.pidNS {
+		return "" // another pid namespace (container): its pids are not ours to check
 	}
 	alive, start := processAlive(o.PID)
 	if !alive {
@@ -442,134 +854,253 @@ func staleReason(o Info, self process, staleAfter time.Duration, now time.Time) 
 	return ""
 }
 
-// List returns the locks of the repository in dir, oldest first. A lock file
-// that cannot be decoded is listed with Err set. A missing locks directory is
-// no error.
-func List(ctx context.Context, dir string) ([]Info, error) {
-	ldir := filepath.Join(dir, "locks")
-	entries, err := os.ReadDir(ldir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+// objectName is the name of object seq of lock id.
+func objectName(id string, seq uint64) string {
+	return Prefix + id + "." + strconv.FormatUint(seq, 10)
+}
+
+// parseName splits the name of an object under Prefix into its lock id and
+// sequence number. probe is set for a probe object. An object of another
+// form is a lock of its own, with its name (without Prefix) as id.
+func parseName(name string) (id string, seq uint64, probe bool) {
+	base := strings.TrimPrefix(name, Prefix)
+	if i := strings.LastIndexByte(base, '.'); i > 0 && !strings.Contains(base, "/") {
+		suffix := base[i+1:]
+		if "."+suffix == probeSuffix {
+			return base[:i], 0, true
+		}
+		if n, err := strconv.ParseUint(suffix, 10, 64); err == nil && strconv.FormatUint(n, 10) == suffix {
+			return base[:i], n, false
+		}
 	}
+	return base, 0, false
+}
+
+// objectsOf lists the objects of lock id.
+func objectsOf(ctx context.Context, st backend.Storage, id string) ([]backend.ObjectInfo, error) {
+	var out []backend.ObjectInfo
+	err := st.List(ctx, Prefix+id, func(o backend.ObjectInfo) error {
+		if oid, _, probe := parseName(o.Name); oid == id && !probe {
+			out = append(out, o)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("list locks in %s: %w", ldir, err)
+		return nil, fmt.Errorf("list lock %s in %s: %w", id, st.Location(), err)
 	}
-	var out []Info
-	for _, e := range entries {
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("list locks in %s: %w", ldir, err)
-		}
-		name := e.Name()
-		if strings.HasPrefix(name, tempPrefix) || e.IsDir() {
-			continue
-		}
-		info, err := readInfo(filepath.Join(ldir, name))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // released meanwhile
-		}
-		info.ID = name
-		if err != nil {
-			info = Info{ID: name, Exclusive: true, Err: err}
-			if fi, serr := os.Stat(filepath.Join(ldir, name)); serr == nil {
-				info.Refreshed = fi.ModTime()
-				info.Time = fi.ModTime()
-			} else if errors.Is(serr, fs.ErrNotExist) {
-				continue
+	return out, nil
+}
+
+// sortObjects orders the objects of one lock oldest first: by sequence
+// number, then ModTime, then name.
+func sortObjects(objs []backend.ObjectInfo) {
+	slices.SortFunc(objs, func(a, b backend.ObjectInfo) int {
+		_, sa, _ := parseName(a.Name)
+		_, sb, _ := parseName(b.Name)
+		if sa != sb {
+			if sa < sb {
+				return -1
 			}
+			return 1
 		}
-		out = append(out, info)
+		if c := a.ModTime.Compare(b.ModTime); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+}
+
+// List returns the locks of the repository in st, oldest first, one per
+// lock id, described by its newest readable object. A lock object that
+// cannot be read or decoded is listed with Err set. Probe objects are not
+// locks and are not listed.
+func List(ctx context.Context, st backend.Storage) ([]Info, error) {
+	locks, _, err := list(ctx, st)
+	return locks, err
+}
+
+func list(ctx context.Context, st backend.Storage) (locks []Info, probes []backend.ObjectInfo, err error) {
+	groups := map[string][]backend.ObjectInfo{}
+	err = st.List(ctx, Prefix, func(o backend.ObjectInfo) error {
+		id, _, probe := parseName(o.Name)
+		if probe {
+			probes = append(probes, o)
+		} else {
+			groups[id] = append(groups[id], o)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list locks in %s: %w", st.Location(), err)
 	}
-	slices.SortFunc(out, func(a, b Info) int {
+	for id, objs := range groups {
+		info, ok, err := describe(ctx, st, id, objs)
+		if err != nil {
+			return nil, nil, err
+		}
+		if ok {
+			locks = append(locks, info)
+		}
+	}
+	slices.SortFunc(locks, func(a, b Info) int {
 		if c := a.Time.Compare(b.Time); c != 0 {
 			return c
 		}
 		return strings.Compare(a.ID, b.ID)
 	})
-	return out, nil
+	return locks, probes, nil
 }
 
-// RemoveStale removes the stale locks of the repository in dir (see the
-// package comment), logging each to opts.Log, and temp files older than
-// opts.StaleAfter left by crashed writers. It returns the locks removed.
-func RemoveStale(ctx context.Context, dir string, opts Options) ([]Info, error) {
+// describe reads the newest object of lock id among objs. If every listed
+// object is gone (the holder refreshed or released meanwhile), it lists the
+// lock's objects again: a refresh writes the new object before deleting the
+// old one, so a lock that is still held is found. ok is false for a lock
+// that is gone.
+func describe(ctx context.Context, st backend.Storage, id string, objs []backend.ObjectInfo) (info Info, ok bool, err error) {
+	var newest time.Time // over every object seen: the latest sign of life
+	for round := 0; round < 10; round++ {
+		sortObjects(objs)
+		names := make([]string, len(objs))
+		for i, o := range objs {
+			names[i] = o.Name
+			if o.ModTime.After(newest) {
+				newest = o.ModTime
+			}
+		}
+		for i := len(objs) - 1; i >= 0; i-- {
+			data, err := backend.ReadAll(ctx, st, objs[i].Name, MaxObjectSize)
+			if errors.Is(err, backend.ErrNotExist) {
+				continue
+			}
+			if cerr := ctx.Err(); cerr != nil {
+				return Info{}, false, fmt.Errorf("list locks in %s: %w", st.Location(), cerr)
+			}
+			if err == nil {
+				info, err = Decode(data)
+			}
+			if err != nil {
+				info = Info{Exclusive: true, Err: err}
+			}
+			info.ID, info.Objects, info.ModTime = id, names, newest
+			if info.Err != nil {
+				info.Time = newest
+			}
+			return info, true, nil
+		}
+		if objs, err = objectsOf(ctx, st, id); err != nil {
+			return Info{}, false, err
+		}
+		if len(objs) == 0 {
+			return Info{}, false, nil
+		}
+	}
+	return Info{}, false, fmt.Errorf("lock %s in %s: its objects keep disappearing while being read", id, st.Location())
+}
+
+// RemoveStale removes the stale locks of the repository in st (see the
+// package comment), logging each to opts.Log, and probe objects left by
+// crashed processes. It judges ages against a probe object it writes and
+// deletes. It returns the locks removed.
+func RemoveStale(ctx context.Context, st backend.Storage, opts Options) ([]Info, error) {
 	opts = opts.withDefaults()
-	all, err := List(ctx, dir)
+	probe, ref, err := writeProbe(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		_ = st.Delete(dctx, probe)
+	}()
+	all, probes, err := list(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	self := selfProcess()
 	var removed []Info
 	for _, o := range all {
-		if why := staleReason(o, self, opts.StaleAfter, time.Now()); why != "" {
-			if err := removeStale(dir, o, why, opts.Log); err != nil {
+		o.Age, o.Judged = ref.Sub(o.ModTime), true
+		if why := staleReason(o, self, opts.StaleAfter, ref); why != "" {
+			if err := removeStale(ctx, st, o, why, opts.Log); err != nil {
 				return removed, err
 			}
 			removed = append(removed, o)
 		}
 	}
-	return removed, removeTemps(dir, opts.StaleAfter)
+	removeStaleProbes(ctx, st, probes, ref, opts.StaleAfter)
+	return removed, nil
 }
 
-// RemoveAll removes every lock of the repository in dir, held or not, and
-// every temp file (stasis unlock --remove-all). Run it only when no stasis
-// process uses the repository. It returns the locks removed.
-func RemoveAll(ctx context.Context, dir string) ([]Info, error) {
-	all, err := List(ctx, dir)
+// writeProbe writes a probe object and returns its name and ModTime.
+func writeProbe(ctx context.Context, st backend.Storage) (string, time.Time, error) {
+	id, err := randomID()
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	name := Prefix + id + probeSuffix
+	if err := backend.PutBytes(ctx, st, name, []byte("stasis lock clock probe: ignore, or delete if old\n")); err != nil {
+		return "", time.Time{}, fmt.Errorf("write lock probe %s in %s: %w", name, st.Location(), err)
+	}
+	fi, err := st.Stat(ctx, name)
+	if err != nil {
+		_ = st.Delete(context.WithoutCancel(ctx), name)
+		return "", time.Time{}, fmt.Errorf("stat lock probe %s in %s: %w", name, st.Location(), err)
+	}
+	return name, fi.ModTime, nil
+}
+
+// RemoveAll removes every lock of the repository in st, held or not, and
+// every probe object (stasis unlock --remove-all). Run it only when no
+// stasis process uses the repository: a holder notices only at its next
+// refresh. It returns the locks removed.
+func RemoveAll(ctx context.Context, st backend.Storage) ([]Info, error) {
+	all, probes, err := list(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	var removed []Info
 	for _, o := range all {
-		p := filepath.Join(dir, "locks", o.ID)
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return removed, fmt.Errorf("remove lock %s: %w", p, err)
+		if err := removeObjects(ctx, st, o.ID, o.Objects); err != nil {
+			return removed, fmt.Errorf("remove lock %s: %w", o.ID, err)
 		}
 		removed = append(removed, o)
 	}
-	return removed, removeTemps(dir, 0)
+	for _, p := range probes {
+		if err := st.Delete(ctx, p.Name); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			return removed, fmt.Errorf("delete lock probe %s: %w", p.Name, err)
+		}
+	}
+	return removed, nil
 }
 
-func removeTemps(dir string, olderThan time.Duration) error {
-	ldir := filepath.Join(dir, "locks")
-	entries, err := os.ReadDir(ldir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("list locks in %s: %w", ldir, err)
-	}
-	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), tempPrefix) {
-			continue
-		}
-		fi, err := e.Info()
-		if err != nil || time.Since(fi.ModTime()) < olderThan {
-			continue
-		}
-		if err := os.Remove(filepath.Join(ldir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove temp file %s: %w", filepath.Join(ldir, e.Name()), err)
-		}
-	}
-	return nil
-}
-
-func newInfo(exclusive bool, command string) (Info, error) {
+func randomID() (string, error) {
 	var id [16]byte
 	if _, err := crand.Read(id[:]); err != nil {
-		return Info{}, fmt.Errorf("make lock id: %w", err)
+		return "", fmt.Errorf("make lock id: %w", err)
+	}
+	return hex.EncodeToString(id[:]), nil
+}
+
+func newInfo(exclusive bool, opts Options) (Info, error) {
+	id, err := randomID()
+	if err != nil {
+		return Info{}, err
 	}
 	self := selfProcess()
 	return Info{
-		ID:        hex.EncodeToString(id[:]),
-		Format:    Format,
-		Version:   Version,
-		Host:      self.host,
-		PID:       os.Getpid(),
-		Command:   command,
-		User:      currentUser(),
-		Exclusive: exclusive,
-		PIDStart:  self.start,
-		BootID:    self.bootID,
+		ID:           id,
+		Format:       Format,
+		Version:      Version,
+		Host:         self.host,
+		PID:          os.Getpid(),
+		Command:      opts.Command,
+		User:         currentUser(),
+		Exclusive:    exclusive,
+		StaleAfter:   opts.StaleAfter,
+		PIDStart:     self.start,
+		BootID:       self.bootID,
+		MachineID:    self.machineID,
+		PIDNamespace: self.pidNS,
 	}, nil
 }
 
@@ -580,7 +1111,7 @@ func currentUser() string {
 	return "uid " + strconv.Itoa(os.Getuid())
 }
 
-// Encode returns the lock file bytes of i.
+// Encode returns the lock object bytes of i.
 func Encode(i Info) ([]byte, error) {
 	b, err := json.MarshalIndent(i, "", "  ")
 	if err != nil {
@@ -589,8 +1120,8 @@ func Encode(i Info) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// Decode parses lock file bytes. It refuses other formats and versions, and
-// locks without host, pid or times.
+// Decode parses lock object bytes. It refuses other formats and versions,
+// and locks without host, pid or times.
 func Decode(data []byte) (Info, error) {
 	var i Info
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -604,70 +1135,15 @@ func Decode(data []byte) (Info, error) {
 	case i.Format != Format:
 		return Info{}, fmt.Errorf("decode lock: format %q, want %q", i.Format, Format)
 	case i.Version != Version:
-		return Info{}, fmt.Errorf("decode lock: version %d, this stasis knows %d; use a newer stasis", i.Version, Version)
+		return Info{}, fmt.Errorf("decode lock: version %d, this stasis knows %d", i.Version, Version)
 	case i.Host == "":
 		return Info{}, errors.New("decode lock: no host")
 	case i.PID <= 0:
 		return Info{}, fmt.Errorf("decode lock: invalid pid %d", i.PID)
 	case i.Time.IsZero() || i.Refreshed.IsZero():
 		return Info{}, errors.New("decode lock: no time or refresh time")
+	case i.StaleAfter < 0:
+		return Info{}, fmt.Errorf("decode lock: negative stale_after_ns %d", i.StaleAfter)
 	}
 	return i, nil
-}
-
-func readInfo(path string) (Info, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return Info{}, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxLockFileSize+1))
-	if err != nil {
-		return Info{}, fmt.Errorf("read lock %s: %w", path, err)
-	}
-	if len(data) > maxLockFileSize {
-		return Info{}, fmt.Errorf("lock %s is larger than %d bytes", path, maxLockFileSize)
-	}
-	i, err := Decode(data)
-	if err != nil {
-		return Info{}, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return i, nil
-}
-
-// writeInfo writes i to ldir/i.ID atomically: temp file, fsync, rename,
-// fsync of the directory.
-func writeInfo(ldir string, i Info) error {
-	data, err := Encode(i)
-	if err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(ldir, tempPrefix+i.ID+"-*")
-	if err != nil {
-		return fmt.Errorf("write lock %s: %w", i.ID, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(ldir, i.ID))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write lock %s in %s: %w", i.ID, ldir, err)
-	}
-	d, err := os.Open(ldir)
-	if err != nil {
-		return fmt.Errorf("sync lock directory %s: %w", ldir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync lock directory %s: %w", ldir, err)
-	}
-	return nil
 }

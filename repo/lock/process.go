@@ -12,9 +12,11 @@ import (
 
 // process identifies the running process and its host.
 type process struct {
-	host   string
-	bootID string // /proc/sys/kernel/random/boot_id, "" if unknown
-	start  uint64 // start time in clock ticks after boot, 0 if unknown
+	host      string
+	machineID string // /etc/machine-id, "" if unknown
+	bootID    string // /proc/sys/kernel/random/boot_id, "" if unknown
+	pidNS     string // /proc/self/ns/pid link, e.g. "pid:[4026531836]", "" if unknown
+	start     uint64 // start time in clock ticks after boot, 0 if unknown
 }
 
 var (
@@ -29,6 +31,10 @@ func selfProcess() process {
 		if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
 			self.bootID = strings.TrimSpace(string(b))
 		}
+		if b, err := os.ReadFile("/etc/machine-id"); err == nil {
+			self.machineID = strings.TrimSpace(string(b))
+		}
+		self.pidNS, _ = os.Readlink("/proc/self/ns/pid")
 		_, self.start = procStat(os.Getpid())
 	})
 	return self
