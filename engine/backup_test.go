@@ -55,7 +55,7 @@ func countPacks(t *testing.T, r *repo.Repository) int {
 		t.Fatal(err)
 	}
 	n := 0
-	filepath.Walk(filepath.Join(r.Dir(), "packs"), func(p string, fi os.FileInfo, err error) error {
+	filepath.Walk(filepath.Join(r.Location(), "packs"), func(p string, fi os.FileInfo, err error) error {
 		if err == nil && fi.Mode().IsRegular() {
 			n++
 		}

@@ -1,14 +1,15 @@
 package engine_test
 
 import (
-	"github.com/klauspost/compress/zstd"
-	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
 
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/enginetest"

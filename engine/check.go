@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -46,33 +45,16 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 			fmt.Fprintf(o.Log, format+"\n", args...)
 		}
 	}
-	fsys := r.FS()
-
 	logf("checking packs")
 	onDisk := map[blob.ID]int64{}
-	dirs, err := fsys.ReadDir("packs")
+	err := r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+		onDisk[id] = size
+		return nil
+	}, func(name string) {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: not a pack file name", name))
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list packs: %w", err)
-	}
-	for _, d := range dirs {
-		ents, err := fsys.ReadDir(path.Join("packs", d.Name()))
-		if err != nil {
-			rep.Errors = append(rep.Errors, fmt.Sprintf("packs/%s: %v", d.Name(), err))
-			continue
-		}
-		for _, e := range ents {
-			id, err := blob.ParseID(e.Name())
-			if err != nil || !strings.HasPrefix(e.Name(), d.Name()) {
-				rep.Warnings = append(rep.Warnings, fmt.Sprintf("packs/%s/%s: not a pack file name", d.Name(), e.Name()))
-				continue
-			}
-			fi, err := e.Info()
-			if err != nil {
-				rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: %v", id, err))
-				continue
-			}
-			onDisk[id] = fi.Size()
-		}
 	}
 	damaged := map[blob.ID]string{} // blob → why
 	missing := map[blob.ID]bool{}   // packs whose blobs cannot be read
@@ -95,14 +77,9 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 		return nil, err
 	}
 	for id := range onDisk {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("pack %s is not in the index (left by an interrupted backup; `stasis repair index` adopts it)", id))
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("pack %s is in no index file (left by an interrupted backup, or written by a backup still running; `stasis prune` removes it, `stasis repair index` adopts it)", id))
 	}
 	rep.Errors = append(rep.Errors, r.DictProblems()...)
-	if tmp, err := fsys.ReadDir("tmp"); err == nil {
-		for _, e := range tmp {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("tmp/%s: leftover temporary file (safe to delete when no stasis runs)", e.Name()))
-		}
-	}
 	if !o.ReadData {
 		// Pack headers are cheap to read (the tail of each file): compare
 		// them with the index (with ReadData, readPack does this).
@@ -163,7 +140,7 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 	seen := map[blob.ID]bool{}
 	for _, sn := range snaps {
 		rep.Snapshots++
-		if _, err := r.LoadSnapshot(ctx, sn.ID); err != nil {
+		if err := r.VerifySnapshotFile(ctx, sn.ID); err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("snapshot %s: %v", sn.ID.Short(), err))
 		}
 		checkTree(ctx, r, sn, "/", sn.Tree, seen, damaged, rep)
@@ -174,15 +151,9 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 // readPack verifies one pack and returns its damaged blobs.
 func readPack(ctx context.Context, r *repo.Repository, id blob.ID, rep *CheckReport) map[blob.ID]string {
 	bad := map[blob.ID]string{}
-	f, err := r.FS().Open(repo.PackName(id))
+	data, err := r.ReadPack(ctx, id)
 	if err != nil {
-		rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: %v", id, err))
-		return bad
-	}
-	defer f.Close()
-	data, err := io.ReadAll(f)
-	if err != nil {
-		rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: read: %v", id, err))
+		rep.Errors = append(rep.Errors, err.Error())
 		return bad
 	}
 	if blob.ID(blake3.Sum256(data)) != id {

@@ -72,7 +72,7 @@ func benchBackup(b *testing.B, encrypted bool) {
 		dir := filepath.Join(b.TempDir(), "repo")
 		o := enginetest.InitOptions()
 		o.InsecureNoPassword = !encrypted
-		r, err := repo.Init(ctx, dir, o)
+		r, err := repo.Init(ctx, enginetest.Local(dir), o, repo.OpenOptions{})
 		if err != nil {
 			b.Fatal(err)
 		}

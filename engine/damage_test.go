@@ -2,7 +2,6 @@ package engine_test
 
 import (
 	"errors"
-	"github.com/stasisbackup/stasis/repo/backend"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -10,6 +9,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stasisbackup/stasis/repo/backend"
+	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/enginetest"
@@ -25,7 +27,7 @@ func TestFlippedByteIsNamedByCheckAndRestore(t *testing.T) {
 	os.MkdirAll(src, 0o755)
 	os.WriteFile(filepath.Join(src, "a.ldif"), []byte("dn: cn=alice,o=Zoomserv\n"), 0o644)
 	dir := t.TempDir() + "/repo"
-	r, err := repo.Init(ctx, dir, enginetest.InitOptions())
+	r, err := repo.Init(ctx, enginetest.Local(dir), enginetest.InitOptions(), repo.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,17 +97,17 @@ func TestCompressionDictionary(t *testing.T) {
 	writePages(t, filepath.Join(src, "X500.db"), 1024, rng) // 4 MiB of records
 	os.WriteFile(filepath.Join(src, "tiny.conf"), []byte("port 389\n"), 0o644)
 	dir := t.TempDir() + "/repo"
-	r, err := repo.Init(ctx, dir, enginetest.InitOptions())
+	r, err := repo.Init(ctx, enginetest.Local(dir), enginetest.InitOptions(), repo.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sn := backup(t, r, day1, src)
-	dicts, _ := r.DictNames()
+	dicts, _ := r.DictNames(ctx)
 	if len(dicts) != 1 {
 		t.Fatalf("dictionaries after a 4 MiB database: %v", dicts)
 	}
 	r.Close()
-	if r, err = repo.Open(ctx, dir, enginetest.OpenOptions()); err != nil {
+	if r, err = repo.Open(ctx, enginetest.Local(dir), enginetest.OpenOptions()); err != nil {
 		t.Fatal(err)
 	}
 	target := t.TempDir()
@@ -123,7 +125,7 @@ func TestCompressionDictionary(t *testing.T) {
 	data[len(data)/2] ^= 1
 	os.Chmod(p, 0o600)
 	os.WriteFile(p, data, 0o600)
-	if r, err = repo.Open(ctx, dir, enginetest.OpenOptions()); err != nil {
+	if r, err = repo.Open(ctx, enginetest.Local(dir), enginetest.OpenOptions()); err != nil {
 		t.Fatalf("open with a damaged dictionary: %v", err)
 	}
 	defer r.Close()
@@ -141,7 +143,7 @@ func TestCompressionDictionary(t *testing.T) {
 	}
 }
 
-// A dictionary that cannot be written (here: its rename fails, as on a full
+// A dictionary that cannot be written (here: its upload fails, as on a full
 // disk) fails the backup with a message naming it; nothing half-written is
 // referenced and the next backup succeeds.
 func TestDictionaryWriteFailure(t *testing.T) {
@@ -149,16 +151,14 @@ func TestDictionaryWriteFailure(t *testing.T) {
 	os.MkdirAll(src, 0o755)
 	writePages(t, filepath.Join(src, "X500.db"), 1024, rand.New(rand.NewSource(9)))
 	dir := t.TempDir() + "/repo"
-	r, err := repo.Init(ctx, dir, enginetest.InitOptions())
+	r, err := repo.Init(ctx, enginetest.Local(dir), enginetest.InitOptions(), repo.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.Close()
-	faulty := backend.NewFaulty(backend.OS{Dir: dir})
-	faulty.Inject(backend.Fault{Op: backend.OpRename, Name: "dicts/*", Err: syscall.ENOSPC})
-	o := enginetest.OpenOptions()
-	o.FS = faulty
-	if r, err = repo.Open(ctx, dir, o); err != nil {
+	faulty := backendtest.NewFaulty(backend.NewLocal(dir))
+	faulty.Inject(backendtest.Fault{Op: backendtest.OpPut, Name: "dicts/*", Err: syscall.ENOSPC})
+	if r, err = repo.Open(ctx, faulty, enginetest.OpenOptions()); err != nil {
 		t.Fatal(err)
 	}
 	_, err = engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{src}, Now: clock(day1)})
@@ -166,7 +166,7 @@ func TestDictionaryWriteFailure(t *testing.T) {
 		t.Fatalf("backup with an unwritable dictionary: %v", err)
 	}
 	r.Close()
-	if r, err = repo.Open(ctx, dir, enginetest.OpenOptions()); err != nil {
+	if r, err = repo.Open(ctx, enginetest.Local(dir), enginetest.OpenOptions()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { enginetest.CheckAndClose(t, r) })

@@ -77,7 +77,7 @@ func TestExtentListsOfALargeFile(t *testing.T) {
 	var n2 tree.Node
 	engine.Walk(ctx, r, sn2, db, func(_ string, n *tree.Node) error { n2 = *n; return nil })
 	loc, _, _ := r.Index().Lookup(n2.Lists[len(n2.Lists)/2])
-	packFile := filepath.Join(r.Dir(), repo.PackName(loc.Pack))
+	packFile := filepath.Join(r.Location(), repo.PackName(loc.Pack))
 	good, _ := os.ReadFile(packFile)
 	bad := append([]byte(nil), good...)
 	bad[loc.Offset+uint64(loc.Length)/2] ^= 1

@@ -1,9 +1,6 @@
 package engine_test
 
 import (
-	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,6 +9,7 @@ import (
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/backend"
+	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 )
 
 // TestStorageFaults backs up through a file system that fails in one way
@@ -21,16 +19,16 @@ import (
 func TestStorageFaults(t *testing.T) {
 	cases := []struct {
 		name  string
-		fault backend.Fault
+		fault backendtest.Fault
 		want  string // in the error
 	}{
-		{"write error", backend.Fault{Op: backend.OpWrite, Name: "tmp/pack-*", Skip: 30 << 10, Err: syscall.EIO}, "input/output error"},
-		{"ENOSPC mid-pack", backend.Fault{Op: backend.OpWrite, Name: "tmp/pack-*", Skip: 100 << 10, Err: syscall.ENOSPC}, "no space left on device"},
-		{"short write", backend.Fault{Op: backend.OpWrite, Name: "tmp/pack-*", Skip: 20 << 10, Short: true}, "short write"},
-		{"fsync failure", backend.Fault{Op: backend.OpSync, Name: "tmp/pack-*", Skip: 1, Err: syscall.EIO}, "fsync"},
-		{"failed rename of a pack", backend.Fault{Op: backend.OpRename, Name: "packs/*/*", Skip: 1, Err: syscall.EXDEV}, "rename pack"},
-		{"failed rename of the snapshot", backend.Fault{Op: backend.OpRename, Name: "snapshots/*", Err: syscall.EIO}, "rename snapshots/"},
-		{"snapshot fsync failure", backend.Fault{Op: backend.OpSync, Name: "tmp/write-*", Err: syscall.EIO}, "fsync snapshots/"},
+		{"pack upload error", backendtest.Fault{Op: backendtest.OpPut, Name: "packs/*/*", Err: syscall.EIO}, "input/output error"},
+		{"ENOSPC on the second pack", backendtest.Fault{Op: backendtest.OpPut, Name: "packs/*/*", Skip: 1, Err: syscall.ENOSPC}, "no space left on device"},
+		{"torn pack upload", backendtest.Fault{Op: backendtest.OpPut, Name: "packs/*/*", Skip: 1, Torn: true}, "injected fault"},
+		{"pack stored but the reply lost", backendtest.Fault{Op: backendtest.OpPut, Name: "packs/*/*", Committed: true}, "injected fault"},
+		{"index file upload error", backendtest.Fault{Op: backendtest.OpPut, Name: "index/*", Err: syscall.EIO}, "write index file"},
+		{"snapshot upload error", backendtest.Fault{Op: backendtest.OpPut, Name: "snapshots/*", Err: syscall.EIO}, "save snapshot"},
+		{"torn snapshot upload", backendtest.Fault{Op: backendtest.OpPut, Name: "snapshots/*", Torn: true}, "save snapshot"},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -42,11 +40,9 @@ func TestStorageFaults(t *testing.T) {
 
 			f.r.Close()
 			f.r = nil
-			faulty := backend.NewFaulty(backend.OS{Dir: f.dir})
+			faulty := backendtest.NewFaulty(backend.NewLocal(f.dir))
 			faulty.Inject(c.fault)
-			o := f.opts
-			o.FS = faulty
-			r, err := repo.Open(ctx, f.dir, o)
+			r, err := repo.Open(ctx, faulty, f.opts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -84,39 +80,5 @@ func TestStorageFaults(t *testing.T) {
 				t.Errorf("leftovers after prune: %v", rep.Warnings)
 			}
 		})
-	}
-}
-
-func TestFaultyWrapper(t *testing.T) {
-	dir := t.TempDir()
-	os.Mkdir(filepath.Join(dir, "tmp"), 0o700)
-	fs := backend.NewFaulty(backend.OS{Dir: dir})
-	fs.Inject(backend.Fault{Op: backend.OpWrite, Skip: 10, Err: syscall.ENOSPC})
-	f, err := fs.CreateTemp("tmp", "x-*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := f.Write(make([]byte, 8))
-	if n != 8 || err != nil {
-		t.Fatalf("first write: %d, %v", n, err)
-	}
-	n, err = f.Write(make([]byte, 8))
-	if n != 2 || !errors.Is(err, syscall.ENOSPC) {
-		t.Fatalf("write over the limit: %d, %v; want 2, ENOSPC", n, err)
-	}
-	f.Close()
-	data, _ := os.ReadFile(filepath.Join(dir, f.Name()))
-	if len(data) != 10 {
-		t.Fatalf("file holds %d bytes, want 10", len(data))
-	}
-	fs.Inject(backend.Fault{Op: backend.OpRename, Name: "b", Times: 1})
-	if err := fs.Rename(f.Name(), "b"); !errors.Is(err, backend.ErrInjected) {
-		t.Fatalf("rename: %v, want ErrInjected", err)
-	}
-	if err := fs.Rename(f.Name(), "b"); err != nil {
-		t.Fatalf("second rename (Times 1): %v", err)
-	}
-	if fs.Hits() != 2 {
-		t.Fatalf("%d hits, want 2", fs.Hits())
 	}
 }

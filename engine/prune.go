@@ -67,6 +67,11 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 	if o.MaxUnused == 0 {
 		o.MaxUnused = 10
 	}
+	if !o.DryRun {
+		if err := r.WritableIndex(ctx); err != nil {
+			return nil, fmt.Errorf("prune: %w", err)
+		}
+	}
 	logf := func(format string, args ...any) {
 		if o.Log != nil {
 			fmt.Fprintf(o.Log, format+"\n", args...)
@@ -172,7 +177,7 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 		return rep, nil
 	}
 
-	tmp, err := r.RemoveTemp(ctx, filepath.Base(liveName(live)))
+	tmp, err := r.RemoveTemp(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -29,19 +29,21 @@ type fixture struct {
 	now  time.Time
 	seq  int
 	opts repo.OpenOptions
+	id   string // repository id (names its cache directory)
 }
 
 func newFixture(t *testing.T, seed int64) *fixture {
 	t.Helper()
 	f := &fixture{t: t, dir: filepath.Join(t.TempDir(), "repo"), src: filepath.Join(t.TempDir(), "src"),
-		rng: rand.New(rand.NewSource(seed)), now: time.Date(2026, 11, 1, 2, 0, 0, 0, time.UTC), opts: enginetest.OpenOptions()}
+		rng: rand.New(rand.NewSource(seed)), now: time.Date(2026, 11, 1, 2, 0, 0, 0, time.UTC), opts: enginetest.OpenOptionsIn(filepath.Join(t.TempDir(), "cache"))}
 	o := enginetest.InitOptions()
 	o.PackSize = 64 << 10
-	r, err := repo.Init(ctx, f.dir, o)
+	r, err := repo.Init(ctx, enginetest.Local(f.dir), o, f.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.r = r
+	f.id = r.Config().ID
 	if err := os.MkdirAll(f.src, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +129,7 @@ func (f *fixture) reopen() {
 		f.t.Fatal(err)
 	}
 	f.r = nil
-	r, err := repo.Open(ctx, f.dir, f.opts)
+	r, err := repo.Open(ctx, enginetest.Local(f.dir), f.opts)
 	if err != nil {
 		f.t.Fatalf("reopen: %v", err)
 	}
@@ -261,10 +263,7 @@ func TestModel(t *testing.T) {
 				default:
 					f.r.Close()
 					f.r = nil
-					if err := repo.ResetIndex(f.dir); err != nil {
-						t.Fatal(err)
-					}
-					r, err := repo.Open(ctx, f.dir, f.opts)
+					r, err := repo.Open(ctx, enginetest.Local(f.dir), f.opts)
 					if err != nil {
 						t.Fatal(err)
 					}

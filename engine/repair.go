@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/stasisbackup/stasis/repo"
-	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/tree"
 )
@@ -117,60 +116,46 @@ func RepairSnapshots(ctx context.Context, r *repo.Repository, o RepairSnapshotsO
 	return rep, nil
 }
 
-// repairSnapshotFiles fixes snapshot files that do not decode.
+// repairSnapshotFiles fixes snapshot files that do not decode: from the
+// client's cached copy when it has an intact one (replaced atomically, by
+// one Put of the same name), or else by moving them to damaged/.
 func repairSnapshotFiles(ctx context.Context, r *repo.Repository, dry bool, rep *RepairSnapshotsReport) error {
-	copies := map[blob.ID][]byte{}
-	if err := r.Index().EachSnapshot(func(id blob.ID, data []byte) error {
-		if _, err := r.DecodeSnapshotFile(id, data); err == nil {
-			copies[id] = append([]byte(nil), data...)
-		} else {
-			copies[id] = nil
-		}
-		return nil
-	}); err != nil {
+	ids, _, err := r.SnapshotIDs(ctx)
+	if err != nil {
 		return err
 	}
-	ids := make([]blob.ID, 0, len(copies))
-	for id := range copies {
-		ids = append(ids, id)
-	}
-	sortIDs(ids)
 	for _, id := range ids {
 		name := repo.SnapshotName(id)
-		data, err := backend.ReadFile(r.FS(), name)
+		stored, cached, err := r.SnapshotCopies(ctx, id)
 		if errors.Is(err, fs.ErrNotExist) {
-			continue // Open drops the record next time
+			continue // removed since it was listed
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, repo.ErrTooLarge) {
 			return fmt.Errorf("read %s: %w", name, err)
 		}
-		if _, err := r.DecodeSnapshotFile(id, data); err == nil {
-			if copies[id] == nil && !dry { // the index copy is bad: refresh it
-				if err := r.Index().PutSnapshot(id, data); err != nil {
-					return err
-				}
+		if err == nil {
+			if _, err := r.DecodeSnapshotFile(id, stored); err == nil {
+				continue
 			}
-			continue
 		}
-		good := copies[id]
+		good := cached
+		if good != nil {
+			if _, err := r.DecodeSnapshotFile(id, good); err != nil {
+				good = nil
+			}
+		}
 		switch {
 		case good != nil:
-			rep.Files = append(rep.Files, name+": rewritten from the index's copy")
+			rep.Files = append(rep.Files, name+": rewritten from this client's cached copy")
 			if !dry {
-				if err := r.FS().Remove(name); err != nil {
-					return fmt.Errorf("remove %s: %w", name, err)
-				}
-				if err := backend.WriteFile(r.FS(), name, func(w io.Writer) error { _, err := w.Write(good); return err }); err != nil {
+				if err := r.PutSnapshotFile(ctx, id, good); err != nil {
 					return err
 				}
 			}
 		default:
 			rep.Files = append(rep.Files, name+": no intact copy, moved to "+repo.DamagedDir+"/")
 			if !dry {
-				if _, err := r.MoveToDamaged(name); err != nil {
-					return err
-				}
-				if err := r.Index().DeleteSnapshot(id); err != nil {
+				if _, err := r.MoveToDamaged(ctx, name); err != nil {
 					return err
 				}
 			}
@@ -195,8 +180,10 @@ func (rw *rewriter) usable(id blob.ID) (bool, error) {
 	}
 	exists, seen := rw.packOK[loc.Pack]
 	if !seen {
-		_, err := rw.r.FS().Stat(repo.PackName(loc.Pack))
-		exists = err == nil
+		exists, err = rw.r.PackExists(context.Background(), loc.Pack)
+		if err != nil {
+			return false, err
+		}
 		rw.packOK[loc.Pack] = exists
 	}
 	return exists, nil

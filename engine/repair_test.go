@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/engine/enginetest"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/index"
@@ -59,12 +60,12 @@ func filesIn(t *testing.T, f *fixture, sn *repo.Snapshot, pred func(index.Locati
 // file and names the affected ones, and repair makes check pass again.
 func TestBitRotIsReportedRestoredAroundAndRepaired(t *testing.T) {
 	cases := []struct {
-		name     string
-		damage   func(t *testing.T, f *fixture, pack blob.ID, sn *repo.Snapshot)
-		check    string // in a check error (with --read-data)
-		lostData bool   // files become unrestorable
-		reopen   bool   // Open fails until repair index
-		repair   string // "index", "snapshots" or "both" (docs/damage.md)
+		name      string
+		damage    func(t *testing.T, f *fixture, pack blob.ID, sn *repo.Snapshot)
+		check     string // in a check error (with --read-data)
+		lostData  bool   // files become unrestorable
+		cacheOnly bool   // only the client's cache is damaged: Open rebuilds it, nothing is lost
+		repair    string // "index", "snapshots" or "both" (docs/damage.md)
 	}{
 		{"flipped byte in a pack", func(t *testing.T, f *fixture, pack blob.ID, _ *repo.Snapshot) {
 			p := filepath.Join(f.dir, repo.PackName(pack))
@@ -80,8 +81,8 @@ func TestBitRotIsReportedRestoredAroundAndRepaired(t *testing.T) {
 		{"deleted pack", func(t *testing.T, f *fixture, pack blob.ID, _ *repo.Snapshot) {
 			os.Remove(filepath.Join(f.dir, repo.PackName(pack)))
 		}, "is missing", true, false, "both"},
-		{"corrupted index.db", func(t *testing.T, f *fixture, _ blob.ID, _ *repo.Snapshot) {
-			p := filepath.Join(f.dir, "index.db")
+		{"corrupted index cache", func(t *testing.T, f *fixture, _ blob.ID, _ *repo.Snapshot) {
+			p := filepath.Join(f.opts.CacheDir, f.id, "index.db")
 			data, _ := os.ReadFile(p)
 			for i := 0; i < len(data); i += 4096 {
 				copy(data[i:], "garbage!garbage!garbage!")
@@ -111,21 +112,29 @@ func TestBitRotIsReportedRestoredAroundAndRepaired(t *testing.T) {
 			case "flipped byte in a pack": // only the first blob, where the byte is
 				affected = filesIn(t, f, sn, func(l index.Location) bool { return inPack(l) && l.Offset == 8 })
 				lost = affected
-			case "truncated pack": // blobs past the cut; repair loses the whole pack (no header)
+			case "truncated pack": // blobs past the cut; repair salvages those before it (the old index knew where they were)
 				fi, _ := os.Stat(filepath.Join(f.dir, repo.PackName(pack)))
 				affected = filesIn(t, f, sn, func(l index.Location) bool {
 					return inPack(l) && int64(l.Offset+uint64(l.Length)) > fi.Size()/2
 				})
+				lost = affected
 			}
 			f.r.Close()
 			f.r = nil
 			c.damage(t, f, pack, sn)
 
-			r, err := repo.Open(ctx, f.dir, f.opts)
-			if c.reopen {
-				if err == nil || !strings.Contains(err.Error(), "repair index") {
-					t.Fatalf("open with a corrupt index: %v; want an error that says to run repair index", err)
+			r, err := repo.Open(ctx, enginetest.Local(f.dir), f.opts)
+			if c.cacheOnly {
+				if err != nil {
+					t.Fatalf("open with a corrupt cache: %v; want the cache rebuilt", err)
 				}
+				f.r = r
+				rep, err := engine.Check(ctx, r, engine.CheckOptions{ReadData: true})
+				if err != nil || !rep.OK() {
+					t.Fatalf("check after the cache was rebuilt: %v %v", err, rep.Errors)
+				}
+				f.verify(sn.ID, want)
+				return
 			} else {
 				if err != nil {
 					t.Fatal(err)
@@ -168,12 +177,7 @@ func TestBitRotIsReportedRestoredAroundAndRepaired(t *testing.T) {
 
 			// Repair as docs/damage.md says: index (reading data), then
 			// snapshots with --forget.
-			if c.repair != "snapshots" {
-				if err := repo.ResetIndex(f.dir); err != nil {
-					t.Fatal(err)
-				}
-			}
-			r, err = repo.Open(ctx, f.dir, f.opts)
+			r, err = repo.Open(ctx, enginetest.Local(f.dir), f.opts)
 			if err != nil {
 				t.Fatalf("open for repair: %v", err)
 			}

@@ -20,7 +20,7 @@ func fuzzRepo(f *testing.F) (*repo.Repository, blob.ID, []byte, []byte) {
 	f.Helper()
 	ctx := context.Background()
 	dir := filepath.Join(f.TempDir(), "repo")
-	r, err := repo.Init(ctx, dir, enginetest.InitOptions())
+	r, err := repo.Init(ctx, enginetest.Local(dir), enginetest.InitOptions(), repo.OpenOptions{})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func FuzzDecodeSealedSnapshot(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	good, err := os.ReadFile(filepath.Join(r.Dir(), repo.SnapshotName(id)))
+	good, err := os.ReadFile(filepath.Join(r.Location(), repo.SnapshotName(id)))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func FuzzDecodeSealedSnapshot(f *testing.F) {
 // secret in the clear and always carries sealed secrets.
 func FuzzDecodeEncryptedConfig(f *testing.F) {
 	r, _, _, _ := fuzzRepo(f)
-	good, err := os.ReadFile(filepath.Join(r.Dir(), "config"))
+	good, err := os.ReadFile(filepath.Join(r.Location(), "config"))
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -2,14 +2,12 @@ package repo
 
 import (
 	"bytes"
+	"context"
 	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"path"
-	"sort"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/stasisbackup/stasis/repo/backend"
@@ -46,6 +44,7 @@ const (
 	dictSampleSize  = 4 << 10  // bytes taken from each sample blob
 	dictContentSize = 64 << 10 // dictionary content
 	dictMinBlob     = 2 << 10  // smaller blobs are not sampled
+	maxDictFile     = 1 << 20  // bound on what is read of a dictionary file
 )
 
 var (
@@ -93,24 +92,18 @@ func dictFileName(data []byte) string {
 // A dictionary file that cannot be read is returned in problems (check
 // lists them) and skipped: blobs compressed with it fail to decode, others
 // are unaffected.
-func (r *Repository) loadCompressor() (c *compressor, problems []string, err error) {
-	ents, err := r.fs.ReadDir(dictDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, fmt.Errorf("list %s: %w", dictDir, err)
+func (r *Repository) loadCompressor(ctx context.Context) (c *compressor, problems []string, err error) {
+	names, err := r.DictNames(ctx)
+	if err != nil {
+		return nil, nil, err
 	}
-	names := make([]string, 0, len(ents))
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	sort.Strings(names)
 	type dict struct {
 		id      uint32
 		content []byte
 	}
 	var dicts []dict
-	for _, n := range names {
-		name := path.Join(dictDir, n)
-		data, err := backend.ReadFile(r.fs, name)
+	for _, name := range names {
+		data, err := backend.ReadAll(ctx, r.st, name, maxDictFile)
 		if err == nil && dictFileName(data) != name {
 			err = errors.New("content does not match its name (bit rot or tampering)")
 		}
@@ -155,7 +148,7 @@ func (r *Repository) loadCompressor() (c *compressor, problems []string, err err
 // sampleForDict collects data blob samples and, once there are enough,
 // writes the repository's dictionary and switches to it. Called for every
 // new data blob while the repository has no dictionary; cheap otherwise.
-func (r *Repository) sampleForDict(data []byte) error {
+func (r *Repository) sampleForDict(ctx context.Context, data []byte) error {
 	if len(data) < dictMinBlob {
 		return nil
 	}
@@ -182,13 +175,10 @@ func (r *Repository) sampleForDict(data []byte) error {
 		file = r.mk.Seal(nil, plain, adDict)
 	}
 	name := dictFileName(file)
-	if err := r.fs.MkdirAll(dictDir); err != nil {
-		return fmt.Errorf("create %s: %w", dictDir, err)
-	}
-	if err := backend.WriteFile(r.fs, name, func(w io.Writer) error { _, err := w.Write(file); return err }); err != nil {
+	if err := backend.PutBytes(ctx, r.st, name, file); err != nil {
 		return fmt.Errorf("write compression dictionary: %w", err)
 	}
-	c, _, err := r.loadCompressor()
+	c, _, err := r.loadCompressor(ctx)
 	if err != nil {
 		return err
 	}
@@ -202,18 +192,10 @@ func (r *Repository) DictProblems() []string { return r.dictProblems }
 
 // DictNames lists the repository-relative names of the dictionary files
 // (for tape export).
-func (r *Repository) DictNames() ([]string, error) {
-	ents, err := r.fs.ReadDir(dictDir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+func (r *Repository) DictNames(ctx context.Context) ([]string, error) {
+	names, err := backend.ListNames(ctx, r.st, dictDir+"/")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list compression dictionaries of %s: %w", r.loc, err)
 	}
-	var names []string
-	for _, e := range ents {
-		names = append(names, path.Join(dictDir, e.Name()))
-	}
-	sort.Strings(names)
 	return names, nil
 }

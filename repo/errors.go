@@ -1,6 +1,10 @@
 package repo
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/stasisbackup/stasis/repo/backend"
+)
 
 // Sentinel errors of the repository, matched with errors.Is.
 var (
@@ -16,6 +20,8 @@ var (
 	ErrCorruptBlob = errors.New("corrupt blob")
 	// ErrSnapshotNotFound: no snapshot matches.
 	ErrSnapshotNotFound = errors.New("snapshot not found")
+	// ErrTooLarge: an object is larger than any valid one (damage).
+	ErrTooLarge = backend.ErrTooLarge
 	// ErrCorruptSnapshot: a snapshot file does not decode or hash to its name.
 	ErrCorruptSnapshot = errors.New("corrupt snapshot file")
 )

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"path"
 	"sort"
 	"strings"
@@ -49,6 +47,9 @@ func adBlob(t blob.Type, id blob.ID) [1 + len(blob.ID{})]byte {
 
 // keysDir is the directory of key files.
 const keysDir = "keys"
+
+// maxKeyFileSize bounds what is read of a key file (real ones are < 1 KiB).
+const maxKeyFileSize = 64 << 10
 
 // configSecrets is the plaintext sealed in an encrypted config's secrets field.
 type configSecrets struct {
@@ -112,7 +113,7 @@ func openConfig(c Config, mk *crypto.MasterKey) (Config, error) {
 
 // writeKeyFile seals mk under password into a new key file keys/<id> and
 // returns its id.
-func writeKeyFile(b backend.FS, mk *crypto.MasterKey, password []byte, p crypto.KDFParams) (string, error) {
+func writeKeyFile(ctx context.Context, b backend.Storage, mk *crypto.MasterKey, password []byte, p crypto.KDFParams) (string, error) {
 	data, err := crypto.NewKeyFile(mk, password, p)
 	if err != nil {
 		return "", err
@@ -121,11 +122,8 @@ func writeKeyFile(b backend.FS, mk *crypto.MasterKey, password []byte, p crypto.
 	if err != nil {
 		return "", err
 	}
-	if err := b.MkdirAll(keysDir); err != nil {
-		return "", fmt.Errorf("create %s: %w", keysDir, err)
-	}
 	name := path.Join(keysDir, info.ID)
-	if err := backend.WriteFile(b, name, func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
+	if err := backend.PutBytes(ctx, b, name, data); err != nil {
 		return "", fmt.Errorf("write key file %s: %w", name, err)
 	}
 	return info.ID, nil
@@ -134,18 +132,17 @@ func writeKeyFile(b backend.FS, mk *crypto.MasterKey, password []byte, p crypto.
 // unlock finds the key file that password opens and returns the master key
 // and the key file's id. No match gives an error matching
 // crypto.ErrWrongPassword that names the repository.
-func unlock(ctx context.Context, b backend.FS, dir string, password []byte) (*crypto.MasterKey, string, error) {
-	ents, err := b.ReadDir(keysDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+func unlock(ctx context.Context, b backend.Storage, dir string, password []byte) (*crypto.MasterKey, string, error) {
+	ents, err := backend.ListNames(ctx, b, keysDir+"/")
+	if err != nil {
 		return nil, "", fmt.Errorf("list key files of %s: %w", dir, err)
 	}
 	var bad []string
-	for _, e := range ents {
+	for _, name := range ents {
 		if err := ctx.Err(); err != nil {
 			return nil, "", err
 		}
-		name := path.Join(keysDir, e.Name())
-		data, err := backend.ReadFile(b, name)
+		data, err := backend.ReadAll(ctx, b, name, maxKeyFileSize)
 		if err != nil {
 			bad = append(bad, fmt.Sprintf("%s: %v", name, err))
 			continue
@@ -189,19 +186,18 @@ type Key struct {
 // time. A key file that cannot be parsed is an error naming it.
 func (r *Repository) Keys(ctx context.Context) ([]Key, error) {
 	if r.mk == nil {
-		return nil, fmt.Errorf("repository %s is not encrypted: it has no keys", r.dir)
+		return nil, fmt.Errorf("repository %s is not encrypted: it has no keys", r.loc)
 	}
-	ents, err := r.fs.ReadDir(keysDir)
+	ents, err := backend.ListNames(ctx, r.st, keysDir+"/")
 	if err != nil {
-		return nil, fmt.Errorf("list key files of %s: %w", r.dir, err)
+		return nil, fmt.Errorf("list key files of %s: %w", r.loc, err)
 	}
 	var keys []Key
-	for _, e := range ents {
+	for _, name := range ents {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		name := path.Join(keysDir, e.Name())
-		data, err := backend.ReadFile(r.fs, name)
+		data, err := backend.ReadAll(ctx, r.st, name, maxKeyFileSize)
 		if err != nil {
 			return nil, fmt.Errorf("read key file %s: %w", name, err)
 		}
@@ -227,11 +223,11 @@ func (r *Repository) AddKey(ctx context.Context, password []byte, p crypto.KDFPa
 		return "", err
 	}
 	if r.mk == nil {
-		return "", fmt.Errorf("repository %s is not encrypted: a password cannot be added (make a new, encrypted repository)", r.dir)
+		return "", fmt.Errorf("repository %s is not encrypted: a password cannot be added (make a new, encrypted repository)", r.loc)
 	}
-	id, err := writeKeyFile(r.fs, r.mk, password, kdfOrDefault(p))
+	id, err := writeKeyFile(ctx, r.st, r.mk, password, kdfOrDefault(p))
 	if err != nil {
-		return "", fmt.Errorf("add key to %s: %w", r.dir, err)
+		return "", fmt.Errorf("add key to %s: %w", r.loc, err)
 	}
 	return id, nil
 }
@@ -250,7 +246,7 @@ func (r *Repository) FindKey(ctx context.Context, ref string) (Key, error) {
 	}
 	switch len(found) {
 	case 0:
-		return Key{}, fmt.Errorf("key %q: no such key file in %s (list them with `stasis key list`)", ref, r.dir)
+		return Key{}, fmt.Errorf("key %q: no such key file in %s (list them with `stasis key list`)", ref, r.loc)
 	case 1:
 		return found[0], nil
 	}
@@ -271,24 +267,21 @@ func (r *Repository) RemoveKey(ctx context.Context, ref string) (string, error) 
 		return "", err
 	}
 	if len(keys) <= 1 {
-		return "", fmt.Errorf("key %s is the last key of %s: removing it would make the repository unreadable forever; add another key first", k.ID[:8], r.dir)
+		return "", fmt.Errorf("key %s is the last key of %s: removing it would make the repository unreadable forever; add another key first", k.ID[:8], r.loc)
 	}
 	if k.ID == r.keyID {
-		return "", fmt.Errorf("key %s is the key in use (its password opened %s): give another key's password to remove it, or use `stasis key passwd`", k.ID[:8], r.dir)
+		return "", fmt.Errorf("key %s is the key in use (its password opened %s): give another key's password to remove it, or use `stasis key passwd`", k.ID[:8], r.loc)
 	}
-	if err := r.removeKeyFile(k.ID); err != nil {
+	if err := r.removeKeyFile(ctx, k.ID); err != nil {
 		return "", err
 	}
 	return k.ID, nil
 }
 
-func (r *Repository) removeKeyFile(id string) error {
+func (r *Repository) removeKeyFile(ctx context.Context, id string) error {
 	name := path.Join(keysDir, id)
-	if err := r.fs.Remove(name); err != nil {
+	if err := r.st.Delete(ctx, name); err != nil {
 		return fmt.Errorf("remove key file %s: %w", name, err)
-	}
-	if err := r.fs.SyncDir(keysDir); err != nil {
-		return fmt.Errorf("fsync %s: %w", keysDir, err)
 	}
 	return nil
 }
@@ -302,11 +295,8 @@ func (r *Repository) ChangePassword(ctx context.Context, password []byte, p cryp
 	if err != nil {
 		return "", err
 	}
-	if err := r.fs.SyncDir(keysDir); err != nil {
-		return "", fmt.Errorf("fsync %s: %w", keysDir, err)
-	}
 	old := r.keyID
-	if err := r.removeKeyFile(old); err != nil {
+	if err := r.removeKeyFile(ctx, old); err != nil {
 		return "", fmt.Errorf("new key %s written, but the old one stays: %w", id[:8], err)
 	}
 	r.keyID = id

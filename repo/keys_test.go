@@ -26,7 +26,7 @@ func password(pw string) func(context.Context) ([]byte, error) {
 func initEncrypted(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "repo")
-	r, err := repo.Init(context.Background(), dir, enginetest.InitOptions())
+	r, err := repo.Init(context.Background(), enginetest.Local(dir), enginetest.InitOptions(), repo.OpenOptions{})
 	if err != nil {
 		t.Fatalf("init: %v", err)
 	}
@@ -41,7 +41,7 @@ func initEncrypted(t *testing.T) string {
 
 func openWith(t *testing.T, dir, pw string) (*repo.Repository, error) {
 	t.Helper()
-	r, err := repo.Open(context.Background(), dir, repo.OpenOptions{Password: password(pw)})
+	r, err := repo.Open(context.Background(), enginetest.Local(dir), repo.OpenOptions{Password: password(pw)})
 	if err == nil {
 		t.Cleanup(func() { r.Close() })
 	}
@@ -105,7 +105,7 @@ func TestOpenWrongAndMissingPassword(t *testing.T) {
 	if want := "wrong password for repository " + dir + " (no key file matched)"; !strings.Contains(err.Error(), want) {
 		t.Errorf("wrong password: %q does not contain %q", err, want)
 	}
-	_, err = repo.Open(context.Background(), dir, repo.OpenOptions{})
+	_, err = repo.Open(context.Background(), enginetest.Local(dir), repo.OpenOptions{})
 	if !errors.Is(err, crypto.ErrNoPassword) {
 		t.Fatalf("no password: %v, want ErrNoPassword", err)
 	}
@@ -115,7 +115,7 @@ func TestOpenWrongAndMissingPassword(t *testing.T) {
 		}
 	}
 	// The password source failing is reported as such.
-	_, err = repo.Open(context.Background(), dir, repo.OpenOptions{Password: func(context.Context) ([]byte, error) {
+	_, err = repo.Open(context.Background(), enginetest.Local(dir), repo.OpenOptions{Password: func(context.Context) ([]byte, error) {
 		return nil, errors.New("vault sealed")
 	}})
 	if err == nil || !strings.Contains(err.Error(), "vault sealed") {
@@ -127,7 +127,7 @@ func TestInitRefusesNoPassword(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "repo")
 	o := enginetest.InitOptions()
 	o.Password = nil
-	if _, err := repo.Init(context.Background(), dir, o); !errors.Is(err, crypto.ErrNoPassword) {
+	if _, err := repo.Init(context.Background(), enginetest.Local(dir), o, repo.OpenOptions{}); !errors.Is(err, crypto.ErrNoPassword) {
 		t.Fatalf("init without password: %v, want ErrNoPassword", err)
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
@@ -139,7 +139,7 @@ func TestInsecureRepositoryKeepsPlainLayout(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "repo")
 	o := enginetest.InitOptions()
 	o.Password, o.InsecureNoPassword = nil, true
-	r, err := repo.Init(context.Background(), dir, o)
+	r, err := repo.Init(context.Background(), enginetest.Local(dir), o, repo.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestInsecureRepositoryKeepsPlainLayout(t *testing.T) {
 	if err != nil || c.Encrypted || c.Polynomial() != enginetest.Polynomial {
 		t.Fatalf("plain config: %+v, %v", c, err)
 	}
-	r, err = repo.Open(context.Background(), dir, repo.OpenOptions{}) // no password needed
+	r, err = repo.Open(context.Background(), enginetest.Local(dir), repo.OpenOptions{}) // no password needed
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func TestSameIDsEncryptedAndPlain(t *testing.T) {
 	enc := mustOpen(t, initEncrypted(t), enginetest.Password)
 	o := enginetest.InitOptions()
 	o.InsecureNoPassword = true
-	plain, err := repo.Init(context.Background(), filepath.Join(t.TempDir(), "plain"), o)
+	plain, err := repo.Init(context.Background(), enginetest.Local(filepath.Join(t.TempDir(), "plain")), o, repo.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

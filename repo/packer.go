@@ -4,17 +4,22 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"path"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/pack"
 )
 
-// packer appends blobs of one type to a pack in tmp/ and, when the pack is
-// full or on flush, finishes it: header, fsync, rename into packs/, fsync of
-// the directory, index update, and only then forgets the pending ids.
+// packer appends blobs of one type to a pack in a local temp file and, when
+// the pack is full or on flush, finishes it: header, then the storage makes
+// it the object packs/xx/<id> (a local repository adopts the temp file,
+// which lies in its tmp/: fsync, rename, fsync of the directory; an object
+// store uploads it), then the index and the list of packs for the next
+// index file are updated, and only then are the pending ids forgotten.
 //
 // A full pack is finished in the background (at most maxFinishing at once)
 // so that the goroutines compressing blobs do not wait for fsync and the
@@ -36,7 +41,7 @@ type packer struct {
 const maxFinishing = 2
 
 type openPackFile struct {
-	f  backend.File
+	f  *os.File
 	bw *bufio.Writer
 	w  *pack.Writer
 }
@@ -78,16 +83,16 @@ func (p *packer) add(ctx context.Context, id blob.ID, s pack.Storage, rawLen int
 		return err
 	}
 	if p.cur == nil {
-		f, err := p.repo.fs.CreateTemp("tmp", "pack-*")
+		f, err := p.repo.createTemp()
 		if err != nil {
 			p.unlock()
-			return fmt.Errorf("create pack in %s/tmp: %w", p.repo.dir, err)
+			return fmt.Errorf("create a pack file: %w", err)
 		}
 		bw := bufio.NewWriterSize(f, 1<<20)
 		w, err := pack.NewWriter(bw)
 		if err != nil {
 			f.Close()
-			p.repo.fs.Remove(f.Name())
+			os.Remove(f.Name())
 			p.unlock()
 			return fmt.Errorf("write pack %s: %w", f.Name(), err)
 		}
@@ -103,6 +108,7 @@ func (p *packer) add(ctx context.Context, id blob.ID, s pack.Storage, rawLen int
 	var full *openPackFile
 	if int64(cur.w.Size()) >= p.repo.cfg.PackSize {
 		full, p.cur = cur, nil
+		p.wg.Add(1) // under the lock, so that flush's Wait cannot miss it
 	}
 	p.unlock()
 	if full == nil {
@@ -112,12 +118,12 @@ func (p *packer) add(ctx context.Context, id blob.ID, s pack.Storage, rawLen int
 	case p.finishing <- struct{}{}:
 	case <-ctx.Done():
 		p.discard(full)
+		p.wg.Done()
 		return ctx.Err()
 	}
-	p.wg.Add(1)
 	go func() {
 		defer func() { <-p.finishing; p.wg.Done() }()
-		if err := p.finish(full); err != nil {
+		if err := p.finish(context.WithoutCancel(ctx), full); err != nil {
 			p.fail(err)
 		}
 	}()
@@ -133,7 +139,7 @@ func (p *packer) flush(ctx context.Context) error {
 	p.unlock()
 	var err error
 	if cur != nil {
-		err = p.finish(cur)
+		err = p.finish(ctx, cur)
 	}
 	p.wg.Wait()
 	p.errMu.Lock()
@@ -148,7 +154,7 @@ func (p *packer) flush(ctx context.Context) error {
 // so that a later save writes them again.
 func (p *packer) discard(o *openPackFile) {
 	o.f.Close()
-	p.repo.fs.Remove(o.f.Name())
+	os.Remove(o.f.Name())
 	p.repo.mu.Lock()
 	for _, e := range o.w.Entries() {
 		delete(p.repo.pending, e.ID)
@@ -167,45 +173,65 @@ func (p *packer) abort() {
 	}
 }
 
-func (p *packer) finish(o *openPackFile) error {
+func (p *packer) finish(ctx context.Context, o *openPackFile) error {
 	r := p.repo
 	id, size, err := o.w.Finish(r.headerSeal())
 	if err == nil {
 		err = o.bw.Flush()
 	}
-	if err == nil {
-		err = o.f.Sync()
-		if err != nil {
-			err = fmt.Errorf("fsync: %w", err)
-		}
-	}
-	if err == nil {
-		err = o.f.Close()
-	}
 	if err != nil {
 		p.discard(o)
-		return fmt.Errorf("finish pack %s in %s: %w", o.f.Name(), r.dir, err)
+		return fmt.Errorf("finish pack %s: %w", o.f.Name(), err)
 	}
 	name := PackName(id)
-	if err := r.fs.MkdirAll(path.Dir(name)); err != nil {
+	if err := r.storeFile(ctx, o.f, name, int64(size)); err != nil {
 		p.discard(o)
-		return fmt.Errorf("finish pack %s: %w", id, err)
-	}
-	if err := r.fs.Rename(o.f.Name(), name); err != nil {
-		p.discard(o)
-		return fmt.Errorf("rename pack %s into place: %w", id, err)
-	}
-	if err := r.fs.SyncDir(path.Dir(name)); err != nil {
-		return fmt.Errorf("fsync directory of pack %s: %w", id, err)
+		return fmt.Errorf("store pack %s in %s: %w", id, r.loc, err)
 	}
 	entries := o.w.Entries()
 	if err := r.idx.AddPack(id, size, entries); err != nil {
-		return fmt.Errorf("index pack %s: %w (run `stasis repair index`)", id, err)
+		p.forget(entries)
+		return fmt.Errorf("index pack %s: %w", id, err)
 	}
-	r.mu.Lock()
+	r.unsavedMu.Lock()
+	r.unsaved.packs = append(r.unsaved.packs, index.IndexedPack{ID: id, Size: size, Entries: entries})
+	r.unsavedMu.Unlock()
+	p.forget(entries)
+	return r.writeIndex(ctx, false)
+}
+
+// forget drops entries from the pending set: they are indexed now, or (on
+// a failed index update) will be written again by a later save.
+func (p *packer) forget(entries []pack.Entry) {
+	p.repo.mu.Lock()
 	for _, e := range entries {
-		delete(r.pending, e.ID)
+		delete(p.repo.pending, e.ID)
 	}
-	r.mu.Unlock()
-	return nil
+	p.repo.mu.Unlock()
+}
+
+// createTemp creates a local file to write a pack into: in the repository's
+// tmp/ when the storage can adopt it, in the cache directory otherwise.
+func (r *Repository) createTemp() (*os.File, error) {
+	if fa, ok := r.st.(backend.FileAdopter); ok {
+		return fa.CreateTemp()
+	}
+	dir := filepath.Join(r.cacheDir, "tmp")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return os.CreateTemp(dir, "pack-*")
+}
+
+// storeFile makes the complete local file f (from createTemp) the object
+// name and closes f; the temp file is gone afterwards either way.
+func (r *Repository) storeFile(ctx context.Context, f *os.File, name string, size int64) error {
+	if fa, ok := r.st.(backend.FileAdopter); ok {
+		return fa.Adopt(ctx, f, name)
+	}
+	defer func() {
+		f.Close()
+		os.Remove(f.Name())
+	}()
+	return r.st.Put(ctx, name, f, size)
 }

@@ -5,12 +5,13 @@ package repo
 // ordered so that a crash at any moment leaves a repository in which every
 // remaining snapshot is restorable:
 //
-//   - RemoveSnapshot removes the file first, then the index record (a crash
-//     in between is repaired by the next Open).
-//   - Repack writes new packs and points the index at them before anything
-//     is deleted; the old packs are still there and simply unused.
-//   - DeletePacks removes the index records first, then the files; a crash
-//     in between leaves unindexed packs, which the next prune deletes.
+//   - RemoveSnapshot removes the snapshot object (and its cached copy).
+//   - Repack writes new packs and their index file before anything is
+//     deleted; the old packs are still there and simply unused.
+//   - DeletePacks first rewrites the index files without the packs (new
+//     files stored before the old ones are deleted), then deletes the
+//     packs; a crash in between leaves packs no index file names, which the
+//     next prune deletes.
 
 import (
 	"context"
@@ -18,9 +19,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 
+	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/pack"
@@ -28,7 +29,7 @@ import (
 )
 
 // BlobSet is a set of blob ids kept on disk, in a temporary bbolt file in
-// the repository's tmp/ directory, so that marking the live blobs of a large
+// the client's cache directory, so that marking the live blobs of a large
 // repository does not hold them all in memory. It is not synced to disk (it
 // is scratch data) and its file is removed by Close. A BlobSet is safe for
 // concurrent use.
@@ -40,11 +41,15 @@ type BlobSet struct {
 
 var bucketSet = []byte("set")
 
-// NewBlobSet creates an empty BlobSet in the repository's tmp/ directory.
+// NewBlobSet creates an empty BlobSet in the cache directory.
 func (r *Repository) NewBlobSet() (*BlobSet, error) {
-	f, err := os.CreateTemp(filepath.Join(r.dir, "tmp"), "blobset-*.db")
+	dir := filepath.Join(r.cacheDir, "tmp")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create blob set: %w", err)
+	}
+	f, err := os.CreateTemp(dir, "blobset-*.db")
 	if err != nil {
-		return nil, fmt.Errorf("create blob set in %s/tmp: %w", r.dir, err)
+		return nil, fmt.Errorf("create blob set in %s: %w", dir, err)
 	}
 	name := f.Name()
 	f.Close()
@@ -109,21 +114,12 @@ func (s *BlobSet) Close() error {
 	return err
 }
 
-// RemoveSnapshot deletes a snapshot: the file (and an fsync of snapshots/),
-// then its index record.
+// RemoveSnapshot deletes a snapshot object.
 func (r *Repository) RemoveSnapshot(ctx context.Context, id blob.ID) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := r.fs.Remove(SnapshotName(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := r.st.Delete(ctx, SnapshotName(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove snapshot %s: %w", id.Short(), err)
 	}
-	if err := r.fs.SyncDir("snapshots"); err != nil {
-		return fmt.Errorf("remove snapshot %s: fsync snapshots/: %w", id.Short(), err)
-	}
-	if err := r.idx.DeleteSnapshot(id); err != nil {
-		return fmt.Errorf("remove snapshot %s from the index: %w", id.Short(), err)
-	}
+	os.Remove(filepath.Join(r.snapshotCacheDir(), id.String()))
 	return nil
 }
 
@@ -214,85 +210,118 @@ func (r *Repository) Repack(ctx context.Context, packs []blob.ID, keep func(blob
 	return st, nil
 }
 
-// DeletePacks removes packs: first their index records and the records of
-// blobs located in them (one transaction), then the files. Packs that are not
-// indexed are only removed from disk. It returns the bytes removed from disk.
-// The caller must make sure no snapshot needs a blob that is only in these
-// packs, and hold an exclusive lock.
+// DeletePacks removes packs: first from the index files (RewriteIndex) and
+// the cache, then from the storage. Packs no index file names are only
+// deleted. It returns the bytes removed. The caller must make sure no
+// snapshot needs a blob that is only in these packs, and hold an exclusive
+// lock.
 func (r *Repository) DeletePacks(ctx context.Context, ids []blob.ID) (int64, error) {
 	set := make(map[blob.ID]bool, len(ids))
 	for _, id := range ids {
 		set[id] = true
 	}
+	if _, err := r.RewriteIndex(ctx, set); err != nil {
+		return 0, err
+	}
 	if _, err := r.idx.RemovePacks(set); err != nil {
-		return 0, fmt.Errorf("remove %d packs from the index: %w", len(ids), err)
+		return 0, fmt.Errorf("remove %d packs from the index cache: %w", len(ids), err)
 	}
 	var freed int64
-	dirs := map[string]bool{}
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return freed, err
 		}
 		name := PackName(id)
-		fi, err := r.fs.Stat(name)
+		fi, err := r.st.Stat(ctx, name)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {
 			return freed, fmt.Errorf("delete pack %s: %w", id, err)
 		}
-		if err := r.fs.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := r.st.Delete(ctx, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return freed, fmt.Errorf("delete pack %s: %w", id, err)
 		}
-		r.packs.forget(id)
-		freed += fi.Size()
-		dirs[path.Dir(name)] = true
-	}
-	for d := range dirs {
-		if err := r.fs.SyncDir(d); err != nil {
-			return freed, fmt.Errorf("fsync %s: %w", d, err)
-		}
+		freed += fi.Size
 	}
 	return freed, nil
 }
 
-// forget closes a cached pack file that was deleted.
-func (c *packCache) forget(id blob.ID) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if o, ok := c.files[id]; ok {
-		delete(c.files, id)
-		o.evicted = true
-		if o.refs == 0 {
-			o.f.Close()
+// RewriteIndex replaces the repository's index files by files (of up to
+// packsPerIndexFile packs) that name every pack they named except those in
+// drop, each pack once: prune's consolidation. The new files are stored
+// before any old one is deleted, so a crash leaves both (harmless: they
+// agree). It returns the number of index files written. The caller holds an
+// exclusive lock and a writable cache.
+func (r *Repository) RewriteIndex(ctx context.Context, drop map[blob.ID]bool) (int, error) {
+	old, err := r.IndexFiles(ctx)
+	if err != nil {
+		return 0, err
+	}
+	seen := map[blob.ID]bool{}
+	var out []index.IndexedPack
+	written := map[string]bool{}
+	flush := func() error {
+		if len(out) == 0 {
+			return nil
+		}
+		name, err := r.SaveIndexFile(ctx, out)
+		if err != nil {
+			return err
+		}
+		if err := r.idx.AddFile(name, out); err != nil {
+			return fmt.Errorf("record index file %s in the cache: %w", name, err)
+		}
+		written[name] = true
+		out = nil
+		return nil
+	}
+	for _, name := range old {
+		packs, err := r.LoadIndexFile(ctx, name)
+		if err != nil {
+			return 0, fmt.Errorf("rewrite index: %w; nothing was deleted (run `stasis repair index`)", err)
+		}
+		for _, p := range packs {
+			if drop[p.ID] || seen[p.ID] {
+				continue
+			}
+			seen[p.ID] = true
+			out = append(out, p)
+			if len(out) >= packsPerIndexFile {
+				if err := flush(); err != nil {
+					return 0, err
+				}
+			}
 		}
 	}
+	if err := flush(); err != nil {
+		return 0, err
+	}
+	var gone []string
+	for _, name := range old {
+		if written[name] {
+			continue
+		}
+		if err := r.st.Delete(ctx, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return len(written), fmt.Errorf("delete replaced index file %s: %w", name, err)
+		}
+		gone = append(gone, name)
+	}
+	if err := r.idx.RemoveFiles(gone); err != nil {
+		return len(written), fmt.Errorf("update the index cache: %w", err)
+	}
+	return len(written), nil
 }
 
 // RemoveTemp deletes the files in tmp/ (left by interrupted commands) except
 // those named in keep, and returns their names. Only call it under an
 // exclusive lock: a running backup writes its packs there.
-func (r *Repository) RemoveTemp(ctx context.Context, keep ...string) ([]string, error) {
-	ents, err := r.fs.ReadDir("tmp")
-	if err != nil {
-		return nil, fmt.Errorf("list %s/tmp: %w", r.dir, err)
+func (r *Repository) RemoveTemp(ctx context.Context) ([]string, error) {
+	tc, ok := r.st.(backend.TempCleaner)
+	if !ok {
+		return nil, nil
 	}
-	skip := map[string]bool{}
-	for _, k := range keep {
-		skip[filepath.Base(k)] = true
-	}
-	var removed []string
-	for _, e := range ents {
-		if skip[e.Name()] || e.IsDir() {
-			continue
-		}
-		name := path.Join("tmp", e.Name())
-		if err := r.fs.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return removed, fmt.Errorf("remove %s: %w", name, err)
-		}
-		removed = append(removed, name)
-	}
-	return removed, nil
+	return tc.RemoveTemp(ctx)
 }
 
 // PackOverhead is the size of a pack with count blobs minus their stored

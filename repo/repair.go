@@ -2,8 +2,7 @@ package repo
 
 // Primitives of check and repair: reading pack headers through the
 // repository (so that a sealed header is opened with the repository's key),
-// listing the packs on disk, and rebuilding index.db from the packs and
-// snapshot files alone.
+// listing the packs, and rebuilding the index files from the packs alone.
 
 import (
 	"context"
@@ -13,19 +12,17 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
-	"strings"
+	"sort"
 
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/pack"
 	"github.com/zeebo/blake3"
-	"golang.org/x/sys/unix"
 )
 
 // DamagedDir is the directory (relative to the repository) into which repair
-// moves files it takes out of use: packs that cannot be read and snapshot
+// moves objects it takes out of use: packs that cannot be read and snapshot
 // files that do not decode. Nothing reads them; inspect or delete them.
 const DamagedDir = "damaged"
 
@@ -36,20 +33,33 @@ func (r *Repository) ReadPackHeader(ctx context.Context, id blob.ID) ([]pack.Ent
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}
-	f, err := r.fs.Open(PackName(id))
+	name := PackName(id)
+	fi, err := r.st.Stat(ctx, name)
 	if err != nil {
-		return nil, 0, fmt.Errorf("open pack %s: %w", id, err)
+		return nil, 0, fmt.Errorf("pack %s: %w", id, err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
+	entries, err := pack.ReadHeader(objectReaderAt{ctx, r.st, name}, fi.Size, r.headerOpen())
 	if err != nil {
-		return nil, 0, fmt.Errorf("stat pack %s: %w", id, err)
+		return nil, fi.Size, fmt.Errorf("pack %s: %w", id, err)
 	}
-	entries, err := pack.ReadHeader(f, fi.Size(), r.headerOpen())
-	if err != nil {
-		return nil, fi.Size(), fmt.Errorf("pack %s: %w", id, err)
+	return entries, fi.Size, nil
+}
+
+// objectReaderAt reads an object with ranged Gets.
+type objectReaderAt struct {
+	ctx  context.Context
+	st   backend.Storage
+	name string
+}
+
+func (o objectReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if err := backend.ReadAt(o.ctx, o.st, o.name, p, off); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return 0, io.EOF
+		}
+		return 0, err
 	}
-	return entries, fi.Size(), nil
+	return len(p), nil
 }
 
 // DecodePackHeader parses the header of a pack held in memory (check
@@ -71,60 +81,66 @@ func (b bytesAt) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// EachPackFile calls fn for every file under packs/ whose name is a pack id
-// (in the right subdirectory), with its size. Other files are passed to bad
-// (may be nil) with their repository-relative name.
+// EachPackFile calls fn for every object under packs/ whose name is a pack
+// id (in the right subdirectory), with its size. Other objects are passed
+// to bad (may be nil) with their repository-relative name.
 func (r *Repository) EachPackFile(ctx context.Context, fn func(id blob.ID, size int64) error, bad func(name string)) error {
-	dirs, err := r.fs.ReadDir("packs")
+	var list []backend.ObjectInfo
+	err := r.st.List(ctx, "packs/", func(o backend.ObjectInfo) error { list = append(list, o); return nil })
 	if err != nil {
-		return fmt.Errorf("list packs of %s: %w", r.dir, err)
+		return fmt.Errorf("list packs of %s: %w", r.loc, err)
 	}
-	for _, d := range dirs {
-		sub := path.Join("packs", d.Name())
-		ents, err := r.fs.ReadDir(sub)
-		if err != nil {
-			return fmt.Errorf("list %s: %w", sub, err)
+	sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
+	for _, o := range list {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		for _, e := range ents {
-			if err := ctx.Err(); err != nil {
-				return err
+		id, err := blob.ParseID(path.Base(o.Name))
+		if err != nil || PackName(id) != o.Name {
+			if bad != nil {
+				bad(o.Name)
 			}
-			id, err := blob.ParseID(e.Name())
-			if err != nil || !strings.HasPrefix(e.Name(), d.Name()) {
-				if bad != nil {
-					bad(path.Join(sub, e.Name()))
-				}
-				continue
-			}
-			fi, err := e.Info()
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("stat %s: %w", PackName(id), err)
-			}
-			if err := fn(id, fi.Size()); err != nil {
-				return err
-			}
+			continue
+		}
+		if err := fn(id, o.Size); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// MoveToDamaged moves a repository file (a pack or snapshot file) into
-// damaged/, keeping its base name, so that nothing uses it any more.
-func (r *Repository) MoveToDamaged(name string) (string, error) {
-	if err := r.fs.MkdirAll(DamagedDir); err != nil {
-		return "", fmt.Errorf("create %s/%s: %w", r.dir, DamagedDir, err)
-	}
+// MoveToDamaged moves a repository object (a pack or snapshot file) into
+// damaged/, keeping its base name, so that nothing uses it any more: the
+// copy is stored before the original is deleted.
+func (r *Repository) MoveToDamaged(ctx context.Context, name string) (string, error) {
 	to := path.Join(DamagedDir, path.Base(name))
-	if err := r.fs.Rename(name, to); err != nil {
+	if err := r.copyObject(ctx, name, to); err != nil {
 		return "", fmt.Errorf("move %s to %s: %w", name, to, err)
 	}
-	if err := r.fs.SyncDir(path.Dir(name)); err != nil {
-		return "", fmt.Errorf("fsync directory of %s: %w", name, err)
+	if err := r.st.Delete(ctx, name); err != nil {
+		return "", fmt.Errorf("move %s to %s: delete the original: %w", name, to, err)
 	}
 	return to, nil
+}
+
+// copyObject copies an object through a local temp file.
+func (r *Repository) copyObject(ctx context.Context, from, to string) error {
+	rc, err := r.st.Get(ctx, from, 0, -1)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	f, err := r.createTemp()
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(f, rc)
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return fmt.Errorf("read %s: %w", from, err)
+	}
+	return r.storeFile(ctx, f, to, n)
 }
 
 // RebuildOptions tune RebuildIndex.
@@ -151,53 +167,52 @@ type RebuildReport struct {
 	Damaged                 []DamagedPack
 }
 
-// ResetIndex prepares rebuilding index.db of the repository in dir without
-// reading it (it may be missing, truncated or corrupt): it renames index.db
-// to index.db.old, so that Open creates an empty index; RebuildIndex then
-// fills it and removes index.db.old. If index.db.old exists already (an
-// interrupted rebuild), the partial index.db is removed instead. It fails
-// with index.ErrBusy while another process has index.db open. The caller
-// must hold an exclusive repository lock.
-func ResetIndex(dir string) error {
-	if _, err := os.Stat(filepath.Join(dir, "config")); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s: %w", dir, ErrNoRepository)
-	}
-	p := filepath.Join(dir, "index.db")
-	old := p + ".old"
-	if err := indexBusy(p); err != nil {
-		return err
-	}
-	if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if _, err := os.Stat(old); err == nil {
-		if err := os.Remove(p); err != nil {
-			return fmt.Errorf("remove partial %s: %w", p, err)
-		}
-		return nil
-	}
-	if err := os.Rename(p, old); err != nil {
-		return fmt.Errorf("move %s aside: %w", p, err)
-	}
-	return nil
-}
-
-// RebuildIndex adds every pack on disk to the index from its header (the
-// snapshot records were synchronised by Open), moves packs whose header
-// cannot be read to damaged/, and, with ReadData, salvages packs whose
-// bytes are damaged. Call it on a repository opened right after ResetIndex;
-// on an existing index it only adds what is missing. It removes
-// index.db.old when done. A crash leaves a partial index: run it again.
+// RebuildIndex replaces the repository's index files by new ones made from
+// the pack headers, and rebuilds the cache from them. Packs whose header
+// cannot be read, and with ReadData packs whose bytes are damaged, have
+// their intact blobs copied to new packs (found through the header, or,
+// when the header is lost, through the old index files) and are moved to
+// damaged/. The old index files are deleted only after the new ones are
+// stored, so a crash leaves a repository in which every pack is still
+// indexed (run it again). The caller holds an exclusive lock.
 func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*RebuildReport, error) {
 	logf := func(format string, args ...any) {
 		if o.Log != nil {
 			fmt.Fprintf(o.Log, format+"\n", args...)
 		}
 	}
+	if err := r.WritableIndex(ctx); err != nil {
+		return nil, fmt.Errorf("rebuild index: %w", err)
+	}
+	old, err := r.IndexFiles(ctx)
+	if err != nil {
+		return nil, err
+	}
+	oldIndex := r.indexOfPacks(ctx, old, logf)
+	if err := r.idx.Reset(); err != nil {
+		return nil, fmt.Errorf("rebuild index: reset the cache: %w", err)
+	}
 	rep := &RebuildReport{}
 	logf("reading pack headers")
 	var bad []DamagedPack
-	err := r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+	var batch []index.IndexedPack
+	written := map[string]bool{}
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		name, err := r.SaveIndexFile(ctx, batch)
+		if err != nil {
+			return err
+		}
+		if err := r.idx.AddFile(name, batch); err != nil {
+			return fmt.Errorf("record index file %s in the cache: %w", name, err)
+		}
+		written[name] = true
+		batch = nil
+		return nil
+	}
+	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
 		entries, _, err := r.ReadPackHeader(ctx, id)
 		if err != nil {
 			if errors.Is(err, pack.ErrCorrupt) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
@@ -214,75 +229,108 @@ func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*Rebui
 				return nil
 			}
 		}
-		if err := r.idx.AddPack(id, uint64(size), entries); err != nil {
-			return fmt.Errorf("index pack %s: %w", id, err)
-		}
+		batch = append(batch, index.IndexedPack{ID: id, Size: uint64(size), Entries: entries})
 		rep.Packs++
 		rep.Blobs += len(entries)
+		if len(batch) >= packsPerIndexFile {
+			return flush()
+		}
 		return nil
 	}, nil)
+	if err == nil {
+		err = flush()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("rebuild index: %w", err)
 	}
-	// Salvage intact blobs of packs that fail verification, then take the
-	// damaged files out of use.
+	// Salvage intact blobs of damaged packs, then take them out of use.
 	for i := range bad {
 		d := &bad[i]
-		if _, err := r.idx.RemovePacks(map[blob.ID]bool{d.ID: true}); err != nil {
+		saved, lost, err := r.salvage(ctx, d.ID, oldIndex[d.ID])
+		if err != nil {
 			return nil, err
 		}
-		if d.Lost != -1 {
-			n, err := r.salvage(ctx, d.ID)
-			if err != nil {
-				return nil, err
-			}
-			d.Salvaged = n
+		d.Salvaged = saved
+		if lost >= 0 {
+			d.Lost = lost
 		}
 		if err := r.Flush(ctx); err != nil {
 			return nil, fmt.Errorf("rebuild index: %w", err)
 		}
-		to, err := r.MoveToDamaged(PackName(d.ID))
+		to, err := r.MoveToDamaged(ctx, PackName(d.ID))
 		if err != nil {
 			return nil, err
 		}
 		d.MovedTo = to
-		logf("pack %s: %s: moved to %s (%d blobs salvaged)", d.ID, d.Problem, to, d.Salvaged)
+		lostMsg := "the number lost is unknown (no header and no old index entry)"
+		if d.Lost >= 0 {
+			lostMsg = fmt.Sprintf("%d lost", d.Lost)
+		}
+		logf("pack %s: %s: moved to %s (%d blobs salvaged, %s)", d.ID, d.Problem, to, d.Salvaged, lostMsg)
 	}
 	rep.Damaged = bad
-	if err := r.idx.EachSnapshot(func(blob.ID, []byte) error { rep.Snapshots++; return nil }); err != nil {
+	now, err := r.IndexFiles(ctx)
+	if err != nil {
 		return nil, err
 	}
-	old := filepath.Join(r.dir, "index.db.old")
-	if err := os.Remove(old); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("remove %s: %w", old, err)
+	isNew := map[string]bool{}
+	for _, n := range now {
+		isNew[n] = true
 	}
+	for _, n := range old {
+		isNew[n] = false
+	}
+	for n := range written {
+		isNew[n] = true
+	}
+	var gone []string
+	for _, n := range old {
+		if isNew[n] {
+			continue
+		}
+		if err := r.st.Delete(ctx, n); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("rebuild index: delete old index file %s: %w", n, err)
+		}
+		gone = append(gone, n)
+	}
+	if err := r.idx.RemoveFiles(gone); err != nil {
+		return nil, err
+	}
+	ids, _, err := r.SnapshotIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.Snapshots = len(ids)
 	return rep, nil
 }
 
-// indexBusy fails with index.ErrBusy when another process has index.db open
-// (bbolt holds a flock on it).
-func indexBusy(p string) error {
-	f, err := os.OpenFile(p, os.O_RDWR, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("open %s: %w", p, err)
-	}
-	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return fmt.Errorf("%s: %w", p, index.ErrBusy)
+// indexOfPacks reads the old index files into a map from pack to its
+// entries, for salvaging packs whose header is lost. Unreadable index
+// files are logged and skipped (the packs' own headers are the truth; this
+// is only a second source).
+func (r *Repository) indexOfPacks(ctx context.Context, names []string, logf func(string, ...any)) map[blob.ID][]pack.Entry {
+	m := map[blob.ID][]pack.Entry{}
+	for _, n := range names {
+		packs, err := r.LoadIndexFile(ctx, n)
+		if err != nil {
+			logf("old %v: not used for salvage", err)
+			continue
 		}
-		return fmt.Errorf("lock %s: %w", p, err)
+		for _, p := range packs {
+			m[p.ID] = p.Entries
+		}
 	}
-	return unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return m
 }
+
+// maxPackFile bounds what is read of one pack (the largest pack_size is
+// 1 GiB; a pack exceeds it only by its header).
+const maxPackFile = 1<<30 + pack.MaxHeaderSize + 1<<20
 
 // verifyPack reads a whole pack and checks its hash and every blob. ok is
 // false when anything is wrong; d then counts the blobs that fail.
 func (r *Repository) verifyPack(ctx context.Context, id blob.ID, entries []pack.Entry) (d DamagedPack, ok bool, err error) {
-	data, err := backend.ReadFile(r.fs, PackName(id))
+	data, err := backend.ReadAll(ctx, r.st, PackName(id), maxPackFile)
 	if err != nil {
 		return d, false, fmt.Errorf("read pack %s: %w", id, err)
 	}
@@ -299,34 +347,44 @@ func (r *Repository) verifyPack(ctx context.Context, id blob.ID, entries []pack.
 }
 
 // salvage copies the intact blobs of a damaged pack (not indexed) into new
-// packs and returns how many it copied.
-func (r *Repository) salvage(ctx context.Context, id blob.ID) (int, error) {
-	entries, _, err := r.ReadPackHeader(ctx, id)
-	if err != nil {
-		return 0, nil
+// packs. It finds them through the pack's header or, when that is lost,
+// through known (the entries an old index file recorded for the pack); a
+// blob is intact when its bytes are there and decode to its id. It returns
+// how many blobs it saved and how many it could not (-1: unknown, neither
+// a header nor an old index entry).
+func (r *Repository) salvage(ctx context.Context, id blob.ID, known []pack.Entry) (saved, lost int, err error) {
+	entries, _, herr := r.ReadPackHeader(ctx, id)
+	if herr != nil {
+		entries = known
 	}
-	n := 0
+	if entries == nil {
+		return 0, -1, nil
+	}
 	var buf []byte
 	for _, e := range entries {
-		loc := index.Location{Pack: id, Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength}
 		if has, err := r.HasBlob(e.ID); err != nil {
-			return n, err
+			return saved, lost, err
 		} else if has {
 			continue
 		}
+		loc := index.Location{Pack: id, Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength}
 		buf, err = r.ReadBlobAt(ctx, e.ID, loc, buf)
 		if err != nil {
+			if ctx.Err() != nil {
+				return saved, lost, ctx.Err()
+			}
+			lost++
 			continue
 		}
 		r.mu.Lock()
 		r.pending[e.ID] = struct{}{}
 		r.mu.Unlock()
 		if _, err := r.storeBlob(ctx, e.Type, e.ID, buf); err != nil {
-			return n, fmt.Errorf("salvage blob %s of pack %s: %w", e.ID.Short(), id.Short(), err)
+			return saved, lost, fmt.Errorf("salvage blob %s of pack %s: %w", e.ID.Short(), id.Short(), err)
 		}
-		n++
+		saved++
 	}
-	return n, nil
+	return saved, lost, nil
 }
 
 // CheckIndexEntries compares the index with the header of pack id and

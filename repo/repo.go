@@ -1,5 +1,6 @@
-// Package repo is the stasis repository: a directory of immutable,
-// content-addressed files plus a derived bbolt index.
+// Package repo is the stasis repository: immutable, content-addressed
+// objects in a storage backend (package backend: a local directory or an
+// S3-compatible object store), plus a client-side cache.
 //
 //	config              JSON, written once by init (format version, id, chunker
 //	                    polynomial, BLAKE3 id key, chunk profiles, compression;
@@ -7,22 +8,30 @@
 //	keys/<id>           key files: the master key sealed under a password
 //	                    (encrypted repositories only; see keys.go)
 //	packs/xx/<id>       pack files (package pack), named by the BLAKE3 of their bytes
+//	index/<id>          index files: which blobs each pack holds (indexfile.go)
 //	snapshots/<id>      snapshot files (JSON), named by the BLAKE3 of their bytes
-//	index.db            bbolt index (package index), rebuildable from the above
-//	tmp/                files being written; leftovers after a crash are garbage
-//	locks/              lock files
+//	dicts/<id>          compression dictionaries
+//	tape/<set>/<vol>    tape catalogs
+//	locks/<id>.<seq>    lock objects (package lock)
 //
-// Write ordering: a pack is written to tmp/, fsynced, renamed into packs/,
-// its directory fsynced, and only then indexed. Trees are blobs in packs too.
-// A snapshot file is written (same atomic way) only after every pack it needs
-// is in place, and indexed last. A crash at any point therefore leaves every
-// earlier snapshot restorable.
+// The bbolt index (package index) and copies of snapshot files live in a
+// cache directory of the client (cache.go), rebuilt from the index files
+// whenever it is missing or out of date.
+//
+// Write ordering: a pack is stored (local: temp file, fsync, rename, fsync
+// of the directory; S3: one PUT of its final name), then an index file
+// naming it, and only then a snapshot that needs it. A crash at any point
+// therefore leaves every earlier snapshot restorable; what it leaves behind
+// is packs no index file names, which prune removes.
 //
 // Repositories are encrypted unless created with InitOptions.InsecureNoPassword:
-// blobs, pack headers and snapshot files are sealed with XChaCha20-Poly1305
-// under the master key (package crypto), which only key files hold.
+// blobs, pack headers, index files and snapshot files are sealed with
+// XChaCha20-Poly1305 under the master key (package crypto), which only key
+// files hold.
 //
-// A Repository is safe for concurrent use by multiple goroutines.
+// A Repository is safe for concurrent use by multiple goroutines; any
+// number of processes on any number of hosts may use one repository at once
+// under the rules of package lock.
 package repo
 
 import (
@@ -31,7 +40,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -50,11 +58,18 @@ import (
 
 // Repository is an open repository.
 type Repository struct {
-	fs    backend.FS
-	dir   string
-	cfg   Config
-	idKey []byte
-	idx   *index.Index
+	st       backend.Storage
+	loc      string // st.Location(), for messages
+	cacheDir string
+	cfg      Config
+	idKey    []byte
+	idx      *index.Index
+
+	privateIdx string        // a cache file of this process alone, removed by Close
+	cacheWait  time.Duration // OpenOptions.CacheWait
+
+	unsavedMu sync.Mutex
+	unsaved   unsavedIndex
 
 	mk    *crypto.MasterKey // nil: unencrypted
 	keyID string            // key file that opened the repository
@@ -72,24 +87,32 @@ type Repository struct {
 	pending map[blob.ID]struct{} // blobs in packs not yet indexed
 	packers map[blob.Type]*packer
 
-	packs *packCache
+	packs *packReader
 }
 
 // OpenOptions tune Open.
 type OpenOptions struct {
-	// IndexTimeout is how long to wait for another process that has index.db open.
-	IndexTimeout time.Duration
-	// FS replaces the local file system (fault injection in tests).
-	FS backend.FS
+	// CacheDir is the client's cache directory, which holds one
+	// subdirectory per repository (named by its id); empty means
+	// $XDG_CACHE_HOME/stasis (see DefaultCacheDir).
+	CacheDir string
+	// Exclusive says that the caller holds an exclusive repository lock:
+	// the index cache is then kept open for writing (prune and repair
+	// update it in place).
+	Exclusive bool
+	// CacheWait bounds the wait for another command on this host that is
+	// merging index files into the shared cache; 0 means DefaultMergeWait.
+	CacheWait time.Duration
 	// Password is called, once, when the repository is encrypted; nil
 	// means no password is available (Open then fails with an error
 	// matching crypto.ErrNoPassword).
 	Password func(ctx context.Context) ([]byte, error)
 }
 
-// Init creates a repository in dir, which must not exist or be empty. It is
+// Init creates a repository in st, which must hold no objects. It is
 // encrypted with a first key file for o.Password, unless o.InsecureNoPassword.
-func Init(ctx context.Context, dir string, o InitOptions) (*Repository, error) {
+func Init(ctx context.Context, st backend.Storage, o InitOptions, oo OpenOptions) (*Repository, error) {
+	dir := st.Location()
 	if !o.InsecureNoPassword && len(o.Password) == 0 {
 		return nil, fmt.Errorf("init %s: %w (or create an unencrypted repository on purpose with --insecure-no-password)", dir, crypto.ErrNoPassword)
 	}
@@ -107,31 +130,25 @@ func Init(ctx context.Context, dir string, o InitOptions) (*Repository, error) {
 			return nil, fmt.Errorf("init %s: %w", dir, err)
 		}
 	}
-	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
-		if _, err := os.Stat(filepath.Join(dir, "config")); err == nil {
-			return nil, fmt.Errorf("init %s: %w", dir, ErrExists)
-		}
-		return nil, fmt.Errorf("init %s: directory is not empty; choose an empty or new directory", dir)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if _, err := st.Stat(ctx, "config"); err == nil {
+		return nil, fmt.Errorf("init %s: %w", dir, ErrExists)
+	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("init %s: %w", dir, err)
 	}
-	b := backend.OS{Dir: dir}
-	for _, d := range []string{"snapshots", "tmp", "locks"} {
-		if err := b.MkdirAll(d); err != nil {
-			return nil, fmt.Errorf("init %s: %w", dir, err)
-		}
+	errNotEmpty := errors.New("not empty")
+	err = st.List(ctx, "", func(backend.ObjectInfo) error { return errNotEmpty })
+	if errors.Is(err, errNotEmpty) {
+		return nil, fmt.Errorf("init %s: it is not empty; choose an empty or new directory, bucket or prefix", dir)
 	}
-	for i := 0; i < 256; i++ {
-		if err := b.MkdirAll(fmt.Sprintf("packs/%02x", i)); err != nil {
-			return nil, fmt.Errorf("init %s: %w", dir, err)
-		}
+	if err != nil {
+		return nil, fmt.Errorf("init %s: %w", dir, err)
 	}
+	b := st
 	var keyID string
 	if mk != nil {
 		// The key file goes first: a config without a key would be a
 		// repository nobody can open.
-		if keyID, err = writeKeyFile(b, mk, o.Password, kdfOrDefault(o.KDF)); err != nil {
+		if keyID, err = writeKeyFile(ctx, b, mk, o.Password, kdfOrDefault(o.KDF)); err != nil {
 			return nil, fmt.Errorf("init %s: %w", dir, err)
 		}
 	}
@@ -139,20 +156,18 @@ func Init(ctx context.Context, dir string, o InitOptions) (*Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := backend.WriteFile(b, "config", func(w io.Writer) error { _, err := w.Write(append(data, '\n')); return err }); err != nil {
+	if err := backend.PutBytes(ctx, b, "config", append(data, '\n')); err != nil {
 		return nil, fmt.Errorf("init %s: %w", dir, err)
 	}
-	return open(ctx, dir, b, cfg, mk, keyID, OpenOptions{})
+	return open(ctx, b, cfg, mk, keyID, oo)
 }
 
-// Open opens the repository in dir. It fails with ErrNoRepository when there
-// is none and with index.ErrBusy when another process holds the index.
-func Open(ctx context.Context, dir string, o OpenOptions) (*Repository, error) {
-	b := o.FS
-	if b == nil {
-		b = backend.OS{Dir: dir}
-	}
-	data, err := backend.ReadFile(b, "config")
+// Open opens the repository in st. It fails with ErrNoRepository when there
+// is none.
+func Open(ctx context.Context, st backend.Storage, o OpenOptions) (*Repository, error) {
+	b := st
+	dir := st.Location()
+	data, err := backend.ReadAll(ctx, b, "config", maxConfigSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s: %w (create one with `stasis init --repo %s`)", dir, ErrNoRepository, dir)
 	}
@@ -182,7 +197,7 @@ func Open(ctx context.Context, dir string, o OpenOptions) (*Repository, error) {
 			return nil, fmt.Errorf("%s: %w", dir, err)
 		}
 	}
-	return open(ctx, dir, b, cfg, mk, keyID, o)
+	return open(ctx, b, cfg, mk, keyID, o)
 }
 
 // decodeIDKey decodes the hex id key of a config.
@@ -196,7 +211,8 @@ func decodeIDKey(s string) ([]byte, error) {
 
 // open finishes Init and Open: cfg is complete (secrets opened), mk is nil
 // for an unencrypted repository.
-func open(ctx context.Context, dir string, b backend.FS, cfg Config, mk *crypto.MasterKey, keyID string, o OpenOptions) (*Repository, error) {
+func open(ctx context.Context, b backend.Storage, cfg Config, mk *crypto.MasterKey, keyID string, o OpenOptions) (*Repository, error) {
+	dir := b.Location()
 	var key []byte
 	if mk != nil {
 		k := mk.IDKey()
@@ -211,34 +227,42 @@ func open(ctx context.Context, dir string, b backend.FS, cfg Config, mk *crypto.
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	idxOpts := index.Options{Timeout: o.IndexTimeout}
-	if idxOpts.Timeout == 0 {
-		idxOpts.Timeout = time.Second
+	cacheDir := filepath.Join(o.CacheDir, cfg.ID)
+	if o.CacheDir == "" {
+		var err error
+		if cacheDir, err = DefaultCacheDir(cfg.ID); err != nil {
+			return nil, err
+		}
 	}
-	idx, err := index.Open(filepath.Join(dir, "index.db"), []byte(cfg.ID), idxOpts)
-	if err != nil {
-		return nil, err
-	}
-	r := &Repository{fs: b, dir: dir, cfg: cfg, idKey: key, idx: idx, mk: mk, keyID: keyID,
+	r := &Repository{st: b, loc: dir, cacheDir: cacheDir, cacheWait: o.CacheWait, cfg: cfg, idKey: key, mk: mk, keyID: keyID,
 		pending: map[blob.ID]struct{}{}, packers: map[blob.Type]*packer{}}
-	r.hashers.New = func() any { h, _ := blake3.NewKeyed(key); return h }
-	c, problems, err := r.loadCompressor()
+	idx, err := r.openIndex(ctx, o.Exclusive, o.CacheWait)
 	if err != nil {
-		idx.Close()
+		return nil, fmt.Errorf("%s: %w", dir, err)
+	}
+	r.idx = idx
+	r.hashers.New = func() any { h, _ := blake3.NewKeyed(key); return h }
+	c, problems, err := r.loadCompressor(ctx)
+	if err != nil {
+		r.closeIndex()
 		return nil, err
 	}
 	r.comp.Store(c)
 	r.dictProblems = problems
 	r.sampler.done = c.dictID != 0 || cfg.Compression != "zstd"
-	r.packs = newPackCache(b, 64)
+	r.packs = newPackReader(b)
 	for _, t := range []blob.Type{blob.Data, blob.Tree} {
 		r.packers[t] = newPacker(r, t)
 	}
-	if err := r.syncSnapshots(); err != nil {
-		r.Close()
-		return nil, err
-	}
 	return r, nil
+}
+
+func (r *Repository) closeIndex() error {
+	err := r.idx.Close()
+	if r.privateIdx != "" {
+		os.Remove(r.privateIdx)
+	}
+	return err
 }
 
 // Close flushes nothing: call Flush first to keep blobs saved since the last
@@ -247,22 +271,22 @@ func (r *Repository) Close() error {
 	for _, p := range r.packers {
 		p.abort()
 	}
-	r.packs.close()
 	r.comp.Load().dec.Close()
-	return r.idx.Close()
+	return r.closeIndex()
 }
 
-// Dir returns the repository directory.
-func (r *Repository) Dir() string { return r.dir }
+// Location returns the repository's location (a directory or an s3: URL),
+// for messages.
+func (r *Repository) Location() string { return r.loc }
+
+// CacheDir returns the client's cache directory of this repository.
+func (r *Repository) CacheDir() string { return r.cacheDir }
 
 // Config returns the repository configuration.
 func (r *Repository) Config() Config { return r.cfg }
 
 // Index gives access to the bbolt index (for check, stats and repair).
 func (r *Repository) Index() *index.Index { return r.idx }
-
-// FS returns the file access of the repository.
-func (r *Repository) FS() backend.FS { return r.fs }
 
 // Hash returns the blob id of data: keyed BLAKE3-256 with the repository key.
 func (r *Repository) Hash(data []byte) blob.ID {
@@ -334,7 +358,7 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 	if r.cfg.Compression == "zstd" {
 		c := r.comp.Load()
 		if c.dictID == 0 && t == blob.Data {
-			if err := r.sampleForDict(data); err != nil {
+			if err := r.sampleForDict(ctx, data); err != nil {
 				return SaveResult{}, err
 			}
 			c = r.comp.Load()
@@ -362,15 +386,15 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 	return SaveResult{Added: true, Stored: len(stored)}, nil
 }
 
-// Flush finishes the packs being written, so that every blob saved so far
-// is durable and indexed.
+// Flush finishes the packs being written and writes an index file naming
+// them, so that every blob saved so far is durable and indexed.
 func (r *Repository) Flush(ctx context.Context) error {
 	for _, t := range []blob.Type{blob.Data, blob.Tree} {
 		if err := r.packers[t].flush(ctx); err != nil {
 			return err
 		}
 	}
-	return nil
+	return r.writeIndex(ctx, true)
 }
 
 // LoadBlob reads, decodes and verifies blob id, appending to buf[:0].
@@ -392,7 +416,7 @@ func (r *Repository) LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]by
 // ReadBlobAt reads blob id from the given location and verifies it.
 func (r *Repository) ReadBlobAt(ctx context.Context, id blob.ID, loc index.Location, buf []byte) ([]byte, error) {
 	raw := make([]byte, loc.Length)
-	if err := r.packs.readAt(loc.Pack, raw, int64(loc.Offset)); err != nil {
+	if err := r.packs.readAt(ctx, loc.Pack, raw, int64(loc.Offset)); err != nil {
 		return nil, fmt.Errorf("read blob %s from pack %s: %w", id, loc.Pack, err)
 	}
 	return r.DecodeBlob(id, loc.Type, loc.Storage, int(loc.RawLength), raw, buf)
@@ -455,75 +479,13 @@ func PackName(id blob.ID) string {
 	return path.Join("packs", s[:2], s)
 }
 
-// packCache keeps a bounded number of pack files open for reading. Reads
-// run concurrently (ReadAt); a file is closed only when no read uses it.
-type packCache struct {
-	fs    backend.FS
-	max   int
-	mu    sync.Mutex
-	files map[blob.ID]*openPack
+// packReader reads byte ranges of packs from the storage.
+type packReader struct {
+	st backend.Storage
 }
 
-type openPack struct {
-	f       backend.File
-	refs    int
-	evicted bool
-}
+func newPackReader(st backend.Storage) *packReader { return &packReader{st: st} }
 
-func newPackCache(fs backend.FS, max int) *packCache {
-	return &packCache{fs: fs, max: max, files: map[blob.ID]*openPack{}}
-}
-
-func (c *packCache) readAt(id blob.ID, p []byte, off int64) error {
-	c.mu.Lock()
-	e, ok := c.files[id]
-	if !ok {
-		f, err := c.fs.Open(PackName(id))
-		if err != nil {
-			c.mu.Unlock()
-			return err
-		}
-		if len(c.files) >= c.max {
-			for k, o := range c.files {
-				delete(c.files, k)
-				o.evicted = true
-				if o.refs == 0 {
-					o.f.Close()
-				}
-				break
-			}
-		}
-		e = &openPack{f: f}
-		c.files[id] = e
-	}
-	e.refs++
-	c.mu.Unlock()
-
-	n, err := e.f.ReadAt(p, off)
-
-	c.mu.Lock()
-	e.refs--
-	if e.evicted && e.refs == 0 {
-		e.f.Close()
-	}
-	c.mu.Unlock()
-	if n == len(p) {
-		return nil
-	}
-	if err == io.EOF || err == nil {
-		return fmt.Errorf("pack is truncated: %w", io.ErrUnexpectedEOF)
-	}
-	return err
-}
-
-func (c *packCache) close() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for k, o := range c.files {
-		o.evicted = true
-		if o.refs == 0 {
-			o.f.Close()
-		}
-		delete(c.files, k)
-	}
+func (c *packReader) readAt(ctx context.Context, id blob.ID, p []byte, off int64) error {
+	return backend.ReadAt(ctx, c.st, PackName(id), p, off)
 }

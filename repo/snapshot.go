@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"path"
 	"sort"
@@ -142,91 +141,112 @@ func (r *Repository) SaveSnapshot(ctx context.Context, sn *Snapshot) (blob.ID, e
 		data = r.mk.Seal(nil, data, adSnapshot)
 	}
 	id := blob.ID(blake3.Sum256(data))
-	if err := backend.WriteFile(r.fs, SnapshotName(id), func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
+	if err := r.writeIndex(ctx, true); err != nil {
 		return blob.ID{}, fmt.Errorf("save snapshot: %w", err)
 	}
-	if err := r.idx.PutSnapshot(id, data); err != nil {
-		return blob.ID{}, fmt.Errorf("index snapshot %s: %w", id.Short(), err)
+	if err := backend.PutBytes(ctx, r.st, SnapshotName(id), data); err != nil {
+		return blob.ID{}, fmt.Errorf("save snapshot: %w", err)
 	}
+	r.cacheSnapshot(id, data)
 	sn.ID = id
 	return id, nil
 }
 
-// syncSnapshots makes the index's snapshot records match snapshots/: a
-// crash between writing a snapshot file and indexing it, or a deleted file,
-// is repaired here.
-func (r *Repository) syncSnapshots() error {
-	ents, err := r.fs.ReadDir("snapshots")
-	if err != nil {
-		return fmt.Errorf("list snapshots of %s: %w", r.dir, err)
+// PutSnapshotFile stores the bytes of a snapshot file as they are (repair
+// and tape import use it); they must hash to id.
+func (r *Repository) PutSnapshotFile(ctx context.Context, id blob.ID, data []byte) error {
+	if blob.ID(blake3.Sum256(data)) != id {
+		return fmt.Errorf("snapshot %s: %w: content does not match its name", id.Short(), ErrCorruptSnapshot)
 	}
-	onDisk := map[blob.ID]bool{}
-	for _, e := range ents {
-		id, err := blob.ParseID(e.Name())
-		if err != nil {
-			continue // not ours; check reports it
-		}
-		onDisk[id] = true
+	if err := backend.PutBytes(ctx, r.st, SnapshotName(id), data); err != nil {
+		return fmt.Errorf("write snapshot %s: %w", id.Short(), err)
 	}
-	var stale []blob.ID
-	err = r.idx.EachSnapshot(func(id blob.ID, _ []byte) error {
-		if !onDisk[id] {
-			stale = append(stale, id)
-		}
-		delete(onDisk, id)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, id := range stale {
-		if err := r.idx.DeleteSnapshot(id); err != nil {
-			return err
-		}
-	}
-	for id := range onDisk {
-		data, err := backend.ReadFile(r.fs, SnapshotName(id))
-		if err != nil {
-			return fmt.Errorf("read snapshot %s: %w", id, err)
-		}
-		if err := r.idx.PutSnapshot(id, data); err != nil {
-			return err
-		}
-	}
+	r.cacheSnapshot(id, data)
 	return nil
 }
 
-// LoadSnapshot reads a snapshot file.
-func (r *Repository) LoadSnapshot(ctx context.Context, id blob.ID) (*Snapshot, error) {
-	data, err := backend.ReadFile(r.fs, SnapshotName(id))
+// SnapshotIDs lists the snapshot files of the repository. Names under
+// snapshots/ that are not snapshot ids are returned in other (check
+// reports them).
+func (r *Repository) SnapshotIDs(ctx context.Context) (ids []blob.ID, other []string, err error) {
+	names, err := backend.ListNames(ctx, r.st, "snapshots/")
+	if err != nil {
+		return nil, nil, fmt.Errorf("list snapshots of %s: %w", r.loc, err)
+	}
+	for _, n := range names {
+		id, err := blob.ParseID(strings.TrimPrefix(n, "snapshots/"))
+		if err != nil || SnapshotName(id) != n {
+			other = append(other, n)
+			continue
+		}
+		ids = append(ids, id)
+	}
+	return ids, other, nil
+}
+
+// ReadSnapshotFile returns the bytes of snapshot file id, from the cache
+// when it holds them (the name is their hash, so a cached copy is checked
+// by the decoder like a fresh one).
+func (r *Repository) ReadSnapshotFile(ctx context.Context, id blob.ID) ([]byte, error) {
+	if data := r.cachedSnapshot(id); data != nil && blob.ID(blake3.Sum256(data)) == id {
+		return data, nil
+	}
+	data, err := backend.ReadAll(ctx, r.st, SnapshotName(id), maxSnapshotFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("snapshot %s: %w", id.Short(), ErrSnapshotNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read snapshot %s: %w", id.Short(), err)
 	}
+	if blob.ID(blake3.Sum256(data)) == id {
+		r.cacheSnapshot(id, data)
+	}
+	return data, nil
+}
+
+// maxSnapshotFile bounds what is read of a snapshot file.
+const maxSnapshotFile = maxSnapshotSize + 1<<10
+
+// LoadSnapshot reads a snapshot file.
+func (r *Repository) LoadSnapshot(ctx context.Context, id blob.ID) (*Snapshot, error) {
+	data, err := r.ReadSnapshotFile(ctx, id)
+	if err != nil {
+		return nil, err
+	}
 	return r.DecodeSnapshotFile(id, data)
 }
 
-// Snapshots returns every snapshot, oldest first, read from the index.
-// Records that fail to decode are returned as errors in bad (never skipped).
+// Snapshots returns every snapshot, oldest first. Files that cannot be read
+// or decoded are returned as errors in bad (never skipped).
 func (r *Repository) Snapshots(ctx context.Context) (list []*Snapshot, bad []error, err error) {
-	err = r.idx.EachSnapshot(func(id blob.ID, data []byte) error {
-		sn, err := r.DecodeSnapshotFile(id, data)
+	ids, _, err := r.SnapshotIDs(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	current := make(map[blob.ID]bool, len(ids))
+	for _, id := range ids {
+		current[id] = true
+		sn, err := r.LoadSnapshot(ctx, id)
+		if errors.Is(err, ErrSnapshotNotFound) {
+			continue // removed since it was listed (forget)
+		}
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil, ctx.Err()
+			}
 			bad = append(bad, err)
-			return nil
+			continue
 		}
 		list = append(list, sn)
-		return nil
-	})
+	}
+	r.uncacheSnapshots(current)
 	sort.SliceStable(list, func(i, j int) bool {
 		if !list[i].Time.Equal(list[j].Time) {
 			return list[i].Time.Before(list[j].Time)
 		}
 		return list[i].ID.String() < list[j].ID.String()
 	})
-	return list, bad, err
+	return list, bad, nil
 }
 
 // FindSnapshot resolves "latest", a full id, or a unique id prefix.

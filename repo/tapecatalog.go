@@ -2,13 +2,10 @@ package repo
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -52,10 +49,7 @@ func (r *Repository) SaveTapeCatalog(ctx context.Context, setID string, volume i
 	if err != nil {
 		return err
 	}
-	if err := r.fs.MkdirAll(path.Dir(name)); err != nil {
-		return fmt.Errorf("record tape catalog: create %s: %w", path.Dir(name), err)
-	}
-	if err := backend.WriteFile(r.fs, name, func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
+	if err := backend.PutBytes(ctx, r.st, name, data); err != nil {
 		return fmt.Errorf("record tape catalog %s: %w", name, err)
 	}
 	return nil
@@ -64,38 +58,28 @@ func (r *Repository) SaveTapeCatalog(ctx context.Context, setID string, volume i
 // TapeCatalogs returns every recorded tape catalog, ordered by set id and
 // volume. Files under tape/ with other names are an error naming them.
 func (r *Repository) TapeCatalogs(ctx context.Context) ([]TapeCatalog, error) {
-	sets, err := r.fs.ReadDir(TapeDir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	names, err := backend.ListNames(ctx, r.st, TapeDir+"/")
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", TapeDir, err)
 	}
 	var out []TapeCatalog
-	for _, s := range sets {
+	for _, name := range names {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		dir := path.Join(TapeDir, s.Name())
-		if !s.IsDir() || !setIDPattern.MatchString(s.Name()) {
-			return nil, fmt.Errorf("%s is not a tape set directory; move it out of the repository", dir)
+		parts := strings.Split(name, "/")
+		if len(parts) != 3 || !setIDPattern.MatchString(parts[1]) {
+			return nil, fmt.Errorf("%s is not a tape catalog; move it out of the repository", name)
 		}
-		files, err := r.fs.ReadDir(dir)
+		vol, err := strconv.Atoi(strings.TrimSuffix(parts[2], ".json"))
+		if want, _ := tapeCatalogName(parts[1], vol); err != nil || want != name {
+			return nil, fmt.Errorf("%s is not a tape catalog file; move it out of the repository", name)
+		}
+		data, err := backend.ReadAll(ctx, r.st, name, maxTapeCatalog)
 		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", dir, err)
+			return nil, fmt.Errorf("read tape catalog %s: %w", name, err)
 		}
-		for _, f := range files {
-			name := path.Join(dir, f.Name())
-			vol, err := strconv.Atoi(strings.TrimSuffix(f.Name(), ".json"))
-			if want, _ := tapeCatalogName(s.Name(), vol); err != nil || want != name {
-				return nil, fmt.Errorf("%s is not a tape catalog file; move it out of the repository", name)
-			}
-			data, err := backend.ReadFile(r.fs, name)
-			if err != nil {
-				return nil, fmt.Errorf("read tape catalog %s: %w", name, err)
-			}
-			out = append(out, TapeCatalog{SetID: s.Name(), Volume: vol, Data: data})
-		}
+		out = append(out, TapeCatalog{SetID: parts[1], Volume: vol, Data: data})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].SetID != out[j].SetID {
@@ -106,10 +90,13 @@ func (r *Repository) TapeCatalogs(ctx context.Context) ([]TapeCatalog, error) {
 	return out, nil
 }
 
+// maxTapeCatalog bounds what is read of one tape catalog.
+const maxTapeCatalog = 256 << 20
+
 // ValidFileName reports whether name (slash-separated, relative) is a file
 // that belongs in a repository directory and is copied to tape: config,
-// keys/<id>, dicts/<id>, packs/xx/<id>, snapshots/<id> or a tape catalog. Derived and
-// scratch files (index.db, tmp/, locks/, damaged/) are not.
+// keys/<id>, dicts/<id>, packs/xx/<id>, index/<id>, snapshots/<id> or a
+// tape catalog. Scratch files (tmp/, locks/, damaged/) are not.
 func ValidFileName(name string) bool {
 	parts := strings.Split(name, "/")
 	hexID := func(s string) bool { _, err := blob.ParseID(s); return err == nil && len(s) == 2*blob.IDSize }
@@ -118,7 +105,7 @@ func ValidFileName(name string) bool {
 		return true
 	case len(parts) == 2 && parts[0] == keysDir:
 		return parts[1] != "" && setIDPattern.MatchString(parts[1])
-	case len(parts) == 2 && (parts[0] == "snapshots" || parts[0] == dictDir):
+	case len(parts) == 2 && (parts[0] == "snapshots" || parts[0] == dictDir || parts[0] == IndexDir):
 		return hexID(parts[1])
 	case len(parts) == 3 && parts[0] == "packs":
 		return hexID(parts[2]) && parts[1] == parts[2][:2]
@@ -130,44 +117,39 @@ func ValidFileName(name string) bool {
 	return false
 }
 
-// ImportFile writes repository file name (see ValidFileName) into the
-// repository directory dir, atomically, filled by write; the repository
-// need not be open (or complete) yet. `stasis tape import` builds a
-// repository this way and then rebuilds its index (ResetIndex, Open,
-// RebuildIndex). The directories of a repository are created as needed.
-func ImportFile(ctx context.Context, dir, name string, write func(w io.Writer) error) error {
+// ImportFile stores repository object name (see ValidFileName) in st,
+// filled by write (through a local temp file); the repository need not be
+// open (or complete) yet. `stasis tape import` builds a repository this way,
+// then opens it and rebuilds its index (RebuildIndex).
+func ImportFile(ctx context.Context, st backend.Storage, name string, write func(w io.Writer) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if !ValidFileName(name) {
 		return fmt.Errorf("import %s: not a repository file name", name)
 	}
-	b := backend.OS{Dir: dir}
-	if err := CreateLayout(dir); err != nil {
-		return err
+	var f *os.File
+	var err error
+	if fa, ok := st.(backend.FileAdopter); ok {
+		f, err = fa.CreateTemp()
+	} else {
+		f, err = os.CreateTemp("", "stasis-import-*")
 	}
-	if err := b.MkdirAll(path.Dir(name)); err != nil {
+	if err != nil {
 		return fmt.Errorf("import %s: %w", name, err)
 	}
-	return backend.WriteFile(b, name, write)
-}
-
-// CreateLayout creates the directories of a repository in dir (which may
-// already hold some): snapshots/, tmp/, locks/ and packs/00 … packs/ff.
-// It writes no config.
-func CreateLayout(dir string) error {
-	if _, err := os.Stat(filepath.Join(dir, "packs", "ff")); err == nil {
-		return nil
+	if err := write(f); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return fmt.Errorf("import %s: %w", name, err)
 	}
-	b := backend.OS{Dir: dir}
-	dirs := []string{"snapshots", "tmp", "locks"}
-	for i := 0; i < 256; i++ {
-		dirs = append(dirs, fmt.Sprintf("packs/%02x", i))
+	if fa, ok := st.(backend.FileAdopter); ok {
+		return fa.Adopt(ctx, f, name)
 	}
-	for _, d := range dirs {
-		if err := b.MkdirAll(d); err != nil {
-			return fmt.Errorf("create repository directory %s in %s: %w", d, dir, err)
-		}
+	defer func() { f.Close(); os.Remove(f.Name()) }()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("import %s: %w", name, err)
 	}
-	return nil
+	return st.Put(ctx, name, f, fi.Size())
 }

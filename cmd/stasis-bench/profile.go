@@ -21,7 +21,11 @@ func runtimeVersion() string { return runtime.Version() }
 // openRepo opens a repository made by the stasis binary, with the bench's
 // password when it is encrypted.
 func openRepo(ctx context.Context, dir string) (*repo.Repository, error) {
-	return repo.Open(ctx, dir, repo.OpenOptions{Password: func(context.Context) ([]byte, error) { return []byte("stasis-bench"), nil }})
+	st, err := repo.OpenStorage(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	return repo.Open(ctx, st, repo.OpenOptions{Password: func(context.Context) ([]byte, error) { return []byte("stasis-bench"), nil }})
 }
 
 // runProfile takes a full (initial) backup of the workload in process, under

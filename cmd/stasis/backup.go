@@ -60,8 +60,14 @@ repository wins over $STASIS_REPO.`,
 				return err
 			}
 			if create {
-				if _, err := os.Stat(dir + "/config"); errors.Is(err, os.ErrNotExist) {
-					r, err := a.initRepo(ctx, dir, dbGlobs)
+				st, err := a.storage(ctx)
+				if err != nil {
+					return err
+				}
+				if ok, err := repo.ObjectExists(ctx, st, "config"); err != nil {
+					return err
+				} else if !ok {
+					r, err := a.initRepo(ctx, dbGlobs)
 					if err != nil {
 						return err
 					}

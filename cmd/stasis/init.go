@@ -24,7 +24,7 @@ only: anyone who can read its files (or tapes) can read the backups.`,
 			if err != nil {
 				return err
 			}
-			r, err := a.initRepo(c.Context(), dir, dbGlobs)
+			r, err := a.initRepo(c.Context(), dbGlobs)
 			if err != nil {
 				return err
 			}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stasisbackup/stasis/engine/enginetest"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/crypto"
@@ -279,7 +280,7 @@ func TestTamperedCiphertextNamedByCheckAndRestore(t *testing.T) {
 	cliOK(t, "backup", "--init", "--repo", dir, src)
 
 	// Find the victim's chunk: the only data blob of its size.
-	r, err := repo.Open(context.Background(), dir, repo.OpenOptions{Password: func(context.Context) ([]byte, error) { return []byte("tamper password"), nil }})
+	r, err := repo.Open(context.Background(), enginetest.Local(dir), repo.OpenOptions{Password: func(context.Context) ([]byte, error) { return []byte("tamper password"), nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

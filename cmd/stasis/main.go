@@ -13,9 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
@@ -54,8 +52,12 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
-	repoDir        string
+	repoDir        string // --repo: a directory or an s3: URL
+	cacheDir       string // --cache-dir
 	json           bool
+
+	st     repo.Storage            // opened by storage()
+	cancel context.CancelCauseFunc // stops the command (a lost lock)
 
 	locking lockState // the repository lock (lock.go)
 
@@ -66,13 +68,18 @@ type app struct {
 // run executes the command line args and returns the exit code. Tests call
 // it in-process.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, cancel: cancel}
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if cause := context.Cause(ctx); err != nil && cause != nil && cause != ctx.Err() {
+		err = cause // say why the command was stopped (a lost lock), not "context canceled"
+	}
 	a.releaseLock()
 	if err == nil {
 		return exitOK
@@ -133,7 +140,8 @@ a terminal, in this order. A wrong or missing password exits with code 12.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVarP(&a.repoDir, "repo", "r", os.Getenv("STASIS_REPO"), "repository directory (default $STASIS_REPO)")
+	root.PersistentFlags().StringVarP(&a.repoDir, "repo", "r", os.Getenv("STASIS_REPO"), "repository: a directory, or s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX] (default $STASIS_REPO)")
+	root.PersistentFlags().StringVar(&a.cacheDir, "cache-dir", os.Getenv("STASIS_CACHE_DIR"), "client cache directory (default $STASIS_CACHE_DIR, else $XDG_CACHE_HOME/stasis/<repository id>)")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "machine-readable JSON output")
 	root.PersistentFlags().StringVar(&a.passwordFile, "password-file", "", "read the repository password from FILE (default $"+crypto.EnvPasswordFile+")")
 	root.PersistentFlags().StringVar(&a.passwordCommand, "password-command", "", "run CMD (with /bin/sh -c) and read the repository password from its output")
@@ -146,49 +154,47 @@ a terminal, in this order. A wrong or missing password exits with code 12.`,
 	return root
 }
 
-// needRepo returns the repository directory or a usage error.
+// needRepo returns the repository location or a usage error.
 func (a *app) needRepo() (string, error) {
 	if a.repoDir == "" {
-		return "", usagef("no repository given: use --repo DIR or set STASIS_REPO")
+		return "", usagef("no repository given: use --repo DIR|s3:URL or set STASIS_REPO")
 	}
 	return a.repoDir, nil
 }
 
-func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
-	dir, err := a.needRepo()
+// storage returns the storage of the repository given by --repo.
+func (a *app) storage(ctx context.Context) (repo.Storage, error) {
+	if a.st != nil {
+		return a.st, nil
+	}
+	loc, err := a.needRepo()
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(filepath.Join(dir, "config")); err == nil {
-		if err := a.lockRepo(ctx, dir, false); err != nil { // shared unless a command took an exclusive one
-			return nil, err
-		}
+	st, err := repo.OpenStorage(ctx, loc)
+	if err != nil {
+		return nil, err
 	}
-	wait := a.indexWait()
-	first := min(wait, time.Second)
-	var password []byte // asked once even when Open is tried twice
-	ask := a.repoPassword(dir)
-	passwordOnce := func(ctx context.Context) ([]byte, error) {
-		if password == nil {
-			p, err := ask(ctx)
-			if err != nil {
-				return nil, err
-			}
-			password = p
-		}
-		return password, nil
+	a.st = st
+	return st, nil
+}
+
+func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
+	st, err := a.storage(ctx)
+	if err != nil {
+		return nil, err
 	}
-	r, err := repo.Open(ctx, dir, repo.OpenOptions{Password: passwordOnce, IndexTimeout: first})
-	if errors.Is(err, index.ErrBusy) && wait > first {
-		// Say why nothing happens, then keep waiting (a second backup waits
-		// for the first one's index instead of failing).
-		fmt.Fprintf(a.stderr, "stasis: another stasis command is using %s/index.db; waiting up to %s for it to finish\n", dir, wait-first)
-		r, err = repo.Open(ctx, dir, repo.OpenOptions{Password: passwordOnce, IndexTimeout: wait - first})
+	dir := st.Location()
+	if ok, err := repo.ObjectExists(ctx, st, "config"); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, fmt.Errorf("%s: %w (create one with `stasis init --repo %s`)", dir, repo.ErrNoRepository, dir)
 	}
-	if errors.Is(err, index.ErrBusy) {
-		return nil, fmt.Errorf("%w: another stasis command is using repository %s; wait for it to finish", err, dir)
+	if err := a.lockRepo(ctx, st, false); err != nil { // shared unless a command took an exclusive one
+		return nil, err
 	}
-	return r, err
+	return repo.Open(ctx, st, repo.OpenOptions{Password: a.repoPassword(dir), CacheDir: a.cacheDir,
+		Exclusive: a.locking.held != nil && a.locking.held.Info().Exclusive, CacheWait: a.locking.retry})
 }
 
 // args validators that return usage errors.

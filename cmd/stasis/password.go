@@ -67,10 +67,17 @@ func (a *app) newPassword(ctx context.Context, file, command string) ([]byte, er
 // initRepo creates the repository dir for `init` and `backup --init`:
 // encrypted with a password read from the usual sources (asked twice on a
 // terminal), or unencrypted with --insecure-no-password.
-func (a *app) initRepo(ctx context.Context, dir string, dbGlobs []string) (*repo.Repository, error) {
+func (a *app) initRepo(ctx context.Context, dbGlobs []string) (*repo.Repository, error) {
+	st, err := a.storage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dir := st.Location()
 	o := repo.InitOptions{DBGlobs: dbGlobs, InsecureNoPassword: a.insecureNoPassword}
 	if !a.insecureNoPassword {
-		if _, err := os.Stat(dir + "/config"); err == nil {
+		if ok, err := repo.ObjectExists(ctx, st, "config"); err != nil {
+			return nil, fmt.Errorf("init %s: %w", dir, err)
+		} else if ok {
 			return nil, fmt.Errorf("init %s: %w", dir, repo.ErrExists) // before asking for a password
 		}
 		pw, err := a.passwordSource().ReadNew(ctx, fmt.Sprintf("enter password for new repository %s: ", dir))
@@ -82,5 +89,5 @@ func (a *app) initRepo(ctx context.Context, dir string, dbGlobs []string) (*repo
 		}
 		o.Password, o.KDF = pw, newKDF()
 	}
-	return repo.Init(ctx, dir, o)
+	return repo.Init(ctx, st, o, repo.OpenOptions{CacheDir: a.cacheDir})
 }

@@ -38,13 +38,9 @@ func (a *app) repairIndexCommand() *cobra.Command {
 	var o repo.RebuildOptions
 	c := &cobra.Command{
 		Use:   "index [--read-data]",
-		Short: "Rebuild index.db from the packs and snapshot files",
+		Short: "Rebuild the index files (and this client's cache) from the pack headers",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: a.exclusive(func(c *cobra.Command, args []string) error {
-			dir, _ := a.needRepo()
-			if err := repo.ResetIndex(dir); err != nil {
-				return err
-			}
 			r, err := a.openRepo(c.Context())
 			if err != nil {
 				return err

@@ -350,8 +350,12 @@ func (a *app) tapeImportCommand() *cobra.Command {
 				return err
 			}
 			start := time.Now()
-			res, err := tapeio.Import(ctx, dir, paths, tapeio.ImportOptions{Read: ro, Log: a.logWriter(),
-				Open: repo.OpenOptions{Password: a.repoPassword(dir)}})
+			st, err := a.storage(ctx)
+			if err != nil {
+				return err
+			}
+			res, err := tapeio.Import(ctx, st, paths, tapeio.ImportOptions{Read: ro, Log: a.logWriter(),
+				Open: repo.OpenOptions{Password: a.repoPassword(dir), CacheDir: a.cacheDir}})
 			if res == nil {
 				return err
 			}

@@ -17,6 +17,7 @@ import (
 	"github.com/restic/chunker"
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
@@ -35,17 +36,28 @@ func InitOptions() repo.InitOptions {
 	return repo.InitOptions{Polynomial: Polynomial, IDKey: IDKey, Password: []byte(Password), KDF: crypto.TestKDFParams}
 }
 
-// OpenOptions returns options that open a test repository with Password.
+// OpenOptions returns options that open a test repository with Password
+// (and the default cache directory).
 func OpenOptions() repo.OpenOptions {
 	return repo.OpenOptions{Password: func(context.Context) ([]byte, error) { return []byte(Password), nil }}
 }
+
+// OpenOptionsIn is OpenOptions with the cache in cacheDir.
+func OpenOptionsIn(cacheDir string) repo.OpenOptions {
+	o := OpenOptions()
+	o.CacheDir = cacheDir
+	return o
+}
+
+// Local returns the storage of a local repository directory.
+func Local(dir string) repo.Storage { return backend.NewLocal(dir) }
 
 // NewRepo creates a repository in a temporary directory. When the test ends
 // the repository is closed and checked with ReadData; damage fails the test.
 func NewRepo(t testing.TB) *repo.Repository {
 	t.Helper()
-	dir := t.TempDir() + "/repo"
-	r, err := repo.Init(context.Background(), dir, InitOptions())
+	dir := t.TempDir()
+	r, err := repo.Init(context.Background(), backend.NewLocal(dir+"/repo"), InitOptions(), OpenOptionsIn(dir+"/cache"))
 	if err != nil {
 		t.Fatalf("init repository: %v", err)
 	}
@@ -59,11 +71,11 @@ func CheckAndClose(t testing.TB, r *repo.Repository) {
 	defer r.Close()
 	rep, err := engine.Check(context.Background(), r, engine.CheckOptions{ReadData: true})
 	if err != nil {
-		t.Errorf("check %s: %v", r.Dir(), err)
+		t.Errorf("check %s: %v", r.Location(), err)
 		return
 	}
 	if !rep.OK() {
-		t.Errorf("check %s found damage:\n%s", r.Dir(), strings.Join(rep.Errors, "\n"))
+		t.Errorf("check %s found damage:\n%s", r.Location(), strings.Join(rep.Errors, "\n"))
 	}
 }
 

@@ -110,18 +110,17 @@ func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOp
 // left out (config and keys are always written: they are small and keys
 // change).
 func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool) ([]tape.Member, int, error) {
-	fsys := r.FS()
 	member := func(name string, size int64) tape.Member {
 		return tape.Member{Name: name, Size: size, Open: func(ctx context.Context) (io.ReadCloser, error) {
-			return fsys.Open(name)
+			return r.OpenObject(ctx, name)
 		}}
 	}
 	sized := func(name string) (tape.Member, error) {
-		fi, err := fsys.Stat(name)
+		size, err := r.ObjectSize(ctx, name)
 		if err != nil {
 			return tape.Member{}, fmt.Errorf("tape export: %w", err)
 		}
-		return member(name, fi.Size()), nil
+		return member(name, size), nil
 	}
 	var packs, out []tape.Member
 	skipped := 0
@@ -175,12 +174,11 @@ func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool
 		return nil, 0, err
 	}
 	out = append(out, m)
-	keys, err := fsys.ReadDir("keys")
-	if err != nil && r.Encrypted() {
-		return nil, 0, fmt.Errorf("tape export: list key files: %w", err)
+	keys, err := r.KeyNames(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("tape export: %w", err)
 	}
-	for _, k := range keys {
-		name := "keys/" + k.Name()
+	for _, name := range keys {
 		if !repo.ValidFileName(name) {
 			continue
 		}
@@ -193,7 +191,7 @@ func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool
 	// Compression dictionaries are needed to decode blobs; they are
 	// immutable and content-addressed like packs, so an incremental export
 	// skips those already on the set.
-	dicts, err := r.DictNames()
+	dicts, err := r.DictNames(ctx)
 	if err != nil {
 		return nil, 0, fmt.Errorf("tape export: list compression dictionaries: %w", err)
 	}

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"github.com/stasisbackup/stasis/engine/tape"
 	"github.com/stasisbackup/stasis/repo"
@@ -53,19 +51,22 @@ func (r *ImportResult) Complete() bool {
 // missing or damaged; ImportResult says which.
 var ErrImportIncomplete = errors.New("tape import is incomplete")
 
-// Import builds a repository in dir (which must not hold one) from the
+// Import builds a repository in storage st (which must not hold one) from the
 // volume files paths, given in any order: it writes every intact member in
 // volume order (a later copy of a name replaces an earlier one), records
 // the set's catalogs under repo.TapeDir, and rebuilds the index. Missing
 // volumes and damaged members are listed in the result, and the error then
 // matches ErrImportIncomplete; whatever was intact is imported.
-func Import(ctx context.Context, dir string, paths []string, o ImportOptions) (*ImportResult, error) {
+func Import(ctx context.Context, st repo.Storage, paths []string, o ImportOptions) (*ImportResult, error) {
+	dir := st.Location()
 	logf := func(format string, args ...any) {
 		if o.Log != nil {
 			fmt.Fprintf(o.Log, format+"\n", args...)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, "config")); err == nil {
+	if ok, err := repo.ObjectExists(ctx, st, "config"); err != nil {
+		return nil, fmt.Errorf("tape import into %s: %w", dir, err)
+	} else if ok {
 		return nil, fmt.Errorf("tape import into %s: %w; import into a new, empty directory", dir, repo.ErrExists)
 	}
 	vols, err := openHeads(ctx, paths, o.Read)
@@ -89,7 +90,7 @@ func Import(ctx context.Context, dir string, paths []string, o ImportOptions) (*
 				return nil // reported as not in the catalog, or skipped
 			}
 			var n int64
-			err := repo.ImportFile(ctx, dir, e.Name, func(w io.Writer) error {
+			err := repo.ImportFile(ctx, st, e.Name, func(w io.Writer) error {
 				var err error
 				n, err = io.Copy(w, r)
 				return err
@@ -129,18 +130,17 @@ func Import(ctx context.Context, dir string, paths []string, o ImportOptions) (*
 			return res, err
 		}
 		name := fmt.Sprintf("%s/%s/%06d.json", repo.TapeDir, c.SetID, seq)
-		if err := repo.ImportFile(ctx, dir, name, func(w io.Writer) error { _, err := w.Write(append(data, '\n')); return err }); err != nil {
+		if err := repo.ImportFile(ctx, st, name, func(w io.Writer) error { _, err := w.Write(append(data, '\n')); return err }); err != nil {
 			return res, fmt.Errorf("tape import: %w", err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, "config")); err != nil {
+	if ok, err := repo.ObjectExists(ctx, st, "config"); err != nil || !ok {
 		return res, fmt.Errorf("tape import: no repository config on the volumes given (%w); give the last volume of the set", ErrImportIncomplete)
 	}
 	logf("rebuilding the index")
-	if err := repo.ResetIndex(dir); err != nil {
-		return res, fmt.Errorf("tape import: %w", err)
-	}
-	r, err := repo.Open(ctx, dir, o.Open)
+	oo := o.Open
+	oo.Exclusive = true
+	r, err := repo.Open(ctx, st, oo)
 	if err != nil {
 		return res, fmt.Errorf("tape import: open the imported repository: %w", err)
 	}

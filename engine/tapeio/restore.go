@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -140,7 +141,8 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 		return res, fmt.Errorf("tape restore: create the spool directory: %w", err)
 	}
 	defer os.RemoveAll(spool)
-	if err := repo.CreateLayout(spool); err != nil {
+	st, err := repo.OpenStorage(ctx, filepath.Join(spool, "repo"))
+	if err != nil {
 		return res, fmt.Errorf("tape restore: %w", err)
 	}
 	for _, seq := range res.VolumesNeeded {
@@ -160,7 +162,7 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 				return nil
 			}
 			var n int64
-			err := repo.ImportFile(ctx, spool, e.Name, func(w io.Writer) error {
+			err := repo.ImportFile(ctx, st, e.Name, func(w io.Writer) error {
 				var err error
 				n, err = io.Copy(w, r)
 				return err
@@ -198,12 +200,15 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 	}
 	sort.Slice(res.Bad, func(i, j int) bool { return res.Bad[i].Name < res.Bad[j].Name })
 	for _, name := range []string{"config", snapEntry.Name} {
-		if _, err := os.Stat(spool + "/" + name); err != nil {
+		if ok, err := repo.ObjectExists(ctx, st, name); err != nil || !ok {
 			return res, fmt.Errorf("tape restore: %s of snapshot %s could not be read from the volumes: %s", name, res.SnapshotID, problems(res.Bad))
 		}
 	}
 
-	r, err := repo.Open(ctx, spool, o.Open)
+	oo := o.Open
+	oo.Exclusive = true                         // the spool is this command's alone
+	oo.CacheDir = filepath.Join(spool, "cache") // not the cache of the repository the tapes came from
+	r, err := repo.Open(ctx, st, oo)
 	if err != nil {
 		return res, fmt.Errorf("tape restore: open the spooled repository files: %w", err)
 	}

@@ -89,7 +89,7 @@ func TestExportEndOfMediaRestores(t *testing.T) {
 		paths = append(paths, d.path(i))
 	}
 	dir := filepath.Join(t.TempDir(), "imported")
-	imp, err := Import(ctx, dir, paths, ImportOptions{Read: ReadOptions{BlockSize: 4096}, Open: enginetest.OpenOptions()})
+	imp, err := Import(ctx, enginetest.Local(dir), paths, ImportOptions{Read: ReadOptions{BlockSize: 4096}, Open: enginetest.OpenOptions()})
 	if err != nil {
 		t.Fatalf("import: %v (%+v)", err, imp)
 	}
@@ -125,7 +125,7 @@ func TestDictionaryTravelsOnTape(t *testing.T) {
 	if _, err := engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{src}}); err != nil {
 		t.Fatal(err)
 	}
-	dicts, err := r.DictNames()
+	dicts, err := r.DictNames(ctx)
 	if err != nil || len(dicts) != 1 {
 		t.Fatalf("repository dictionaries: %v %v (want one after 2 MiB of database chunks)", dicts, err)
 	}
@@ -145,10 +145,10 @@ func TestDictionaryTravelsOnTape(t *testing.T) {
 	}
 	paths := []string{d.path(1)}
 	dir := filepath.Join(t.TempDir(), "imported")
-	if imp, err := Import(ctx, dir, paths, ImportOptions{Read: ReadOptions{BlockSize: 4096}, Open: enginetest.OpenOptions()}); err != nil {
+	if imp, err := Import(ctx, enginetest.Local(dir), paths, ImportOptions{Read: ReadOptions{BlockSize: 4096}, Open: enginetest.OpenOptions()}); err != nil {
 		t.Fatalf("import: %v (%+v)", err, imp)
 	}
-	imported, err := repo.Open(ctx, dir, enginetest.OpenOptions())
+	imported, err := repo.Open(ctx, enginetest.Local(dir), enginetest.OpenOptions())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,153 +1,179 @@
-// Package backend is where repository files live. FS is the small set of file
-// operations the repository performs; OS implements it on the local file
-// system. Wrappers (for example one that injects faults in tests) implement
-// the same interface.
+// Package backend is where repository objects live. Storage is the small
+// interface every repository byte goes through (packs, index files,
+// snapshots, config, keys, dictionaries, locks, tape catalogs); Local
+// implements it on a local directory, package s3 on S3-compatible object
+// storage.
 //
-// Contract: names are slash-separated and relative to the repository root.
-// Errors for missing files match fs.ErrNotExist. WriteFile is atomic: after a
-// crash the file either does not exist or holds all its bytes.
+// # Contract
+//
+// Names are slash-separated, relative to the repository root, and never
+// start with a slash or contain "." or ".." elements ("packs/ab/abcd…",
+// "snapshots/…", "config"). Errors for a missing object match
+// [ErrNotExist] (which is fs.ErrNotExist) with errors.Is.
+//
+// Put is atomic: a reader sees either no object or all of its bytes, and
+// after a crash or a failed Put the object either does not exist or is
+// whole. Put of an existing name replaces it; the repository only does that
+// with identical bytes (content-addressed names are written once), so no
+// backend needs a rename.
+//
+// A Storage is safe for concurrent use by multiple goroutines. Every method
+// takes a context and returns promptly when it is cancelled.
+//
+// # Consistency
+//
+// After Put returns nil, Get and Stat of that name by any client return the
+// new object (read-after-write consistency, which local directories and S3
+// since December 2020 give). A List may lag behind: the repository never
+// concludes from a List alone that an object it just wrote is missing.
 package backend
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path"
-	"path/filepath"
+	"slices"
+	"strings"
+	"time"
 )
 
-// File is an open repository file.
-type File interface {
-	io.Reader
-	io.ReaderAt
-	io.Writer
-	io.Closer
-	Sync() error
-	Stat() (fs.FileInfo, error)
-	Name() string
+// ErrNotExist is matched by the errors of Get, Stat and Delete for a
+// missing object.
+var ErrNotExist = fs.ErrNotExist
+
+// ObjectInfo describes a stored object.
+type ObjectInfo struct {
+	Name string // repository-relative name
+	Size int64
+	// ModTime is when the object was written, by the storage's own clock
+	// (the file system's, or the object store's): comparing two ModTimes of
+	// one storage does not depend on any client's clock.
+	ModTime time.Time
 }
 
-// FS is the file access the repository needs.
-type FS interface {
-	// Root returns the repository directory (for messages).
-	Root() string
-	// Open opens a file for reading.
-	Open(name string) (File, error)
-	// CreateTemp creates a new temporary file in dir for writing.
-	CreateTemp(dir, pattern string) (File, error)
-	// Rename atomically moves a file; the caller syncs the directory.
-	Rename(oldName, newName string) error
-	// SyncDir fsyncs a directory so renames in it are durable.
-	SyncDir(dir string) error
-	// Remove removes a file.
-	Remove(name string) error
-	// MkdirAll creates a directory and its parents.
-	MkdirAll(dir string) error
-	// ReadDir lists a directory.
-	ReadDir(dir string) ([]fs.DirEntry, error)
-	// Stat returns file information.
-	Stat(name string) (fs.FileInfo, error)
+// Storage stores named, immutable objects.
+type Storage interface {
+	// Location describes the storage for messages: a directory, or an
+	// s3: URL without credentials.
+	Location() string
+
+	// Put stores the size bytes of r under name, atomically (see the
+	// package comment). r is read with ReadAt, possibly more than once
+	// (a retried upload) and from several goroutines (a multipart upload).
+	Put(ctx context.Context, name string, r io.ReaderAt, size int64) error
+
+	// Get returns a reader of length bytes of object name starting at
+	// offset off; length < 0 means to the end of the object. A range
+	// beyond the end of the object gives a short read, not an error from
+	// Get. The caller closes the reader.
+	Get(ctx context.Context, name string, off, length int64) (io.ReadCloser, error)
+
+	// Stat returns the information of one object.
+	Stat(ctx context.Context, name string) (ObjectInfo, error)
+
+	// List calls fn, in the caller's goroutine, for every object whose name
+	// starts with prefix, in no particular order. An error from fn stops
+	// the listing and is returned.
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+
+	// Delete removes an object. Deleting a missing object returns an error
+	// matching ErrNotExist.
+	Delete(ctx context.Context, name string) error
 }
 
-// OS is FS on the local file system, rooted at a directory.
-type OS struct{ Dir string }
-
-var _ FS = OS{}
-
-func (o OS) p(name string) string { return filepath.Join(o.Dir, filepath.FromSlash(name)) }
-
-// Root implements FS.
-func (o OS) Root() string { return o.Dir }
-
-// Open implements FS.
-func (o OS) Open(name string) (File, error) { return os.Open(o.p(name)) }
-
-// CreateTemp implements FS. The File's Name is the repository-relative name.
-func (o OS) CreateTemp(dir, pattern string) (File, error) {
-	f, err := os.CreateTemp(o.p(dir), pattern)
-	if err != nil {
-		return nil, err
+// ValidName reports whether name is a repository object name: relative,
+// slash-separated, clean, without empty, "." or ".." elements.
+func ValidName(name string) bool {
+	if name == "" || strings.HasPrefix(name, "/") || strings.Contains(name, "\\") || path.Clean(name) != name {
+		return false
 	}
-	return relFile{f, path.Join(dir, filepath.Base(f.Name()))}, nil
-}
-
-type relFile struct {
-	*os.File
-	rel string
-}
-
-func (r relFile) Name() string { return r.rel }
-
-// Rename implements FS.
-func (o OS) Rename(oldName, newName string) error { return os.Rename(o.p(oldName), o.p(newName)) }
-
-// SyncDir implements FS.
-func (o OS) SyncDir(dir string) error {
-	d, err := os.Open(o.p(dir))
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// Remove implements FS.
-func (o OS) Remove(name string) error { return os.Remove(o.p(name)) }
-
-// MkdirAll implements FS.
-func (o OS) MkdirAll(dir string) error { return os.MkdirAll(o.p(dir), 0o700) }
-
-// ReadDir implements FS.
-func (o OS) ReadDir(dir string) ([]fs.DirEntry, error) { return os.ReadDir(o.p(dir)) }
-
-// Stat implements FS.
-func (o OS) Stat(name string) (fs.FileInfo, error) { return os.Stat(o.p(name)) }
-
-// WriteFile writes a whole file atomically: temp file in dir, fsync, rename,
-// fsync of the directory. write fills the file.
-func WriteFile(b FS, name string, write func(w io.Writer) error) error {
-	dir := path.Dir(name)
-	f, err := b.CreateTemp("tmp", "write-*")
-	if err != nil {
-		return fmt.Errorf("create temp file for %s: %w", name, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			b.Remove(tmp)
+	for _, e := range strings.Split(name, "/") {
+		if e == "" || e == "." || e == ".." {
+			return false
 		}
-	}()
-	if err := write(f); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
 	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", name, err)
-	}
-	if err := b.Rename(tmp, name); err != nil {
-		return fmt.Errorf("rename %s into place: %w", name, err)
-	}
-	ok = true
-	if err := b.SyncDir(dir); err != nil {
-		return fmt.Errorf("fsync directory of %s: %w", name, err)
+	return true
+}
+
+func checkName(op, name string) error {
+	if !ValidName(name) {
+		return fmt.Errorf("%s %q: invalid object name", op, name)
 	}
 	return nil
 }
 
-// ReadFile reads a whole file.
-func ReadFile(b FS, name string) ([]byte, error) {
-	f, err := b.Open(name)
+// ErrTooLarge is matched by the error of ReadAll for an object larger than
+// the caller's bound.
+var ErrTooLarge = errors.New("object is larger than expected")
+
+// ReadAll reads a whole object of at most max bytes. A larger object gives
+// an error matching ErrTooLarge without reading more than max+1 bytes, so a
+// damaged or crafted object cannot make the caller allocate without bound.
+func ReadAll(ctx context.Context, s Storage, name string, max int64) ([]byte, error) {
+	rc, err := s.Get(ctx, name, 0, -1)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return io.ReadAll(f)
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s: %w (more than %d bytes)", name, ErrTooLarge, max)
+	}
+	return data, nil
+}
+
+// ReadAt reads len(p) bytes of object name at offset off. An object that
+// ends before off+len(p) gives an error matching io.ErrUnexpectedEOF.
+func ReadAt(ctx context.Context, s Storage, name string, p []byte, off int64) error {
+	rc, err := s.Get(ctx, name, off, int64(len(p)))
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	n, err := io.ReadFull(rc, p)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return fmt.Errorf("%s: %d of %d bytes at offset %d: object is truncated: %w", name, n, len(p), off, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	return nil
+}
+
+// PutBytes stores data under name.
+func PutBytes(ctx context.Context, s Storage, name string, data []byte) error {
+	return s.Put(ctx, name, bytesReaderAt(data), int64(len(data)))
+}
+
+type bytesReaderAt []byte
+
+func (b bytesReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, errors.New("negative offset")
+	}
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// ListNames returns the names of the objects under prefix, sorted.
+func ListNames(ctx context.Context, s Storage, prefix string) ([]string, error) {
+	var names []string
+	err := s.List(ctx, prefix, func(o ObjectInfo) error { names = append(names, o.Name); return nil })
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	return names, nil
 }

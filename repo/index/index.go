@@ -1,8 +1,9 @@
-// Package index is the repository's bbolt index (index.db): blob id → pack
-// location, pack → size, and a copy of every snapshot file. It is derived
-// data: everything in it can be rebuilt from pack headers and snapshot files.
-// Lookups go to bbolt (memory-mapped pages), never to a whole-index map, so
-// memory stays flat as the repository grows.
+// Package index is a client's bbolt cache of a repository's index: blob id
+// → pack location, pack → size, and which of the repository's index files
+// it holds. It is derived data: the repository's index files (and, behind
+// them, the pack headers) are the truth, and the cache can be deleted and
+// rebuilt at any time. Lookups go to bbolt (memory-mapped pages), never to a
+// whole-index map, so memory stays flat as the repository grows.
 //
 // Buckets (keys are raw 32-byte ids, integers little-endian unless said):
 //
@@ -10,20 +11,33 @@
 //	blobs      blob id → pack number u32 | type u8 | storage u8 | offset u32 | length u32 | rawLength u32
 //	packs      pack id → size u64 | blob count u32 | type u8 | pack number u32
 //	packnums   pack number (u32 big-endian) → pack id
-//	snapshots  snapshot id → the snapshot file's bytes
+//	files      index file name → empty: the index files merged into the cache
 //
 // A blob record names its pack by a small number (assigned when the pack is
 // first indexed) instead of its 32-byte id: 18 bytes instead of 50 per blob,
 // about a third less index for the millions of small chunks of a database.
 //
-// An Index is safe for concurrent use. Only one process can have index.db
-// open at a time (bbolt takes a file lock); Open waits up to Options.Timeout.
+// # Sharing between processes
+//
+// bbolt lets one process open a file for writing, or any number for reading.
+// An Index opened read-only (Options.ReadOnly) adds what it learns during
+// its run (packs it writes, index files the cache does not hold yet) to an
+// in-memory overlay instead of the file, so that any number of commands on
+// one host can use one cache at once; the next process that gets the file
+// for writing merges those index files for good (package repo does that at
+// the start of every command when it can). The overlay holds only what is
+// not merged, never the whole index. An Index opened for writing writes
+// through to the file.
+//
+// An Index is safe for concurrent use.
 package index
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"sync"
 	"time"
 
 	"github.com/stasisbackup/stasis/repo/blob"
@@ -31,26 +45,37 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-const version = 2
+const version = 3
 
 var (
-	bucketMeta      = []byte("meta")
-	bucketBlobs     = []byte("blobs")
-	bucketPacks     = []byte("packs")
-	bucketSnapshots = []byte("snapshots")
-	bucketPackNums  = []byte("packnums")
+	bucketMeta     = []byte("meta")
+	bucketBlobs    = []byte("blobs")
+	bucketPacks    = []byte("packs")
+	bucketFiles    = []byte("files")
+	bucketPackNums = []byte("packnums")
 )
 
-// ErrBusy is returned by Open when another process holds index.db.
-var ErrBusy = errors.New("index.db is in use by another stasis process")
+// ErrBusy is returned by Open when another process holds the cache file in
+// a conflicting mode for longer than Options.Timeout.
+var ErrBusy = errors.New("the index cache is in use by another stasis process")
+
+// ErrReadOnly is returned by the updates that only a writable Index does
+// (SetPack, RemovePacks, AddFile, RemoveFiles, Reset).
+var ErrReadOnly = errors.New("index cache is open read-only")
 
 // ErrMismatch is returned by Open when index.db belongs to another repository
 // or format version; it must be rebuilt.
 var ErrMismatch = errors.New("index.db does not match this repository")
 
-// Index is an open index.db.
+// Index is an open cache file, plus the in-memory overlay of a read-only one.
 type Index struct {
-	db *bolt.DB
+	db       *bolt.DB
+	readOnly bool
+
+	mu       sync.RWMutex
+	overlay  map[blob.ID]Location // blobs not in the file
+	oPacks   map[blob.ID]PackInfo // packs not in the file
+	oEntries int
 }
 
 // Location says where a blob is stored.
@@ -84,14 +109,14 @@ func Open(path string, repoID []byte, opts Options) (*Index, error) {
 		return nil, fmt.Errorf("open %s: %w", path, ErrBusy)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open index %s: %w (run `stasis repair index` to rebuild it)", path, err)
+		return nil, fmt.Errorf("open index cache %s: %w", path, err)
 	}
-	ix := &Index{db: db}
+	ix := &Index{db: db, readOnly: opts.ReadOnly, overlay: map[blob.ID]Location{}, oPacks: map[blob.ID]PackInfo{}}
 	if opts.ReadOnly {
 		err = db.View(func(tx *bolt.Tx) error { return checkMeta(tx, repoID) })
 	} else {
 		err = db.Update(func(tx *bolt.Tx) error {
-			for _, b := range [][]byte{bucketMeta, bucketBlobs, bucketPacks, bucketSnapshots, bucketPackNums} {
+			for _, b := range [][]byte{bucketMeta, bucketBlobs, bucketPacks, bucketFiles, bucketPackNums} {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 					return err
 				}
@@ -110,21 +135,21 @@ func Open(path string, repoID []byte, opts Options) (*Index, error) {
 	}
 	if err != nil {
 		db.Close()
-		return nil, fmt.Errorf("index %s: %w", path, err)
+		return nil, fmt.Errorf("index cache %s: %w", path, err)
 	}
 	return ix, nil
 }
 
 func checkMeta(tx *bolt.Tx, repoID []byte) error {
 	m := tx.Bucket(bucketMeta)
-	if m == nil || tx.Bucket(bucketBlobs) == nil || tx.Bucket(bucketPacks) == nil || tx.Bucket(bucketSnapshots) == nil || tx.Bucket(bucketPackNums) == nil {
-		return fmt.Errorf("%w: buckets missing (run `stasis repair index`)", ErrMismatch)
+	if m == nil || tx.Bucket(bucketBlobs) == nil || tx.Bucket(bucketPacks) == nil || tx.Bucket(bucketFiles) == nil || tx.Bucket(bucketPackNums) == nil {
+		return fmt.Errorf("%w: buckets missing (it is rebuilt)", ErrMismatch)
 	}
 	if string(m.Get([]byte("repo"))) != string(repoID) {
-		return fmt.Errorf("%w: it was built for another repository (run `stasis repair index`)", ErrMismatch)
+		return fmt.Errorf("%w: it was built for another repository (it is rebuilt)", ErrMismatch)
 	}
 	if v := m.Get([]byte("version")); len(v) != 4 || binary.LittleEndian.Uint32(v) != version {
-		return fmt.Errorf("%w: unknown index version (run `stasis repair index`)", ErrMismatch)
+		return fmt.Errorf("%w: unknown index version (it is rebuilt)", ErrMismatch)
 	}
 	return nil
 }
@@ -200,6 +225,9 @@ func encodePackInfo(info PackInfo, num uint32) []byte {
 
 // Lookup returns where blob id is stored; ok is false when it is not indexed.
 func (ix *Index) Lookup(id blob.ID) (loc Location, ok bool, err error) {
+	if loc, ok := ix.overlayLookup(id); ok {
+		return loc, true, nil
+	}
 	err = ix.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketBlobs).Get(id[:])
 		if v == nil {
@@ -214,6 +242,9 @@ func (ix *Index) Lookup(id blob.ID) (loc Location, ok bool, err error) {
 
 // Has reports whether blob id is indexed.
 func (ix *Index) Has(id blob.ID) (bool, error) {
+	if _, ok := ix.overlayLookup(id); ok {
+		return true, nil
+	}
 	var ok bool
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		ok = tx.Bucket(bucketBlobs).Get(id[:]) != nil
@@ -228,6 +259,9 @@ func (ix *Index) HasAll(ids []blob.ID) (bool, error) {
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBlobs)
 		for _, id := range ids {
+			if _, in := ix.overlayLookup(id); in {
+				continue
+			}
 			if b.Get(id[:]) == nil {
 				ok = false
 				return nil
@@ -238,29 +272,41 @@ func (ix *Index) HasAll(ids []blob.ID) (bool, error) {
 	return ok, err
 }
 
-// AddPack records a pack and all its blobs in one transaction. A blob that is
-// already indexed keeps its existing location.
+// AddPack records a pack and all its blobs (in one transaction, or in the
+// overlay of a read-only Index). A blob that is already indexed keeps its
+// existing location.
 func (ix *Index) AddPack(id blob.ID, size uint64, entries []pack.Entry) error {
-	return ix.db.Update(func(tx *bolt.Tx) error {
-		num, err := packNumber(tx, id, size, len(entries), packType(entries))
-		if err != nil {
+	if ix.readOnly {
+		return ix.addOverlay(id, size, entries)
+	}
+	return ix.db.Update(func(tx *bolt.Tx) error { return addPack(tx, id, size, entries) })
+}
+
+func addPack(tx *bolt.Tx, id blob.ID, size uint64, entries []pack.Entry) error {
+	num, err := packNumber(tx, id, size, len(entries), packType(entries))
+	if err != nil {
+		return err
+	}
+	blobs := tx.Bucket(bucketBlobs)
+	for _, e := range entries {
+		if blobs.Get(e.ID[:]) != nil {
+			continue
+		}
+		if err := putBlob(blobs, num, e); err != nil {
 			return err
 		}
-		blobs := tx.Bucket(bucketBlobs)
-		for _, e := range entries {
-			if blobs.Get(e.ID[:]) != nil {
-				continue
-			}
-			if err := putBlob(blobs, num, e); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // Pack returns the recorded information of a pack.
 func (ix *Index) Pack(id blob.ID) (info PackInfo, ok bool, err error) {
+	ix.mu.RLock()
+	info, ok = ix.oPacks[id]
+	ix.mu.RUnlock()
+	if ok {
+		return info, true, nil
+	}
 	err = ix.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketPacks).Get(id[:])
 		if v == nil {
@@ -295,10 +341,11 @@ func decodePackInfo(v []byte) (PackInfo, error) {
 	return PackInfo{Size: binary.LittleEndian.Uint64(v), Count: binary.LittleEndian.Uint32(v[8:]), Type: blob.Type(v[12])}, nil
 }
 
-// EachPack calls fn for every indexed pack, in id order, inside one read
-// transaction; fn must not call other Index methods that write.
+// EachPack calls fn for every indexed pack: those of the file in id order
+// inside one read transaction, then those of the overlay; fn must not call
+// other Index methods that write.
 func (ix *Index) EachPack(fn func(id blob.ID, info PackInfo) error) error {
-	return ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketPacks).ForEach(func(k, v []byte) error {
 			info, err := decodePackInfo(v)
 			if err != nil {
@@ -307,11 +354,25 @@ func (ix *Index) EachPack(fn func(id blob.ID, info PackInfo) error) error {
 			return fn(blob.ID(k), info)
 		})
 	})
+	if err != nil {
+		return err
+	}
+	ix.mu.RLock()
+	packs := make(map[blob.ID]PackInfo, len(ix.oPacks))
+	maps.Copy(packs, ix.oPacks)
+	ix.mu.RUnlock()
+	for id, info := range packs {
+		if err := fn(id, info); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// EachBlob calls fn for every indexed blob, in id order.
+// EachBlob calls fn for every indexed blob: those of the file in id order,
+// then those of the overlay that the file does not hold.
 func (ix *Index) EachBlob(fn func(id blob.ID, loc Location) error) error {
-	return ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
 			loc, err := decodeLocation(tx, v)
 			if err != nil {
@@ -320,6 +381,19 @@ func (ix *Index) EachBlob(fn func(id blob.ID, loc Location) error) error {
 			return fn(blob.ID(k), loc)
 		})
 	})
+	if err != nil {
+		return err
+	}
+	ix.mu.RLock()
+	blobs := make(map[blob.ID]Location, len(ix.overlay))
+	maps.Copy(blobs, ix.overlay)
+	ix.mu.RUnlock()
+	for id, loc := range blobs {
+		if err := fn(id, loc); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Counts returns the number of indexed blobs and packs.
@@ -329,23 +403,9 @@ func (ix *Index) Counts() (blobs, packs int, err error) {
 		packs = tx.Bucket(bucketPacks).Stats().KeyN
 		return nil
 	})
+	ix.mu.RLock()
+	blobs += len(ix.overlay)
+	packs += len(ix.oPacks)
+	ix.mu.RUnlock()
 	return blobs, packs, err
-}
-
-// PutSnapshot stores a copy of a snapshot file.
-func (ix *Index) PutSnapshot(id blob.ID, data []byte) error {
-	return ix.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSnapshots).Put(id[:], data) })
-}
-
-// DeleteSnapshot removes a snapshot record.
-func (ix *Index) DeleteSnapshot(id blob.ID) error {
-	return ix.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSnapshots).Delete(id[:]) })
-}
-
-// EachSnapshot calls fn with every snapshot record. data is only valid
-// during the call.
-func (ix *Index) EachSnapshot(fn func(id blob.ID, data []byte) error) error {
-	return ix.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketSnapshots).ForEach(func(k, v []byte) error { return fn(blob.ID(k), v) })
-	})
 }

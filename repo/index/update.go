@@ -14,6 +14,9 @@ import (
 // existing locations (prune uses it after repacking live blobs, so that the
 // old packs can be dropped). One transaction.
 func (ix *Index) SetPack(id blob.ID, size uint64, entries []pack.Entry) error {
+	if ix.readOnly {
+		return ErrReadOnly
+	}
 	return ix.db.Update(func(tx *bolt.Tx) error {
 		num, err := packNumber(tx, id, size, len(entries), packType(entries))
 		if err != nil {
@@ -35,6 +38,9 @@ func (ix *Index) SetPack(id blob.ID, size uint64, entries []pack.Entry) error {
 // of packs is held in memory (packs are few); the blobs are scanned with a
 // cursor.
 func (ix *Index) RemovePacks(ids map[blob.ID]bool) (removed int, err error) {
+	if ix.readOnly {
+		return 0, ErrReadOnly
+	}
 	err = ix.db.Update(func(tx *bolt.Tx) error {
 		removed = 0
 		nums := map[uint32]bool{}

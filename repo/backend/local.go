@@ -1,0 +1,281 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+)
+
+// TempDir is the directory of a local repository where objects are written
+// before they are renamed into place. Its files are not objects: List never
+// returns them, and a crash leaves only garbage there (prune removes it).
+const TempDir = "tmp"
+
+// Local is a Storage in a local directory. Put writes a temp file in
+// TempDir, fsyncs it, renames it into place and fsyncs the directory, so an
+// object is durable and whole once Put returns.
+type Local struct {
+	dir string
+}
+
+var (
+	_ Storage     = (*Local)(nil)
+	_ FileAdopter = (*Local)(nil)
+	_ TempCleaner = (*Local)(nil)
+)
+
+// NewLocal returns the Storage of directory dir (which need not exist yet:
+// Put creates directories as needed).
+func NewLocal(dir string) *Local { return &Local{dir: filepath.Clean(dir)} }
+
+// Dir returns the directory.
+func (l *Local) Dir() string { return l.dir }
+
+// Location implements Storage.
+func (l *Local) Location() string { return l.dir }
+
+func (l *Local) p(name string) string { return filepath.Join(l.dir, filepath.FromSlash(name)) }
+
+// FileAdopter is implemented by a Storage that can make a local file an
+// object without copying its bytes (Local: a rename inside the repository's
+// file system). The packer writes packs this way.
+type FileAdopter interface {
+	// CreateTemp creates an empty temporary file for Adopt.
+	CreateTemp() (*os.File, error)
+	// Adopt makes the complete file f the object name, atomically and
+	// durably, and closes f. On error f is closed and removed.
+	Adopt(ctx context.Context, f *os.File, name string) error
+}
+
+// CreateTemp implements FileAdopter.
+func (l *Local) CreateTemp() (*os.File, error) {
+	td := l.p(TempDir)
+	f, err := os.CreateTemp(td, "obj-*")
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(td, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", td, err)
+		}
+		f, err = os.CreateTemp(td, "obj-*")
+	}
+	return f, err
+}
+
+// Adopt implements FileAdopter.
+func (l *Local) Adopt(ctx context.Context, f *os.File, name string) error {
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := checkName("put", name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", f.Name(), err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", f.Name(), err)
+	}
+	final := l.p(name)
+	dir := filepath.Dir(final)
+	if err := os.Rename(f.Name(), final); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("rename %s into place: %w", name, err)
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create directory of %s: %w", name, err)
+		}
+		if err := os.Rename(f.Name(), final); err != nil {
+			return fmt.Errorf("rename %s into place: %w", name, err)
+		}
+	}
+	ok = true
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("fsync directory of %s: %w", name, err)
+	}
+	return nil
+}
+
+// Put implements Storage.
+func (l *Local) Put(ctx context.Context, name string, r io.ReaderAt, size int64) error {
+	if err := checkName("put", name); err != nil {
+		return err
+	}
+	f, err := l.CreateTemp()
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	if _, err := io.Copy(f, io.NewSectionReader(r, 0, size)); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return l.Adopt(ctx, f, name)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Get implements Storage.
+func (l *Local) Get(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if err := checkName("get", name); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(l.p(name))
+	if err != nil {
+		return nil, err
+	}
+	if off == 0 && length < 0 {
+		return f, nil
+	}
+	if off < 0 {
+		f.Close()
+		return nil, fmt.Errorf("get %s: negative offset %d", name, off)
+	}
+	if length < 0 {
+		length = 1<<63 - 1 - off
+	}
+	return sectionCloser{io.NewSectionReader(f, off, length), f}, nil
+}
+
+type sectionCloser struct {
+	*io.SectionReader
+	f *os.File
+}
+
+func (s sectionCloser) Close() error { return s.f.Close() }
+
+// Stat implements Storage.
+func (l *Local) Stat(ctx context.Context, name string) (ObjectInfo, error) {
+	if err := checkName("stat", name); err != nil {
+		return ObjectInfo{}, err
+	}
+	fi, err := os.Stat(l.p(name))
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return ObjectInfo{}, fmt.Errorf("stat %s: not a regular file", l.p(name))
+	}
+	return ObjectInfo{Name: name, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// List implements Storage. Files in TempDir are not objects and are never
+// listed.
+func (l *Local) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	// Walk the deepest directory that contains every name with the prefix.
+	base := prefix
+	if !strings.HasSuffix(base, "/") {
+		base = path.Dir(base)
+		if base == "." {
+			base = ""
+		}
+	}
+	base = strings.TrimSuffix(base, "/")
+	root := l.p(base)
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == root && errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, rerr := filepath.Rel(l.dir, p)
+		if rerr != nil {
+			return rerr
+		}
+		name := filepath.ToSlash(rel)
+		if d.IsDir() {
+			if name == TempDir {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasPrefix(name, prefix) || !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // deleted since the directory was read
+		}
+		if err != nil {
+			return err
+		}
+		return fn(ObjectInfo{Name: name, Size: fi.Size(), ModTime: fi.ModTime()})
+	})
+	if err != nil {
+		return fmt.Errorf("list %s in %s: %w", prefix, l.dir, err)
+	}
+	return nil
+}
+
+// Delete implements Storage.
+func (l *Local) Delete(ctx context.Context, name string) error {
+	if err := checkName("delete", name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return os.Remove(l.p(name))
+}
+
+// TempCleaner is implemented by a Storage that keeps temporary files of
+// its own (Local: TempDir), left behind by killed processes.
+type TempCleaner interface {
+	// RemoveTemp deletes the temporary files and returns their names.
+	// Only call it when no other process writes (an exclusive lock).
+	RemoveTemp(ctx context.Context) ([]string, error)
+}
+
+// RemoveTemp implements TempCleaner.
+func (l *Local) RemoveTemp(ctx context.Context) ([]string, error) {
+	ents, err := os.ReadDir(l.p(TempDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", l.p(TempDir), err)
+	}
+	var removed []string
+	for _, e := range ents {
+		if err := ctx.Err(); err != nil {
+			return removed, err
+		}
+		if e.IsDir() {
+			continue
+		}
+		name := path.Join(TempDir, e.Name())
+		if err := os.Remove(l.p(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return removed, fmt.Errorf("remove %s: %w", l.p(name), err)
+		}
+		removed = append(removed, name)
+	}
+	return removed, nil
+}

@@ -1,0 +1,267 @@
+package repo
+
+// The client-side cache: a bbolt index (package index) and copies of
+// snapshot files, in a directory of this client's
+// ($XDG_CACHE_HOME/stasis/<repository id>/ by default). The repository is the
+// only truth; the cache is brought up to date from the index files it has
+// not seen at every Open, and rebuilt when it is missing, damaged, or holds
+// an index file the repository no longer has (prune or repair replaced it).
+// Deleting the cache loses nothing.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/index"
+	"github.com/zeebo/blake3"
+)
+
+// DefaultCacheDir returns the cache directory of the repository with the
+// given id: $XDG_CACHE_HOME/stasis/<id>, or ~/.cache/stasis/<id>.
+func DefaultCacheDir(repoID string) (string, error) {
+	base, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("find a cache directory (set --cache-dir or STASIS_CACHE_DIR): %w", err)
+	}
+	return filepath.Join(base, "stasis", repoID), nil
+}
+
+const (
+	cacheFile = "index.db"
+	// mergeTry is how long a command waits to get the cache file for
+	// writing, to merge new index files, before it uses it read-only with
+	// the new files in memory (another command on this host is using it).
+	mergeTry = 100 * time.Millisecond
+)
+
+// DefaultMergeWait bounds how long a command waits for another command on
+// this host that is merging index files into the shared cache file.
+const DefaultMergeWait = 2 * time.Minute
+
+// openIndex opens the index cache for this command and brings it up to
+// date with the repository's index files. exclusive commands (which hold
+// an exclusive repository lock) keep the file open for writing; others
+// merge what they can and then share the file read-only.
+func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Duration) (*index.Index, error) {
+	if err := os.MkdirAll(r.cacheDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create cache directory %s: %w", r.cacheDir, err)
+	}
+	names, err := r.IndexFiles(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p := filepath.Join(r.cacheDir, cacheFile)
+	if wait <= 0 {
+		wait = DefaultMergeWait
+	}
+	try := mergeTry
+	if exclusive {
+		try = wait
+	}
+	ix, err := r.openCacheFile(p, index.Options{Timeout: try})
+	switch {
+	case err == nil:
+		if err := r.mergeIndexFiles(ctx, ix, names); err != nil {
+			ix.Close()
+			return nil, err
+		}
+		if exclusive {
+			return ix, nil
+		}
+		if err := ix.Close(); err != nil {
+			return nil, fmt.Errorf("close index cache %s: %w", p, err)
+		}
+	case errors.Is(err, index.ErrBusy) && !exclusive:
+		// Another command on this host has the file; share it.
+	default:
+		return nil, err
+	}
+	ix, err = index.Open(p, []byte(r.cfg.ID), index.Options{ReadOnly: true, Timeout: wait})
+	if errors.Is(err, index.ErrBusy) {
+		return nil, fmt.Errorf("%w: another stasis command on this host has been merging index files into %s for %s; try again when it is done", err, p, wait)
+	}
+	if err != nil {
+		return nil, err
+	}
+	err = r.mergeIndexFiles(ctx, ix, names)
+	if errors.Is(err, errStaleCache) {
+		ix.Close()
+		return r.privateIndex(ctx, names)
+	}
+	if err != nil {
+		ix.Close()
+		return nil, err
+	}
+	return ix, nil
+}
+
+// WritableIndex makes the index cache writable for this Repository, for
+// the commands that change the index in place (prune, repair): it waits up
+// to OpenOptions.CacheWait for other commands on this host to release the
+// cache file. Call it before other goroutines use the Repository. The
+// caller holds an exclusive repository lock, so no other command uses this
+// repository anywhere, and the wait is for commands that are just exiting.
+func (r *Repository) WritableIndex(ctx context.Context) error {
+	if !r.idx.ReadOnly() {
+		return nil
+	}
+	if err := r.Flush(ctx); err != nil {
+		return err
+	}
+	if err := r.writeIndex(ctx, true); err != nil {
+		return err
+	}
+	if err := r.closeIndex(); err != nil {
+		return err
+	}
+	r.privateIdx = ""
+	idx, err := r.openIndex(ctx, true, r.cacheWait)
+	if err != nil {
+		return fmt.Errorf("%s: %w", r.loc, err)
+	}
+	r.idx = idx
+	return nil
+}
+
+// privateIndex builds a cache file for this command alone, removed by
+// Close: the shared one is out of date in a way only a rebuild mends (an
+// index file it holds was replaced), and another command on this host is
+// using it, so it cannot be rebuilt now. The next command that finds the
+// shared file free rebuilds it.
+func (r *Repository) privateIndex(ctx context.Context, names []string) (*index.Index, error) {
+	p := filepath.Join(r.cacheDir, fmt.Sprintf("private-%d.db", os.Getpid()))
+	os.Remove(p)
+	ix, err := index.Open(p, []byte(r.cfg.ID), index.Options{Timeout: time.Second})
+	if err != nil {
+		return nil, err
+	}
+	r.privateIdx = p
+	if err := r.mergeIndexFiles(ctx, ix, names); err != nil {
+		ix.Close()
+		os.Remove(p)
+		return nil, err
+	}
+	return ix, nil
+}
+
+// openCacheFile opens the cache file for writing, replacing it by an empty
+// one when it is damaged or belongs to another repository or version.
+func (r *Repository) openCacheFile(p string, o index.Options) (*index.Index, error) {
+	ix, err := index.Open(p, []byte(r.cfg.ID), o)
+	if err == nil || errors.Is(err, index.ErrBusy) {
+		return ix, err
+	}
+	if _, serr := os.Stat(p); errors.Is(serr, fs.ErrNotExist) {
+		return nil, err
+	}
+	// Damaged or foreign: it is only a cache.
+	if rerr := os.Remove(p); rerr != nil {
+		return nil, fmt.Errorf("%w; removing it failed too: %v", err, rerr)
+	}
+	return index.Open(p, []byte(r.cfg.ID), o)
+}
+
+// mergeIndexFiles adds the index files the cache does not hold. A
+// writable cache that holds a file the repository no longer has is
+// emptied and rebuilt; a read-only one that does is replaced by a private
+// copy for this command (see privateIndex).
+func (r *Repository) mergeIndexFiles(ctx context.Context, ix *index.Index, names []string) error {
+	seen, err := ix.Files()
+	if err != nil {
+		return fmt.Errorf("read index cache: %w", err)
+	}
+	current := make(map[string]bool, len(names))
+	for _, n := range names {
+		current[n] = true
+	}
+	for n := range seen {
+		if !current[n] {
+			if ix.ReadOnly() {
+				return errStaleCache
+			}
+			if err := ix.Reset(); err != nil {
+				return fmt.Errorf("reset index cache: %w", err)
+			}
+			seen = map[string]bool{}
+			break
+		}
+	}
+	for _, n := range names {
+		if seen[n] {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		packs, err := r.LoadIndexFile(ctx, n)
+		if err != nil {
+			return fmt.Errorf("%w (run `stasis repair index`)", err)
+		}
+		if err := ix.AddFile(n, packs); err != nil {
+			return fmt.Errorf("merge %s into the index cache: %w", n, err)
+		}
+	}
+	return nil
+}
+
+var errStaleCache = errors.New("the index cache holds index files the repository no longer has")
+
+// snapshotCacheDir holds copies of snapshot files (named like them), so
+// that listing snapshots reads only the new ones from the repository.
+func (r *Repository) snapshotCacheDir() string { return filepath.Join(r.cacheDir, "snapshots") }
+
+// cachedSnapshot returns the cached bytes of snapshot id, or nil.
+func (r *Repository) cachedSnapshot(id blob.ID) []byte {
+	data, err := os.ReadFile(filepath.Join(r.snapshotCacheDir(), id.String()))
+	if err != nil {
+		return nil
+	}
+	return data
+}
+
+// blobIDOf returns the BLAKE3 of data (the name of a snapshot file).
+func blobIDOf(data []byte) blob.ID { return blob.ID(blake3.Sum256(data)) }
+
+// cacheSnapshot keeps a copy of a snapshot file; failures only cost a read
+// from the repository later.
+func (r *Repository) cacheSnapshot(id blob.ID, data []byte) {
+	dir := r.snapshotCacheDir()
+	if os.MkdirAll(dir, 0o700) != nil {
+		return
+	}
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(dir, id.String()))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+}
+
+// uncacheSnapshots removes cached copies of snapshots the repository does
+// not list.
+func (r *Repository) uncacheSnapshots(current map[blob.ID]bool) {
+	ents, err := os.ReadDir(r.snapshotCacheDir())
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		id, err := blob.ParseID(e.Name())
+		if err == nil && !current[id] {
+			os.Remove(filepath.Join(r.snapshotCacheDir(), e.Name()))
+		}
+	}
+}

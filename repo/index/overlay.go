@@ -1,0 +1,149 @@
+package index
+
+import (
+	"fmt"
+
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/pack"
+	bolt "go.etcd.io/bbolt"
+)
+
+// This file holds the in-memory overlay of a read-only Index and the
+// bookkeeping of which index files the cache file holds.
+
+// overlayLookup finds a blob in the overlay.
+func (ix *Index) overlayLookup(id blob.ID) (Location, bool) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	if len(ix.overlay) == 0 {
+		return Location{}, false
+	}
+	loc, ok := ix.overlay[id]
+	return loc, ok
+}
+
+// addOverlay records a pack in the overlay. A blob the file or the overlay
+// already holds keeps its location.
+func (ix *Index) addOverlay(id blob.ID, size uint64, entries []pack.Entry) error {
+	var inFile map[blob.ID]bool
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBlobs)
+		for _, e := range entries {
+			if b.Get(e.ID[:]) != nil {
+				if inFile == nil {
+					inFile = map[blob.ID]bool{}
+				}
+				inFile[e.ID] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.oPacks[id] = PackInfo{Size: size, Count: uint32(len(entries)), Type: packType(entries)}
+	for _, e := range entries {
+		if inFile[e.ID] {
+			continue
+		}
+		if _, ok := ix.overlay[e.ID]; ok {
+			continue
+		}
+		if e.Offset > 1<<32-1 {
+			return fmt.Errorf("index: blob %s at offset %d: packs larger than 4 GiB are not supported", e.ID.Short(), e.Offset)
+		}
+		ix.overlay[e.ID] = Location{Pack: id, Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength}
+	}
+	ix.oEntries += len(entries)
+	return nil
+}
+
+// OverlaySize returns the number of blobs held in memory because the cache
+// file was open read-only.
+func (ix *Index) OverlaySize() int {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return len(ix.overlay)
+}
+
+// ReadOnly reports whether the cache file is open read-only.
+func (ix *Index) ReadOnly() bool { return ix.readOnly }
+
+// IndexedPack is one pack of an index file.
+type IndexedPack struct {
+	ID      blob.ID
+	Size    uint64
+	Entries []pack.Entry
+}
+
+// Files returns the names of the index files the cache file holds.
+func (ix *Index) Files() (map[string]bool, error) {
+	files := map[string]bool{}
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketFiles).ForEach(func(k, _ []byte) error { files[string(k)] = true; return nil })
+	})
+	return files, err
+}
+
+// AddFile merges the packs of index file name and records the file, in one
+// transaction. A read-only Index adds the packs to its overlay and does not
+// record the file.
+func (ix *Index) AddFile(name string, packs []IndexedPack) error {
+	if ix.readOnly {
+		for _, p := range packs {
+			if err := ix.addOverlay(p.ID, p.Size, p.Entries); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		for _, p := range packs {
+			if err := addPack(tx, p.ID, p.Size, p.Entries); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketFiles).Put([]byte(name), nil)
+	})
+}
+
+// RemoveFiles forgets that the cache holds the given index files (after
+// they were replaced in the repository by files with the same packs).
+func (ix *Index) RemoveFiles(names []string) error {
+	if ix.readOnly {
+		return ErrReadOnly
+	}
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketFiles)
+		for _, n := range names {
+			if err := b.Delete([]byte(n)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Reset empties the cache file (before a rebuild).
+func (ix *Index) Reset() error {
+	if ix.readOnly {
+		return ErrReadOnly
+	}
+	ix.mu.Lock()
+	clear(ix.overlay)
+	clear(ix.oPacks)
+	ix.mu.Unlock()
+	return ix.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketBlobs, bucketPacks, bucketFiles, bucketPackNums} {
+			if err := tx.DeleteBucket(b); err != nil {
+				return err
+			}
+			if _, err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Delete([]byte("nextpack"))
+	})
+}

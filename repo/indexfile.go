@@ -1,0 +1,205 @@
+package repo
+
+// Index files: the repository's record of which blobs each pack holds. A
+// backup writes one after its packs are stored and before its snapshot, so
+// that other clients learn of its packs without reading their headers. They
+// are immutable, named by the BLAKE3 of their bytes, and sealed in an
+// encrypted repository; see docs/format.md.
+//
+//	magic "SIDX" | version u8 (1) | packs u32
+//	per pack: id [32] | size u64 | blobs u32 |
+//	          per blob: id [32] | type u8 | storage u8 | offset u32 | length u32 | rawLength u32
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/stasisbackup/stasis/repo/backend"
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/index"
+	"github.com/stasisbackup/stasis/repo/pack"
+	"github.com/zeebo/blake3"
+)
+
+// IndexDir is the directory of index files.
+const IndexDir = "index"
+
+const (
+	indexMagic       = "SIDX"
+	indexFileVersion = 1
+	indexEntrySize   = blob.IDSize + 1 + 1 + 4 + 4 + 4
+	indexPackSize    = blob.IDSize + 8 + 4
+	// maxIndexFile bounds what is read of one index file.
+	maxIndexFile = 256 << 20
+	// packsPerIndexFile is how many packs a backup covers with one index
+	// file before it writes the next (a crash loses at most that many
+	// packs' worth of deduplication, never data), and the size of the files
+	// prune writes when it consolidates.
+	packsPerIndexFile = 64
+)
+
+var adIndex = []byte("stasis-index")
+
+// ErrCorruptIndexFile is matched by errors of index files that do not
+// decode or hash to their names.
+var ErrCorruptIndexFile = errors.New("corrupt index file")
+
+// IndexFileName returns the name of index file id.
+func IndexFileName(id blob.ID) string { return path.Join(IndexDir, id.String()) }
+
+func encodeIndexFile(packs []index.IndexedPack) []byte {
+	n := 9
+	for _, p := range packs {
+		n += indexPackSize + len(p.Entries)*indexEntrySize
+	}
+	b := make([]byte, 0, n)
+	b = append(b, indexMagic...)
+	b = append(b, indexFileVersion)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(packs)))
+	for _, p := range packs {
+		b = append(b, p.ID[:]...)
+		b = binary.LittleEndian.AppendUint64(b, p.Size)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(p.Entries)))
+		for _, e := range p.Entries {
+			b = append(b, e.ID[:]...)
+			b = append(b, byte(e.Type), byte(e.Storage))
+			b = binary.LittleEndian.AppendUint32(b, uint32(e.Offset))
+			b = binary.LittleEndian.AppendUint32(b, e.Length)
+			b = binary.LittleEndian.AppendUint32(b, e.RawLength)
+		}
+	}
+	return b
+}
+
+// decodeIndexFile parses the plaintext of an index file. Every count is
+// checked against the bytes that remain before anything is allocated.
+func decodeIndexFile(b []byte) ([]index.IndexedPack, error) {
+	if len(b) < 9 || string(b[:4]) != indexMagic {
+		return nil, fmt.Errorf("%w: bad magic", ErrCorruptIndexFile)
+	}
+	if b[4] != indexFileVersion {
+		return nil, fmt.Errorf("%w: index file version %d", ErrVersion, b[4])
+	}
+	n := binary.LittleEndian.Uint32(b[5:])
+	b = b[9:]
+	if uint64(n)*indexPackSize > uint64(len(b)) {
+		return nil, fmt.Errorf("%w: %d packs claimed in %d bytes", ErrCorruptIndexFile, n, len(b))
+	}
+	packs := make([]index.IndexedPack, 0, n)
+	for i := uint32(0); i < n; i++ {
+		if len(b) < indexPackSize {
+			return nil, fmt.Errorf("%w: truncated at pack %d", ErrCorruptIndexFile, i)
+		}
+		var p index.IndexedPack
+		copy(p.ID[:], b)
+		p.Size = binary.LittleEndian.Uint64(b[32:])
+		cnt := binary.LittleEndian.Uint32(b[40:])
+		b = b[indexPackSize:]
+		if uint64(cnt)*indexEntrySize > uint64(len(b)) {
+			return nil, fmt.Errorf("%w: pack %s claims %d blobs in %d bytes", ErrCorruptIndexFile, p.ID.Short(), cnt, len(b))
+		}
+		p.Entries = make([]pack.Entry, cnt)
+		for j := range p.Entries {
+			e := &p.Entries[j]
+			copy(e.ID[:], b)
+			e.Type, e.Storage = blob.Type(b[32]), pack.Storage(b[33])
+			e.Offset = uint64(binary.LittleEndian.Uint32(b[34:]))
+			e.Length = binary.LittleEndian.Uint32(b[38:])
+			e.RawLength = binary.LittleEndian.Uint32(b[42:])
+			if e.Offset+uint64(e.Length) > p.Size {
+				return nil, fmt.Errorf("%w: blob %s lies beyond the end of pack %s", ErrCorruptIndexFile, e.ID.Short(), p.ID.Short())
+			}
+			b = b[indexEntrySize:]
+		}
+		packs = append(packs, p)
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("%w: %d bytes after the last pack", ErrCorruptIndexFile, len(b))
+	}
+	return packs, nil
+}
+
+// SaveIndexFile writes an index file for packs and returns its name.
+func (r *Repository) SaveIndexFile(ctx context.Context, packs []index.IndexedPack) (string, error) {
+	data := encodeIndexFile(packs)
+	if r.mk != nil {
+		data = r.mk.Seal(nil, data, adIndex)
+	}
+	name := IndexFileName(blob.ID(blake3.Sum256(data)))
+	if err := backend.PutBytes(ctx, r.st, name, data); err != nil {
+		return "", fmt.Errorf("write index file %s: %w", name, err)
+	}
+	return name, nil
+}
+
+// LoadIndexFile reads, verifies and decodes an index file.
+func (r *Repository) LoadIndexFile(ctx context.Context, name string) ([]index.IndexedPack, error) {
+	id, err := blob.ParseID(strings.TrimPrefix(name, IndexDir+"/"))
+	if err != nil || IndexFileName(id) != name {
+		return nil, fmt.Errorf("%s: not an index file name", name)
+	}
+	data, err := backend.ReadAll(ctx, r.st, name, maxIndexFile)
+	if err != nil {
+		return nil, fmt.Errorf("read index file %s: %w", name, err)
+	}
+	if blob.ID(blake3.Sum256(data)) != id {
+		return nil, fmt.Errorf("index file %s: %w: content does not match its name", name, ErrCorruptIndexFile)
+	}
+	if r.mk != nil {
+		if data, err = r.mk.Open(nil, data, adIndex); err != nil {
+			return nil, fmt.Errorf("index file %s: %w: %v", name, ErrCorruptIndexFile, err)
+		}
+	}
+	packs, err := decodeIndexFile(data)
+	if err != nil {
+		return nil, fmt.Errorf("index file %s: %w", name, err)
+	}
+	return packs, nil
+}
+
+// IndexFiles lists the names of the index files, sorted.
+func (r *Repository) IndexFiles(ctx context.Context) ([]string, error) {
+	names, err := backend.ListNames(ctx, r.st, IndexDir+"/")
+	if err != nil {
+		return nil, fmt.Errorf("list index files of %s: %w", r.loc, err)
+	}
+	return names, nil
+}
+
+// unsavedIndex collects the packs this process stored that no index file
+// names yet.
+type unsavedIndex struct {
+	packs []index.IndexedPack
+}
+
+// writeIndex writes an index file for the packs stored since the last one,
+// if any. The packer calls it every packsPerIndexFile packs, and Flush at
+// its end.
+func (r *Repository) writeIndex(ctx context.Context, all bool) error {
+	r.unsavedMu.Lock()
+	defer r.unsavedMu.Unlock()
+	if len(r.unsaved.packs) == 0 || (!all && len(r.unsaved.packs) < packsPerIndexFile) {
+		return nil
+	}
+	name, err := r.SaveIndexFile(ctx, r.unsaved.packs)
+	if err != nil {
+		return err
+	}
+	if !r.idx.ReadOnly() {
+		if err := r.idx.AddFile(name, nil); err != nil {
+			return fmt.Errorf("record index file %s in the cache: %w", name, err)
+		}
+	}
+	r.unsaved.packs = nil
+	return nil
+}
+
+// equalPacks reports whether two pack lists are the same (for tests).
+func equalPacks(a, b []index.IndexedPack) bool {
+	return bytes.Equal(encodeIndexFile(a), encodeIndexFile(b))
+}
