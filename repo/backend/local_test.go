@@ -1,0 +1,73 @@
+package backend_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stasisbackup/stasis/repo/backend"
+	"github.com/stasisbackup/stasis/repo/backend/backendtest"
+)
+
+func TestLocalConformance(t *testing.T) {
+	backendtest.RunConformance(t, func(t *testing.T) backend.Storage {
+		return backend.NewLocal(t.TempDir())
+	})
+}
+
+// errSource is a data source that breaks after some bytes.
+type errSource struct {
+	data []byte
+	at   int64
+}
+
+var errBroken = errors.New("the source broke")
+
+func (e *errSource) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) <= e.at {
+		return copy(p, e.data[off:]), nil
+	}
+	n := 0
+	if off < e.at {
+		n = copy(p, e.data[off:e.at])
+	}
+	return n, errBroken
+}
+
+// TestLocalPutInterrupted: a Put whose data source fails leaves no object
+// and no temp file, on disk or listed.
+func TestLocalPutInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	l := backend.NewLocal(dir)
+	if err := backend.PutBytes(t.Context(), l, "config", []byte("c")); err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []int64{0, 1, 100 << 10} {
+		src := &errSource{data: backendtest.Data(uint64(at), 1<<20), at: at}
+		err := l.Put(t.Context(), "packs/ab/abcd", src, 1<<20)
+		if !errors.Is(err, errBroken) {
+			t.Fatalf("put from a source failing at %d: %v, want the source's error", at, err)
+		}
+	}
+	if _, err := l.Stat(t.Context(), "packs/ab/abcd"); !errors.Is(err, backend.ErrNotExist) {
+		t.Errorf("stat after the failed puts: %v, want ErrNotExist", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "packs", "ab", "abcd")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the failed put left a file: %v", err)
+	}
+	names, err := backend.ListNames(t.Context(), l, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != 1 || names[0] != "config" {
+		t.Errorf("list after the failed puts: %q, want [config]", names)
+	}
+	tmp, err := os.ReadDir(filepath.Join(dir, backend.TempDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range tmp {
+		t.Errorf("the failed put left the temp file %s", e.Name())
+	}
+}
