@@ -104,7 +104,7 @@ func (f *fixture) backup() (*repo.Snapshot, map[string]string) {
 // verify restores snapshot id and compares it with want, file by file.
 func (f *fixture) verify(id blob.ID, want map[string]string) {
 	f.t.Helper()
-	sn, err := f.r.FindSnapshot(ctx, id.String())
+	sn, err := f.r.FindSnapshot(ctx, id.String(), repo.SnapshotFilter{})
 	if err != nil {
 		f.t.Fatalf("find %s: %v", id.Short(), err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -249,17 +250,22 @@ func (r *Repository) Snapshots(ctx context.Context) (list []*Snapshot, bad []err
 	return list, bad, nil
 }
 
-// FindSnapshot resolves "latest", a full id, or a unique id prefix.
-func (r *Repository) FindSnapshot(ctx context.Context, ref string) (*Snapshot, error) {
+// FindSnapshot resolves "latest" (the newest snapshot that passes f), a
+// full id, or a unique id prefix (ids are explicit: f does not apply).
+func (r *Repository) FindSnapshot(ctx context.Context, ref string, f SnapshotFilter) (*Snapshot, error) {
 	list, _, err := r.Snapshots(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if ref == "latest" {
-		if len(list) == 0 {
+		sel := FilterSnapshots(list, f)
+		if len(sel) == 0 {
+			if !f.Empty() {
+				return nil, fmt.Errorf("latest: %w: no snapshot of %s", ErrSnapshotNotFound, f)
+			}
 			return nil, fmt.Errorf("latest: %w: the repository has no snapshots", ErrSnapshotNotFound)
 		}
-		return list[len(list)-1], nil
+		return sel[len(sel)-1], nil
 	}
 	var found *Snapshot
 	for _, sn := range list {
@@ -274,4 +280,86 @@ func (r *Repository) FindSnapshot(ctx context.Context, ref string) (*Snapshot, e
 		return nil, fmt.Errorf("snapshot %q: %w (list them with `stasis snapshots`)", ref, ErrSnapshotNotFound)
 	}
 	return found, nil
+}
+
+// SnapshotFilter selects snapshots by host, tag and path, as restic's
+// --host, --tag and --path do: a snapshot matches when it has one of Hosts
+// (any host when empty), every tag of one of Tags (each entry a
+// comma-separated set; any tags when empty), and exactly the paths Paths
+// (any when empty).
+type SnapshotFilter struct {
+	Hosts []string
+	Tags  []string
+	Paths []string
+}
+
+// Empty reports whether the filter selects every snapshot.
+func (f SnapshotFilter) Empty() bool {
+	return len(f.Hosts) == 0 && len(f.Tags) == 0 && len(f.Paths) == 0
+}
+
+// Match reports whether sn passes the filter.
+func (f SnapshotFilter) Match(sn *Snapshot) bool {
+	if len(f.Hosts) > 0 && !slices.Contains(f.Hosts, sn.Host) {
+		return false
+	}
+	if len(f.Tags) > 0 {
+		ok := false
+		for _, set := range f.Tags {
+			all := true
+			for _, t := range strings.Split(set, ",") {
+				if t != "" && !slices.Contains(sn.Tags, t) {
+					all = false
+					break
+				}
+			}
+			if all {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if len(f.Paths) > 0 {
+		want := slices.Clone(f.Paths)
+		for i, p := range want {
+			want[i] = path.Clean(p)
+		}
+		slices.Sort(want)
+		if !slices.Equal(want, sn.Paths) {
+			return false
+		}
+	}
+	return true
+}
+
+// String describes the filter for messages ("" when empty).
+func (f SnapshotFilter) String() string {
+	var parts []string
+	if len(f.Hosts) > 0 {
+		parts = append(parts, "host "+strings.Join(f.Hosts, " or "))
+	}
+	if len(f.Tags) > 0 {
+		parts = append(parts, "tags "+strings.Join(f.Tags, " or "))
+	}
+	if len(f.Paths) > 0 {
+		parts = append(parts, "paths "+strings.Join(f.Paths, " "))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// FilterSnapshots returns the snapshots of list that pass f, in order.
+func FilterSnapshots(list []*Snapshot, f SnapshotFilter) []*Snapshot {
+	if f.Empty() {
+		return list
+	}
+	var out []*Snapshot
+	for _, sn := range list {
+		if f.Match(sn) {
+			out = append(out, sn)
+		}
+	}
+	return out
 }

@@ -5,10 +5,12 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/repo"
 )
 
 func (a *app) diffCommand() *cobra.Command {
-	return &cobra.Command{
+	var filt repo.SnapshotFilter
+	c := &cobra.Command{
 		Use:   "diff ID1 ID2",
 		Short: "Show what changed between two snapshots",
 		Long: `Show what changed from snapshot ID1 to ID2 (either may be "latest"):
@@ -21,11 +23,11 @@ func (a *app) diffCommand() *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			sa, err := r.FindSnapshot(ctx, args[0])
+			sa, err := r.FindSnapshot(ctx, args[0], filt)
 			if err != nil {
 				return err
 			}
-			sb, err := r.FindSnapshot(ctx, args[1])
+			sb, err := r.FindSnapshot(ctx, args[1], filt)
 			if err != nil {
 				return err
 			}
@@ -49,4 +51,6 @@ func (a *app) diffCommand() *cobra.Command {
 			return nil
 		},
 	}
+	addFilterFlags(c.Flags(), &filt)
+	return c
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/lock"
 )
 
@@ -21,17 +23,11 @@ type lockState struct {
 	cmd   string // the command, recorded in the lock
 }
 
-// defaultBackupIndexWait is how long a backup waits for index.db while
-// another stasis process (typically another backup) has it open. index.db
-// is a bbolt file only one process can open, so concurrent backups take
-// turns; both complete and neither loses data.
-const defaultBackupIndexWait = 12 * time.Hour
-
 // addMaintenanceCommands registers forget, prune, repair, unlock and the
 // --retry-lock flag.
 func (a *app) addMaintenanceCommands(root *cobra.Command) {
 	root.PersistentFlags().DurationVar(&a.locking.retry, "retry-lock", 0,
-		"wait up to DUR for a conflicting repository lock (and for index.db) instead of exiting 11")
+		"wait up to DUR for a conflicting repository lock instead of exiting 11")
 	root.PersistentPreRunE = func(c *cobra.Command, args []string) error {
 		a.locking.cmd = commandName(c)
 		return nil
@@ -46,7 +42,10 @@ func commandName(c *cobra.Command) string {
 
 // lockRepo takes the repository lock for this invocation unless one is held.
 // It fails with an error matching lock.ErrLocked (exit 11) naming the holder.
-func (a *app) lockRepo(ctx context.Context, dir string, exclusive bool) error {
+// When the lock is lost later (it could not be refreshed in time, or it was
+// removed), the command's context is cancelled with the reason, so the
+// command stops before it could write against another command's prune.
+func (a *app) lockRepo(ctx context.Context, st backend.Storage, exclusive bool) error {
 	if a.locking.held != nil {
 		return nil
 	}
@@ -54,23 +53,21 @@ func (a *app) lockRepo(ctx context.Context, dir string, exclusive bool) error {
 	if cmd == "" {
 		cmd = "stasis"
 	}
-	l, err := lock.Acquire(ctx, dir, exclusive, lock.Options{RetryFor: a.locking.retry, Log: a.stderr, Command: cmd})
+	l, err := lock.Acquire(ctx, st, exclusive, lock.Options{RetryFor: a.locking.retry, Log: a.stderr, Command: cmd})
 	if err != nil {
 		return err
 	}
 	a.locking.held = l
+	if a.cancel != nil {
+		go func() {
+			select {
+			case <-l.Done():
+				a.cancel(fmt.Errorf("%w; the command stopped, and nothing it had not committed is kept (earlier snapshots are unaffected)", l.Err()))
+			case <-ctx.Done():
+			}
+		}()
+	}
 	return nil
-}
-
-// indexWait is how long openRepo waits for index.db.
-func (a *app) indexWait() time.Duration {
-	if a.locking.retry > 0 {
-		return a.locking.retry
-	}
-	if strings.HasSuffix(a.locking.cmd, " backup") {
-		return defaultBackupIndexWait
-	}
-	return time.Second
 }
 
 // releaseLock releases the lock taken by this invocation, if any.
@@ -87,12 +84,12 @@ func (a *app) releaseLock() {
 // exclusive wraps a RunE so that it runs under an exclusive lock.
 func (a *app) exclusive(run func(c *cobra.Command, args []string) error) func(c *cobra.Command, args []string) error {
 	return func(c *cobra.Command, args []string) error {
-		dir, err := a.needRepo()
+		st, err := a.storage(c.Context())
 		if err != nil {
 			return err
 		}
 		a.locking.cmd = commandName(c)
-		if err := a.lockRepo(c.Context(), dir, true); err != nil {
+		if err := a.lockRepo(c.Context(), st, true); err != nil {
 			return err
 		}
 		return run(c, args)
@@ -110,19 +107,26 @@ removes every lock, also those of running processes: use it only when you
 know that no stasis process uses the repository.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, args []string) error {
-			dir, err := a.needRepo()
+			st, err := a.storage(c.Context())
 			if err != nil {
 				return err
 			}
+			// RemoveStale writes a probe object: not into a place that
+			// is no repository.
+			if ok, err := repo.ObjectExists(c.Context(), st, "config"); err != nil {
+				return err
+			} else if !ok {
+				return fmt.Errorf("%s: %w", st.Location(), repo.ErrNoRepository)
+			}
 			var removed []lock.Info
 			if all {
-				removed, err = lock.RemoveAll(c.Context(), dir)
+				removed, err = lock.RemoveAll(c.Context(), st)
 			} else {
 				log := a.stderr
 				if a.json {
 					log = io.Discard
 				}
-				removed, err = lock.RemoveStale(c.Context(), dir, lock.Options{Log: log})
+				removed, err = lock.RemoveStale(c.Context(), st, lock.Options{Log: log})
 			}
 			if a.json {
 				out := []map[string]any{}

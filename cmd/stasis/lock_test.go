@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/lock"
 )
 
@@ -16,7 +17,7 @@ func TestExclusiveLockExits11NamingTheHolder(t *testing.T) {
 	src := sampleTree(t)
 	repoDir := filepath.Join(t.TempDir(), "repo")
 	mustRun(t, "backup", "--init", "--repo", repoDir, src)
-	held, err := lock.Acquire(context.Background(), repoDir, true, lock.Options{Command: "stasis prune (test)"})
+	held, err := lock.Acquire(context.Background(), backend.NewLocal(repoDir), true, lock.Options{Command: "stasis prune (test)"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +38,7 @@ func TestExclusiveLockExits11NamingTheHolder(t *testing.T) {
 	if code := <-done; code != 0 {
 		t.Fatalf("prune with --retry-lock after the holder released: exit %d", code)
 	}
-	locks, _ := lock.List(context.Background(), repoDir)
+	locks, _ := lock.List(context.Background(), backend.NewLocal(repoDir))
 	if len(locks) != 0 {
 		t.Fatalf("%d locks left after the commands ended", len(locks))
 	}
@@ -78,7 +79,7 @@ func TestUnlockRemovesStaleLocksOnly(t *testing.T) {
 	setupEnv(t)
 	repoDir := filepath.Join(t.TempDir(), "repo")
 	mustRun(t, "init", "--repo", repoDir)
-	live, err := lock.Acquire(context.Background(), repoDir, false, lock.Options{Command: "live"})
+	live, err := lock.Acquire(context.Background(), backend.NewLocal(repoDir), false, lock.Options{Command: "live"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,17 +7,22 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/tree"
 )
 
 func (a *app) lsCommand() *cobra.Command {
 	var long bool
+	var (
+		at   string
+		filt repo.SnapshotFilter
+	)
 	c := &cobra.Command{
-		Use:   "ls ID|latest [PATH]",
+		Use:   "ls ID|latest|--at TIME [PATH]",
 		Short: "List the entries of a snapshot, below PATH when given",
 		Args: func(c *cobra.Command, args []string) error {
-			if len(args) < 1 || len(args) > 2 {
-				return usagef("ls: give a snapshot ID (or latest) and optionally a PATH")
+			if n := len(args); (at == "" && (n < 1 || n > 2)) || (at != "" && n > 1) {
+				return usagef("ls: give a snapshot ID (or latest, or --at TIME) and optionally a PATH")
 			}
 			return nil
 		},
@@ -28,13 +33,21 @@ func (a *app) lsCommand() *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			sn, err := r.FindSnapshot(ctx, args[0])
+			var sn *repo.Snapshot
+			prefix := "/"
+			if at != "" {
+				sn, err = a.pickSnapshot(ctx, r, nil, at, filt)
+				if len(args) == 1 {
+					prefix = args[0]
+				}
+			} else {
+				sn, err = r.FindSnapshot(ctx, args[0], filt)
+				if len(args) == 2 {
+					prefix = args[1]
+				}
+			}
 			if err != nil {
 				return err
-			}
-			prefix := "/"
-			if len(args) == 2 {
-				prefix = args[1]
 			}
 			n := 0
 			err = engine.Walk(ctx, r, sn, prefix, func(p string, nd *tree.Node) error {
@@ -61,6 +74,8 @@ func (a *app) lsCommand() *cobra.Command {
 		},
 	}
 	c.Flags().BoolVarP(&long, "long", "l", false, "show mode, owner, size and time")
+	c.Flags().StringVar(&at, "at", "", "list the newest snapshot at or before TIME")
+	addFilterFlags(c.Flags(), &filt)
 	return c
 }
 

@@ -15,6 +15,7 @@ func (a *app) restoreCommand() *cobra.Command {
 	var (
 		at   string
 		opts engine.RestoreOptions
+		filt repo.SnapshotFilter
 	)
 	c := &cobra.Command{
 		Use:   "restore (ID|latest|--at TIME) --target DIR [--include PATH]...",
@@ -22,7 +23,8 @@ func (a *app) restoreCommand() *cobra.Command {
 		Long: `Restore a snapshot below --target. Backed-up paths are recreated with their
 full path: backing up /srv/zoomserv and restoring to /r gives /r/srv/zoomserv.
 --at picks the newest snapshot taken at or before TIME (RFC 3339, or
-"YYYY-MM-DD HH:MM[:SS]" in local time). --include PATH restores only PATH
+"YYYY-MM-DD HH:MM[:SS]" in local time). --host, --tag and --path narrow the
+snapshots latest and --at choose from. --include PATH restores only PATH
 (the path as backed up) and what is below it.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
@@ -37,7 +39,7 @@ full path: backing up /srv/zoomserv and restoring to /r gives /r/srv/zoomserv.
 				return err
 			}
 			defer r.Close()
-			sn, err := a.pickSnapshot(ctx, r, args, at)
+			sn, err := a.pickSnapshot(ctx, r, args, at, filt)
 			if err != nil {
 				return err
 			}
@@ -64,16 +66,18 @@ full path: backing up /srv/zoomserv and restoring to /r gives /r/srv/zoomserv.
 	}
 	f := c.Flags()
 	f.StringVar(&at, "at", "", "restore the newest snapshot at or before TIME")
+	addFilterFlags(f, &filt)
 	f.StringVarP(&opts.Target, "target", "t", "", "directory to restore into")
 	f.StringArrayVarP(&opts.Includes, "include", "i", nil, "restore only this snapshot path and below (repeatable)")
 	f.BoolVar(&opts.Overwrite, "overwrite", false, "allow a non-empty target and replace files in it")
 	return c
 }
 
-// pickSnapshot resolves an ID, "latest" or --at TIME.
-func (a *app) pickSnapshot(ctx context.Context, r *repo.Repository, args []string, at string) (*repo.Snapshot, error) {
+// pickSnapshot resolves an ID, "latest" or --at TIME; filt narrows latest
+// and --at.
+func (a *app) pickSnapshot(ctx context.Context, r *repo.Repository, args []string, at string, filt repo.SnapshotFilter) (*repo.Snapshot, error) {
 	if at == "" {
-		return r.FindSnapshot(ctx, args[0])
+		return r.FindSnapshot(ctx, args[0], filt)
 	}
 	t, err := parseTime(at)
 	if err != nil {
@@ -83,7 +87,7 @@ func (a *app) pickSnapshot(ctx context.Context, r *repo.Repository, args []strin
 	if err != nil {
 		return nil, err
 	}
-	return engine.SnapshotAt(list, t)
+	return engine.SnapshotAt(repo.FilterSnapshots(list, filt), t)
 }
 
 // parseTime accepts RFC 3339 or "YYYY-MM-DD HH:MM[:SS]" (and a bare date) in local time.

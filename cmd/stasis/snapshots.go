@@ -43,8 +43,9 @@ func toJSON(sn *repo.Snapshot) snapshotJSON {
 }
 
 func (a *app) snapshotsCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "snapshots",
+	var filt repo.SnapshotFilter
+	c := &cobra.Command{
+		Use:   "snapshots [--host H] [--tag T] [--path P]",
 		Short: "List snapshots, oldest first",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -57,6 +58,7 @@ func (a *app) snapshotsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			list = repo.FilterSnapshots(list, filt)
 			for _, e := range bad {
 				fmt.Fprintf(a.stderr, "warning: %v (run `stasis check`)\n", e)
 			}
@@ -83,6 +85,8 @@ func (a *app) snapshotsCommand() *cobra.Command {
 			return nil
 		},
 	}
+	addFilterFlags(c.Flags(), &filt)
+	return c
 }
 
 // quiesceCell summarises a snapshot's quiesce record: mode and downtime,

@@ -216,7 +216,7 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 	if _, err := r.RebuildIndex(ctx, repo.RebuildOptions{}); err != nil {
 		return res, fmt.Errorf("tape restore: index the spooled packs: %w", err)
 	}
-	sn, err := r.FindSnapshot(ctx, res.SnapshotID)
+	sn, err := r.FindSnapshot(ctx, res.SnapshotID, repo.SnapshotFilter{})
 	if err != nil {
 		return res, fmt.Errorf("tape restore: %w", err)
 	}
