@@ -15,12 +15,22 @@ import (
 
 // lockState is the repository lock of one invocation. Commands that only
 // read or add data (backup, restore, check, ls, ...) take a shared lock in
-// openRepo; forget, prune and repair take an exclusive one first, with
-// lockExclusive. The lock is released when run returns.
+// openRepo; forget, prune and repair run under a.exclusive, which makes the
+// lock openRepo takes exclusive. The lock is released when run returns.
+//
+// If the lock is lost while the command runs (it could not be refreshed in
+// time, or `stasis unlock --remove-all` removed it), lockRepo cancels the
+// command's context (a.cancel) with lockLost's error, which run reports.
 type lockState struct {
-	retry time.Duration // --retry-lock
-	held  *lock.Lock
-	cmd   string // the command, recorded in the lock
+	retry     time.Duration // --retry-lock
+	held      *lock.Lock
+	cmd       string        // the command, recorded in the lock
+	exclusive bool          // set by a.exclusive: lockRepo takes an exclusive lock
+	released  chan struct{} // closed by releaseLock: stops the loss watcher
+
+	// staleAfter is lock.Options.StaleAfter; 0 means the default (tests
+	// shorten it).
+	staleAfter time.Duration
 }
 
 // addMaintenanceCommands registers forget, prune, repair, unlock and the
@@ -35,37 +45,72 @@ func (a *app) addMaintenanceCommands(root *cobra.Command) {
 	root.AddCommand(a.forgetCommand(), a.pruneCommand(), a.repairCommand(), a.unlockCommand())
 }
 
-// commandName returns "stasis <cmd>" for the lock file.
+// commandName returns "stasis <cmd>" for the lock object.
 func commandName(c *cobra.Command) string {
 	return strings.TrimSpace(c.CommandPath())
 }
 
-// lockRepo takes the repository lock for this invocation unless one is held.
-// It fails with an error matching lock.ErrLocked (exit 11) naming the holder.
+// lockRepo takes the repository lock for this invocation on st unless one
+// is held: exclusive if exclusive is set or the command runs under
+// a.exclusive, shared otherwise. Call it once st is known to hold a
+// repository (it writes under locks/). It fails with an error matching
+// lock.ErrLocked (exit 11) naming the holder.
+//
 // When the lock is lost later (it could not be refreshed in time, or it was
-// removed), the command's context is cancelled with the reason, so the
-// command stops before it could write against another command's prune.
+// removed), the command's context is cancelled (a.cancel) with lockLost's
+// error, which matches lock.ErrLost, so the command stops before it could
+// write against another command's prune.
 func (a *app) lockRepo(ctx context.Context, st backend.Storage, exclusive bool) error {
-	if a.locking.held != nil {
+	exclusive = exclusive || a.locking.exclusive
+	if l := a.locking.held; l != nil {
+		if exclusive && !l.Info().Exclusive {
+			return fmt.Errorf("internal error: %s holds a shared repository lock and now needs an exclusive one", a.locking.cmd)
+		}
 		return nil
 	}
 	cmd := a.locking.cmd
 	if cmd == "" {
 		cmd = "stasis"
 	}
-	l, err := lock.Acquire(ctx, st, exclusive, lock.Options{RetryFor: a.locking.retry, Log: a.stderr, Command: cmd})
+	l, err := lock.Acquire(ctx, st, exclusive, lock.Options{
+		RetryFor:   a.locking.retry,
+		StaleAfter: a.locking.staleAfter,
+		Log:        a.stderr,
+		Command:    cmd,
+	})
 	if err != nil {
 		return err
 	}
 	a.locking.held = l
-	if a.cancel != nil {
+	released := make(chan struct{})
+	a.locking.released = released
+	if cancel := a.cancel; cancel != nil {
 		go func() {
 			select {
 			case <-l.Done():
-				a.cancel(fmt.Errorf("%w; the command stopped, and nothing it had not committed is kept (earlier snapshots are unaffected)", l.Err()))
-			case <-ctx.Done():
+				cancel(lockLostError(l))
+			case <-released:
 			}
 		}()
+	}
+	return nil
+}
+
+// lockLost returns nil while this invocation's lock is held or if it took
+// none, and the error to report once the lock was lost.
+func (a *app) lockLost() error {
+	if a.locking.held == nil {
+		return nil
+	}
+	return lockLostError(a.locking.held)
+}
+
+// lockLostError is nil while l is held, else "repository lock lost: <why>;
+// the command stopped, nothing it had not committed is kept", matching
+// lock.ErrLost.
+func lockLostError(l *lock.Lock) error {
+	if err := l.Err(); err != nil {
+		return fmt.Errorf("%w; the command stopped, nothing it had not committed is kept (earlier snapshots are unaffected)", err)
 	}
 	return nil
 }
@@ -75,24 +120,25 @@ func (a *app) releaseLock() {
 	if a.locking.held == nil {
 		return
 	}
+	close(a.locking.released)
 	if err := a.locking.held.Release(); err != nil {
 		fmt.Fprintf(a.stderr, "stasis: %v\n", err)
 	}
 	a.locking.held = nil
 }
 
-// exclusive wraps a RunE so that it runs under an exclusive lock.
+// exclusive wraps a RunE so that it runs under an exclusive lock: the lock
+// openRepo takes (after it checked that the repository exists, so that no
+// lock is written into a mistyped --repo) is exclusive.
 func (a *app) exclusive(run func(c *cobra.Command, args []string) error) func(c *cobra.Command, args []string) error {
 	return func(c *cobra.Command, args []string) error {
-		st, err := a.storage(c.Context())
-		if err != nil {
-			return err
-		}
 		a.locking.cmd = commandName(c)
-		if err := a.lockRepo(c.Context(), st, true); err != nil {
-			return err
+		a.locking.exclusive = true
+		err := run(c, args)
+		if err == nil && a.locking.held == nil {
+			return fmt.Errorf("internal error: %s ran without its exclusive repository lock", a.locking.cmd)
 		}
-		return run(c, args)
+		return err
 	}
 }
 
@@ -102,9 +148,11 @@ func (a *app) unlockCommand() *cobra.Command {
 		Use:   "unlock [--remove-all]",
 		Short: "Remove stale repository locks (with --remove-all: every lock)",
 		Long: `Remove locks left by stasis processes that are gone (same host, dead pid) or
-that were not refreshed for 30 minutes. This is always safe. --remove-all
-removes every lock, also those of running processes: use it only when you
-know that no stasis process uses the repository.`,
+that were not refreshed for 30 minutes by the clock of the repository's
+storage (the file system's or the object store's, never a host's). This is
+always safe. --remove-all removes every lock, also those of running
+processes (they stop at their next refresh): use it only when you know that
+no stasis process uses the repository.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, args []string) error {
 			st, err := a.storage(c.Context())
@@ -131,7 +179,7 @@ know that no stasis process uses the repository.`,
 			if a.json {
 				out := []map[string]any{}
 				for _, l := range removed {
-					out = append(out, map[string]any{"id": l.ID, "lock": l.String()})
+					out = append(out, map[string]any{"id": l.ID, "objects": l.Objects, "lock": l.String()})
 				}
 				writeJSON(a.stdout, map[string]any{"removed": out})
 			} else {

@@ -629,8 +629,8 @@ func (l *Lock) expire() {
 	if last != nil {
 		why = "last error: " + last.Error()
 	}
-	l.lose(fmt.Errorf("%w: the lock could not be refreshed for %s (%s), after which other processes may soon consider it stale",
-		ErrLost, lostAfter(l.opts.StaleAfter), why))
+	l.lose(fmt.Errorf("%w: the lock could not be refreshed for %s (%s); other processes may consider it stale after %s",
+		ErrLost, lostAfter(l.opts.StaleAfter), why, l.opts.StaleAfter))
 }
 
 func (l *Lock) refreshLoop(lastOK time.Time) {
