@@ -68,7 +68,9 @@
 // after starting its last successful write (by its monotonic clock): by the
 // time the storage's clock shows StaleAfter since that stamp, the holder has
 // stopped for StaleAfter/2 already. ModTimes read by Stat may be truncated to
-// whole seconds (S3 HEAD); that only makes locks look younger.
+// whole seconds (S3 HEAD), which only makes locks look younger; file systems
+// stamp with a coarse clock (a few milliseconds), which is negligible
+// against that margin.
 //
 // A lock written on this host is also stale when its process is gone:
 // kill(pid, 0) fails with ESRCH, or the pid now belongs to a process with a
