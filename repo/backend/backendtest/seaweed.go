@@ -39,8 +39,9 @@ import (
 //	func TestMain(m *testing.M) { backendtest.Main(m) }
 //
 // Without that, the server dies with the test binary anyway (it is started
-// with a parent-death signal), but its data directory in os.TempDir() is
-// left behind.
+// with a parent-death signal), but its data directory in os.TempDir() and
+// its sockets in /tmp are left behind until the next start of a server,
+// which removes those of test binaries that are gone.
 
 // Environment variables of the harness.
 const (
@@ -71,6 +72,8 @@ type SeaweedServer struct {
 	Startup time.Duration
 	// VolumeServers is the number of volume servers.
 	VolumeServers int
+	// MasterURL is the master's HTTP address (http://127.0.0.1:PORT).
+	MasterURL string
 
 	procs   []*process
 	sockets []string
@@ -153,8 +156,9 @@ func Seaweed(t testing.TB) *SeaweedServer {
 }
 
 // SeaweedTwoVolumes is Seaweed with two volume servers (the second one a
-// separate `weed volume` process), so that the objects of one bucket are
-// spread over two servers. It is a different server from Seaweed's.
+// separate `weed volume` process) and replication 001, so that every object
+// is written to both servers and read from either. It is a different
+// server from Seaweed's.
 func SeaweedTwoVolumes(t testing.TB) *SeaweedServer {
 	t.Helper()
 	return seaweed(t, 2)
@@ -249,6 +253,7 @@ var errExited = errors.New("weed exited")
 
 func tryStartSeaweed(bin string, volumes int) (s *SeaweedServer, err error) {
 	begin := time.Now()
+	removeStale()
 	dir, err := os.MkdirTemp("", "stasis-weed-*")
 	if err != nil {
 		return nil, err
@@ -265,6 +270,7 @@ func tryStartSeaweed(bin string, volumes int) (s *SeaweedServer, err error) {
 	}
 	master, masterGrpc, volume, volumeGrpc, filer, filerGrpc, s3p, s3Grpc := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7]
 	s.Endpoint = "127.0.0.1:" + strconv.Itoa(s3p)
+	s.MasterURL = "http://127.0.0.1:" + strconv.Itoa(master)
 
 	cfg, err := json.Marshal(map[string]any{"identities": []any{map[string]any{
 		"name":        "stasis",
@@ -279,11 +285,11 @@ func tryStartSeaweed(bin string, volumes int) (s *SeaweedServer, err error) {
 		return nil, err
 	}
 	// Every bucket is a collection, and the master grows a collection by
-	// 7 volumes at a time by default; one per volume server is enough
+	// 7 volumes at a time by default; one (of one or two copies) is enough
 	// here and leaves room for many buckets. The allocation deferral is
 	// for rebuilt masters. An empty security.toml here shadows any in
 	// ~/.seaweedfs or /etc/seaweedfs.
-	masterToml := fmt.Sprintf("[master.volume_growth]\ncopy_1 = %d\ncopy_2 = 1\ncopy_3 = 1\ncopy_other = 1\nallocation_deferral = \"0s\"\n", volumes)
+	masterToml := "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 1\ncopy_3 = 1\ncopy_other = 1\nallocation_deferral = \"0s\"\n"
 	if err := os.WriteFile(filepath.Join(dir, "master.toml"), []byte(masterToml), 0o600); err != nil {
 		return nil, err
 	}
@@ -313,6 +319,16 @@ func tryStartSeaweed(bin string, volumes int) (s *SeaweedServer, err error) {
 		fmt.Sprintf("/tmp/seaweedfs-filer-grpc-%d.sock", filerGrpc),
 		fmt.Sprintf("/tmp/seaweedfs-filer-%d.sock", filer),
 		fmt.Sprintf("/tmp/seaweedfs-s3-%d.sock", s3p),
+		fmt.Sprintf("/tmp/seaweedfs-s3-grpc-%d.sock", s3Grpc),
+	}
+	owner := strconv.Itoa(os.Getpid()) + "\n" + strings.Join(s.sockets, "\n") + "\n"
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(owner), 0o600); err != nil {
+		return nil, err
+	}
+	if volumes > 1 {
+		// Every volume has a copy on two servers (of the same rack), so
+		// every write goes to two and reads to either.
+		args = append(args, "-master.defaultReplication", "001")
 	}
 	if err := s.spawn(bin, filepath.Join(dir, "server.log"), args); err != nil {
 		return nil, err
@@ -344,11 +360,38 @@ func tryStartSeaweed(bin string, volumes int) (s *SeaweedServer, err error) {
 		return nil, err
 	}
 	s.client = client
-	if err := s.waitReady(master, 90*time.Second); err != nil {
+	if err := s.waitReady(90 * time.Second); err != nil {
 		return nil, err
 	}
 	s.Startup = time.Since(begin)
 	return s, nil
+}
+
+// ownerFile in a server's directory holds the pid of the test binary that
+// started it, then the paths of its sockets, one a line.
+const ownerFile = "owner"
+
+// removeStale removes the directories and sockets of servers whose test
+// binary is gone (it exited without StopSeaweed; the servers died with it).
+func removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "stasis-weed-*"))
+	for _, d := range dirs {
+		data, err := os.ReadFile(filepath.Join(d, ownerFile))
+		if err != nil {
+			continue // starting, or not ours
+		}
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		pid, err := strconv.Atoi(lines[0])
+		if err != nil || pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue // alive (or unreadable): leave it
+		}
+		for _, sock := range lines[1:] {
+			if strings.HasPrefix(sock, "/tmp/seaweedfs-") && strings.HasSuffix(sock, ".sock") {
+				os.Remove(sock)
+			}
+		}
+		os.RemoveAll(d)
+	}
 }
 
 // spawn starts weed with args, its output going to logPath. The process
@@ -388,7 +431,7 @@ func (s *SeaweedServer) spawn(bin, logPath string, args []string) error {
 // waitReady polls until the S3 gateway takes a write into SeaweedBucket
 // (which it creates) and the master sees every volume server, or a
 // process exits, or the deadline passes.
-func (s *SeaweedServer) waitReady(masterPort int, timeout time.Duration) error {
+func (s *SeaweedServer) waitReady(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -416,10 +459,10 @@ func (s *SeaweedServer) waitReady(masterPort int, timeout time.Duration) error {
 				continue
 			}
 		case "volumes":
-			var n int
-			n, last = dataNodes(ctx, masterPort)
-			if last == nil && n < s.VolumeServers {
-				last = fmt.Errorf("the master sees %d of %d volume servers", n, s.VolumeServers)
+			var nodes map[string]int
+			nodes, last = s.volumesByServer(ctx)
+			if last == nil && len(nodes) < s.VolumeServers {
+				last = fmt.Errorf("the master sees %d of %d volume servers", len(nodes), s.VolumeServers)
 			}
 			if last == nil {
 				step = "write"
@@ -444,38 +487,53 @@ func (s *SeaweedServer) waitReady(masterPort int, timeout time.Duration) error {
 	}
 }
 
-// dataNodes returns how many volume servers the master knows.
-func dataNodes(ctx context.Context, masterPort int) (int, error) {
+// VolumesByServer returns the number of volumes on every volume server
+// the master knows, by server address.
+func (s *SeaweedServer) VolumesByServer(t testing.TB) map[string]int {
+	t.Helper()
+	nodes, err := s.volumesByServer(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nodes
+}
+
+func (s *SeaweedServer) volumesByServer(ctx context.Context) (map[string]int, error) {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/dir/status", masterPort), nil)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, s.MasterURL+"/dir/status", nil)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	var st struct {
 		Topology struct {
 			DataCenters []struct {
 				Racks []struct {
-					DataNodes []struct{ Url string }
+					DataNodes []struct {
+						Url     string
+						Volumes int
+					}
 				}
 			}
 		}
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return 0, fmt.Errorf("master /dir/status: %w", err)
+		return nil, fmt.Errorf("master %s/dir/status: %w", s.MasterURL, err)
 	}
-	n := 0
+	nodes := map[string]int{}
 	for _, dc := range st.Topology.DataCenters {
 		for _, r := range dc.Racks {
-			n += len(r.DataNodes)
+			for _, n := range r.DataNodes {
+				nodes[n.Url] += n.Volumes
+			}
 		}
 	}
-	return n, nil
+	return nodes, nil
 }
 
 // logTail returns the end of the server's logs, for error messages.

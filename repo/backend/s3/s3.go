@@ -26,9 +26,9 @@
 //
 // # Retries
 //
-// Every operation (each request of it: PUT and multipart parts, GET, HEAD,
-// each page of a listing, DELETE) is attempted at most Config.MaxAttempts
-// times (default 6) with exponential backoff and jitter when it fails with
+// Every request (Put as a whole, GET, HEAD, each page of a listing, DELETE,
+// and Open's bucket check) is attempted at most Config.MaxAttempts times
+// (default 6) with exponential backoff and jitter when it fails with
 // throttling (503 SlowDown, 429, and the Throttling/RequestLimitExceeded
 // codes), a 5xx status, a request timeout (408, RequestTimeout) or a
 // connection error (refused, reset, timed out, unexpected EOF). Errors the
@@ -36,7 +36,11 @@
 // the data source of a Put and a cancelled context are not retried. Waits
 // respect the context. minio-go's own retries are disabled, so the attempts
 // are exactly these. A failed Put is retried as a whole, re-reading its
-// io.ReaderAt from offset 0.
+// io.ReaderAt from offset 0 (a multipart upload that fails in one part is
+// aborted and started again). A List that fails after some pages resumes
+// after the last key it delivered. Delays start at Config.RetryDelay
+// (default 200ms) and double up to MaxRetryDelay, half of each random: six
+// attempts wait between 3.1s and 6.2s in all before giving up.
 package s3
 
 import (

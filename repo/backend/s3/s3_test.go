@@ -52,6 +52,16 @@ func TestConformanceTwoVolumeServers(t *testing.T) {
 	backendtest.RunConformance(t, func(t *testing.T) backend.Storage {
 		return srv.NewTarget(t).Open(t)
 	})
+	nodes := srv.VolumesByServer(t)
+	t.Logf("volumes by server: %v", nodes)
+	if len(nodes) != 2 {
+		t.Errorf("volume servers %v, want 2", nodes)
+	}
+	for addr, n := range nodes {
+		if n == 0 {
+			t.Errorf("volume server %s holds no volume: %v", addr, nodes)
+		}
+	}
 }
 
 func TestParse(t *testing.T) {
