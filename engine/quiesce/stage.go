@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -163,8 +162,8 @@ func (e *cloneError) Error() string {
 	return fmt.Sprintf("cannot clone %s to %s: %v", e.src, e.dst, e.err)
 }
 
-// stageFile copies src to a new file dst keeping mode and times; with
-// reflink it clones instead and returns a *cloneError when the filesystem
+// stageFile copies src to a new file dst keeping mode, times and holes
+// (only data extents are copied: copyData); with reflink it clones instead and returns a *cloneError when the filesystem
 // refuses (dst is removed then).
 func stageFile(ctx context.Context, src, dst string, reflink bool) error {
 	in, err := os.Open(src)
@@ -186,7 +185,7 @@ func stageFile(ctx context.Context, src, dst string, reflink bool) error {
 			os.Remove(dst)
 			return &cloneError{src: src, dst: dst, err: cerr}
 		}
-	} else if _, err := io.Copy(out, ctxReader{ctx, in}); err != nil {
+	} else if err := copyData(ctx, in, out, fi.Size()); err != nil {
 		out.Close()
 		return fmt.Errorf("stage %s: copy to %s: %w", src, dst, err)
 	}
@@ -204,16 +203,4 @@ func stageFile(ctx context.Context, src, dst string, reflink bool) error {
 		return fmt.Errorf("stage %s: %w", src, err)
 	}
 	return nil
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
