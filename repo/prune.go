@@ -242,6 +242,7 @@ func (r *Repository) DeletePacks(ctx context.Context, ids []blob.ID) (int64, err
 		if err := r.st.Delete(ctx, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return freed, fmt.Errorf("delete pack %s: %w", id, err)
 		}
+		r.packs.forget(id)
 		freed += fi.Size
 	}
 	return freed, nil

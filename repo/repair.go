@@ -120,6 +120,9 @@ func (r *Repository) MoveToDamaged(ctx context.Context, name string) (string, er
 	if err := r.st.Delete(ctx, name); err != nil {
 		return "", fmt.Errorf("move %s to %s: delete the original: %w", name, to, err)
 	}
+	if id, err := blob.ParseID(path.Base(name)); err == nil {
+		r.packs.forget(id)
+	}
 	return to, nil
 }
 

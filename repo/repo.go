@@ -40,10 +40,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -479,13 +481,79 @@ func PackName(id blob.ID) string {
 	return path.Join("packs", s[:2], s)
 }
 
-// packReader reads byte ranges of packs from the storage.
+// packReader reads byte ranges of packs from the storage. On a local
+// directory each read is one pread (the page cache does the rest). On an
+// object store, where every read is a request, it fetches a window of
+// readWindow bytes from the requested offset and keeps the last few
+// windows, so that a restore reading a file's chunks in pack order makes
+// one request per window instead of one per chunk.
 type packReader struct {
-	st backend.Storage
+	st     backend.Storage
+	window int64
+
+	mu   sync.Mutex
+	wins []*packWindow // most recently used last
 }
 
-func newPackReader(st backend.Storage) *packReader { return &packReader{st: st} }
+type packWindow struct {
+	pack blob.ID
+	off  int64
+	data []byte
+}
+
+const (
+	readWindow  = 4 << 20
+	readWindows = 8
+)
+
+func newPackReader(st backend.Storage) *packReader {
+	c := &packReader{st: st}
+	if _, local := st.(*backend.Local); !local {
+		c.window = readWindow
+	}
+	return c
+}
 
 func (c *packReader) readAt(ctx context.Context, id blob.ID, p []byte, off int64) error {
-	return backend.ReadAt(ctx, c.st, PackName(id), p, off)
+	if c.window == 0 || int64(len(p)) >= c.window {
+		return backend.ReadAt(ctx, c.st, PackName(id), p, off)
+	}
+	end := off + int64(len(p))
+	c.mu.Lock()
+	for i, w := range c.wins {
+		if w.pack == id && off >= w.off && end <= w.off+int64(len(w.data)) {
+			copy(p, w.data[off-w.off:])
+			c.wins = append(append(c.wins[:i:i], c.wins[i+1:]...), w)
+			c.mu.Unlock()
+			return nil
+		}
+	}
+	c.mu.Unlock()
+	rc, err := c.st.Get(ctx, PackName(id), off, c.window)
+	if err != nil {
+		return err
+	}
+	data, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return fmt.Errorf("read %s: %w", PackName(id), err)
+	}
+	if int64(len(data)) < int64(len(p)) {
+		return fmt.Errorf("%s: %d of %d bytes at offset %d: object is truncated: %w", PackName(id), len(data), len(p), off, io.ErrUnexpectedEOF)
+	}
+	copy(p, data)
+	c.mu.Lock()
+	if len(c.wins) >= readWindows {
+		c.wins = c.wins[1:]
+	}
+	c.wins = append(c.wins, &packWindow{pack: id, off: off, data: data})
+	c.mu.Unlock()
+	return nil
+}
+
+// forget drops cached windows of a pack (it was deleted or replaced).
+func (c *packReader) forget(id blob.ID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.wins = slices.DeleteFunc(c.wins, func(w *packWindow) bool { return w.pack == id })
 }

@@ -33,10 +33,12 @@
 package index
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -104,7 +106,9 @@ type Options struct {
 // Open opens (creating when needed, unless read-only) the index at path for
 // the repository with the given id.
 func Open(path string, repoID []byte, opts Options) (*Index, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, ReadOnly: opts.ReadOnly, FreelistType: bolt.FreelistMapType})
+	// A larger first mapping saves remapping while a merge grows the file
+	// (address space only: pages count in memory when touched).
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, ReadOnly: opts.ReadOnly, FreelistType: bolt.FreelistMapType, InitialMmapSize: 64 << 20})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: %w", path, ErrBusy)
 	}
@@ -287,6 +291,9 @@ func addPack(tx *bolt.Tx, id blob.ID, size uint64, entries []pack.Entry) error {
 	if err != nil {
 		return err
 	}
+	// In key order: bbolt splits nodes only at commit (see AddFile).
+	entries = slices.Clone(entries)
+	slices.SortFunc(entries, func(a, b pack.Entry) int { return bytes.Compare(a.ID[:], b.ID[:]) })
 	blobs := tx.Bucket(bucketBlobs)
 	for _, e := range entries {
 		if blobs.Get(e.ID[:]) != nil {

@@ -1,7 +1,9 @@
 package index
 
 import (
+	"bytes"
 	"fmt"
+	"slices"
 
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/pack"
@@ -99,9 +101,30 @@ func (ix *Index) AddFile(name string, packs []IndexedPack) error {
 		}
 		return nil
 	}
+	// Blob records go in in key order: bbolt splits nodes only at commit,
+	// so random inserts into one transaction cost quadratic copying.
+	type rec struct {
+		num uint32
+		e   pack.Entry
+	}
 	return ix.db.Update(func(tx *bolt.Tx) error {
+		var recs []rec
 		for _, p := range packs {
-			if err := addPack(tx, p.ID, p.Size, p.Entries); err != nil {
+			num, err := packNumber(tx, p.ID, p.Size, len(p.Entries), packType(p.Entries))
+			if err != nil {
+				return err
+			}
+			for _, e := range p.Entries {
+				recs = append(recs, rec{num, e})
+			}
+		}
+		slices.SortFunc(recs, func(a, b rec) int { return bytes.Compare(a.e.ID[:], b.e.ID[:]) })
+		blobs := tx.Bucket(bucketBlobs)
+		for _, r := range recs {
+			if blobs.Get(r.e.ID[:]) != nil {
+				continue
+			}
+			if err := putBlob(blobs, r.num, r.e); err != nil {
 				return err
 			}
 		}
