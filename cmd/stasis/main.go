@@ -80,6 +80,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if cause := context.Cause(ctx); err != nil && cause != nil && cause != ctx.Err() {
 		err = cause // say why the command was stopped (a lost lock), not "context canceled"
 	}
+	if err == nil {
+		// Finished, but the lock was lost on the way: another command may
+		// have taken the repository meanwhile (a prune), so this is no
+		// success to report.
+		if lerr := a.lockLost(); lerr != nil {
+			err = fmt.Errorf("%w; run `stasis check` before trusting what this command wrote", lerr)
+		}
+	}
 	a.releaseLock()
 	if err == nil {
 		return exitOK
@@ -151,6 +159,7 @@ a terminal, in this order. A wrong or missing password exits with code 12.`,
 		a.lsCommand(), a.checkCommand(), a.statsCommand(), a.versionCommand(),
 		a.keyCommand(), a.tapeCommand())
 	a.addMaintenanceCommands(root) // forget, prune, repair, unlock, --retry-lock (lock.go)
+	root.AddCommand(a.resumePendingCommand())
 	return root
 }
 
