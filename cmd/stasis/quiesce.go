@@ -39,7 +39,7 @@ func addQuiesceFlags(c *cobra.Command, q *quiesceFlags) {
 	f.DurationVar(&q.hookTimeout, "hook-timeout", 0, "kill a hook (its process group) that runs longer than this (default 5m)")
 	f.StringArrayVar(&q.paths, "quiesce-path", nil, "only files matching GLOB are held still; base name, or absolute path when GLOB has a slash (repeatable; default all files)")
 	f.StringVar(&q.freeze, "freeze", "", "how quiesced files are held still: stop, copy or reflink (default stop)")
-	f.StringVar(&q.staging, "staging", "", "directory for the copies of copy and reflink modes (default the repository's parent directory)")
+	f.StringVar(&q.staging, "staging", "", "directory for the copies of copy and reflink modes, created when missing (default a private .stasis-staging directory on the data's filesystem, beside the backup path)")
 	f.StringVar(&q.onOpen, "on-open", "", "when a quiesced file is still open for writing after --quiesce: warn or fail (default warn)")
 }
 
@@ -156,6 +156,13 @@ func (a *app) quiescedBackup(ctx context.Context, r *repo.Repository, q *quiesce
 		paths[i] = abs
 	}
 	opts.Paths = paths
+	// What the backup would reject in the window is rejected now, before
+	// the service is stopped.
+	for _, g := range append(append([]string{}, opts.Excludes...), opts.DBGlobs...) {
+		if _, err := filepath.Match(g, ""); err != nil {
+			return rep, nil, usagef("backup: bad glob %q: %v", g, err)
+		}
+	}
 	qopts := quiesce.Options{Repository: a.repoDir, Paths: paths, QuiescePaths: q.paths,
 		Quiesce: q.quiesce, Resume: q.resume, HookTimeout: q.hookTimeout, Freeze: quiesce.Freeze(q.freeze),
 		Staging: q.staging, OnOpen: quiesce.OnOpen(q.onOpen), Log: a.stderr}
@@ -176,6 +183,8 @@ func (a *app) quiescedBackup(ctx context.Context, r *repo.Repository, q *quiesce
 			for _, f := range s.Files {
 				opts.Substitutes[f] = s.Path(f)
 			}
+			// The copies (this run's and other runs') are not data to back up.
+			opts.Excludes = append(append([]string{}, opts.Excludes...), s.Excludes...)
 		}
 		sn, berr = engine.Backup(ctx, r, opts)
 		if sn == nil {

@@ -307,7 +307,8 @@ func TestQuiescedBackupFailuresResume(t *testing.T) {
 		{"failing quiesce hook", e.hooks(" && false"), "quiesce hook failed", true},
 		{"hung quiesce hook", append(e.hooks(" && exec sleep 60"), "--hook-timeout", "300ms"), "timed out", true},
 		{"open writer with --on-open fail", append(e.hooks(""), "--on-open", "fail"), "still open for writing", true},
-		{"staging fails", append(e.hooks(""), "--freeze", "copy", "--staging", notDir), "staging directory", true},
+		// Checked before the service is stopped: the hooks never run.
+		{"staging fails", append(e.hooks(""), "--freeze", "copy", "--staging", notDir), "staging directory", false},
 		{"repository breaks in the window", e.hooks(` && mv "$STASIS_REPO/packs" "$STASIS_REPO/packs.moved" && touch "$STASIS_REPO/packs"`), "packs", true},
 		{"missing path", append(e.hooks(""), filepath.Join(e.dir, "missing")), "does not exist", false},
 	} {

@@ -15,6 +15,8 @@
 //
 // # Resume exactly once
 //
+// Everything that can fail early (options, staging directory and its free
+// space) is checked before the quiesce hook runs.
 // Once Run has started the quiesce hook, the resume hook runs exactly once
 // before Run returns — after success, after a failed or killed quiesce hook,
 // after a failed capture, an open-writer failure, a panic in capture, and
@@ -26,10 +28,13 @@
 //   - stop: capture runs while the service is quiesced. Capture may end the
 //     window early with Stage.Resume once it has read Stage.Files (the
 //     quiesced files); the rest of the tree is then read while the service runs.
-//   - copy: the quiesced files are copied (mode and mtime kept) into a fresh
-//     directory under Options.Staging, the service is resumed, and capture
-//     reads the copies through Stage.Path while recording the original names.
-//     The staging directory is removed before Run returns.
+//   - copy: the quiesced files are copied (mode, mtime and holes kept: only
+//     data extents are copied) into a fresh directory under Options.Staging
+//     (by default a private directory on the data's filesystem,
+//     DefaultStaging), the service is resumed, and capture reads the copies
+//     through Stage.Path while recording the original names. The run's
+//     directory is removed before Run returns; those of runs that died are
+//     removed by the next run that stages there.
 //   - reflink: as copy, but files are cloned with FICLONE (XFS, btrfs), so the
 //     window lasts milliseconds whatever the size. Where the filesystem refuses
 //     (ext4, tmpfs, or a staging directory on another filesystem) it falls

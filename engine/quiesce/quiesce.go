@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -43,9 +43,10 @@ type Options struct {
 	KillGrace    time.Duration
 	Freeze       Freeze // "" = stop
 	// Staging is the directory under which copy and reflink modes create
-	// their temporary staging directory. "" = beside the repository (its
-	// parent directory), or os.TempDir() without a repository. For reflink
-	// it must be on the same filesystem as the data.
+	// their own temporary directory (created when missing). "" = a private
+	// .stasis-staging directory on the data's filesystem (DefaultStaging).
+	// For reflink it must be on the same filesystem as the data.
+	// Directories left there by runs that died are removed by the next run.
 	Staging string
 	OnOpen  OnOpen    // "" = warn
 	Log     io.Writer // hook output and progress lines; nil = discard
@@ -97,6 +98,38 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 	files, err := QuiescedFiles(opts.Paths, opts.QuiescePaths)
 	if err != nil {
 		return rep, err
+	}
+	// Everything that can fail early fails here, before the service is
+	// stopped: staging (created, checked for room, leftovers of dead runs
+	// removed).
+	var (
+		stg      *staging
+		excludes []string
+	)
+	if opts.Freeze != FreezeStop && len(files) > 0 {
+		parent := opts.Staging
+		if parent == "" {
+			if parent, err = DefaultStaging(opts.Paths, files); err != nil {
+				return rep, err
+			}
+		}
+		files = outside(files, parent) // never stage a dead run's copies
+		excludes = []string{GlobQuote(filepath.Join(parent, stagePrefix)) + "*"}
+		if opts.Staging == "" {
+			excludes = append(excludes, GlobQuote(parent)) // all ours
+		}
+		opts.Staging = parent
+		var warns []string
+		stg, warns, err = prepareStaging(opts, files, opts.Log)
+		rep.Warnings = append(rep.Warnings, warns...)
+		if err != nil {
+			return rep, err
+		}
+		defer func() {
+			if rerr := stg.remove(); rerr != nil {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("remove staging directory: %v", rerr))
+			}
+		}()
 	}
 	rep.QuiescedFiles = len(files)
 	if err := ctx.Err(); err != nil {
@@ -187,17 +220,13 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 		return rep, rerr
 	}
 
-	dir, err := os.MkdirTemp(opts.stagingParent(), "stasis-stage-")
-	if err != nil {
-		return rep, fmt.Errorf("create staging directory: %w (set --staging to a writable directory)", err)
+	var dir string
+	mode := opts.Freeze
+	if stg != nil {
+		dir, mode = stg.dir, stg.mode
 	}
-	defer func() {
-		if rerr := os.RemoveAll(dir); rerr != nil {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("remove staging directory: %v", rerr))
-		}
-	}()
-	fmt.Fprintf(opts.Log, "stasis: staging %d quiesced files in %s (%s)\n", len(files), dir, opts.Freeze)
-	staged, used, warns, err := stageFiles(ctx, files, dir, opts.Freeze)
+	fmt.Fprintf(opts.Log, "stasis: staging %d quiesced files in %s (%s)\n", len(files), dir, mode)
+	staged, used, warns, err := stageFiles(ctx, files, dir, mode)
 	mu.Lock()
 	rep.Freeze = used
 	rep.Warnings = append(rep.Warnings, warns...)
@@ -206,7 +235,7 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 		return rep, err
 	}
 	rerr := resume()
-	if cerr := capture(ctx, &Stage{Freeze: used, Files: files, staged: staged, report: snapshot}); cerr != nil {
+	if cerr := capture(ctx, &Stage{Freeze: used, Files: files, StagingDir: opts.Staging, Excludes: excludes, staged: staged, report: snapshot}); cerr != nil {
 		return rep, errors.Join(cerr, rerr)
 	}
 	return rep, rerr
@@ -217,13 +246,30 @@ func (o Options) hook(p Phase, cmd string) Hook {
 		Repo: o.Repository, Paths: o.Paths}
 }
 
-func (o Options) stagingParent() string {
-	switch {
-	case o.Staging != "":
-		return o.Staging
-	case o.Repository != "":
-		return filepath.Dir(filepath.Clean(o.Repository))
-	default:
-		return os.TempDir()
+// outside returns the files that are not in a run's directory under the
+// staging directory dir (a dead run's copies, or a live one's).
+func outside(files []string, dir string) []string {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return files
 	}
+	out := files[:0:0]
+	for _, f := range files {
+		if abs, err := filepath.Abs(f); err != nil || !strings.HasPrefix(abs, filepath.Join(dir, stagePrefix)) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// GlobQuote returns a glob (filepath.Match) that matches exactly p.
+func GlobQuote(p string) string {
+	var b strings.Builder
+	for _, r := range p {
+		if strings.ContainsRune(`*?[\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

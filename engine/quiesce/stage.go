@@ -25,6 +25,13 @@ type Stage struct {
 	// Files are the quiesced files, cleaned, sorted, as found by walking
 	// Options.Paths.
 	Files []string
+	// StagingDir is the staging directory (Options.Staging, or the default
+	// one) in copy and reflink modes, "" in stop mode.
+	StagingDir string
+	// Excludes are globs (absolute paths, for filepath.Match) of the
+	// staging directories of this and other runs: copies, not data, which
+	// a backup whose paths contain them must exclude.
+	Excludes []string
 
 	staged map[string]string
 	resume func() error
