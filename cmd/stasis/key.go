@@ -99,7 +99,10 @@ or is asked twice on a terminal.`,
 		Use:   "remove ID",
 		Short: "Remove a key file (not the last one, nor the one in use)",
 		Args:  exactArgs(1, "a key ID (or a unique prefix)"),
-		RunE: func(c *cobra.Command, args []string) error {
+		// Exclusive: a command running with the key being removed must not
+		// find it gone halfway (and no two removals may race to remove the
+		// last two keys).
+		RunE: a.exclusive(func(c *cobra.Command, args []string) error {
 			r, err := a.openRepo(c.Context())
 			if err != nil {
 				return err
@@ -114,7 +117,7 @@ or is asked twice on a terminal.`,
 			}
 			fmt.Fprintf(a.stdout, "removed key %s\n", id[:8])
 			return nil
-		},
+		}),
 	}
 
 	passwd := newFlags(&cobra.Command{
