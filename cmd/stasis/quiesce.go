@@ -165,7 +165,7 @@ func (a *app) quiescedBackup(ctx context.Context, r *repo.Repository, q *quiesce
 	}
 	qopts := quiesce.Options{Repository: a.repoDir, Paths: paths, QuiescePaths: q.paths,
 		Quiesce: q.quiesce, Resume: q.resume, HookTimeout: q.hookTimeout, Freeze: quiesce.Freeze(q.freeze),
-		Staging: q.staging, OnOpen: quiesce.OnOpen(q.onOpen), Log: a.stderr}
+		Staging: q.staging, StateDir: quiesce.DefaultStateDir(), OnOpen: quiesce.OnOpen(q.onOpen), Log: a.stderr}
 	var berr error
 	rep, qerr := quiesce.Run(ctx, qopts, func(ctx context.Context, s *quiesce.Stage) error {
 		opts.QuiesceFunc = func() json.RawMessage {

@@ -16,12 +16,15 @@
 // # Resume exactly once
 //
 // Everything that can fail early (options, staging directory and its free
-// space) is checked before the quiesce hook runs.
+// space, the pending-resume record) is checked before the quiesce hook runs.
 // Once Run has started the quiesce hook, the resume hook runs exactly once
 // before Run returns — after success, after a failed or killed quiesce hook,
 // after a failed capture, an open-writer failure, a panic in capture, and
 // after ctx is cancelled (Ctrl-C and SIGTERM reach the CLI as cancellation):
 // resume runs on a context detached from ctx, bounded only by its timeout.
+// A process that dies in the window cannot resume: with Options.StateDir,
+// Run records the resume command there first, and ResumePending runs the
+// records of dead runs (see pending.go).
 //
 // # Freeze modes
 //

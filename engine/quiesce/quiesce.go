@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -48,8 +49,12 @@ type Options struct {
 	// For reflink it must be on the same filesystem as the data.
 	// Directories left there by runs that died are removed by the next run.
 	Staging string
-	OnOpen  OnOpen    // "" = warn
-	Log     io.Writer // hook output and progress lines; nil = discard
+	// StateDir, when set, is where the resume command is recorded while
+	// the service is quiesced (see ResumePending); DefaultStateDir is the
+	// CLI's choice.
+	StateDir string
+	OnOpen   OnOpen    // "" = warn
+	Log      io.Writer // hook output and progress lines; nil = discard
 }
 
 // Report is what quiescing did; it is stored in the snapshot and shown by
@@ -101,7 +106,7 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 	}
 	// Everything that can fail early fails here, before the service is
 	// stopped: staging (created, checked for room, leftovers of dead runs
-	// removed).
+	// removed) and the pending-resume record.
 	var (
 		stg      *staging
 		excludes []string
@@ -132,7 +137,29 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 		}()
 	}
 	rep.QuiescedFiles = len(files)
+	var pending *pendingFile
+	if opts.StateDir != "" && opts.Resume != "" {
+		if dead, _ := DeadPending(opts.StateDir); len(dead) > 0 {
+			for _, d := range dead {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("a backup (pid %d, started %s) died in its quiesced window and its resume hook %q never ran: check that service, and run `stasis resume-pending`",
+					d.PID, d.Started.Local().Format("2006-01-02 15:04:05"), d.Resume))
+			}
+		}
+		host, _ := os.Hostname()
+		timeout := opts.HookTimeout
+		if timeout <= 0 {
+			timeout = DefaultHookTimeout
+		}
+		pending, err = writePending(opts.StateDir, Pending{PID: os.Getpid(), Host: host, BootID: bootID(), Started: time.Now(),
+			Repository: opts.Repository, Paths: opts.Paths, Resume: opts.Resume, HookTimeoutSeconds: timeout.Seconds()})
+		if err != nil {
+			return rep, err
+		}
+	}
 	if err := ctx.Err(); err != nil {
+		if pending != nil {
+			pending.remove()
+		}
 		return rep, err
 	}
 
@@ -152,6 +179,13 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 				mu.Unlock()
 				if err != nil {
 					resumeErr = fmt.Errorf("%w: %w", ErrResumeFailed, err)
+				}
+			}
+			if pending != nil {
+				if err := pending.remove(); err != nil {
+					mu.Lock()
+					rep.Warnings = append(rep.Warnings, err.Error())
+					mu.Unlock()
 				}
 			}
 			if hooked {
