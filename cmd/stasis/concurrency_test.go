@@ -13,6 +13,10 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,6 +66,7 @@ func forBothRepos(t *testing.T, bin string, f func(t *testing.T, e *concEnv)) {
 	})
 	t.Run("s3", func(t *testing.T) {
 		srv := backendtest.Seaweed(t) // skips with a message when weed is missing
+		t.Logf("SeaweedFS at %s (started in %s)", srv.Endpoint, srv.Startup.Round(time.Millisecond))
 		tg := srv.NewTarget(t)
 		f(t, newConcEnv(t, bin, "s3", tg.URL, tg.Env, tg.Open(t), t.TempDir()))
 	})
@@ -394,15 +399,18 @@ func writeShared(t *testing.T, dir string) {
 	writeFiles(t, dir, 99, map[string]int{"common/shared.img": sharedSize})
 }
 
-
 // TestConcurrent runs the scenarios of several processes on one repository,
-// for a local and an S3 repository.
+// each for a local and an S3 repository (one binary and one SeaweedFS
+// server for all of them).
 func TestConcurrent(t *testing.T) {
 	bin := concBinary(t)
 	t.Run("mixed", func(t *testing.T) { forBothRepos(t, bin, concMixed) })
 	t.Run("backup-during-check", func(t *testing.T) { forBothRepos(t, bin, concBackupDuringCheck) })
+	t.Run("check-while-backup-commits", func(t *testing.T) { forBothRepos(t, bin, concCheckWhileBackupCommits) })
+	t.Run("latest-while-backup-commits", func(t *testing.T) { forBothRepos(t, bin, concLatestWhileBackupCommits) })
 	t.Run("kill9", func(t *testing.T) { forBothRepos(t, bin, concKill9) })
 	t.Run("prune-during-backup", func(t *testing.T) { forBothRepos(t, bin, concPruneDuringBackup) })
+	t.Run("cache-deleted-or-corrupt", func(t *testing.T) { forBothRepos(t, bin, concCacheDeletedOrCorrupt) })
 }
 
 // concMixed: two backups of different trees with different --host (each
@@ -522,46 +530,125 @@ func (e *concEnv) stats(cache string) (st struct {
 	return st
 }
 
+// checkHeld starts check --read-data with the given cache, stops it
+// (SIGSTOP) once it reads packs, runs a backup of src to completion with
+// cache, and lets the check go on. It returns both processes, exited.
+func (e *concEnv) checkHeld(checkCache, cache, tag, src string) (check, b *proc) {
+	e.t.Helper()
+	check = e.start(checkCache, "check", "--read-data")
+	if !check.waitLine("reading all packs") {
+		e.t.Fatalf("check ended before reading packs:\n%s", check.output())
+	}
+	check.cmd.Process.Signal(syscall.SIGSTOP)
+	b = e.start(cache, "backup", "--tag", tag, src)
+	b.wait()
+	check.cmd.Process.Signal(syscall.SIGCONT)
+	check.wait()
+	return check, b
+}
+
 // concBackupDuringCheck: a backup started while check --read-data runs
 // (held still with SIGSTOP once it reads packs, so that the backup runs
-// entirely inside it) succeeds with a new snapshot. It formerly waited for
-// the cache file and exited 12 "wrong password".
+// entirely inside it) succeeds with a new snapshot, with the check's cache
+// directory and with another one. It formerly waited for the cache file and
+// exited 12 "wrong password".
 func concBackupDuringCheck(t *testing.T, e *concEnv) {
 	src := filepath.Join(e.dir, "src")
 	writeFiles(t, src, 10, map[string]int{"x": 1 << 20, "y/z": 512 << 10})
 	cache := e.cache("A")
 	e.must(cache, "backup", src)
-	writeFiles(t, src, 11, map[string]int{"new": 300 << 10})
-	want := enginetest.FileHashes(t, src)
-
-	for _, sameCache := range []bool{true, false} {
-		checkCache := cache
-		if !sameCache {
-			checkCache = e.cache("checker")
-		}
-		check := e.start(checkCache, "check", "--read-data")
-		if !check.waitLine("reading all packs") {
-			t.Fatalf("check ended before reading packs:\n%s", check.output())
-		}
-		check.cmd.Process.Signal(syscall.SIGSTOP)
-		b := e.start(cache, "backup", "--tag", fmt.Sprintf("during-check-%v", sameCache), src)
-		code := b.wait()
-		check.cmd.Process.Signal(syscall.SIGCONT)
-		if code != 0 {
-			t.Fatalf("backup while check --read-data runs (same cache dir: %v): exit %d\n%s", sameCache, code, b.output())
-		}
-		if !strings.Contains(b.Stdout(), "snapshot ") {
-			t.Errorf("backup output:\n%s", b.output())
-		}
-		if out := check.mustExit0(); !strings.Contains(out, "no errors") {
-			t.Errorf("check:\n%s", check.output())
+	models := map[string]map[string]string{}
+	for i, checkCache := range []string{cache, e.cache("checker")} {
+		writeFiles(t, src, int64(11+i), map[string]int{"new": 300 << 10})
+		tag := fmt.Sprintf("during-check-%d", i)
+		models[tag] = enginetest.FileHashes(t, src)
+		_, b := e.checkHeld(checkCache, cache, tag, src)
+		if b.code != 0 || !strings.Contains(b.Stdout(), "snapshot ") {
+			t.Fatalf("backup while check --read-data runs (check's cache dir the backup's: %v): exit %d\n%s", checkCache == cache, b.code, b.output())
 		}
 	}
 	list := e.snapshotList(cache)
 	if len(list) != 3 {
 		t.Fatalf("%d snapshots, want 3", len(list))
 	}
-	e.restoreEquals(e.cache("other"), src, want, "latest")
+	for _, sn := range list[1:] {
+		e.restoreEquals(e.cache("other"), src, models[sn.Tags[0]], sn.ID)
+	}
+}
+
+// concCheckWhileBackupCommits: check --read-data reports no damage when a
+// backup commits a snapshot while it runs (the snapshot's blobs are in an
+// index file newer than the check's view of the index).
+func concCheckWhileBackupCommits(t *testing.T, e *concEnv) {
+	src := filepath.Join(e.dir, "src")
+	writeFiles(t, src, 10, map[string]int{"x": 1 << 20, "y/z": 512 << 10})
+	cache := e.cache("A")
+	e.must(cache, "backup", src)
+	writeFiles(t, src, 11, map[string]int{"new": 300 << 10})
+	check, b := e.checkHeld(e.cache("checker"), cache, "during-check", src)
+	if b.code != 0 {
+		t.Fatalf("backup: exit %d\n%s", b.code, b.output())
+	}
+	if check.code != 0 || !strings.Contains(check.Stdout(), "no errors") {
+		t.Errorf("check --read-data while a backup committed a snapshot: exit %d, want 0 and no errors (the repository is whole):\n%s", check.code, check.output())
+	}
+	if out := e.must(e.cache("checker"), "check", "--read-data"); !strings.Contains(out, "no errors") {
+		t.Fatalf("check afterwards:\n%s", out)
+	}
+}
+
+// concLatestWhileBackupCommits: restore latest, ls latest and tape export,
+// whose listing of snapshots/ is held (S3 only: by a proxy in front of
+// SeaweedFS) until a backup has committed a new snapshot, still succeed.
+// Their view of the index was taken before the backup wrote its index file.
+func concLatestWhileBackupCommits(t *testing.T, e *concEnv) {
+	if e.kind != "s3" {
+		t.Skip("holding a command between opening the repository and listing snapshots needs the S3 proxy")
+	}
+	src := filepath.Join(e.dir, "src")
+	cache := e.cache("A")
+	models := map[string]map[string]string{} // short id → hashes
+	backup := func(seed int64) {
+		t.Helper()
+		writeFiles(t, src, seed, map[string]int{fmt.Sprintf("f%d", seed): 200 << 10, "common": 100<<10 + int(seed)})
+		e.must(cache, "backup", "--tag", fmt.Sprint(seed), src)
+		list := e.snapshotList(cache)
+		models[list[len(list)-1].ShortID] = enginetest.FileHashes(t, src)
+	}
+	backup(40)
+	px := newHoldingProxy(t, e.url)
+	viaProxy := *e
+	viaProxy.url = px.url
+	for i, args := range [][]string{
+		{"restore", "latest", "--target", filepath.Join(e.dir, "held-restore")},
+		{"ls", "latest"},
+		{"tape", "export", "--device", filepath.Join(e.dir, "held-tape-%03d.tar")},
+	} {
+		px.arm()
+		p := viaProxy.start(e.cache(fmt.Sprintf("held-%d", i)), args...)
+		select {
+		case <-px.held:
+		case <-p.done:
+			t.Fatalf("%s exited before listing snapshots: exit %d\n%s", p.name, p.code, p.output())
+		case <-time.After(concTimeout):
+			t.Fatalf("%s did not list snapshots", p.name)
+		}
+		backup(int64(41 + i))
+		px.release()
+		if code := p.wait(); code != 0 {
+			t.Errorf("%s, held while a backup committed: exit %d\n%s", p.name, code, p.output())
+			continue
+		}
+		if args[0] == "restore" {
+			var id string
+			fmt.Sscanf(p.Stdout(), "restored snapshot %s", &id)
+			want, ok := models[id]
+			if !ok {
+				t.Fatalf("restore restored snapshot %q:\n%s", id, p.output())
+			}
+			sameHashes(t, "held restore latest", enginetest.FileHashes(t, filepath.Join(args[3], src)), want)
+		}
+	}
 }
 
 // concKill9: kill -9 of a backup, a restore, a check --read-data and a tape
@@ -736,77 +823,145 @@ func concPruneDuringBackup(t *testing.T, e *concEnv) {
 	}
 }
 
-// TestCacheDeletedOrCorrupt: deleting the cache directory between commands,
-// and corrupting the cache file once, changes nothing in what snapshots,
-// restore and check report.
-func TestCacheDeletedOrCorrupt(t *testing.T) {
-	bin := concBinary(t)
-	forBothRepos(t, bin, func(t *testing.T, e *concEnv) {
-		src := filepath.Join(e.dir, "src")
-		writeFiles(t, src, 30, map[string]int{"a": 700 << 10, "b/c": 300 << 10})
-		cache := e.cache("A")
-		e.must(cache, "backup", "--tag", "one", src)
-		want1 := enginetest.FileHashes(t, src)
-		writeFiles(t, src, 31, map[string]int{"b/c": 400 << 10, "d": 100 << 10})
-		e.must(cache, "backup", "--tag", "two", src)
-		want2 := enginetest.FileHashes(t, src)
+// concCacheDeletedOrCorrupt: deleting the cache directory between commands,
+// and corrupting the cache file, changes nothing in what snapshots, restore
+// and check report.
+func concCacheDeletedOrCorrupt(t *testing.T, e *concEnv) {
+	src := filepath.Join(e.dir, "src")
+	writeFiles(t, src, 30, map[string]int{"a": 700 << 10, "b/c": 300 << 10})
+	cache := e.cache("A")
+	e.must(cache, "backup", "--tag", "one", src)
+	want1 := enginetest.FileHashes(t, src)
+	writeFiles(t, src, 31, map[string]int{"b/c": 400 << 10, "d": 100 << 10})
+	e.must(cache, "backup", "--tag", "two", src)
+	want2 := enginetest.FileHashes(t, src)
 
-		type result struct {
-			snaps string
-			check string
+	type result struct {
+		snaps string
+		check string
+	}
+	observe := func(what string) result {
+		t.Helper()
+		list := e.snapshotList(cache)
+		if len(list) != 2 {
+			t.Fatalf("%s: %d snapshots", what, len(list))
 		}
-		observe := func(what string) result {
-			t.Helper()
-			list := e.snapshotList(cache)
-			if len(list) != 2 {
-				t.Fatalf("%s: %d snapshots", what, len(list))
-			}
-			e.restoreEquals(cache, src, want1, list[0].ID)
-			e.restoreEquals(cache, src, want2, "latest")
-			b, _ := json.Marshal(list)
-			out := e.must(cache, "check", "--read-data")
-			if !strings.Contains(out, "no errors") {
-				t.Fatalf("%s: check:\n%s", what, out)
-			}
-			return result{string(b), out}
+		e.restoreEquals(cache, src, want1, list[0].ID)
+		e.restoreEquals(cache, src, want2, "latest")
+		b, _ := json.Marshal(list)
+		out := e.must(cache, "check", "--read-data")
+		if !strings.Contains(out, "no errors") {
+			t.Fatalf("%s: check:\n%s", what, out)
 		}
-		withCache := observe("with the cache")
-		dbs, _ := filepath.Glob(filepath.Join(cache, "*", "index.db"))
-		if len(dbs) != 1 {
-			t.Fatalf("cache files: %v", dbs)
-		}
-		db := dbs[0]
+		return result{string(b), out}
+	}
+	withCache := observe("with the cache")
+	dbs, _ := filepath.Glob(filepath.Join(cache, "*", "index.db"))
+	if len(dbs) != 1 {
+		t.Fatalf("cache files: %v", dbs)
+	}
+	db := dbs[0]
 
-		steps := []struct {
-			name string
-			do   func()
-		}{
-			{"cache directory deleted", func() { os.RemoveAll(cache) }},
-			{"cache file overwritten with garbage", func() {
-				data, err := os.ReadFile(db)
-				if err != nil {
-					t.Fatal(err)
+	steps := []struct {
+		name string
+		do   func()
+	}{
+		{"cache directory deleted", func() { os.RemoveAll(cache) }},
+		{"cache file overwritten with garbage", func() {
+			data, err := os.ReadFile(db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rand.New(rand.NewSource(5)).Read(data[:min(len(data), 16<<10)])
+			os.WriteFile(db, data, 0o600)
+		}},
+		{"cache file truncated", func() { os.Truncate(db, 4096) }},
+		{"cache file emptied", func() { os.Truncate(db, 0) }},
+	}
+	for _, s := range steps {
+		s.do()
+		got := observe(s.name)
+		if got != withCache {
+			t.Errorf("%s: results differ from those with the cache:\n%+v\nwith the cache:\n%+v", s.name, got, withCache)
+		}
+	}
+	// A backup with a deleted cache still deduplicates against the
+	// repository (it merges the index files anew).
+	os.RemoveAll(cache)
+	_, before := e.objects("packs/")
+	e.must(cache, "backup", "--tag", "three", src)
+	if _, after := e.objects("packs/"); after-before > 64<<10 {
+		t.Errorf("a backup of an unchanged tree with a deleted cache added %d pack bytes", after-before)
+	}
+}
+
+// holdingProxy is a reverse proxy in front of the S3 endpoint of a
+// repository URL. Once armed, it holds the first request that lists
+// snapshots/ (signalling held) until release.
+type holdingProxy struct {
+	url  string // the repository URL through the proxy
+	held chan struct{}
+
+	mu      sync.Mutex
+	armed   bool
+	waiting chan struct{}
+}
+
+func newHoldingProxy(t *testing.T, repoURL string) *holdingProxy {
+	t.Helper()
+	u, err := url.Parse(strings.TrimPrefix(repoURL, "s3:"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := &holdingProxy{}
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: u.Scheme, Host: u.Host})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Query().Get("prefix"), "/snapshots/") {
+			px.mu.Lock()
+			var wait chan struct{}
+			if px.armed {
+				px.armed = false
+				wait = px.waiting
+				close(px.held)
+			}
+			px.mu.Unlock()
+			if wait != nil {
+				select {
+				case <-wait:
+				case <-r.Context().Done():
 				}
-				rand.New(rand.NewSource(5)).Read(data[:min(len(data), 16<<10)])
-				os.WriteFile(db, data, 0o600)
-			}},
-			{"cache file truncated", func() { os.Truncate(db, 4096) }},
-			{"cache file emptied", func() { os.Truncate(db, 0) }},
-		}
-		for _, s := range steps {
-			s.do()
-			got := observe(s.name)
-			if got != withCache {
-				t.Errorf("%s: results differ from those with the cache:\n%+v\nwith the cache:\n%+v", s.name, got, withCache)
 			}
 		}
-		// A backup with a deleted cache still deduplicates against the
-		// repository (it merges the index files anew).
-		os.RemoveAll(cache)
-		_, before := e.objects("packs/")
-		e.must(cache, "backup", "--tag", "three", src)
-		if _, after := e.objects("packs/"); after-before > 64<<10 {
-			t.Errorf("a backup of an unchanged tree with a deleted cache added %d pack bytes", after-before)
-		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		px.release()
+		srv.Close()
 	})
+	// The client signs the Host it connects to (the proxy's), and the
+	// proxy forwards that Host: the signature holds.
+	px.url = "s3:" + srv.URL + u.Path
+	return px
+}
+
+// arm makes the proxy hold the next listing of snapshots/.
+func (px *holdingProxy) arm() {
+	px.mu.Lock()
+	defer px.mu.Unlock()
+	px.armed = true
+	px.held = make(chan struct{})
+	px.waiting = make(chan struct{})
+}
+
+// release lets a held request go on.
+func (px *holdingProxy) release() {
+	px.mu.Lock()
+	defer px.mu.Unlock()
+	if px.waiting != nil {
+		select {
+		case <-px.waiting:
+		default:
+			close(px.waiting)
+		}
+	}
 }
