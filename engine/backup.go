@@ -215,22 +215,31 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 	var workers, savers sync.WaitGroup
 	for i := 0; i < opts.Savers; i++ {
 		savers.Add(1)
-		g.Go(func() error { defer savers.Done(); return b.saver(gctx) })
+		g.Go(func() (err error) {
+			defer savers.Done()
+			defer recoverTo(&err, "saving chunks")
+			return b.saver(gctx)
+		})
 	}
 	for i := 0; i < opts.Workers; i++ {
 		workers.Add(1)
-		g.Go(func() error { defer workers.Done(); return b.fileWorker(gctx) })
+		g.Go(func() (err error) {
+			defer workers.Done()
+			defer recoverTo(&err, "reading files")
+			return b.fileWorker(gctx)
+		})
 	}
 	stopProgress := b.startProgress(gctx, paths)
 
 	var rootID blob.ID
-	g.Go(func() error {
+	g.Go(func() (err error) {
 		defer func() {
 			close(b.jobs)
 			workers.Wait()
 			close(b.blobs)
 			savers.Wait()
 		}()
+		defer recoverTo(&err, "walking the tree")
 		if err := b.prefetch(gctx, paths, parentRoot); err != nil {
 			return err
 		}
@@ -254,7 +263,7 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 	// nothing writes to the repository after Backup returns.
 	b.treeSavers.Wait()
 	stopProgress()
-	if cause := context.Cause(ctx); err == nil || (isRepoError(cause) && !errors.Is(cause, context.Canceled)) {
+	if cause := context.Cause(ctx); err == nil || ((isRepoError(cause) || isPanic(cause)) && !errors.Is(cause, context.Canceled)) {
 		// A failed tree save cancels ctx with its cause; the workers then
 		// return "context canceled", which must not hide the cause.
 		err = cause
@@ -484,6 +493,7 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 	go func() {
 		defer b.treeSavers.Done()
 		defer close(f.done)
+		defer b.recoverCancel("saving the tree of " + dir)
 		t := &tree.Tree{Nodes: make([]tree.Node, 0, len(kids))}
 		for _, k := range kids {
 			select {
@@ -620,6 +630,7 @@ func (b *backup) submitFile(ctx context.Context, p string, n tree.Node, pn *tree
 			// Another name of a file already in this snapshot: same content.
 			go func() {
 				defer close(f.done)
+				defer b.recoverCancel("linking " + p)
 				select {
 				case <-first.done:
 				case <-ctx.Done():
@@ -701,7 +712,7 @@ func (b *backup) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chunker
 	for attempt := 0; ; attempt++ {
 		changed, err := b.readFile(ctx, job, profile, ck)
 		if err != nil {
-			if ctx.Err() != nil || isRepoError(err) {
+			if ctx.Err() != nil || isRepoError(err) || isPanic(err) { // a bug is not an unreadable file
 				return err
 			}
 			n.Flags, n.Error, n.Content, n.Size = tree.Unreadable, err.Error(), nil, 0
@@ -935,6 +946,7 @@ func (b *backup) startProgress(ctx context.Context, paths []string) func() {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
+		defer b.recoverCancel("counting files for progress")
 		for _, p := range paths {
 			filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
 				if ctx.Err() != nil {
@@ -956,6 +968,7 @@ func (b *backup) startProgress(ctx context.Context, paths []string) func() {
 	}()
 	go func() {
 		defer wg.Done()
+		defer b.recoverCancel("reporting progress")
 		t := time.NewTicker(b.opts.ProgressEvery)
 		defer t.Stop()
 		for {

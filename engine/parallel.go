@@ -26,7 +26,8 @@ func parallel(ctx context.Context, n int, fn func(ctx context.Context, worker, i
 		return nil
 	})
 	for w := 0; w < min(runtime.NumCPU(), n); w++ {
-		g.Go(func() error {
+		g.Go(func() (err error) {
+			defer recoverTo(&err, "a parallel part of a file")
 			for i := range next {
 				if err := fn(gctx, w, i); err != nil {
 					return err
