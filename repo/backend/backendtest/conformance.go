@@ -3,6 +3,26 @@
 // fault-injecting wrapper ([Faulty]) for tests of what the repository does
 // when storage fails, and a SeaweedFS server for tests against real S3
 // ([Seaweed], [NewS3]). It is imported only by tests.
+//
+// # SeaweedFS
+//
+// Seaweed starts one SeaweedFS server (master, volume server, filer and
+// S3 gateway in one `weed server` process, on free loopback ports, with an
+// authenticated S3 identity) the first time a test of the binary asks for
+// it, and every later caller in the binary shares it; every test gets a
+// fresh key prefix (NewTarget, NewS3) or bucket (NewBucket) in it. Starting
+// takes about 10s (SeaweedFS's filer waits some seconds for peers before
+// it takes writes). The weed binary is $STASIS_WEED, or else the newest one
+// `bash .ci/build-seaweedfs` built; without one the tests skip (with
+// $STASIS_WEED set they fail). A test binary that uses the server should
+// stop it when its tests are done, with a TestMain that calls Main:
+//
+//	func TestMain(m *testing.M) { backendtest.Main(m) }
+//
+// Without that, the server dies with the test binary anyway (it is started
+// with a parent-death signal), but its data directory in os.TempDir() and
+// its sockets in /tmp are left behind until the next start of a server,
+// which removes those of test binaries that are gone.
 package backendtest
 
 import (

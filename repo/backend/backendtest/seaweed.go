@@ -27,22 +27,6 @@ import (
 	"github.com/stasisbackup/stasis/repo/backend/s3"
 )
 
-// The SeaweedFS harness.
-//
-// Seaweed starts one SeaweedFS server (master, volume server, filer and
-// S3 gateway in one `weed server` process, on free loopback ports) the
-// first time a test of the binary asks for it, and every later caller of
-// the binary shares it; every test gets a fresh key prefix (NewTarget) or
-// bucket (NewBucket) in it. A test binary that uses it should stop it when
-// its tests are done, with a TestMain that calls Main:
-//
-//	func TestMain(m *testing.M) { backendtest.Main(m) }
-//
-// Without that, the server dies with the test binary anyway (it is started
-// with a parent-death signal), but its data directory in os.TempDir() and
-// its sockets in /tmp are left behind until the next start of a server,
-// which removes those of test binaries that are gone.
-
 // Environment variables of the harness.
 const (
 	// EnvWeed names the weed binary. When it is set, a missing or broken

@@ -217,7 +217,7 @@ var _ backend.Storage = (*Storage)(nil)
 func Open(ctx context.Context, cfg Config) (*Storage, error) {
 	loc := cfg.URL()
 	if cfg.Endpoint == "" || cfg.Bucket == "" {
-		return nil, fmt.Errorf("s3 %s: no endpoint or bucket", loc)
+		return nil, fmt.Errorf("open %s: no endpoint or bucket", loc)
 	}
 	if cfg.AccessKeyID == "" && cfg.SecretAccessKey == "" {
 		cfg.AccessKeyID = os.Getenv(EnvAccessKeyID)
@@ -231,11 +231,11 @@ func Open(ctx context.Context, cfg Config) (*Storage, error) {
 			missing = append(missing, EnvSecretAccessKey)
 		}
 		if len(missing) > 0 {
-			return nil, fmt.Errorf("s3 %s: no credentials: set %s in the environment (and %s for temporary credentials)",
+			return nil, fmt.Errorf("open %s: no credentials: set %s in the environment (and %s for temporary credentials)",
 				loc, strings.Join(missing, " and "), EnvSessionToken)
 		}
 	} else if cfg.AccessKeyID == "" || cfg.SecretAccessKey == "" {
-		return nil, fmt.Errorf("s3 %s: an access key ID needs a secret access key and vice versa", loc)
+		return nil, fmt.Errorf("open %s: an access key ID needs a secret access key and vice versa", loc)
 	}
 	if cfg.Region == "" {
 		cfg.Region = os.Getenv(EnvRegion)
@@ -252,7 +252,7 @@ func Open(ctx context.Context, cfg Config) (*Storage, error) {
 	}
 	tr, err := minio.DefaultTransport(cfg.Secure)
 	if err != nil {
-		return nil, fmt.Errorf("s3 %s: %w", loc, err)
+		return nil, fmt.Errorf("open %s: %w", loc, err)
 	}
 	client, err := minio.New(cfg.Endpoint, &minio.Options{
 		Creds:      credentials.NewStaticV4(cfg.AccessKeyID, cfg.SecretAccessKey, cfg.SessionToken),
@@ -262,7 +262,7 @@ func Open(ctx context.Context, cfg Config) (*Storage, error) {
 		MaxRetries: 1, // the retries are ours (see the package comment)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("s3 %s: %w", loc, err)
+		return nil, fmt.Errorf("open %s: %w", loc, err)
 	}
 	s.client = client
 	s.core = minio.Core{Client: client}
@@ -274,18 +274,18 @@ func Open(ctx context.Context, cfg Config) (*Storage, error) {
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("s3 %s: check bucket %s: %w", loc, cfg.Bucket, err)
+		return nil, fmt.Errorf("open %s: check bucket %s: %w", loc, cfg.Bucket, err)
 	}
 	if !exists {
 		if !cfg.CreateBucket {
-			return nil, fmt.Errorf("s3 %s: %w: %s", loc, ErrNoBucket, cfg.Bucket)
+			return nil, fmt.Errorf("open %s: %w: %s", loc, ErrNoBucket, cfg.Bucket)
 		}
 		err := s.retry(ctx, func() error {
 			return client.MakeBucket(ctx, cfg.Bucket, minio.MakeBucketOptions{Region: cfg.Region})
 		})
 		if err != nil {
 			if c := minio.ToErrorResponse(err).Code; c != "BucketAlreadyOwnedByYou" && c != "BucketAlreadyExists" {
-				return nil, fmt.Errorf("s3 %s: create bucket %s: %w", loc, cfg.Bucket, err)
+				return nil, fmt.Errorf("open %s: create bucket %s: %w", loc, cfg.Bucket, err)
 			}
 		}
 	}
