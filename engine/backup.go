@@ -952,6 +952,12 @@ func (b *backup) startProgress(ctx context.Context, paths []string) func() {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
+				if path != p && b.excluded(path) { // as the backup's walk does
+					if d != nil && d.IsDir() {
+						return filepath.SkipDir
+					}
+					return nil
+				}
 				if err != nil || d.IsDir() {
 					return nil
 				}
