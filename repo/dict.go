@@ -182,7 +182,8 @@ func (r *Repository) sampleForDict(ctx context.Context, data []byte) error {
 	if err != nil {
 		return err
 	}
-	r.comp.Store(c) // the old decoder stays usable by readers that hold it
+	// The old decoder stays usable by readers that hold it; Close closes it.
+	r.retired = append(r.retired, r.comp.Swap(c))
 	s.content = nil
 	return nil
 }

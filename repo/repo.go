@@ -78,6 +78,7 @@ type Repository struct {
 
 	comp         atomic.Pointer[compressor] // zstd encoder/decoder with the current dictionaries
 	dictMu       sync.Mutex
+	retired      []*compressor // replaced by a new dictionary; closed by Close
 	sampler      dictSampler
 	dictProblems []string
 
@@ -274,6 +275,12 @@ func (r *Repository) Close() error {
 		p.abort()
 	}
 	r.comp.Load().dec.Close()
+	r.dictMu.Lock()
+	for _, c := range r.retired {
+		c.dec.Close()
+	}
+	r.retired = nil
+	r.dictMu.Unlock()
 	return r.closeIndex()
 }
 
