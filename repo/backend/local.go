@@ -116,7 +116,11 @@ func (l *Local) Put(ctx context.Context, name string, r io.ReaderAt, size int64)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	if _, err := io.Copy(f, io.NewSectionReader(r, 0, size)); err != nil {
+	n, err := io.Copy(f, io.NewSectionReader(r, 0, size))
+	if err == nil && n != size {
+		err = fmt.Errorf("%d of %d bytes: %w", n, size, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
 		f.Close()
 		os.Remove(f.Name())
 		return fmt.Errorf("write %s: %w", name, err)
@@ -148,6 +152,13 @@ func (l *Local) Get(ctx context.Context, name string, off, length int64) (io.Rea
 	if err != nil {
 		return nil, err
 	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("get %s: not an object: %w", l.p(name), ErrNotExist)
+		}
+		return nil, err
+	}
 	if off == 0 && length < 0 {
 		return f, nil
 	}
@@ -173,12 +184,16 @@ func (l *Local) Stat(ctx context.Context, name string) (ObjectInfo, error) {
 	if err := checkName("stat", name); err != nil {
 		return ObjectInfo{}, err
 	}
+	if err := ctx.Err(); err != nil {
+		return ObjectInfo{}, err
+	}
 	fi, err := os.Stat(l.p(name))
 	if err != nil {
 		return ObjectInfo{}, err
 	}
 	if !fi.Mode().IsRegular() {
-		return ObjectInfo{}, fmt.Errorf("stat %s: not a regular file", l.p(name))
+		// A directory (the prefix of other names) is no object.
+		return ObjectInfo{}, fmt.Errorf("stat %s: not an object: %w", l.p(name), ErrNotExist)
 	}
 	return ObjectInfo{Name: name, Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }

@@ -1,7 +1,10 @@
 package backend_test
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -69,5 +72,25 @@ func TestLocalPutInterrupted(t *testing.T) {
 	}
 	for _, e := range tmp {
 		t.Errorf("the failed put left the temp file %s", e.Name())
+	}
+}
+
+// A reader shorter than the size given to Put stores nothing; a directory
+// is not an object.
+func TestLocalShortReaderAndDirectories(t *testing.T) {
+	ctx := context.Background()
+	s := backend.NewLocal(t.TempDir())
+	err := s.Put(ctx, "packs/ab/short", bytes.NewReader([]byte("abc")), 10)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("put from a short reader: %v, want io.ErrUnexpectedEOF", err)
+	}
+	if _, err := s.Stat(ctx, "packs/ab/short"); !errors.Is(err, backend.ErrNotExist) {
+		t.Fatalf("stat after a failed put: %v, want ErrNotExist", err)
+	}
+	if _, err := s.Stat(ctx, "packs/ab"); !errors.Is(err, backend.ErrNotExist) {
+		t.Fatalf("stat of a directory: %v, want ErrNotExist", err)
+	}
+	if _, err := s.Get(ctx, "packs", 0, -1); !errors.Is(err, backend.ErrNotExist) {
+		t.Fatalf("get of a directory: %v, want ErrNotExist", err)
 	}
 }
