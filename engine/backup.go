@@ -200,7 +200,7 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 		b.parentCutoff = parent.Time.Truncate(time.Second).UnixNano()
 		if parentRoot, err = r.LoadTree(ctx, parent.Tree); err != nil {
 			// A damaged parent only costs re-reading; say so and go on.
-			b.addProblem(repo.Problem{Path: "(parent snapshot " + parent.ID.Short() + ")", Kind: "warning", Error: err.Error()})
+			b.addProblem(repo.Problem{Path: "(parent snapshot " + parent.ID.Short() + ")", Kind: repo.ProblemWarning, Error: err.Error()})
 			parent, parentRoot = nil, nil
 		}
 	}
@@ -297,17 +297,17 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 	if _, err := r.SaveSnapshot(ctx, sn); err != nil {
 		return nil, err
 	}
-	for _, p := range sn.Summary.Problems {
-		if p.Kind != "warning" {
-			return sn, fmt.Errorf("%w: %d files were not captured cleanly", ErrIncomplete, countProblems(sn.Summary.Problems))
-		}
+	if n := IncompleteCount(sn.Summary.Problems); n > 0 {
+		return sn, fmt.Errorf("%w: %d files were not captured cleanly", ErrIncomplete, n)
 	}
 	return sn, nil
 }
 
-func countProblems(ps []repo.Problem) (n int) {
+// IncompleteCount returns how many of ps make a snapshot incomplete: all
+// but warnings (see repo.ProblemKind).
+func IncompleteCount(ps []repo.Problem) (n int) {
 	for _, p := range ps {
-		if p.Kind != "warning" {
+		if p.Kind != repo.ProblemWarning {
 			n++
 		}
 	}
@@ -443,7 +443,7 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 			if errors.Is(err, fs.ErrNotExist) && only == nil {
 				continue // removed since readdir: it is not part of this snapshot
 			}
-			b.addProblem(repo.Problem{Path: p, Kind: "unreadable", Error: err.Error()})
+			b.addProblem(repo.Problem{Path: p, Kind: repo.ProblemUnreadable, Error: err.Error()})
 			kids = append(kids, resolved(tree.Node{Name: name, Kind: tree.File, Flags: tree.Unreadable, Error: err.Error()}))
 			continue
 		}
@@ -474,7 +474,7 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 			target, err := os.Readlink(p)
 			if err != nil {
 				n.Flags, n.Error = tree.Unreadable, err.Error()
-				b.addProblem(repo.Problem{Path: p, Kind: "unreadable", Error: err.Error()})
+				b.addProblem(repo.Problem{Path: p, Kind: repo.ProblemUnreadable, Error: err.Error()})
 			}
 			n.LinkTarget = target
 			b.others.Add(1)
@@ -486,7 +486,7 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 	}
 	if readErr != nil {
 		node.Flags, node.Error = tree.Unreadable, readErr.Error()
-		b.addProblem(repo.Problem{Path: dir, Kind: "unreadable", Error: readErr.Error()})
+		b.addProblem(repo.Problem{Path: dir, Kind: repo.ProblemUnreadable, Error: readErr.Error()})
 	}
 	f := &future{done: make(chan struct{}), node: node}
 	b.treeSavers.Add(1)
@@ -716,7 +716,7 @@ func (b *backup) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chunker
 				return err
 			}
 			n.Flags, n.Error, n.Content, n.Size = tree.Unreadable, err.Error(), nil, 0
-			b.addProblem(repo.Problem{Path: job.path, Kind: "unreadable", Error: err.Error()})
+			b.addProblem(repo.Problem{Path: job.path, Kind: repo.ProblemUnreadable, Error: err.Error()})
 			return nil
 		}
 		if !changed {
@@ -725,7 +725,7 @@ func (b *backup) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chunker
 		if attempt >= b.opts.Retries {
 			n.Flags = tree.Changed
 			n.Error = fmt.Sprintf("changed while being read (%d attempts)", attempt+1)
-			b.addProblem(repo.Problem{Path: job.path, Kind: "changed", Error: n.Error})
+			b.addProblem(repo.Problem{Path: job.path, Kind: repo.ProblemChanged, Error: n.Error})
 			return nil
 		}
 	}

@@ -43,7 +43,7 @@ type RepairSnapshotsReport struct {
 }
 
 // damagedKind is the Problem kind of files that repair marked damaged.
-const damagedKind = "damaged"
+const damagedKind = repo.ProblemDamaged
 
 // RepairSnapshots makes every snapshot restorable again, as far as the data
 // allows. A snapshot file that does not decode is rewritten from the

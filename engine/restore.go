@@ -168,7 +168,7 @@ func prepareTarget(target string, overwrite bool) error {
 
 func (rs *restorer) problem(path string, err error) {
 	rs.mu.Lock()
-	rs.problems = append(rs.problems, repo.Problem{Path: path, Kind: "unrestored", Error: err.Error()})
+	rs.problems = append(rs.problems, repo.Problem{Path: path, Kind: repo.ProblemUnrestored, Error: err.Error()})
 	rs.mu.Unlock()
 }
 

@@ -54,12 +54,38 @@ type Summary struct {
 	Problems       []Problem `json:"problems"`
 }
 
-// Problem is a file that was not captured cleanly.
+// Problem is a file that was not captured (or restored) cleanly, or, with
+// Kind ProblemWarning, something about the run worth saying.
 type Problem struct {
-	Path  string `json:"path"`
-	Kind  string `json:"kind"` // "changed" or "unreadable"
-	Error string `json:"error"`
+	Path  string      `json:"path"`
+	Kind  ProblemKind `json:"kind"`
+	Error string      `json:"error"`
 }
+
+// ProblemKind says what went wrong; it is stored in snapshot files as is.
+type ProblemKind string
+
+// Problem kinds. Every kind but ProblemWarning makes a snapshot incomplete
+// (exit 3 from backup). ProblemUnrestored is only in restore results, never
+// in a snapshot.
+const (
+	// ProblemChanged: the file kept changing while it was read, also on
+	// every retry; its content in the snapshot may be inconsistent.
+	ProblemChanged ProblemKind = "changed"
+	// ProblemUnreadable: the file, directory or symlink could not be read
+	// at backup time; no content was stored for it.
+	ProblemUnreadable ProblemKind = "unreadable"
+	// ProblemDamaged: `repair snapshots` found the file's data lost from the
+	// repository and marked it (tree.Unreadable) in the repaired snapshot.
+	ProblemDamaged ProblemKind = "damaged"
+	// ProblemWarning: not about a file's content (e.g. the parent snapshot
+	// could not be read, so every file was read again); the snapshot is
+	// complete.
+	ProblemWarning ProblemKind = "warning"
+	// ProblemUnrestored: restore could not write the entry, or wrote it
+	// but it was inconsistent at backup time (RestoreResult.Problems).
+	ProblemUnrestored ProblemKind = "unrestored"
+)
 
 // EncodeSnapshot returns the file bytes of sn.
 func EncodeSnapshot(sn *Snapshot) ([]byte, error) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/repo"
 )
 
@@ -29,7 +30,7 @@ type snapshotJSON struct {
 
 func toJSON(sn *repo.Snapshot) snapshotJSON {
 	j := snapshotJSON{ID: sn.ID.String(), ShortID: sn.ID.Short(), Time: sn.Time, Host: sn.Host, Username: sn.Username,
-		Paths: sn.Paths, Tags: sn.Tags, Tree: sn.Tree.String(), Summary: sn.Summary, Complete: len(sn.Summary.Problems) == 0}
+		Paths: sn.Paths, Tags: sn.Tags, Tree: sn.Tree.String(), Summary: sn.Summary, Complete: engine.IncompleteCount(sn.Summary.Problems) == 0}
 	if sn.Parent != nil {
 		j.Parent = sn.Parent.String()
 	}
@@ -74,8 +75,8 @@ func (a *app) snapshotsCommand() *cobra.Command {
 			for _, sn := range list {
 				s := sn.Summary
 				flag := ""
-				if len(s.Problems) > 0 {
-					flag = fmt.Sprintf(" (incomplete: %d)", len(s.Problems))
+				if n := engine.IncompleteCount(s.Problems); n > 0 {
+					flag = fmt.Sprintf(" (incomplete: %d)", n)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s%s\t\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"), sn.Host,
 					strings.Join(sn.Tags, ","), s.FilesNew+s.FilesChanged+s.FilesUnchanged, humanBytes(s.TotalBytes), quiesceCell(sn), strings.Join(sn.Paths, " "), flag)
