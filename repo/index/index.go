@@ -72,7 +72,9 @@ var ErrMismatch = errors.New("index.db does not match this repository")
 // Index is an open cache file, plus the in-memory overlay of a read-only one.
 type Index struct {
 	db       *bolt.DB
+	path     string
 	readOnly bool
+	filt     *filter // nil: none (every lookup goes to bbolt)
 
 	mu       sync.RWMutex
 	overlay  map[blob.ID]Location // blobs not in the file
@@ -115,7 +117,7 @@ func Open(path string, repoID []byte, opts Options) (*Index, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open index cache %s: %w", path, err)
 	}
-	ix := &Index{db: db, readOnly: opts.ReadOnly, overlay: map[blob.ID]Location{}, oPacks: map[blob.ID]PackInfo{}}
+	ix := &Index{db: db, path: path, readOnly: opts.ReadOnly, overlay: map[blob.ID]Location{}, oPacks: map[blob.ID]PackInfo{}}
 	if opts.ReadOnly {
 		err = db.View(func(tx *bolt.Tx) error { return checkMeta(tx, repoID) })
 	} else {
@@ -137,11 +139,31 @@ func Open(path string, repoID []byte, opts Options) (*Index, error) {
 			return checkMeta(tx, repoID)
 		})
 	}
+	if err == nil {
+		err = ix.openFilter()
+	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("index cache %s: %w", path, err)
 	}
 	return ix, nil
+}
+
+// openFilter loads the filter that matches the file; a writable Index
+// builds one when there is none.
+func (ix *Index) openFilter() error {
+	txid, err := txID(ix.db)
+	if err != nil {
+		return err
+	}
+	ix.filt = loadFilter(ix.path, txid)
+	if ix.filt == nil && !ix.readOnly {
+		if ix.filt, err = buildFilter(ix.db); err != nil {
+			return err
+		}
+		ix.filt.dirty = true
+	}
+	return nil
 }
 
 func checkMeta(tx *bolt.Tx, repoID []byte) error {
@@ -158,8 +180,55 @@ func checkMeta(tx *bolt.Tx, repoID []byte) error {
 	return nil
 }
 
-// Close closes the database.
-func (ix *Index) Close() error { return ix.db.Close() }
+// Close saves the filter of a writable Index and closes the database.
+func (ix *Index) Close() error {
+	var err error
+	if !ix.readOnly && ix.filt != nil && (ix.filt.dirty || ix.filt.full()) {
+		err = ix.saveFilter()
+	}
+	if cerr := ix.db.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (ix *Index) saveFilter() error {
+	if ix.filt.full() {
+		f, err := buildFilter(ix.db)
+		if err != nil {
+			return err
+		}
+		ix.filt = f
+	}
+	txid, err := txID(ix.db)
+	if err != nil {
+		return err
+	}
+	return ix.filt.save(ix.path, txid)
+}
+
+// filterAdd records new ids in the filter of a writable Index.
+func (ix *Index) filterAdd(entries []pack.Entry) {
+	if ix.filt == nil {
+		return
+	}
+	ix.mu.Lock()
+	for _, e := range entries {
+		ix.filt.add(e.ID)
+	}
+	ix.mu.Unlock()
+}
+
+// ruledOut reports whether id is certainly in neither the overlay nor the
+// file; inOverlay reports a hit in the overlay (loc is valid then).
+func (ix *Index) probe(id blob.ID) (loc Location, inOverlay, ruledOut bool) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	if l, ok := ix.overlay[id]; ok {
+		return l, true, false
+	}
+	return Location{}, false, ix.filt != nil && !ix.filt.mayHave(id)
+}
 
 const (
 	blobValueSize = 18
@@ -229,8 +298,8 @@ func encodePackInfo(info PackInfo, num uint32) []byte {
 
 // Lookup returns where blob id is stored; ok is false when it is not indexed.
 func (ix *Index) Lookup(id blob.ID) (loc Location, ok bool, err error) {
-	if loc, ok := ix.overlayLookup(id); ok {
-		return loc, true, nil
+	if loc, in, out := ix.probe(id); in || out {
+		return loc, in, nil
 	}
 	err = ix.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketBlobs).Get(id[:])
@@ -246,8 +315,8 @@ func (ix *Index) Lookup(id blob.ID) (loc Location, ok bool, err error) {
 
 // Has reports whether blob id is indexed.
 func (ix *Index) Has(id blob.ID) (bool, error) {
-	if _, ok := ix.overlayLookup(id); ok {
-		return true, nil
+	if _, in, out := ix.probe(id); in || out {
+		return in, nil
 	}
 	var ok bool
 	err := ix.db.View(func(tx *bolt.Tx) error {
@@ -263,10 +332,11 @@ func (ix *Index) HasAll(ids []blob.ID) (bool, error) {
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBlobs)
 		for _, id := range ids {
-			if _, in := ix.overlayLookup(id); in {
+			_, in, out := ix.probe(id)
+			if in {
 				continue
 			}
-			if b.Get(id[:]) == nil {
+			if out || b.Get(id[:]) == nil {
 				ok = false
 				return nil
 			}
@@ -283,7 +353,11 @@ func (ix *Index) AddPack(id blob.ID, size uint64, entries []pack.Entry) error {
 	if ix.readOnly {
 		return ix.addOverlay(id, size, entries)
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error { return addPack(tx, id, size, entries) })
+	if err := ix.db.Update(func(tx *bolt.Tx) error { return addPack(tx, id, size, entries) }); err != nil {
+		return err
+	}
+	ix.filterAdd(entries)
+	return nil
 }
 
 func addPack(tx *bolt.Tx, id blob.ID, size uint64, entries []pack.Entry) error {

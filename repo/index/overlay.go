@@ -107,7 +107,7 @@ func (ix *Index) AddFile(name string, packs []IndexedPack) error {
 		num uint32
 		e   pack.Entry
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.db.Update(func(tx *bolt.Tx) error {
 		var recs []rec
 		for _, p := range packs {
 			num, err := packNumber(tx, p.ID, p.Size, len(p.Entries), packType(p.Entries))
@@ -130,6 +130,13 @@ func (ix *Index) AddFile(name string, packs []IndexedPack) error {
 		}
 		return tx.Bucket(bucketFiles).Put([]byte(name), nil)
 	})
+	if err != nil {
+		return err
+	}
+	for _, p := range packs {
+		ix.filterAdd(p.Entries)
+	}
+	return nil
 }
 
 // RemoveFiles forgets that the cache holds the given index files (after
@@ -157,6 +164,8 @@ func (ix *Index) Reset() error {
 	ix.mu.Lock()
 	clear(ix.overlay)
 	clear(ix.oPacks)
+	ix.filt = newFilter(0)
+	ix.filt.dirty = true
 	ix.mu.Unlock()
 	return ix.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketBlobs, bucketPacks, bucketFiles, bucketPackNums} {
