@@ -334,3 +334,28 @@ func (r *Repository) headerOpen() pack.Transform {
 	}
 	return func(h []byte) ([]byte, error) { return r.mk.Open(nil, h, adPackHeader) }
 }
+
+// refuseKeysInPlainRepo fails when a repository whose config says it is
+// unencrypted has key files. Init writes key files only into an encrypted
+// repository (and only into an empty storage), and AddKey refuses an
+// unencrypted one, so key files beside an unencrypted config mean that the
+// config of an encrypted repository was edited or damaged: opening it as
+// unencrypted would write plaintext (under an id key from the config) into
+// a repository meant to be encrypted.
+func refuseKeysInPlainRepo(ctx context.Context, b backend.Storage, dir string) error {
+	errFound := errors.New("found")
+	var first string
+	err := b.List(ctx, keysDir+"/", func(oi backend.ObjectInfo) error {
+		first = oi.Name
+		return errFound
+	})
+	if errors.Is(err, errFound) {
+		return fmt.Errorf("repository %s: its config says it is not encrypted, but it has key files (%s): "+
+			"the repository is encrypted and its config was tampered with or damaged; "+
+			"refusing to open it (it would store plaintext); restore config from a copy or tape", dir, first)
+	}
+	if err != nil {
+		return fmt.Errorf("list key files of %s: %w", dir, err)
+	}
+	return nil
+}

@@ -183,6 +183,11 @@ func Open(ctx context.Context, st backend.Storage, o OpenOptions) (*Repository, 
 	}
 	var mk *crypto.MasterKey
 	var keyID string
+	if !cfg.Encrypted {
+		if err := refuseKeysInPlainRepo(ctx, b, dir); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Encrypted {
 		if o.Password == nil {
 			return nil, fmt.Errorf("repository %s is encrypted: %w", dir, crypto.ErrNoPassword)
