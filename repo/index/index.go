@@ -118,9 +118,10 @@ func Open(path string, repoID []byte, opts Options) (*Index, error) {
 		return nil, fmt.Errorf("open index cache %s: %w", path, err)
 	}
 	ix := &Index{db: db, path: path, readOnly: opts.ReadOnly, overlay: map[blob.ID]Location{}, oPacks: map[blob.ID]PackInfo{}}
-	if opts.ReadOnly {
-		err = db.View(func(tx *bolt.Tx) error { return checkMeta(tx, repoID) })
-	} else {
+	// A writable open writes only to make a new file: a commit would change
+	// the txid and disown the saved filter.
+	err = db.View(func(tx *bolt.Tx) error { return checkMeta(tx, repoID) })
+	if err != nil && !opts.ReadOnly && isNew(db) {
 		err = db.Update(func(tx *bolt.Tx) error {
 			for _, b := range [][]byte{bucketMeta, bucketBlobs, bucketPacks, bucketFiles, bucketPackNums} {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -164,6 +165,15 @@ func (ix *Index) openFilter() error {
 		ix.filt.dirty = true
 	}
 	return nil
+}
+
+// isNew reports whether the file has no buckets yet.
+func isNew(db *bolt.DB) bool {
+	empty := true
+	db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+	})
+	return empty
 }
 
 func checkMeta(tx *bolt.Tx, repoID []byte) error {
