@@ -118,14 +118,18 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 				return rep, err
 			}
 		}
+		if parent, err = filepath.Abs(parent); err != nil {
+			return rep, fmt.Errorf("staging directory: %w", err)
+		}
 		files = outside(files, parent) // never stage a dead run's copies
+		private := opts.Staging == ""
 		excludes = []string{GlobQuote(filepath.Join(parent, stagePrefix)) + "*"}
-		if opts.Staging == "" {
+		if private {
 			excludes = append(excludes, GlobQuote(parent)) // all ours
 		}
 		opts.Staging = parent
 		var warns []string
-		stg, warns, err = prepareStaging(opts, files, opts.Log)
+		stg, warns, err = prepareStaging(parent, private, opts.Freeze, files, opts.Log)
 		rep.Warnings = append(rep.Warnings, warns...)
 		if err != nil {
 			return rep, err

@@ -87,20 +87,14 @@ type staging struct {
 }
 
 // prepareStaging does, before the service is stopped, everything copy and
-// reflink modes need that can fail: it creates the staging directory (a
-// private one by default), removes the directories of dead runs left in it
-// (each live run holds an flock on its own), makes this run's directory,
-// tries a clone there (reflink), and checks that the filesystem has room for
-// copies of files. Messages about leftovers and fallbacks are returned as
-// warnings.
-func prepareStaging(opts Options, files []string, log io.Writer) (s *staging, warnings []string, err error) {
-	parent := opts.Staging
-	private := parent == ""
-	if private {
-		if parent, err = DefaultStaging(opts.Paths, files); err != nil {
-			return nil, nil, err
-		}
-	}
+// reflink (mode) need that can fail: it creates the staging directory parent
+// (private: the default one, DefaultStaging, which must be a directory of
+// ours, not a symlink, and is made 0700), removes the directories of dead
+// runs left in it (each live run holds an flock on its own), makes this
+// run's directory, tries a clone there (reflink), and checks that the
+// filesystem has room for copies of files. Messages about leftovers and
+// fallbacks are returned as warnings.
+func prepareStaging(parent string, private bool, mode Freeze, files []string, log io.Writer) (s *staging, warnings []string, err error) {
 	parent, err = filepath.Abs(parent)
 	if err != nil {
 		return nil, nil, fmt.Errorf("staging directory: %w", err)
@@ -159,7 +153,7 @@ func prepareStaging(opts Options, files []string, log io.Writer) (s *staging, wa
 		os.RemoveAll(dir)
 		return nil, warnings, fmt.Errorf("lock staging directory %s: %w", dir, err)
 	}
-	s = &staging{parent: parent, dir: dir, lock: lock, mode: opts.Freeze}
+	s = &staging{parent: parent, dir: dir, lock: lock, mode: mode}
 	defer func(prepared *staging) {
 		if err != nil {
 			prepared.remove()

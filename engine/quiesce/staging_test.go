@@ -209,3 +209,47 @@ func TestStagingWithoutRoomFailsBeforeQuiesce(t *testing.T) {
 	}
 	e.wantState(t, "running")
 }
+
+// The default staging directory holds plaintext copies: one that exists
+// must be a directory of ours (not a symlink, not another user's); one with
+// wider permissions is made private. All checked before the quiesce hook.
+func TestDefaultStagingMustBeOurs(t *testing.T) {
+	base := t.TempDir()
+	data := filepath.Join(base, "zoomserv")
+	os.MkdirAll(data, 0o755)
+	os.WriteFile(filepath.Join(data, "X500.db"), []byte("the database"), 0o644)
+	staging := filepath.Join(base, StagingDirName)
+	marker := filepath.Join(t.TempDir(), "quiesced")
+	opts := Options{Paths: []string{data}, Freeze: FreezeCopy, Quiesce: "touch " + marker}
+	capture := func(context.Context, *Stage) error { return nil }
+
+	elsewhere := t.TempDir()
+	if err := os.Symlink(elsewhere, staging); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(context.Background(), opts, capture); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Errorf("Run with %s a symlink = %v, want a refusal", staging, err)
+	}
+	os.Remove(staging)
+
+	if os.Geteuid() == 0 {
+		os.Mkdir(staging, 0o700)
+		os.Chown(staging, 65534, 65534)
+		if _, err := Run(context.Background(), opts, capture); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+			t.Errorf("Run with %s owned by nobody = %v, want a refusal", staging, err)
+		}
+		os.Remove(staging)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the quiesce hook ran although staging was refused")
+	}
+
+	os.Mkdir(staging, 0o755)
+	os.Chmod(staging, 0o755)
+	if _, err := Run(context.Background(), opts, capture); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(staging); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("%s: %v, %v; want it made 0700", staging, fi.Mode(), err)
+	}
+}
