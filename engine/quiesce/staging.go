@@ -80,10 +80,9 @@ func containingPath(paths []string, p string) string {
 
 // staging is one run's staging directory, prepared before the quiesce hook.
 type staging struct {
-	parent string   // Options.Staging or DefaultStaging
-	dir    string   // this run's directory under parent
-	lock   *os.File // dir, flock'ed while the run lives
-	mode   Freeze   // copy, or reflink when cloning into dir works
+	dir  string   // this run's directory under parent
+	lock *os.File // dir, flock'ed while the run lives
+	mode Freeze   // copy, or reflink when cloning into dir works
 }
 
 // prepareStaging does, before the service is stopped, everything copy and
@@ -153,7 +152,7 @@ func prepareStaging(parent string, private bool, mode Freeze, files []string, lo
 		os.RemoveAll(dir)
 		return nil, warnings, fmt.Errorf("lock staging directory %s: %w", dir, err)
 	}
-	s = &staging{parent: parent, dir: dir, lock: lock, mode: mode}
+	s = &staging{dir: dir, lock: lock, mode: mode}
 	defer func(prepared *staging) {
 		if err != nil {
 			prepared.remove()
