@@ -56,6 +56,12 @@ func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Du
 	if err != nil {
 		return nil, err
 	}
+	r.knownMu.Lock()
+	r.known = make(map[string]bool, len(names))
+	for _, n := range names {
+		r.known[n] = true // mergeIndexFiles brings the view up to these
+	}
+	r.knownMu.Unlock()
 	p := filepath.Join(r.cacheDir, cacheFile)
 	if wait <= 0 {
 		wait = DefaultMergeWait
@@ -127,6 +133,62 @@ func (r *Repository) WritableIndex(ctx context.Context) error {
 	}
 	r.idx = idx
 	return nil
+}
+
+// catchUp merges the index files written since this Repository's view was
+// built (by other clients, while it ran), so that a snapshot listed now
+// finds its blobs: a backup stores its index files before its snapshot.
+func (r *Repository) catchUp(ctx context.Context) error {
+	names, err := r.IndexFiles(ctx)
+	if err != nil {
+		return err
+	}
+	r.knownMu.Lock()
+	defer r.knownMu.Unlock()
+	for _, n := range names {
+		if r.known[n] {
+			continue
+		}
+		packs, err := r.LoadIndexFile(ctx, n)
+		if err != nil {
+			return fmt.Errorf("%w (run `stasis repair index`)", err)
+		}
+		if err := r.idx.AddFile(n, packs); err != nil {
+			return fmt.Errorf("merge %s into the index cache: %w", n, err)
+		}
+		r.known[n] = true
+	}
+	return nil
+}
+
+// lookupAfterCatchUp looks a blob up again after catching up, at most once
+// a second (a miss is normal for a backup's new chunks; only readers call
+// this).
+func (r *Repository) lookupAfterCatchUp(ctx context.Context, id blob.ID) (index.Location, bool, error) {
+	r.knownMu.Lock()
+	due := time.Since(r.caughtUp) >= time.Second
+	if due {
+		r.caughtUp = time.Now()
+	}
+	r.knownMu.Unlock()
+	if due {
+		if err := r.catchUp(ctx); err != nil {
+			return index.Location{}, false, err
+		}
+	}
+	return r.idx.Lookup(id)
+}
+
+// known records an index file this Repository wrote or merged itself.
+func (r *Repository) markKnown(names ...string) {
+	r.knownMu.Lock()
+	if r.known == nil {
+		r.known = map[string]bool{}
+	}
+	for _, n := range names {
+		r.known[n] = true
+	}
+	r.knownMu.Unlock()
 }
 
 // privateIndex builds a cache file for this command alone, removed by

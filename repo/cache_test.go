@@ -213,3 +213,17 @@ func putRandom(rng *rand.Rand, b []byte) {
 		b[i] = byte(rng.Uint32())
 	}
 }
+
+// A command that opened the repository before another client wrote finds
+// that client's blobs when it reads them (restore of a snapshot made while
+// it ran): its view catches up with the new index files.
+func TestViewCatchesUpWithOtherClients(t *testing.T) {
+	st, cacheA := cacheRepo(t)
+	cacheB := filepath.Join(t.TempDir(), "cacheB")
+	a := openIn(t, st, cacheA)
+	defer a.Close()
+	b := openIn(t, st, cacheB)
+	ids := saveRandom(t, b, rand.New(rand.NewPCG(11, 12)), 100)
+	b.Close()
+	wantBlobs(t, a, ids, "blobs another client stored after this one opened")
+}

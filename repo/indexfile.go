@@ -190,6 +190,7 @@ func (r *Repository) writeIndex(ctx context.Context, all bool) error {
 	if err != nil {
 		return err
 	}
+	r.markKnown(name)
 	if !r.idx.ReadOnly() {
 		if err := r.idx.AddFile(name, nil); err != nil {
 			return fmt.Errorf("record index file %s in the cache: %w", name, err)

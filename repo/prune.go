@@ -274,6 +274,7 @@ func (r *Repository) RewriteIndex(ctx context.Context, drop map[blob.ID]bool) (i
 			return fmt.Errorf("record index file %s in the cache: %w", name, err)
 		}
 		written[name] = true
+		r.markKnown(name)
 		out = nil
 		return nil
 	}

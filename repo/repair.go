@@ -212,6 +212,7 @@ func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*Rebui
 			return fmt.Errorf("record index file %s in the cache: %w", name, err)
 		}
 		written[name] = true
+		r.markKnown(name)
 		batch = nil
 		return nil
 	}

@@ -70,6 +70,10 @@ type Repository struct {
 	privateIdx string        // a cache file of this process alone, removed by Close
 	cacheWait  time.Duration // OpenOptions.CacheWait
 
+	knownMu  sync.Mutex
+	known    map[string]bool // index files in the cache's view (cache file or overlay)
+	caughtUp time.Time       // last catchUp after a missed lookup
+
 	unsavedMu sync.Mutex
 	unsaved   unsavedIndex
 
@@ -420,6 +424,12 @@ func (r *Repository) LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]by
 	loc, ok, err := r.idx.Lookup(id)
 	if err != nil {
 		return nil, fmt.Errorf("look up blob %s: %w", id, err)
+	}
+	if !ok {
+		// Perhaps another client stored it after this view was built.
+		if loc, ok, err = r.lookupAfterCatchUp(ctx, id); err != nil {
+			return nil, fmt.Errorf("look up blob %s: %w", id, err)
+		}
 	}
 	if !ok {
 		return nil, fmt.Errorf("blob %s: %w in the index (run `stasis check`)", id, ErrBlobNotFound)

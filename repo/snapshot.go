@@ -250,6 +250,11 @@ func (r *Repository) Snapshots(ctx context.Context) (list []*Snapshot, bad []err
 	if err != nil {
 		return nil, nil, err
 	}
+	// Every snapshot listed now had its index files stored before it: take
+	// in those written since the view was built, so its blobs are found.
+	if err := r.catchUp(ctx); err != nil {
+		return nil, nil, err
+	}
 	current := make(map[blob.ID]bool, len(ids))
 	for _, id := range ids {
 		current[id] = true
