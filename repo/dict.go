@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/stasisbackup/stasis/repo/backend"
@@ -58,6 +59,7 @@ type compressor struct {
 	plain  *zstd.Encoder // tree blobs: never with a dictionary, so a damaged dictionary costs file content, not directories
 	dec    *zstd.Decoder
 	dictID uint32 // 0: no dictionary yet
+	dicts  int    // dictionary files listed when it was made
 }
 
 // dictSampler collects sample bytes until a dictionary can be made.
@@ -125,7 +127,7 @@ func (r *Repository) loadCompressor(ctx context.Context) (c *compressor, problem
 	level := zstd.EncoderLevelFromZstd(r.cfg.CompressionLevel)
 	encOpts := []zstd.EOption{zstd.WithEncoderLevel(level), zstd.WithEncoderCRC(false)}
 	decOpts := []zstd.DOption{zstd.WithDecoderMaxMemory(1 << 30)}
-	c = &compressor{}
+	c = &compressor{dicts: len(names)}
 	if c.plain, err = zstd.NewWriter(nil, encOpts...); err != nil {
 		return nil, nil, err
 	}
@@ -188,8 +190,37 @@ func (r *Repository) sampleForDict(ctx context.Context, data []byte) error {
 	return nil
 }
 
+// reloadDicts loads the dictionaries again when the repository has more
+// than compressor c knows, and reports whether it did: a blob named a
+// dictionary c lacks.
+func (r *Repository) reloadDicts(c *compressor) bool {
+	r.dictMu.Lock()
+	defer r.dictMu.Unlock()
+	if r.comp.Load() != c {
+		return true // reloaded meanwhile
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	names, err := r.DictNames(ctx)
+	if err != nil || len(names) <= c.dicts {
+		return false
+	}
+	nc, problems, err := r.loadCompressor(ctx)
+	if err != nil {
+		return false
+	}
+	r.retired = append(r.retired, r.comp.Swap(nc))
+	r.dictProblems = problems
+	r.sampler.done = true
+	return true
+}
+
 // DictProblems lists dictionary files that could not be loaded (for check).
-func (r *Repository) DictProblems() []string { return r.dictProblems }
+func (r *Repository) DictProblems() []string {
+	r.dictMu.Lock()
+	defer r.dictMu.Unlock()
+	return r.dictProblems
+}
 
 // DictNames lists the repository-relative names of the dictionary files
 // (for tape export).

@@ -50,6 +50,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/crypto"
@@ -476,7 +477,12 @@ func (r *Repository) DecodeBlob(id blob.ID, t blob.Type, storage pack.Storage, r
 		if cap(buf) < rawLength {
 			buf = make([]byte, 0, rawLength)
 		}
-		plain, err = r.comp.Load().dec.DecodeAll(stored, buf[:0])
+		c := r.comp.Load()
+		plain, err = c.dec.DecodeAll(stored, buf[:0])
+		if errors.Is(err, zstd.ErrUnknownDictionary) && r.reloadDicts(c) {
+			// Another client made a dictionary after this one opened.
+			plain, err = r.comp.Load().dec.DecodeAll(stored, buf[:0])
+		}
 		if err != nil {
 			return nil, fmt.Errorf("blob %s: %w: decompress: %v", id, ErrCorruptBlob, err)
 		}
