@@ -21,11 +21,17 @@ func runtimeVersion() string { return runtime.Version() }
 // openRepo opens a repository made by the stasis binary, with the bench's
 // password when it is encrypted.
 func openRepo(ctx context.Context, dir string) (*repo.Repository, error) {
+	return openRepoCache(ctx, dir, "")
+}
+
+// openRepoCache is openRepo with the client cache in cacheDir ("" for the
+// default).
+func openRepoCache(ctx context.Context, dir, cacheDir string) (*repo.Repository, error) {
 	st, err := repo.OpenStorage(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
-	return repo.Open(ctx, st, repo.OpenOptions{Password: func(context.Context) ([]byte, error) { return []byte("stasis-bench"), nil }})
+	return repo.Open(ctx, st, repo.OpenOptions{CacheDir: cacheDir, Password: func(context.Context) ([]byte, error) { return []byte("stasis-bench"), nil }})
 }
 
 // runProfile takes a full (initial) backup of the workload in process, under

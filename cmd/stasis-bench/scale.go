@@ -14,16 +14,19 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/pack"
 )
 
-// fillIndex adds n synthetic data-blob entries to ix: random ids (seeded),
-// added in ascending id order, batchSize entries per fake pack, so that
-// bbolt appends instead of splitting pages at random. It returns a sample
-// of the ids added, for lookups.
-func fillIndex(ix *index.Index, n, batchSize int, seed uint64) ([]blob.ID, error) {
+// fillIndex writes index files naming n synthetic data-blob entries into
+// the repository r: random ids (seeded) in ascending order, batchSize
+// entries per fake pack, 100 packs per index file (so that merging them
+// into the cache appends instead of splitting pages at random). It returns
+// a sample of the ids, for lookups. No pack files back them: a backup only
+// looks ids up.
+func fillIndex(ctx context.Context, r *repo.Repository, n, batchSize int, seed uint64) ([]blob.ID, error) {
 	rng := rand.New(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 's', 'c', 'a', 'l', 'e'}))
 	ids := make([]blob.ID, n)
 	for i := range ids {
@@ -35,9 +38,9 @@ func fillIndex(ix *index.Index, n, batchSize int, seed uint64) ([]blob.ID, error
 		}
 	}
 	slices.SortFunc(ids, func(a, b blob.ID) int { return bytes.Compare(a[:], b[:]) })
-	entries := make([]pack.Entry, 0, batchSize)
+	var file []index.IndexedPack
 	for start := 0; start < n; start += batchSize {
-		entries = entries[:0]
+		var entries []pack.Entry
 		var off uint64
 		for _, id := range ids[start:min(start+batchSize, n)] {
 			entries = append(entries, pack.Entry{ID: id, Type: blob.Data, Storage: pack.Zstd, Offset: off, Length: 6000, RawLength: 16384})
@@ -50,8 +53,12 @@ func fillIndex(ix *index.Index, n, batchSize int, seed uint64) ([]blob.ID, error
 				packID[j+k] = byte(v >> (8 * k))
 			}
 		}
-		if err := ix.AddPack(packID, off, entries); err != nil {
-			return nil, fmt.Errorf("fill index: %w", err)
+		file = append(file, index.IndexedPack{ID: packID, Size: off, Entries: entries})
+		if len(file) == 100 || start+batchSize >= n {
+			if _, err := r.SaveIndexFile(ctx, file); err != nil {
+				return nil, fmt.Errorf("fill index: %w", err)
+			}
+			file = nil
 		}
 	}
 	sample := make([]blob.ID, 0, 1<<20)
@@ -115,7 +122,7 @@ func runScale(ctx context.Context, o options, stdout io.Writer, log func(string,
 	tplEmpty, tplBig := filepath.Join(dir, "tpl-empty"), filepath.Join(dir, "tpl-big")
 	t := newStasis(ctx, bin, dir, o.encrypt)
 	t.Repo = tplEmpty
-	t.Env = append(t.Env, "STASIS_REPO="+tplEmpty)
+	t.Env = append(t.Env, "STASIS_REPO="+tplEmpty, "STASIS_CACHE_DIR="+tplEmpty+".cache")
 	if err := t.Reset(ctx); err != nil {
 		return err
 	}
@@ -123,6 +130,7 @@ func runScale(ctx context.Context, o options, stdout io.Writer, log func(string,
 	if out, err := exec.CommandContext(ctx, "cp", "-a", tplEmpty, tplBig).CombinedOutput(); err != nil {
 		return fmt.Errorf("copy repository: %w: %s", err, out)
 	}
+	os.MkdirAll(tplBig+".cache", 0o700)
 	// Fill and time lookups in a child process: a child's ru_maxrss starts
 	// at its parent's peak (Linux copies the hiwater mark at exec), so the
 	// harness itself must stay small.
@@ -140,7 +148,11 @@ func runScale(ctx context.Context, o options, stdout io.Writer, log func(string,
 	log("%s", bytes.TrimSpace(fillOut.Bytes()))
 
 	ixSize := func(d string) int64 {
-		st, err := os.Stat(filepath.Join(d, "index.db"))
+		m, _ := filepath.Glob(filepath.Join(d+".cache", "*", "index.db"))
+		if len(m) == 0 {
+			return 0
+		}
+		st, err := os.Stat(m[0])
 		if err != nil {
 			return 0
 		}
@@ -152,12 +164,15 @@ func runScale(ctx context.Context, o options, stdout io.Writer, log func(string,
 		for _, k := range kinds {
 			work := filepath.Join(dir, "repo")
 			os.RemoveAll(work)
-			if out, err := exec.CommandContext(ctx, "cp", "-a", k.tpl, work).CombinedOutput(); err != nil {
-				return fmt.Errorf("copy repository: %w: %s", err, out)
+			os.RemoveAll(work + ".cache")
+			for _, d := range []string{"", ".cache"} {
+				if out, err := exec.CommandContext(ctx, "cp", "-a", k.tpl+d, work+d).CombinedOutput(); err != nil {
+					return fmt.Errorf("copy repository: %w: %s", err, out)
+				}
 			}
 			bt := newStasis(ctx, bin, dir, o.encrypt)
 			bt.Repo = work
-			bt.Env = append(bt.Env, "STASIS_REPO="+work)
+			bt.Env = append(bt.Env, "STASIS_REPO="+work, "STASIS_CACHE_DIR="+work+".cache")
 			s, err := measure(bt.Backup(ctx, w.Root))
 			if err != nil {
 				return fmt.Errorf("scale backup into %s repository: %w", k.name, err)
@@ -167,13 +182,14 @@ func runScale(ctx context.Context, o options, stdout io.Writer, log func(string,
 		}
 	}
 	os.RemoveAll(filepath.Join(dir, "repo"))
+	os.RemoveAll(filepath.Join(dir, "repo.cache"))
 
 	fmt.Fprintf(stdout, "Command: `%s`\n\nMachine: %s. Workload: as above (X500.db %s, %d files, seed %d). Page cache warm; median of %d runs.\n\n",
 		commandLine(), machine(), mib(w.DBSize), w.Files, w.Seed, o.runs)
-	fmt.Fprintf(stdout, "The large repository is the empty one (same config) whose index.db got %d synthetic data-blob entries "+
-		"(random 32-byte ids, added in id order, 100,000 per fake pack id, through index.AddPack, in a child process); index.db %s. "+
-		"No pack files back them: the backup only looks them up.\n\n", o.chunks, mib(ixSize(tplBig)))
-	fmt.Fprintln(stdout, "| repository | index.db MiB | backup wall s | CPU s | peak RSS MiB | RSS vs empty |")
+	fmt.Fprintf(stdout, "The large repository is the empty one (same config) with index files naming %d synthetic data-blob entries "+
+		"(random 32-byte ids in id order, 1,000 per fake pack, 100 packs per index file, in a child process) and a client cache "+
+		"built from them (cache index.db %s, plus its filter). No pack files back them: the backup only looks them up.\n\n", o.chunks, mib(ixSize(tplBig)))
+	fmt.Fprintln(stdout, "| repository | cache index.db MiB | backup wall s | CPU s | peak RSS MiB | RSS vs empty |")
 	fmt.Fprintln(stdout, "|---|---:|---:|---:|---:|---:|")
 	base := median(res[kinds[0].name])
 	for _, k := range kinds {
@@ -189,16 +205,30 @@ func runScale(ctx context.Context, o options, stdout io.Writer, log func(string,
 // repository o.work with o.chunks synthetic entries and prints the fill
 // time and a table of lookup rates.
 func runFillIndex(ctx context.Context, o options, stdout io.Writer) error {
-	r, err := openRepo(ctx, o.work)
+	r, err := openRepoCache(ctx, o.work, o.work+".cache")
 	if err != nil {
+		return err
+	}
+	start := time.Now()
+	hits, err := fillIndex(ctx, r, o.chunks, 1000, uint64(o.seed))
+	if err != nil {
+		r.Close()
+		return err
+	}
+	written := time.Since(start)
+	// Merge the new index files into the cache (as the next command would)
+	// and save its filter.
+	if err := r.WritableIndex(ctx); err != nil {
+		r.Close()
+		return err
+	}
+	if err := r.Close(); err != nil {
+		return err
+	}
+	if r, err = openRepoCache(ctx, o.work, o.work+".cache"); err != nil {
 		return err
 	}
 	defer r.Close()
-	start := time.Now()
-	hits, err := fillIndex(r.Index(), o.chunks, 100_000, uint64(o.seed))
-	if err != nil {
-		return err
-	}
 	fill := time.Since(start)
 	misses := make([]blob.ID, len(hits))
 	mr := rand.New(rand.NewPCG(uint64(o.seed), 99))
@@ -207,11 +237,7 @@ func runFillIndex(ctx context.Context, o options, stdout io.Writer) error {
 			misses[i][j] = byte(mr.Uint32())
 		}
 	}
-	blobsN, packsN, err := r.Index().Counts()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "index filled in %s: %d blobs, %d packs\n\n", fill.Round(time.Second), blobsN, packsN)
+	fmt.Fprintf(stdout, "index files written in %s, cache built in %s more: %d blobs\n\n", written.Round(time.Second), (fill - written).Round(time.Second), o.chunks)
 	fmt.Fprintln(stdout, "| ids | goroutines | lookups/s | found |")
 	fmt.Fprintln(stdout, "|---|---:|---:|---:|")
 	for _, c := range []struct {
