@@ -10,8 +10,6 @@ import (
 
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
-	"github.com/stasisbackup/stasis/repo/pack"
 	"github.com/stasisbackup/stasis/repo/tree"
 	"github.com/zeebo/blake3"
 )
@@ -58,8 +56,7 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 	}
 	damaged := map[blob.ID]string{} // blob → why
 	missing := map[blob.ID]bool{}   // packs whose blobs cannot be read
-	idx := r.Index()
-	err = idx.EachPack(func(id blob.ID, info index.PackInfo) error {
+	err = r.EachPack(func(id blob.ID, info repo.PackInfo) error {
 		rep.Packs++
 		size, ok := onDisk[id]
 		delete(onDisk, id)
@@ -84,7 +81,7 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 		// Pack headers are cheap to read (the tail of each file): compare
 		// them with the index (with ReadData, readPack does this).
 		var present []blob.ID
-		idx.EachPack(func(id blob.ID, _ index.PackInfo) error {
+		r.EachPack(func(id blob.ID, _ repo.PackInfo) error {
 			if !missing[id] {
 				present = append(present, id)
 			}
@@ -105,7 +102,7 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 		}
 	}
 	if len(missing) > 0 {
-		idx.EachBlob(func(id blob.ID, loc index.Location) error {
+		r.EachBlob(func(id blob.ID, loc repo.Location) error {
 			if missing[loc.Pack] {
 				damaged[id] = fmt.Sprintf("in damaged pack %s", loc.Pack.Short())
 			}
@@ -115,7 +112,7 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 
 	if o.ReadData {
 		logf("reading all packs")
-		err := idx.EachPack(func(id blob.ID, info index.PackInfo) error {
+		err := r.EachPack(func(id blob.ID, info repo.PackInfo) error {
 			if missing[id] {
 				return nil
 			}
@@ -163,15 +160,15 @@ func readPack(ctx context.Context, r *repo.Repository, id blob.ID, rep *CheckRep
 	if err != nil {
 		rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: header: %v", id, err))
 		// Fall back to the index's view to test each blob.
-		r.Index().EachBlob(func(bid blob.ID, loc index.Location) error {
+		r.EachBlob(func(bid blob.ID, loc repo.Location) error {
 			if loc.Pack == id {
-				entries = append(entries, pack.Entry{ID: bid, Type: loc.Type, Storage: loc.Storage, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength})
+				entries = append(entries, repo.PackEntry{ID: bid, Type: loc.Type, Storage: loc.Storage, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength})
 			}
 			return nil
 		})
 	}
 	for _, e := range entries {
-		loc, ok, err := r.Index().Lookup(e.ID)
+		loc, ok, err := r.LookupBlob(ctx, e.ID)
 		if err == nil && ok && loc.Pack == id && (loc.Offset != e.Offset || loc.Length != e.Length) {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: index entry of blob %s disagrees with the pack header (run `stasis repair index`)", id.Short(), e.ID))
 		}

@@ -9,7 +9,6 @@ import (
 
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/tree"
 )
 
@@ -91,7 +90,7 @@ func RepoStats(ctx context.Context, r *repo.Repository) (*Stats, error) {
 		st.LogicalBytes += sn.Summary.TotalBytes
 	}
 	var storedData int64
-	err = r.Index().EachBlob(func(id blob.ID, loc index.Location) error {
+	err = r.EachBlob(func(id blob.ID, loc repo.Location) error {
 		if loc.Type == blob.Data {
 			st.Chunks++
 			st.UniqueBytes += int64(loc.RawLength)
@@ -104,7 +103,7 @@ func RepoStats(ctx context.Context, r *repo.Repository) (*Stats, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = r.Index().EachPack(func(id blob.ID, info index.PackInfo) error {
+	err = r.EachPack(func(id blob.ID, info repo.PackInfo) error {
 		st.Packs++
 		st.StoredBytes += int64(info.Size)
 		return nil

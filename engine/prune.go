@@ -10,7 +10,6 @@ import (
 
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/tree"
 )
 
@@ -102,14 +101,14 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 
 	logf("finding unused data")
 	use := map[blob.ID]*packUse{}
-	err = r.Index().EachPack(func(id blob.ID, info index.PackInfo) error {
+	err = r.EachPack(func(id blob.ID, info repo.PackInfo) error {
 		use[id] = &packUse{size: info.Size, count: info.Count}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	err = r.Index().EachBlob(func(id blob.ID, loc index.Location) error {
+	err = r.EachBlob(func(id blob.ID, loc repo.Location) error {
 		u := use[loc.Pack]
 		if u == nil {
 			return nil

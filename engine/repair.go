@@ -174,7 +174,7 @@ type rewriter struct {
 
 // usable reports whether blob id is indexed in a pack that exists.
 func (rw *rewriter) usable(id blob.ID) (bool, error) {
-	loc, ok, err := rw.r.Index().Lookup(id)
+	loc, ok, err := rw.r.LookupBlob(context.Background(), id)
 	if err != nil || !ok {
 		return false, err
 	}

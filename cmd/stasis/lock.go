@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/repo"
-	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/lock"
 )
 
@@ -60,7 +59,7 @@ func commandName(c *cobra.Command) string {
 // removed), the command's context is cancelled (a.cancel) with lockLost's
 // error, which matches lock.ErrLost, so the command stops before it could
 // write against another command's prune.
-func (a *app) lockRepo(ctx context.Context, st backend.Storage, exclusive bool) error {
+func (a *app) lockRepo(ctx context.Context, st repo.Storage, exclusive bool) error {
 	exclusive = exclusive || a.locking.exclusive
 	if l := a.locking.held; l != nil {
 		if exclusive && !l.Info().Exclusive {

@@ -19,7 +19,6 @@ import (
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/crypto"
-	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/lock"
 )
 
@@ -124,7 +123,7 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, repo.ErrNoRepository):
 		return exitNoRepo
-	case errors.Is(err, index.ErrBusy), errors.Is(err, lock.ErrLocked):
+	case errors.Is(err, repo.ErrCacheBusy), errors.Is(err, lock.ErrLocked):
 		return exitLocked
 	case errors.Is(err, crypto.ErrWrongPassword), errors.Is(err, crypto.ErrNoPassword):
 		return exitPassword

@@ -214,7 +214,7 @@ func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool
 func neededPacks(ctx context.Context, r *repo.Repository, sn *repo.Snapshot) ([]string, error) {
 	packs := map[string]bool{}
 	add := func(id blob.ID) error {
-		loc, ok, err := r.Index().Lookup(id)
+		loc, ok, err := r.LookupBlob(ctx, id)
 		if err != nil {
 			return err
 		}

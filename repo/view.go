@@ -1,0 +1,49 @@
+package repo
+
+import (
+	"context"
+
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/index"
+	"github.com/stasisbackup/stasis/repo/pack"
+)
+
+// The repository's index as engine sees it: the vocabulary of package index
+// and package pack under repo's name, so that engine imports repo only.
+
+// Location says where a blob is stored.
+type Location = index.Location
+
+// PackInfo describes an indexed pack.
+type PackInfo = index.PackInfo
+
+// PackEntry is one blob of a pack header.
+type PackEntry = pack.Entry
+
+// ErrCacheBusy is matched when another command on this host held the index
+// cache for longer than the wait allowed.
+var ErrCacheBusy = index.ErrBusy
+
+// EachPack calls fn for every indexed pack.
+func (r *Repository) EachPack(fn func(id blob.ID, info PackInfo) error) error {
+	return r.idx.EachPack(fn)
+}
+
+// EachBlob calls fn for every indexed blob.
+func (r *Repository) EachBlob(fn func(id blob.ID, loc Location) error) error {
+	return r.idx.EachBlob(fn)
+}
+
+// LookupBlob returns where blob id is stored; when this view lacks it, it
+// first takes in index files other clients wrote since (at most once a
+// second).
+func (r *Repository) LookupBlob(ctx context.Context, id blob.ID) (Location, bool, error) {
+	loc, ok, err := r.idx.Lookup(id)
+	if err != nil || ok {
+		return loc, ok, err
+	}
+	return r.lookupAfterCatchUp(ctx, id)
+}
+
+// IndexCounts returns the number of indexed blobs and packs.
+func (r *Repository) IndexCounts() (blobs, packs int, err error) { return r.idx.Counts() }
