@@ -148,7 +148,7 @@ a terminal, in this order. A wrong or missing password exits with code 12.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVarP(&a.repoDir, "repo", "r", os.Getenv("STASIS_REPO"), "repository: a directory, or s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX] (default $STASIS_REPO)")
-	root.PersistentFlags().StringVar(&a.cacheDir, "cache-dir", os.Getenv("STASIS_CACHE_DIR"), "client cache directory (default $STASIS_CACHE_DIR, else $XDG_CACHE_HOME/stasis/<repository id>)")
+	root.PersistentFlags().StringVar(&a.cacheDir, "cache-dir", os.Getenv("STASIS_CACHE_DIR"), "client cache directory, one subdirectory per repository (default $STASIS_CACHE_DIR, else $XDG_CACHE_HOME/stasis)")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "machine-readable JSON output")
 	root.PersistentFlags().StringVar(&a.passwordFile, "password-file", "", "read the repository password from FILE (default $"+crypto.EnvPasswordFile+")")
 	root.PersistentFlags().StringVar(&a.passwordCommand, "password-command", "", "run CMD (with /bin/sh -c) and read the repository password from its output")
