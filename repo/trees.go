@@ -69,7 +69,11 @@ func (r *Repository) LoadTree(ctx context.Context, id blob.ID) (*tree.Tree, erro
 		if n.Kind != tree.File || !hasList(n.Content) {
 			continue
 		}
-		flat := make([]tree.Extent, 0, len(n.Content)*64)
+		// A list holds at most 64 extents when stasis wrote it; the hint is
+		// capped so that a crafted tree naming many lists cannot make this
+		// allocate before a single list was read (the lists' real extents
+		// grow it).
+		flat := make([]tree.Extent, 0, min(len(n.Content)*64, 1<<16))
 		for _, e := range n.Content {
 			if !e.List {
 				flat = append(flat, e)

@@ -236,7 +236,17 @@ func (d *decoder) id() (id blob.ID) {
 	return id
 }
 
-// Decode parses an encoded tree. It never panics on bad input.
+// The smallest encodings, by which Decode checks claimed counts: a node
+// with a one-byte name, every varint one byte and every string empty (2
+// name, 2 kind and flags, 8 + 2 varints, 4 string lengths); an extent that
+// is a hole with a one-byte length.
+const (
+	minNodeSize   = 18
+	minExtentSize = 2
+)
+
+// Decode parses an encoded tree. It never panics on bad input, and it
+// allocates in proportion to the input's size, whatever counts it claims.
 func Decode(data []byte) (*Tree, error) {
 	if len(data) < len(magic)+1 || !bytes.Equal(data[:len(magic)], magic) {
 		return nil, fmt.Errorf("%w: bad magic", ErrCorrupt)
@@ -246,7 +256,12 @@ func Decode(data []byte) (*Tree, error) {
 	}
 	d := &decoder{b: data[len(magic)+1:]}
 	count := d.uvarint()
-	if count > uint64(len(d.b)) {
+	if d.err != nil {
+		return nil, d.err
+	}
+	// Nothing is allocated for a claimed count before the bytes left could
+	// hold that many nodes: memory follows the input's size, not its claims.
+	if count > uint64(len(d.b))/minNodeSize {
 		return nil, fmt.Errorf("%w: %d nodes cannot fit in %d bytes", ErrCorrupt, count, len(d.b))
 	}
 	t := &Tree{Nodes: make([]Node, 0, count)}
@@ -319,7 +334,10 @@ func appendExtents(b []byte, content []Extent) []byte {
 
 func (d *decoder) extents(lists bool) ([]Extent, uint64) {
 	ne := d.uvarint()
-	if ne > uint64(len(d.b)) {
+	if d.err != nil {
+		return nil, 0
+	}
+	if ne > uint64(len(d.b))/minExtentSize {
 		d.fail("%d extents cannot fit in %d bytes", ne, len(d.b))
 		return nil, 0
 	}
