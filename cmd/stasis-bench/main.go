@@ -5,6 +5,7 @@
 //	stasis-bench [run] [flags]   the side-by-side scenarios; prints one markdown table
 //	stasis-bench scale [flags]   backup peak RSS into a 10-million-chunk repository vs an empty one
 //	stasis-bench profile [flags] CPU profile of a full stasis backup, in process
+//	stasis-bench s3 [flags]      stasis and restic on a local directory and on S3 (SeaweedFS on loopback)
 //
 // The workload (fixed seed, so the same bytes every time): a page-structured
 // X500.db written with cmd/zoomsim/zdb (--db-size, 1 GiB by default) whose
@@ -25,6 +26,17 @@
 // borgbackup); a missing one is named and the run goes on without it.
 // stasis is built from the module in the current directory unless --stasis
 // names a binary. Run it as root for reliable /proc/<pid>/io and for --cold.
+//
+// s3 runs stasis and restic (borg has no S3 backend) on the same workload,
+// each on a local directory and on a SeaweedFS S3 gateway it starts on
+// 127.0.0.1 for the run (the weed binary of .ci/build-seaweedfs, or
+// $STASIS_WEED) and stops after it: per run and tool a fresh repository (an
+// S3 repository is a fresh prefix in one bucket) and empty client caches in
+// the work directory, then initial backup, re-backup with nothing changed,
+// full restore (checked). Both tools encrypt (stasis with a password, as with
+// --stasis-encrypt). Figures: wall, CPU, peak RSS, and the repository size
+// after each backup (du of the directory; the sum of the object sizes under
+// the prefix); one table per backend.
 package main
 
 import (
@@ -129,10 +141,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runScale(ctx, o, stdout, log)
 	case "profile":
 		err = runProfile(ctx, o, stdout, log)
+	case "s3":
+		err = runS3(ctx, o, stdout, log)
 	case "fill-index": // internal: run by scale in a child process
 		err = runFillIndex(ctx, o, stdout)
 	default:
-		fmt.Fprintf(stderr, "stasis-bench: unknown command %q: use run, scale or profile\n", cmd)
+		fmt.Fprintf(stderr, "stasis-bench: unknown command %q: use run, scale, profile or s3\n", cmd)
 		return 2
 	}
 	if err != nil {

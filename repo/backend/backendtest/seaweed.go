@@ -174,6 +174,24 @@ func seaweed(t testing.TB, volumes int) *SeaweedServer {
 	return slot.srv
 }
 
+// StartSeaweed starts a SeaweedFS server with the given number of volume
+// servers (1, or 2 for replication 001 as in SeaweedTwoVolumes) for use
+// outside tests (the benchmark cmd/stasis-bench): the weed binary is the one
+// WeedBinary finds, SeaweedBucket exists, and the credentials are
+// SeaweedAccessKey and SeaweedSecretKey. The server is the caller's own, not
+// shared with Seaweed; the caller must Stop it (its processes also get
+// SIGKILL when the starting thread dies).
+func StartSeaweed(volumes int) (*SeaweedServer, error) {
+	if volumes < 1 {
+		return nil, fmt.Errorf("SeaweedFS: %d volume servers: want at least 1", volumes)
+	}
+	bin, _, err := WeedBinary()
+	if err != nil {
+		return nil, fmt.Errorf("SeaweedFS: %w", err)
+	}
+	return startSeaweed(bin, volumes)
+}
+
 // StopSeaweed stops the servers Seaweed and SeaweedTwoVolumes started and
 // removes their data. A later Seaweed starts a new one.
 func StopSeaweed() {
@@ -619,13 +637,24 @@ func (s *SeaweedServer) TargetIn(t testing.TB, bucket, prefix string) S3Target {
 
 func (s *SeaweedServer) target(t testing.TB, bucket, prefix string) S3Target {
 	t.Helper()
+	tg, err := s.Target(bucket, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tg
+}
+
+// Target returns the target of bucket and prefix ("" for the bucket's
+// root) on s, like TargetIn, for use outside tests. It creates nothing:
+// SeaweedBucket exists; another bucket must be made first (Client).
+func (s *SeaweedServer) Target(bucket, prefix string) (S3Target, error) {
 	u := "s3:http://" + s.Endpoint + "/" + bucket
 	if prefix != "" {
 		u += "/" + prefix
 	}
 	cfg, err := s3.Parse(u)
 	if err != nil {
-		t.Fatalf("parse %s: %v", u, err)
+		return S3Target{}, fmt.Errorf("parse %s: %w", u, err)
 	}
 	cfg.AccessKeyID, cfg.SecretAccessKey, cfg.Region = SeaweedAccessKey, SeaweedSecretKey, SeaweedRegion
 	return S3Target{
@@ -636,7 +665,7 @@ func (s *SeaweedServer) target(t testing.TB, bucket, prefix string) S3Target {
 			s3.EnvSecretAccessKey + "=" + SeaweedSecretKey,
 			s3.EnvRegion + "=" + SeaweedRegion,
 		},
-	}
+	}, nil
 }
 
 // sanitize makes a test name a key prefix element.
