@@ -83,18 +83,19 @@ func (t *Tool) Version(ctx context.Context, args ...string) string {
 // under test can be told so (init --insecure-no-password), like borg's
 // --encryption none; encrypt makes it use a password instead.
 func newStasis(ctx context.Context, bin, work string, encrypt bool) *Tool {
-	t := &Tool{Name: "stasis", Bin: bin, Repo: filepath.Join(work, "repo-stasis"),
-		Env: []string{"STASIS_PASSWORD=stasis-bench", "STASIS_REPO=" + filepath.Join(work, "repo-stasis")}}
+	cache := filepath.Join(work, "cache-stasis")
+	t := &Tool{Name: "stasis", Bin: bin, Repo: filepath.Join(work, "repo-stasis"), Scratch: []string{cache},
+		Env: []string{"STASIS_PASSWORD=stasis-bench", "STASIS_REPO=" + filepath.Join(work, "repo-stasis"), "STASIS_CACHE_DIR=" + cache}}
 	t.initArgs = []string{"init"}
 	help, _ := t.command(ctx, "", "init", "--help").CombinedOutput()
 	switch {
 	case strings.Contains(string(help), "--insecure-no-password") && !encrypt:
 		t.initArgs = append(t.initArgs, "--insecure-no-password")
-		t.Settings = "zstd level 2 per blob (repository default), not encrypted (`init --insecure-no-password`), no cache"
+		t.Settings = "zstd level 2 per blob (repository default), not encrypted (`init --insecure-no-password`), client cache in the work directory (not counted in growth)"
 	case strings.Contains(string(help), "--insecure-no-password"):
-		t.Settings = "zstd level 2 per blob (repository default), encrypted (password from STASIS_PASSWORD), no cache"
+		t.Settings = "zstd level 2 per blob (repository default), encrypted (password from STASIS_PASSWORD), client cache in the work directory (not counted in growth)"
 	default:
-		t.Settings = "zstd level 2 per blob (repository default); this stasis has no encryption; no cache"
+		t.Settings = "zstd level 2 per blob (repository default); this stasis has no encryption; client cache in the work directory (not counted in growth)"
 	}
 	t.backupArgs = func(int) []string { return []string{"backup"} }
 	t.restoreArgs = func(_ int, target, only string) []string {
