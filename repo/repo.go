@@ -438,14 +438,61 @@ func (r *Repository) LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]by
 	return r.ReadBlobAt(ctx, id, loc, buf)
 }
 
-// ReadBlobAt reads blob id from the given location and verifies it.
+// ReadBlobAt reads blob id from the given location and verifies it. The
+// location's lengths come from the index, which nothing authenticates: they
+// are checked (checkBlobLength) before anything is allocated for them.
 func (r *Repository) ReadBlobAt(ctx context.Context, id blob.ID, loc index.Location, buf []byte) ([]byte, error) {
+	if err := r.checkBlobLength(ctx, id, loc); err != nil {
+		return nil, err
+	}
 	raw := make([]byte, loc.Length)
 	if err := r.packs.readAt(ctx, loc.Pack, raw, int64(loc.Offset)); err != nil {
 		return nil, fmt.Errorf("read blob %s from pack %s: %w", id, loc.Pack, err)
 	}
 	return r.DecodeBlob(id, loc.Type, loc.Storage, int(loc.RawLength), raw, buf)
 }
+
+// maxChunk returns the largest data blob (plaintext) the repository's
+// chunk profiles make.
+func (r *Repository) maxChunk() uint32 {
+	var m uint
+	for _, p := range r.cfg.Profiles {
+		m = max(m, p.Max)
+	}
+	return uint32(m) // validate bounds profiles to 64 MiB
+}
+
+// checkBlobLength refuses a location whose lengths no blob of its type can
+// have, before ReadBlobAt allocates loc.Length bytes: a data blob is at
+// most the largest chunk (stored raw when compression does not make it
+// smaller) plus the AEAD overhead. Tree blobs have no fixed bound; one
+// longer than any data blob must lie within the pack as it is stored
+// (its real size, from the storage, not the index).
+func (r *Repository) checkBlobLength(ctx context.Context, id blob.ID, loc index.Location) error {
+	maxRaw := r.maxChunk()
+	maxStored := uint64(maxRaw) + crypto.Overhead
+	if loc.Type == blob.Data && (loc.RawLength > maxRaw || uint64(loc.Length) > maxStored) {
+		return fmt.Errorf("blob %s in pack %s: %w: the index gives it %d bytes (%d decoded), more than a data blob can have (%d, %d decoded); the index is damaged or was tampered with (run `stasis repair index`)",
+			id, loc.Pack, ErrCorruptBlob, loc.Length, loc.RawLength, maxStored, maxRaw)
+	}
+	if uint64(loc.Length) <= maxStored {
+		return nil
+	}
+	size, err := r.packs.size(ctx, loc.Pack)
+	if err != nil {
+		return fmt.Errorf("read blob %s from pack %s: %w", id, loc.Pack, err)
+	}
+	if loc.Offset+uint64(loc.Length) > uint64(size) {
+		return fmt.Errorf("blob %s in pack %s: %w: the index gives it %d bytes at offset %d, beyond the end of the pack (%d bytes); the index is damaged or was tampered with (run `stasis repair index`)",
+			id, loc.Pack, ErrCorruptBlob, loc.Length, loc.Offset, size)
+	}
+	return nil
+}
+
+// maxDecodeHint bounds the buffer DecodeBlob allocates up front for a tree
+// blob from its claimed raw length; a longer one grows as it decodes (the
+// zstd decoder's own limit, WithDecoderMaxMemory, bounds it).
+const maxDecodeHint = 16 << 20
 
 // DecodeBlob decodes the pack bytes of blob id of type t (opening them in an
 // encrypted repository, then decompressing) and verifies that they hash to
@@ -474,8 +521,11 @@ func (r *Repository) DecodeBlob(id blob.ID, t blob.Type, storage pack.Storage, r
 		plain = append(buf[:0], stored...)
 	case pack.Zstd:
 		var err error
+		if t == blob.Data && (rawLength < 0 || rawLength > int(r.maxChunk())) {
+			return nil, fmt.Errorf("blob %s: %w: %d bytes decoded claimed, more than a data blob can have (%d)", id, ErrCorruptBlob, rawLength, r.maxChunk())
+		}
 		if cap(buf) < rawLength {
-			buf = make([]byte, 0, rawLength)
+			buf = make([]byte, 0, min(rawLength, max(int(r.maxChunk()), maxDecodeHint)))
 		}
 		c := r.comp.Load()
 		plain, err = c.dec.DecodeAll(stored, buf[:0])
@@ -519,8 +569,30 @@ type packReader struct {
 	st     backend.Storage
 	window int64
 
-	mu   sync.Mutex
-	wins []*packWindow // most recently used last
+	mu    sync.Mutex
+	wins  []*packWindow     // most recently used last
+	sizes map[blob.ID]int64 // stored sizes of packs, from Stat (see size)
+}
+
+// size returns the stored size of a pack (one Stat per pack and process).
+func (c *packReader) size(ctx context.Context, id blob.ID) (int64, error) {
+	c.mu.Lock()
+	n, ok := c.sizes[id]
+	c.mu.Unlock()
+	if ok {
+		return n, nil
+	}
+	fi, err := c.st.Stat(ctx, PackName(id))
+	if err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	if len(c.sizes) >= 1<<16 {
+		clear(c.sizes)
+	}
+	c.sizes[id] = fi.Size
+	c.mu.Unlock()
+	return fi.Size, nil
 }
 
 type packWindow struct {
@@ -535,7 +607,7 @@ const (
 )
 
 func newPackReader(st backend.Storage) *packReader {
-	c := &packReader{st: st}
+	c := &packReader{st: st, sizes: map[blob.ID]int64{}}
 	if _, local := st.(*backend.Local); !local {
 		c.window = readWindow
 	}
@@ -584,4 +656,5 @@ func (c *packReader) forget(id blob.ID) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.wins = slices.DeleteFunc(c.wins, func(w *packWindow) bool { return w.pack == id })
+	delete(c.sizes, id)
 }
