@@ -686,11 +686,23 @@ func concKill9(t *testing.T, e *concEnv) {
 	mutate()
 	backup("base")
 
-	// After each kill: check --read-data passes (a killed backup's packs
-	// in no index file are only warnings), and a backup and prune without
-	// --retry-lock succeed.
+	// After each kill: the dead process's lock is still there, and an
+	// exclusive command without --retry-lock (prune --dry-run) removes it at
+	// once as stale; check --read-data passes (a killed backup's packs in
+	// no index file are only warnings); a backup and prune succeed.
+	var dead *proc
 	after := func(what string) {
 		t.Helper()
+		if dead.killed {
+			if !e.hasLockOf(dead) {
+				t.Fatalf("no lock of the killed %s (pid %d) left in locks/", what, dead.cmd.Process.Pid)
+			}
+			p := e.start(cache, "prune", "--dry-run")
+			p.mustExit0()
+			if want := fmt.Sprintf("process %d on this host is gone", dead.cmd.Process.Pid); !strings.Contains(p.output(), want) {
+				t.Errorf("prune after killing %s does not say it removed the stale lock (%q):\n%s", what, want, p.output())
+			}
+		}
 		out := e.must(cache, "check", "--read-data")
 		if !strings.Contains(out, "no errors") {
 			t.Fatalf("check --read-data after killing %s:\n%s", what, out)
@@ -702,6 +714,7 @@ func concKill9(t *testing.T, e *concEnv) {
 	kills := 0
 	killed := func(what string, p *proc) {
 		t.Helper()
+		dead = p
 		if p.kill9() {
 			kills++
 			t.Logf("%s: killed %s in the middle", e.kind, what)
@@ -742,11 +755,10 @@ func concKill9(t *testing.T, e *concEnv) {
 
 	// check --read-data, killed while it reads packs.
 	p = e.start(cache, "check", "--read-data")
-	if p.waitLine("reading all packs") {
-		killed("check", p)
-	} else if p.wait() != 0 {
-		t.Fatalf("check: exit %d\n%s", p.code, p.output())
+	if !p.waitLine("reading all packs") {
+		t.Fatalf("check ended before reading packs: exit %d\n%s", p.wait(), p.output())
 	}
+	killed("check", p)
 	after("check")
 
 	// A tape export, killed when its volume has its first bytes.
@@ -779,6 +791,25 @@ func concKill9(t *testing.T, e *concEnv) {
 	if names, _ := e.objects("locks/"); len(names) != 0 {
 		t.Errorf("locks left at the end: %v", names)
 	}
+}
+
+// hasLockOf reports whether locks/ holds a lock object of process p.
+func (e *concEnv) hasLockOf(p *proc) bool {
+	e.t.Helper()
+	names, _ := e.objects("locks/")
+	for _, n := range names {
+		data, err := backend.ReadAll(context.Background(), e.st, n, 64<<10)
+		if err != nil {
+			continue
+		}
+		var info struct {
+			PID int `json:"pid"`
+		}
+		if json.Unmarshal(data, &info) == nil && info.PID == p.cmd.Process.Pid {
+			return true
+		}
+	}
+	return false
 }
 
 // concPruneDuringBackup: prune while a backup runs exits 11 naming the
