@@ -284,6 +284,7 @@ func (r *Repository) Close() error {
 	for _, p := range r.packers {
 		p.abort()
 	}
+	r.packs.close()
 	r.comp.Load().dec.Close()
 	r.dictMu.Lock()
 	for _, c := range r.retired {
@@ -560,18 +561,22 @@ func PackName(id blob.ID) string {
 }
 
 // packReader reads byte ranges of packs from the storage. On a local
-// directory each read is one pread (the page cache does the rest). On an
-// object store, where every read is a request, it fetches a window of
-// readWindow bytes from the requested offset and keeps the last few
-// windows, so that a restore reading a file's chunks in pack order makes
-// one request per window instead of one per chunk.
+// directory it keeps up to openPacks pack files open and reads with pread
+// (the page cache does the rest). On an object store, where every read is
+// a request, it fetches a window of readWindow bytes from the requested
+// offset and keeps the last few windows, so that a restore reading a file's
+// chunks in pack order makes one request per window instead of one per
+// chunk.
 type packReader struct {
 	st     backend.Storage
+	files  backend.FileOpener // nil: not local
 	window int64
 
 	mu    sync.Mutex
 	wins  []*packWindow     // most recently used last
 	sizes map[blob.ID]int64 // stored sizes of packs, from Stat (see size)
+	open  map[blob.ID]*openPack
+	order []blob.ID // open packs, least recently opened first
 }
 
 // size returns the stored size of a pack (one Stat per pack and process).
@@ -601,21 +606,34 @@ type packWindow struct {
 	data []byte
 }
 
+// openPack is an open pack file; it is closed when evicted and unused.
+type openPack struct {
+	f       *os.File
+	refs    int
+	evicted bool
+}
+
 const (
 	readWindow  = 4 << 20
 	readWindows = 8
+	openPacks   = 64
 )
 
 func newPackReader(st backend.Storage) *packReader {
-	c := &packReader{st: st, sizes: map[blob.ID]int64{}}
-	if _, local := st.(*backend.Local); !local {
+	c := &packReader{st: st, sizes: map[blob.ID]int64{}, open: map[blob.ID]*openPack{}}
+	if fo, ok := st.(backend.FileOpener); ok {
+		c.files = fo
+	} else {
 		c.window = readWindow
 	}
 	return c
 }
 
 func (c *packReader) readAt(ctx context.Context, id blob.ID, p []byte, off int64) error {
-	if c.window == 0 || int64(len(p)) >= c.window {
+	if c.files != nil {
+		return c.readLocal(ctx, id, p, off)
+	}
+	if int64(len(p)) >= c.window {
 		return backend.ReadAt(ctx, c.st, PackName(id), p, off)
 	}
 	end := off + int64(len(p))
@@ -651,10 +669,83 @@ func (c *packReader) readAt(ctx context.Context, id blob.ID, p []byte, off int64
 	return nil
 }
 
-// forget drops cached windows of a pack (it was deleted or replaced).
+// readLocal reads with pread from a pack file kept open.
+func (c *packReader) readLocal(ctx context.Context, id blob.ID, p []byte, off int64) error {
+	c.mu.Lock()
+	e, ok := c.open[id]
+	if !ok {
+		c.mu.Unlock()
+		f, err := c.files.OpenFile(ctx, PackName(id))
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		if e, ok = c.open[id]; ok {
+			f.Close() // opened meanwhile by another reader
+		} else {
+			if len(c.order) >= openPacks {
+				old := c.order[0]
+				c.order = c.order[1:]
+				if o := c.open[old]; o != nil {
+					delete(c.open, old)
+					o.evicted = true
+					if o.refs == 0 {
+						o.f.Close()
+					}
+				}
+			}
+			e = &openPack{f: f}
+			c.open[id] = e
+			c.order = append(c.order, id)
+		}
+	}
+	e.refs++
+	c.mu.Unlock()
+
+	n, err := e.f.ReadAt(p, off)
+
+	c.mu.Lock()
+	e.refs--
+	if e.evicted && e.refs == 0 {
+		e.f.Close()
+	}
+	c.mu.Unlock()
+	if n == len(p) {
+		return nil
+	}
+	if err == io.EOF || err == nil {
+		return fmt.Errorf("%s: %d of %d bytes at offset %d: object is truncated: %w", PackName(id), n, len(p), off, io.ErrUnexpectedEOF)
+	}
+	return fmt.Errorf("read %s: %w", PackName(id), err)
+}
+
+// close closes the open pack files.
+func (c *packReader) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, o := range c.open {
+		o.evicted = true
+		if o.refs == 0 {
+			o.f.Close()
+		}
+		delete(c.open, id)
+	}
+	c.order = nil
+}
+
+// forget drops cached windows, size and open file of a pack (it was
+// deleted or moved).
 func (c *packReader) forget(id blob.ID) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.wins = slices.DeleteFunc(c.wins, func(w *packWindow) bool { return w.pack == id })
 	delete(c.sizes, id)
+	if o := c.open[id]; o != nil {
+		delete(c.open, id)
+		c.order = slices.DeleteFunc(c.order, func(x blob.ID) bool { return x == id })
+		o.evicted = true
+		if o.refs == 0 {
+			o.f.Close()
+		}
+	}
 }

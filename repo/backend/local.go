@@ -28,6 +28,7 @@ var (
 	_ Storage     = (*Local)(nil)
 	_ FileAdopter = (*Local)(nil)
 	_ TempCleaner = (*Local)(nil)
+	_ FileOpener  = (*Local)(nil)
 )
 
 // NewLocal returns the Storage of directory dir (which need not exist yet:
@@ -259,6 +260,23 @@ func (l *Local) Delete(ctx context.Context, name string) error {
 		return err
 	}
 	return os.Remove(l.p(name))
+}
+
+// FileOpener is implemented by a Storage whose objects are local files
+// (Local): readers that read many ranges of one object keep the file open
+// instead of opening it for every range.
+type FileOpener interface {
+	// OpenFile opens object name for reading.
+	OpenFile(ctx context.Context, name string) (*os.File, error)
+}
+
+// OpenFile implements FileOpener.
+func (l *Local) OpenFile(ctx context.Context, name string) (*os.File, error) {
+	rc, err := l.Get(ctx, name, 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	return rc.(*os.File), nil
 }
 
 // TempCleaner is implemented by a Storage that keeps temporary files of
