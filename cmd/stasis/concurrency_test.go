@@ -397,9 +397,10 @@ func writeFiles(t *testing.T, dir string, seed int64, files map[string]int) {
 	}
 }
 
-// sharedFile writes the large file both hosts' trees have, identical.
+// sharedSize is the size of the large file both hosts' trees have.
 const sharedSize = 2 << 20
 
+// writeShared writes that file, identical for both hosts.
 func writeShared(t *testing.T, dir string) {
 	t.Helper()
 	writeFiles(t, dir, 99, map[string]int{"common/shared.img": sharedSize})
@@ -496,7 +497,9 @@ func concMixed(t *testing.T, e *concEnv) {
 
 	// The shared file is stored once: by content in the index (unique
 	// bytes), and by pack bytes once prune removed what two backups that
-	// ran at the same time could not know of each other.
+	// ran at the same time could not know of each other (docs/storage.md:
+	// both may store a new chunk; the index keeps one, prune drops the
+	// other).
 	statsAfter := e.stats(cacheA)
 	_, after := e.objects("packs/")
 	growth := after - before
