@@ -89,6 +89,11 @@ func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Du
 		return nil, err
 	}
 	ix, err = index.Open(p, []byte(r.cfg.ID), index.Options{ReadOnly: true, Timeout: wait})
+	if errors.Is(err, index.ErrDamaged) || errors.Is(err, index.ErrMismatch) {
+		// Damaged while another command holds it: build a private one;
+		// the next command that gets the file for writing replaces it.
+		return r.privateIndex(ctx, names)
+	}
 	if errors.Is(err, index.ErrBusy) {
 		return nil, fmt.Errorf("%w: another stasis command on this host has been merging index files into %s for %s; try again when it is done", err, p, wait)
 	}

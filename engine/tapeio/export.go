@@ -124,8 +124,15 @@ func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool
 	}
 	var packs, out []tape.Member
 	skipped := 0
+	// Snapshots first, then packs: every pack a listed snapshot needs was
+	// stored before the snapshot, so a backup committing meanwhile cannot
+	// make a listed snapshot's pack look missing.
+	snaps, bad, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("tape export: %w", err)
+	}
 	havePack := map[string]bool{}
-	err := r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
 		name := repo.PackName(id)
 		havePack[name] = true
 		if skip[name] {
@@ -141,10 +148,6 @@ func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool
 	sort.Slice(packs, func(i, j int) bool { return packs[i].Name < packs[j].Name })
 	out = append(out, packs...)
 
-	snaps, bad, err := r.Snapshots(ctx)
-	if err != nil {
-		return nil, 0, fmt.Errorf("tape export: %w", err)
-	}
 	if len(bad) > 0 {
 		return nil, 0, fmt.Errorf("tape export: %d snapshot records cannot be read (first: %v); run `stasis check` and `stasis repair index`", len(bad), bad[0])
 	}
@@ -163,8 +166,18 @@ func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool
 			return nil, 0, err
 		}
 		for _, p := range m.Needs {
-			if !havePack[p] {
-				return nil, 0, fmt.Errorf("tape export: snapshot %s needs %s, which is not in the repository; run `stasis check`", sn.ID.Short(), p)
+			if havePack[p] {
+				continue
+			}
+			// Not listed: an object store's listing may lag behind a
+			// backup that just committed. Ask for the object itself.
+			size, err := r.ObjectSize(ctx, p)
+			if err != nil {
+				return nil, 0, fmt.Errorf("tape export: snapshot %s needs %s, which is not in the repository (%v); run `stasis check`", sn.ID.Short(), p, err)
+			}
+			havePack[p] = true
+			if !skip[p] {
+				out = append(out, member(p, size))
 			}
 		}
 		out = append(out, m)

@@ -38,8 +38,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stasisbackup/stasis/repo/blob"
@@ -61,6 +63,11 @@ var (
 // a conflicting mode for longer than Options.Timeout.
 var ErrBusy = errors.New("the index cache is in use by another stasis process")
 
+// ErrDamaged is matched by errors of a cache file that bbolt cannot read
+// (it panicked); a damaged file is removed when the Index is closed, so the
+// next command rebuilds it.
+var ErrDamaged = errors.New("the index cache is damaged")
+
 // ErrReadOnly is returned by the updates that only a writable Index does
 // (SetPack, RemovePacks, AddFile, RemoveFiles, Reset).
 var ErrReadOnly = errors.New("index cache is open read-only")
@@ -75,6 +82,8 @@ type Index struct {
 	path     string
 	readOnly bool
 	filt     *filter // nil: none (every lookup goes to bbolt)
+
+	damaged atomic.Bool // a transaction panicked: remove the file at Close
 
 	mu       sync.RWMutex
 	overlay  map[blob.ID]Location // blobs not in the file
@@ -107,10 +116,27 @@ type Options struct {
 
 // Open opens (creating when needed, unless read-only) the index at path for
 // the repository with the given id.
-func Open(path string, repoID []byte, opts Options) (*Index, error) {
+func Open(path string, repoID []byte, opts Options) (ix *Index, err error) {
+	// bbolt panics on some damaged pages instead of returning an error; the
+	// cache is derived data, so damage is an error its caller mends by
+	// rebuilding the file.
+	var db *bolt.DB
+	defer func() {
+		if p := recover(); p != nil {
+			if db != nil {
+				db.Close()
+			}
+			ix, err = nil, fmt.Errorf("index cache %s: %w: %v", path, ErrDamaged, p)
+		}
+	}()
+	return open(path, repoID, opts, &db)
+}
+
+func open(path string, repoID []byte, opts Options, dbp **bolt.DB) (*Index, error) {
 	// A larger first mapping saves remapping while a merge grows the file
 	// (address space only: pages count in memory when touched).
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, ReadOnly: opts.ReadOnly, FreelistType: bolt.FreelistMapType, InitialMmapSize: 64 << 20})
+	*dbp = db
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: %w", path, ErrBusy)
 	}
@@ -193,13 +219,36 @@ func checkMeta(tx *bolt.Tx, repoID []byte) error {
 // Close saves the filter of a writable Index and closes the database.
 func (ix *Index) Close() error {
 	var err error
-	if !ix.readOnly && ix.filt != nil && (ix.filt.dirty || ix.filt.full()) {
+	if !ix.readOnly && !ix.damaged.Load() && ix.filt != nil && (ix.filt.dirty || ix.filt.full()) {
 		err = ix.saveFilter()
 	}
 	if cerr := ix.db.Close(); err == nil {
 		err = cerr
 	}
+	if ix.damaged.Load() {
+		os.Remove(ix.path)
+		os.Remove(filterPath(ix.path))
+	}
 	return err
+}
+
+// view and update run bbolt transactions, turning a panic on a damaged
+// page into an error matching ErrDamaged.
+func (ix *Index) view(fn func(tx *bolt.Tx) error) (err error) {
+	defer ix.recoverDamage(&err)
+	return ix.db.View(fn)
+}
+
+func (ix *Index) update(fn func(tx *bolt.Tx) error) (err error) {
+	defer ix.recoverDamage(&err)
+	return ix.db.Update(fn)
+}
+
+func (ix *Index) recoverDamage(err *error) {
+	if p := recover(); p != nil {
+		ix.damaged.Store(true)
+		*err = fmt.Errorf("index cache %s: %w (it is rebuilt by the next command): %v", ix.path, ErrDamaged, p)
+	}
 }
 
 func (ix *Index) saveFilter() error {
@@ -311,7 +360,7 @@ func (ix *Index) Lookup(id blob.ID) (loc Location, ok bool, err error) {
 	if loc, in, out := ix.probe(id); in || out {
 		return loc, in, nil
 	}
-	err = ix.db.View(func(tx *bolt.Tx) error {
+	err = ix.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketBlobs).Get(id[:])
 		if v == nil {
 			return nil
@@ -329,7 +378,7 @@ func (ix *Index) Has(id blob.ID) (bool, error) {
 		return in, nil
 	}
 	var ok bool
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		ok = tx.Bucket(bucketBlobs).Get(id[:]) != nil
 		return nil
 	})
@@ -339,7 +388,7 @@ func (ix *Index) Has(id blob.ID) (bool, error) {
 // HasAll reports whether every id is indexed, in one read transaction.
 func (ix *Index) HasAll(ids []blob.ID) (bool, error) {
 	ok := true
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBlobs)
 		for _, id := range ids {
 			_, in, out := ix.probe(id)
@@ -363,7 +412,7 @@ func (ix *Index) AddPack(id blob.ID, size uint64, entries []pack.Entry) error {
 	if ix.readOnly {
 		return ix.addOverlay(id, size, entries)
 	}
-	if err := ix.db.Update(func(tx *bolt.Tx) error { return addPack(tx, id, size, entries) }); err != nil {
+	if err := ix.update(func(tx *bolt.Tx) error { return addPack(tx, id, size, entries) }); err != nil {
 		return err
 	}
 	ix.filterAdd(entries)
@@ -398,7 +447,7 @@ func (ix *Index) Pack(id blob.ID) (info PackInfo, ok bool, err error) {
 	if ok {
 		return info, true, nil
 	}
-	err = ix.db.View(func(tx *bolt.Tx) error {
+	err = ix.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketPacks).Get(id[:])
 		if v == nil {
 			return nil
@@ -436,7 +485,7 @@ func decodePackInfo(v []byte) (PackInfo, error) {
 // inside one read transaction, then those of the overlay; fn must not call
 // other Index methods that write.
 func (ix *Index) EachPack(fn func(id blob.ID, info PackInfo) error) error {
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketPacks).ForEach(func(k, v []byte) error {
 			info, err := decodePackInfo(v)
 			if err != nil {
@@ -463,7 +512,7 @@ func (ix *Index) EachPack(fn func(id blob.ID, info PackInfo) error) error {
 // EachBlob calls fn for every indexed blob: those of the file in id order,
 // then those of the overlay that the file does not hold.
 func (ix *Index) EachBlob(fn func(id blob.ID, loc Location) error) error {
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
 			loc, err := decodeLocation(tx, v)
 			if err != nil {
@@ -489,7 +538,7 @@ func (ix *Index) EachBlob(fn func(id blob.ID, loc Location) error) error {
 
 // Counts returns the number of indexed blobs and packs.
 func (ix *Index) Counts() (blobs, packs int, err error) {
-	err = ix.db.View(func(tx *bolt.Tx) error {
+	err = ix.view(func(tx *bolt.Tx) error {
 		blobs = tx.Bucket(bucketBlobs).Stats().KeyN
 		packs = tx.Bucket(bucketPacks).Stats().KeyN
 		return nil

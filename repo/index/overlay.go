@@ -28,7 +28,7 @@ func (ix *Index) overlayLookup(id blob.ID) (Location, bool) {
 // already holds keeps its location.
 func (ix *Index) addOverlay(id blob.ID, size uint64, entries []pack.Entry) error {
 	var inFile map[blob.ID]bool
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBlobs)
 		for _, e := range entries {
 			if b.Get(e.ID[:]) != nil {
@@ -83,7 +83,7 @@ type IndexedPack struct {
 // Files returns the names of the index files the cache file holds.
 func (ix *Index) Files() (map[string]bool, error) {
 	files := map[string]bool{}
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketFiles).ForEach(func(k, _ []byte) error { files[string(k)] = true; return nil })
 	})
 	return files, err
@@ -107,7 +107,7 @@ func (ix *Index) AddFile(name string, packs []IndexedPack) error {
 		num uint32
 		e   pack.Entry
 	}
-	err := ix.db.Update(func(tx *bolt.Tx) error {
+	err := ix.update(func(tx *bolt.Tx) error {
 		var recs []rec
 		for _, p := range packs {
 			num, err := packNumber(tx, p.ID, p.Size, len(p.Entries), packType(p.Entries))
@@ -145,7 +145,7 @@ func (ix *Index) RemoveFiles(names []string) error {
 	if ix.readOnly {
 		return ErrReadOnly
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	return ix.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketFiles)
 		for _, n := range names {
 			if err := b.Delete([]byte(n)); err != nil {
@@ -167,7 +167,7 @@ func (ix *Index) Reset() error {
 	ix.filt = newFilter(0)
 	ix.filt.dirty = true
 	ix.mu.Unlock()
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	return ix.update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketBlobs, bucketPacks, bucketFiles, bucketPackNums} {
 			if err := tx.DeleteBucket(b); err != nil {
 				return err

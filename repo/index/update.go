@@ -17,7 +17,7 @@ func (ix *Index) SetPack(id blob.ID, size uint64, entries []pack.Entry) error {
 	if ix.readOnly {
 		return ErrReadOnly
 	}
-	return ix.db.Update(func(tx *bolt.Tx) error {
+	return ix.update(func(tx *bolt.Tx) error {
 		num, err := packNumber(tx, id, size, len(entries), packType(entries))
 		if err != nil {
 			return err
@@ -41,7 +41,7 @@ func (ix *Index) RemovePacks(ids map[blob.ID]bool) (removed int, err error) {
 	if ix.readOnly {
 		return 0, ErrReadOnly
 	}
-	err = ix.db.Update(func(tx *bolt.Tx) error {
+	err = ix.update(func(tx *bolt.Tx) error {
 		removed = 0
 		nums := map[uint32]bool{}
 		p := tx.Bucket(bucketPacks)
