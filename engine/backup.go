@@ -106,6 +106,7 @@ type backup struct {
 	names    *idNames
 	start    time.Time
 	cancel   context.CancelCauseFunc
+	verify   dedupVerifier // set when the repository is degraded (dictdamage.go)
 	// treeSavers counts the goroutines that save directory trees.
 	treeSavers sync.WaitGroup
 	// parentCutoff: a parent's file with mtime at or after this (ns) is re-read.
@@ -147,9 +148,10 @@ type fileJob struct {
 }
 
 type saveJob struct {
-	id   blob.ID
-	data []byte
-	buf  *[]byte
+	id      blob.ID
+	data    []byte
+	buf     *[]byte
+	replace bool // the indexed copy does not decode (dictdamage.go)
 }
 
 // Backup takes a snapshot of opts.Paths. When some files could not be
@@ -193,6 +195,9 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 	}
 	parent, err := b.findParent(ctx, paths)
 	if err != nil {
+		return nil, err
+	}
+	if err := b.checkDegraded(ctx); err != nil {
 		return nil, err
 	}
 	var parentRoot *tree.Tree
@@ -686,6 +691,9 @@ func (b *backup) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chunker
 			}
 		}
 		ok, err := b.repo.HasAllBlobs(ids)
+		if err == nil && ok {
+			ok, err = b.usable(ctx, ids...)
+		}
 		if err != nil {
 			return fmt.Errorf("look up blobs of %s: %w", job.path, err)
 		}
@@ -881,6 +889,11 @@ func (b *backup) chunkSpan(ctx context.Context, f *os.File, sp span, profile rep
 		id := b.repo.Hash(c.Data)
 		content = append(content, tree.Extent{ID: id, Length: uint64(c.Length)})
 		has, err := b.repo.HasBlob(id)
+		replace := false
+		if err == nil && has {
+			has, err = b.usable(ctx, id)
+			replace = !has
+		}
 		if err != nil {
 			b.chunkB.Put(bufp)
 			return nil, read, repoError{fmt.Errorf("look up chunk %s: %w", id.Short(), err)}
@@ -890,7 +903,7 @@ func (b *backup) chunkSpan(ctx context.Context, f *os.File, sp span, profile rep
 			continue
 		}
 		select {
-		case b.blobs <- saveJob{id: id, data: c.Data, buf: bufp}:
+		case b.blobs <- saveJob{id: id, data: c.Data, buf: bufp, replace: replace}:
 		case <-ctx.Done():
 			return nil, read, ctx.Err()
 		}
@@ -921,7 +934,13 @@ func dataRegion(f *os.File, off, size int64) (int64, int64) {
 
 func (b *backup) saver(ctx context.Context) error {
 	for job := range b.blobs {
-		res, err := b.repo.SaveBlob(ctx, blob.Data, job.id, job.data)
+		var res repo.SaveResult
+		var err error
+		if job.replace {
+			res, err = b.verify.ReplaceBlob(ctx, blob.Data, job.id, job.data)
+		} else {
+			res, err = b.repo.SaveBlob(ctx, blob.Data, job.id, job.data)
+		}
 		b.chunkB.Put(job.buf)
 		if err != nil {
 			return repoError{fmt.Errorf("save chunk %s: %w", job.id.Short(), err)}

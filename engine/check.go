@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -140,6 +141,7 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 		if err := r.VerifySnapshotFile(ctx, sn.ID); err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("snapshot %s: %v", sn.ID.Short(), err))
 		}
+		rep.Errors = append(rep.Errors, r.SnapshotDictProblems(sn)...)
 		checkTree(ctx, r, sn, "/", sn.Tree, seen, damaged, rep)
 	}
 	return rep, nil
@@ -177,8 +179,7 @@ func readPack(ctx context.Context, r *repo.Repository, id blob.ID, rep *CheckRep
 			continue
 		}
 		if _, err := r.DecodeBlob(e.ID, e.Type, e.Storage, int(e.RawLength), data[e.Offset:e.Offset+uint64(e.Length)], nil); err != nil {
-			bad[e.ID] = fmt.Sprintf("corrupt in pack %s", id.Short())
-			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: %v", id.Short(), err))
+			undecodable(ctx, r, id, e.ID, ok && loc.Pack == id && loc.Offset == e.Offset, err, bad, rep)
 		}
 	}
 	return bad
@@ -221,4 +222,29 @@ func checkTree(ctx context.Context, r *repo.Repository, sn *repo.Snapshot, dir s
 			}
 		}
 	}
+}
+
+// undecodable records blob bid of pack id that does not decode (err).
+// indexed says whether the index locates the blob at this copy: a copy it
+// does not use (left out by `repair index --read-data`, or a second copy)
+// is harmless until prune removes it; a used copy for which a degraded
+// repository holds another that decodes (a later backup stored it again)
+// costs nothing restorable; otherwise the files that need the blob are
+// damaged.
+func undecodable(ctx context.Context, r *repo.Repository, id, bid blob.ID, indexed bool, err error, bad map[blob.ID]string, rep *CheckReport) {
+	if !indexed {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("pack %s: %v (a copy the index does not use; `stasis prune` removes it)", id.Short(), err))
+		return
+	}
+	if deg, derr := r.Degraded(ctx); derr == nil && deg {
+		if ok, uerr := r.BlobUsable(ctx, bid); uerr == nil && ok {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: %v; another stored copy decodes and restore reads it (`stasis repair index --read-data` drops this one)", id.Short(), err))
+			return
+		}
+	}
+	bad[bid] = fmt.Sprintf("corrupt in pack %s", id.Short())
+	if errors.Is(err, repo.ErrDictionaryMissing) {
+		bad[bid] = fmt.Sprintf("in pack %s needs a compression dictionary the repository does not have", id.Short())
+	}
+	rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: %v", id.Short(), err))
 }

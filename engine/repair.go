@@ -31,6 +31,10 @@ type RepairedSnapshot struct {
 	New     blob.ID  // zero with DryRun
 	Damaged []string // paths marked damaged in the new snapshot
 	Forgot  bool     // the original was removed
+	// LostDicts are the missing or damaged compression dictionaries the
+	// original needed ("<id>, which is missing (…)"); the new snapshot does
+	// not (every blob it names decodes) and records the ones it needs now.
+	LostDicts []string `json:",omitempty"`
 }
 
 // RepairSnapshotsReport says what RepairSnapshots did.
@@ -73,7 +77,11 @@ func RepairSnapshots(ctx context.Context, r *repo.Repository, o RepairSnapshotsO
 	if len(bad) > 0 && !o.DryRun {
 		return rep, fmt.Errorf("repair snapshots: %d records still do not decode (first: %v)", len(bad), bad[0])
 	}
-	rw := &rewriter{r: r, dry: o.DryRun, packOK: map[blob.ID]bool{}}
+	degraded, err := r.Degraded(ctx)
+	if err != nil {
+		return rep, err
+	}
+	rw := &rewriter{r: r, dry: o.DryRun, packOK: map[blob.ID]bool{}, degraded: degraded}
 	for _, sn := range snaps {
 		rep.Checked++
 		rw.damaged = nil
@@ -81,11 +89,18 @@ func RepairSnapshots(ctx context.Context, r *repo.Repository, o RepairSnapshotsO
 		if err != nil {
 			return rep, err
 		}
-		if len(rw.damaged) == 0 {
+		// A snapshot that needs a lost dictionary is rewritten even when
+		// every blob it names decodes (a backup stored them again): the
+		// copy records the dictionaries it needs now, so check passes.
+		var lostDicts []string
+		if degraded {
+			lostDicts = r.SnapshotLostDicts(sn)
+		}
+		if len(rw.damaged) == 0 && len(lostDicts) == 0 {
 			continue
 		}
 		sort.Strings(rw.damaged)
-		rs := RepairedSnapshot{Old: sn.ID, Damaged: rw.damaged}
+		rs := RepairedSnapshot{Old: sn.ID, Damaged: rw.damaged, LostDicts: lostDicts}
 		if !o.DryRun {
 			if err := r.Flush(ctx); err != nil {
 				return rep, err
@@ -166,17 +181,24 @@ func repairSnapshotFiles(ctx context.Context, r *repo.Repository, dry bool, rep 
 
 // rewriter copies trees, marking what cannot be restored.
 type rewriter struct {
-	r       *repo.Repository
-	dry     bool
-	packOK  map[blob.ID]bool
-	damaged []string
+	r        *repo.Repository
+	dry      bool
+	packOK   map[blob.ID]bool
+	damaged  []string
+	degraded bool // a compression dictionary is lost: blobs must decode to count (repo.Degraded)
 }
 
-// usable reports whether blob id is indexed in a pack that exists.
+// usable reports whether blob id is indexed in a pack that exists (and,
+// in a degraded repository, decodes).
 func (rw *rewriter) usable(id blob.ID) (bool, error) {
 	loc, ok, err := rw.r.LookupBlob(context.Background(), id)
 	if err != nil || !ok {
 		return false, err
+	}
+	if rw.degraded {
+		// Indexed is not enough: a blob compressed with a lost dictionary
+		// does not decode (BlobUsable decodes it, or another stored copy).
+		return rw.r.BlobUsable(context.Background(), id)
 	}
 	exists, seen := rw.packOK[loc.Pack]
 	if !seen {

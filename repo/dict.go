@@ -60,6 +60,10 @@ type compressor struct {
 	dec    *zstd.Decoder
 	dictID uint32 // 0: no dictionary yet
 	dicts  int    // dictionary files listed when it was made
+
+	files map[string]uint32 // dictionary files that loaded (dicts/<id>) → zstd dictionary id
+	ids   map[uint32]string // zstd dictionary id → dictionary file
+	bad   map[string]string // dictionary files that could not be loaded → why
 }
 
 // dictSampler collects sample bytes until a dictionary can be made.
@@ -104,6 +108,7 @@ func (r *Repository) loadCompressor(ctx context.Context) (c *compressor, problem
 		content []byte
 	}
 	var dicts []dict
+	files, ids, bad := map[string]uint32{}, map[uint32]string{}, map[string]string{}
 	for _, name := range names {
 		data, err := backend.ReadAll(ctx, r.st, name, maxDictFile)
 		if err == nil && dictFileName(data) != name {
@@ -120,14 +125,16 @@ func (r *Repository) loadCompressor(ctx context.Context) (c *compressor, problem
 		}
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("compression dictionary %s: %v (blobs compressed with it cannot be decoded)", name, err))
+			bad[name] = err.Error()
 			continue
 		}
+		files[name], ids[id] = id, name
 		dicts = append(dicts, dict{id, content})
 	}
 	level := zstd.EncoderLevelFromZstd(r.cfg.CompressionLevel)
 	encOpts := []zstd.EOption{zstd.WithEncoderLevel(level), zstd.WithEncoderCRC(false)}
 	decOpts := []zstd.DOption{zstd.WithDecoderMaxMemory(1 << 30)}
-	c = &compressor{dicts: len(names)}
+	c = &compressor{dicts: len(names), files: files, ids: ids, bad: bad}
 	if c.plain, err = zstd.NewWriter(nil, encOpts...); err != nil {
 		return nil, nil, err
 	}

@@ -134,6 +134,7 @@ func (r *Repository) SaveIndexFile(ctx context.Context, packs []index.IndexedPac
 	if err := backend.PutBytes(ctx, r.st, name, data); err != nil {
 		return "", fmt.Errorf("write index file %s: %w", name, err)
 	}
+	r.deg.indexGen.Add(1)
 	return name, nil
 }
 

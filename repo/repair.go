@@ -168,6 +168,20 @@ type DamagedPack struct {
 type RebuildReport struct {
 	Packs, Blobs, Snapshots int
 	Damaged                 []DamagedPack
+	// Dropped (with ReadData) are blobs of intact packs that do not decode,
+	// as blobs compressed with a lost dictionary: they are left out of the
+	// index, so that `repair snapshots` marks the files that need them and
+	// the next backup stores their data again.
+	Dropped []DroppedBlob
+	// Dicts (with ReadData) are the dictionary files that could not be
+	// loaded, moved to damaged/ (their blobs are in Dropped).
+	Dicts []string
+}
+
+// DroppedBlob is a blob RebuildIndex left out of the index.
+type DroppedBlob struct {
+	ID, Pack blob.ID
+	Problem  string
 }
 
 // RebuildIndex replaces the repository's index files by new ones made from
@@ -226,11 +240,17 @@ func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*Rebui
 			return err
 		}
 		if o.ReadData {
-			if d, ok, err := r.verifyPack(ctx, id, entries); err != nil {
+			d, ok, dropped, err := r.verifyPack(ctx, id, entries)
+			if err != nil {
 				return err
 			} else if !ok {
 				bad = append(bad, d)
 				return nil
+			}
+			if len(dropped) > 0 {
+				entries = keepDecodable(entries, dropped)
+				rep.Dropped = append(rep.Dropped, dropped...)
+				logf("pack %s: %d blobs do not decode (first: %s): left out of the index", id, len(dropped), dropped[0].Problem)
 			}
 		}
 		batch = append(batch, index.IndexedPack{ID: id, Size: uint64(size), Entries: entries})
@@ -273,6 +293,16 @@ func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*Rebui
 		logf("pack %s: %s: moved to %s (%d blobs salvaged, %s)", d.ID, d.Problem, to, d.Salvaged, lostMsg)
 	}
 	rep.Damaged = bad
+	if o.ReadData {
+		// Their blobs are out of the index now.
+		if rep.Dicts, err = r.moveDamagedDicts(ctx); err != nil {
+			return nil, fmt.Errorf("rebuild index: %w", err)
+		}
+		for _, m := range rep.Dicts {
+			logf("%s", m)
+		}
+	}
+	defer r.deg.reset()
 	now, err := r.IndexFiles(ctx)
 	if err != nil {
 		return nil, err
@@ -333,13 +363,26 @@ const maxPackFile = 1<<30 + pack.MaxHeaderSize + 1<<20
 
 // verifyPack reads a whole pack and checks its hash and every blob. ok is
 // false when anything is wrong; d then counts the blobs that fail.
-func (r *Repository) verifyPack(ctx context.Context, id blob.ID, entries []pack.Entry) (d DamagedPack, ok bool, err error) {
+//
+// A pack whose bytes are intact may still hold blobs that do not decode:
+// compressed with a dictionary that is lost, or written wrong. They are
+// returned in dropped (ok stays true): the index must not name them.
+func (r *Repository) verifyPack(ctx context.Context, id blob.ID, entries []pack.Entry) (d DamagedPack, ok bool, dropped []DroppedBlob, err error) {
 	data, err := backend.ReadAll(ctx, r.st, PackName(id), maxPackFile)
 	if err != nil {
-		return d, false, fmt.Errorf("read pack %s: %w", id, err)
+		return d, false, nil, fmt.Errorf("read pack %s: %w", id, err)
 	}
 	if blob.ID(blake3.Sum256(data)) == id {
-		return d, true, nil
+		var buf []byte
+		for _, e := range entries {
+			out, err := r.DecodeBlob(e.ID, e.Type, e.Storage, int(e.RawLength), data[e.Offset:e.Offset+uint64(e.Length)], buf)
+			if err != nil {
+				dropped = append(dropped, DroppedBlob{ID: e.ID, Pack: id, Problem: err.Error()})
+				continue
+			}
+			buf = out
+		}
+		return d, true, dropped, ctx.Err()
 	}
 	d = DamagedPack{ID: id, Problem: "content does not match its name (bit rot)"}
 	for _, e := range entries {
@@ -347,7 +390,22 @@ func (r *Repository) verifyPack(ctx context.Context, id blob.ID, entries []pack.
 			d.Lost++
 		}
 	}
-	return d, false, ctx.Err()
+	return d, false, nil, ctx.Err()
+}
+
+// keepDecodable returns entries without the dropped ones.
+func keepDecodable(entries []pack.Entry, dropped []DroppedBlob) []pack.Entry {
+	drop := make(map[blob.ID]bool, len(dropped))
+	for _, d := range dropped {
+		drop[d.ID] = true
+	}
+	var keep []pack.Entry
+	for _, e := range entries {
+		if !drop[e.ID] {
+			keep = append(keep, e)
+		}
+	}
+	return keep
 }
 
 // salvage copies the intact blobs of a damaged pack (not indexed) into new

@@ -96,6 +96,8 @@ type Repository struct {
 	packers map[blob.Type]*packer
 
 	packs *packReader
+
+	deg degradedState // lost compression dictionaries (dictdamage.go)
 }
 
 // OpenOptions tune Open.
@@ -436,7 +438,13 @@ func (r *Repository) LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]by
 	if !ok {
 		return nil, fmt.Errorf("blob %s: %w in the index (run `stasis check`)", id, ErrBlobNotFound)
 	}
-	return r.ReadBlobAt(ctx, id, loc, buf)
+	data, err := r.ReadBlobAt(ctx, id, loc, buf)
+	if err != nil && isDamage(err) {
+		// In a repository that lost a dictionary, a later backup may
+		// have stored a copy that decodes (dictdamage.go).
+		return r.loadOtherCopy(ctx, id, loc, buf, err)
+	}
+	return data, err
 }
 
 // ReadBlobAt reads blob id from the given location and verifies it. The
@@ -535,7 +543,7 @@ func (r *Repository) DecodeBlob(id blob.ID, t blob.Type, storage pack.Storage, r
 			plain, err = r.comp.Load().dec.DecodeAll(stored, buf[:0])
 		}
 		if err != nil {
-			return nil, fmt.Errorf("blob %s: %w: decompress: %v", id, ErrCorruptBlob, err)
+			return nil, r.decompressError(r.comp.Load(), id, stored, err)
 		}
 	default:
 		return nil, fmt.Errorf("blob %s: %w: unknown storage %d", id, ErrCorruptBlob, storage)

@@ -34,6 +34,12 @@ type Snapshot struct {
 	Summary  Summary         `json:"summary"`
 	Quiesce  json.RawMessage `json:"quiesce,omitempty"` // what quiescing did, when it ran
 
+	// Dicts are the compression dictionaries (ids of dicts/<id>) the
+	// repository had when the snapshot was saved: the snapshot's data blobs
+	// need at most these to decode. Set by SaveSnapshot. check reports a
+	// snapshot that needs one that is missing or damaged (dictdamage.go).
+	Dicts []string `json:"dicts,omitempty"`
+
 	ID blob.ID `json:"-"` // BLAKE3 of the file; set by Save and Load
 }
 
@@ -160,6 +166,7 @@ func SnapshotName(id blob.ID) string { return path.Join("snapshots", id.String()
 // SaveSnapshot writes the snapshot file atomically and indexes it. Call
 // Flush first: the snapshot must only name blobs that are durable.
 func (r *Repository) SaveSnapshot(ctx context.Context, sn *Snapshot) (blob.ID, error) {
+	sn.Dicts = r.snapshotDicts(ctx)
 	data, err := EncodeSnapshot(sn)
 	if err != nil {
 		return blob.ID{}, err

@@ -62,8 +62,14 @@ func (a *app) repairIndexCommand() *cobra.Command {
 				}
 				fmt.Fprintf(a.stdout, "damaged pack %s: %s; %d blobs salvaged, %s; moved to %s\n", d.ID, d.Problem, d.Salvaged, lost, d.MovedTo)
 			}
+			if len(rep.Dropped) > 0 {
+				fmt.Fprintf(a.stdout, "%d blobs of intact packs do not decode and are left out of the index (first: %s)\n", len(rep.Dropped), rep.Dropped[0].Problem)
+			}
+			for _, m := range rep.Dicts {
+				fmt.Fprintln(a.stdout, m)
+			}
 			fmt.Fprintf(a.stdout, "index rebuilt: %d packs, %d blobs, %d snapshots\n", rep.Packs, rep.Blobs, rep.Snapshots)
-			if len(rep.Damaged) > 0 {
+			if len(rep.Damaged) > 0 || len(rep.Dropped) > 0 {
 				fmt.Fprintln(a.stdout, "data was lost: run `stasis repair snapshots` to mark the affected files")
 			}
 			return nil
@@ -104,6 +110,9 @@ func (a *app) repairSnapshotsCommand() *cobra.Command {
 					fmt.Fprintln(a.stdout)
 					for _, p := range s.Damaged {
 						fmt.Fprintf(a.stdout, "  damaged: %s\n", quotePath(p))
+					}
+					for _, m := range s.LostDicts {
+						fmt.Fprintf(a.stdout, "  no longer needs compression dictionary %s\n", m)
 					}
 				}
 				fmt.Fprintf(a.stdout, "checked %d snapshots, %d need repair\n", rep.Checked, len(rep.Repaired))
