@@ -218,7 +218,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	os.WriteFile(filepath.Join(tree, "secret"), []byte("no"), 0o000)
 	cmd := exec.Command(bin, "backup", "--init", "--repo", filepath.Join(base, "repo"), tree)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	cmd.Env = append(os.Environ(), "HOME="+base)
+	cmd.Env = append(os.Environ(), "HOME="+base, "STASIS_CACHE_DIR=") // nobody's cache under its HOME
 	out, err = cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
 		t.Fatalf("backup with an unreadable file: %v (want exit 3)\n%s", err, out)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stasisbackup/stasis/engine/profile"
 	"github.com/stasisbackup/stasis/engine/quiesce"
+	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 )
 
 // TestMain keeps the pending-resume records of quiesced backups (written to
@@ -26,7 +27,13 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	os.Setenv("STASIS_STATE_DIR", dir)
+	// Client caches of the tests' repositories go to a temp dir, not to
+	// ~/.cache (tests that need their own set --cache-dir).
+	if os.Getenv("STASIS_CACHE_DIR") == "" {
+		os.Setenv("STASIS_CACHE_DIR", filepath.Join(dir, "cache"))
+	}
 	code := m.Run()
+	backendtest.StopSeaweed()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
