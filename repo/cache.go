@@ -50,7 +50,7 @@ const DefaultMergeWait = 2 * time.Minute
 // merge what they can and then share the file read-only.
 func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Duration) (*index.Index, error) {
 	if err := os.MkdirAll(r.cacheDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create cache directory %s: %w", r.cacheDir, err)
+		return nil, fmt.Errorf("create cache directory %s: %w (choose another with --cache-dir or STASIS_CACHE_DIR)", r.cacheDir, err)
 	}
 	names, err := r.IndexFiles(ctx)
 	if err != nil {
