@@ -329,7 +329,12 @@ func (r *Repository) HasBlob(id blob.ID) (bool, error) {
 	if ok {
 		return true, nil
 	}
-	return r.idx.Has(id)
+	has, err := r.idx.Has(id)
+	if err != nil || !has {
+		return false, err
+	}
+	// In a repository that lost a dictionary, only a blob that decodes.
+	return r.BlobUsable(context.Background(), id)
 }
 
 // HasAllBlobs reports whether every id is indexed.
@@ -359,7 +364,11 @@ func (r *Repository) SaveBlob(ctx context.Context, t blob.Type, id blob.ID, data
 		return SaveResult{}, fmt.Errorf("look up blob %s: %w", id.Short(), err)
 	}
 	if has {
-		return SaveResult{}, nil
+		// In a repository that lost a dictionary, an indexed blob counts
+		// only if it decodes; otherwise it is stored again.
+		if ok, err := r.BlobUsable(ctx, id); err != nil || ok {
+			return SaveResult{}, err
+		}
 	}
 	r.mu.Lock()
 	if _, dup := r.pending[id]; dup {
