@@ -285,7 +285,11 @@ func (r *Repository) snapshotCacheDir() string { return filepath.Join(r.cacheDir
 
 // cachedSnapshot returns the cached bytes of snapshot id, or nil.
 func (r *Repository) cachedSnapshot(id blob.ID) []byte {
-	data, err := os.ReadFile(filepath.Join(r.snapshotCacheDir(), id.String()))
+	p := filepath.Join(r.snapshotCacheDir(), id.String())
+	if fi, err := os.Stat(p); err != nil || fi.Size() > maxSnapshotFile {
+		return nil
+	}
+	data, err := os.ReadFile(p)
 	if err != nil {
 		return nil
 	}
