@@ -668,11 +668,13 @@ func (c *packReader) readAt(ctx context.Context, id blob.ID, p []byte, off int64
 	if err != nil {
 		return err
 	}
-	data, err := io.ReadAll(rc)
+	data := make([]byte, c.window)
+	n, err := io.ReadFull(rc, data)
 	rc.Close()
-	if err != nil {
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return fmt.Errorf("read %s: %w", PackName(id), err)
 	}
+	data = data[:n] // short at the end of the pack
 	if int64(len(data)) < int64(len(p)) {
 		return fmt.Errorf("%s: %d of %d bytes at offset %d: object is truncated: %w", PackName(id), len(data), len(p), off, io.ErrUnexpectedEOF)
 	}
