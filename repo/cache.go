@@ -15,8 +15,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
+	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/zeebo/blake3"
@@ -40,6 +42,14 @@ const (
 	mergeTry = 100 * time.Millisecond
 )
 
+// maxUnmerged is how many bytes of index files (46 bytes per blob) a
+// command keeps in memory instead of merging them into the cache file:
+// about 180,000 blobs, 20 MiB of overlay. Merging a day's index file into a
+// cache of millions of blobs rewrites pages all over the file (seconds, and
+// the whole file faulted into the process); below this bound a command
+// leaves that to a later one, which merges several days at once.
+var maxUnmerged int64 = 8 << 20
+
 // DefaultMergeWait bounds how long a command waits for another command on
 // this host that is merging index files into the shared cache file.
 const DefaultMergeWait = 2 * time.Minute
@@ -52,10 +62,15 @@ func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Du
 	if err := os.MkdirAll(r.cacheDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create cache directory %s: %w (choose another with --cache-dir or STASIS_CACHE_DIR)", r.cacheDir, err)
 	}
-	names, err := r.IndexFiles(ctx)
+	sizes, err := r.indexFileSizes(ctx)
 	if err != nil {
 		return nil, err
 	}
+	names := make([]string, 0, len(sizes))
+	for n := range sizes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
 	r.knownMu.Lock()
 	r.known = make(map[string]bool, len(names))
 	for _, n := range names {
@@ -73,6 +88,14 @@ func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Du
 	ix, err := r.openCacheFile(p, index.Options{Timeout: try})
 	switch {
 	case err == nil:
+		if !exclusive && r.fewUnmerged(ix, sizes) {
+			// Not worth a merge (it rewrites pages all over a large cache
+			// file): keep the few new entries in memory, like a sharer.
+			if err := ix.Close(); err != nil {
+				return nil, fmt.Errorf("close index cache %s: %w", p, err)
+			}
+			break
+		}
 		if err := r.mergeIndexFiles(ctx, ix, names); err != nil {
 			ix.Close()
 			return nil, err
@@ -217,6 +240,38 @@ func (r *Repository) privateIndex(ctx context.Context, names []string) (*index.I
 	return ix, nil
 }
 
+// indexFileSizes lists the index files with their sizes.
+func (r *Repository) indexFileSizes(ctx context.Context) (map[string]int64, error) {
+	sizes := map[string]int64{}
+	err := r.st.List(ctx, IndexDir+"/", func(o backend.ObjectInfo) error { sizes[o.Name] = o.Size; return nil })
+	if err != nil {
+		return nil, fmt.Errorf("list index files of %s: %w", r.loc, err)
+	}
+	return sizes, nil
+}
+
+// fewUnmerged reports whether the cache file holds every index file it has
+// seen that the repository still has, and the ones it lacks are small
+// enough to keep in memory (maxUnmerged).
+func (r *Repository) fewUnmerged(ix *index.Index, sizes map[string]int64) bool {
+	seen, err := ix.Files()
+	if err != nil {
+		return false
+	}
+	for n := range seen {
+		if _, ok := sizes[n]; !ok {
+			return false // replaced: the file must be rebuilt
+		}
+	}
+	var unmerged int64
+	for n, size := range sizes {
+		if !seen[n] {
+			unmerged += size
+		}
+	}
+	return unmerged <= maxUnmerged
+}
+
 // openCacheFile opens the cache file for writing, replacing it by an empty
 // one when it is damaged or belongs to another repository or version.
 func (r *Repository) openCacheFile(p string, o index.Options) (*index.Index, error) {
@@ -273,8 +328,18 @@ func (r *Repository) mergeIndexFiles(ctx context.Context, ix *index.Index, names
 		if err := ix.AddFile(n, packs); err != nil {
 			return fmt.Errorf("merge %s into the index cache: %w", n, err)
 		}
+		if !ix.ReadOnly() {
+			os.Remove(r.indexCopyPath(n)) // merged: the copy is not needed any more
+		}
 	}
 	return nil
+}
+
+// indexCopyPath is where the cache keeps a copy of an index file it has
+// not merged, so that the commands that keep it in memory read it from
+// local disk rather than from the repository each time.
+func (r *Repository) indexCopyPath(name string) string {
+	return filepath.Join(r.cacheDir, filepath.FromSlash(name))
 }
 
 var errStaleCache = errors.New("the index cache holds index files the repository no longer has")

@@ -129,10 +129,21 @@ func TestCacheSharedByConcurrentRepositories(t *testing.T) {
 	}
 	a.Close()
 	b.Close()
+
+	// Alone, a command keeps a few unmerged blobs in memory (a merge
+	// rewrites pages all over a large cache file)...
 	c := openIn(t, st, cache)
+	if n := c.Index().OverlaySize(); n != len(idsA)+len(idsB) {
+		t.Errorf("%d blobs in memory, want the %d unmerged ones", n, len(idsA)+len(idsB))
+	}
+	wantBlobs(t, c, idsA, "a's blobs, in memory")
+	c.Close()
+	// ... and merges them for good once they are more than the bound.
+	defer repo.SetMaxUnmerged(0)()
+	c = openIn(t, st, cache)
 	defer c.Close()
 	if n := c.Index().OverlaySize(); n != 0 {
-		t.Fatalf("alone, a command should merge every index file into the cache file; %d blobs are in memory", n)
+		t.Fatalf("above the bound a command should merge every index file into the cache file; %d blobs are in memory", n)
 	}
 	wantBlobs(t, c, idsA, "a's blobs after the merge")
 	wantBlobs(t, c, idsB, "b's blobs after the merge")
@@ -178,6 +189,16 @@ func TestCacheStaleAfterRewriteIsRebuilt(t *testing.T) {
 // much): merging it into the cache file, with an fsync'ed bbolt commit.
 // go test -run '^$' -bench CacheMerge -benchtime 20x ./repo
 func BenchmarkCacheMerge(b *testing.B) {
+	defer repo.SetMaxUnmerged(0)()
+	benchmarkCacheOpen(b)
+}
+
+// BenchmarkCacheOverlay is BenchmarkCacheMerge's case as a command meets it
+// when the unmerged index files are small: they are read into memory
+// instead of merged. go test -run '^$' -bench CacheOverlay -benchtime 20x ./repo
+func BenchmarkCacheOverlay(b *testing.B) { benchmarkCacheOpen(b) }
+
+func benchmarkCacheOpen(b *testing.B) {
 	st, cache := cacheRepo(b)
 	rng := rand.New(rand.NewPCG(7, 8))
 	r := openIn(b, st, cache)

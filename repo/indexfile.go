@@ -16,7 +16,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 
 	"github.com/stasisbackup/stasis/repo/backend"
@@ -144,12 +146,17 @@ func (r *Repository) LoadIndexFile(ctx context.Context, name string) ([]index.In
 	if err != nil || IndexFileName(id) != name {
 		return nil, fmt.Errorf("%s: not an index file name", name)
 	}
-	data, err := backend.ReadAll(ctx, r.st, name, maxIndexFile)
-	if err != nil {
-		return nil, fmt.Errorf("read index file %s: %w", name, err)
-	}
-	if blob.ID(blake3.Sum256(data)) != id {
-		return nil, fmt.Errorf("index file %s: %w: content does not match its name", name, ErrCorruptIndexFile)
+	data := r.indexCopy(name, id)
+	if data == nil {
+		if data, err = backend.ReadAll(ctx, r.st, name, maxIndexFile); err != nil {
+			return nil, fmt.Errorf("read index file %s: %w", name, err)
+		}
+		if blob.ID(blake3.Sum256(data)) != id {
+			return nil, fmt.Errorf("index file %s: %w: content does not match its name", name, ErrCorruptIndexFile)
+		}
+		if r.idx != nil && r.idx.ReadOnly() {
+			r.keepIndexCopy(name, data)
+		}
 	}
 	if r.mk != nil {
 		if data, err = r.mk.Open(nil, data, adIndex); err != nil {
@@ -204,4 +211,43 @@ func (r *Repository) writeIndex(ctx context.Context, all bool) error {
 // equalPacks reports whether two pack lists are the same (for tests).
 func equalPacks(a, b []index.IndexedPack) bool {
 	return bytes.Equal(encodeIndexFile(a), encodeIndexFile(b))
+}
+
+// indexCopy returns the cache's copy of index file name when it is intact.
+func (r *Repository) indexCopy(name string, id blob.ID) []byte {
+	if r.cacheDir == "" {
+		return nil
+	}
+	p := r.indexCopyPath(name)
+	if fi, err := os.Stat(p); err != nil || fi.Size() > maxIndexFile {
+		return nil
+	}
+	data, err := os.ReadFile(p)
+	if err != nil || blob.ID(blake3.Sum256(data)) != id {
+		return nil
+	}
+	return data
+}
+
+// keepIndexCopy stores a copy of an index file in the cache; a failure
+// only costs a read from the repository later.
+func (r *Repository) keepIndexCopy(name string, data []byte) {
+	p := r.indexCopyPath(name)
+	if os.MkdirAll(filepath.Dir(p), 0o700) != nil {
+		return
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	if err != nil {
+		return
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
 }

@@ -31,6 +31,9 @@ func (ix *Index) addOverlay(id blob.ID, size uint64, entries []pack.Entry) error
 	err := ix.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBlobs)
 		for _, e := range entries {
+			if ix.filt != nil && !ix.filt.mayHave(e.ID) {
+				continue // certainly not in the file: no page touched
+			}
 			if b.Get(e.ID[:]) != nil {
 				if inFile == nil {
 					inFile = map[blob.ID]bool{}
