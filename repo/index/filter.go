@@ -180,4 +180,3 @@ func txID(db *bolt.DB) (uint64, error) {
 	err := db.View(func(tx *bolt.Tx) error { id = uint64(tx.ID()); return nil })
 	return id, err
 }
-
