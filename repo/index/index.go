@@ -509,11 +509,15 @@ func (ix *Index) EachPack(fn func(id blob.ID, info PackInfo) error) error {
 	return nil
 }
 
-// EachBlob calls fn for every indexed blob: those of the file in id order,
-// then those of the overlay that the file does not hold.
+// EachBlob calls fn for every indexed blob at the location Lookup gives:
+// those of the file in id order (except those the overlay holds too), then
+// those of the overlay.
 func (ix *Index) EachBlob(fn func(id blob.ID, loc Location) error) error {
 	err := ix.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			if _, in := ix.overlayLookup(blob.ID(k)); in {
+				return nil // the overlay's location is the one used
+			}
 			loc, err := decodeLocation(tx, v)
 			if err != nil {
 				return err

@@ -24,35 +24,15 @@ func (ix *Index) overlayLookup(id blob.ID) (Location, bool) {
 	return loc, ok
 }
 
-// addOverlay records a pack in the overlay. A blob the file or the overlay
-// already holds keeps its location.
+// addOverlay records a pack in the overlay. A blob the overlay already
+// holds keeps its location. The file is not consulted: a blob in both is
+// found in the overlay first, at a location as valid as the file's, and
+// checking would fault file pages into the process for every new blob.
 func (ix *Index) addOverlay(id blob.ID, size uint64, entries []pack.Entry) error {
-	var inFile map[blob.ID]bool
-	err := ix.view(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketBlobs)
-		for _, e := range entries {
-			if ix.filt != nil && !ix.filt.mayHave(e.ID) {
-				continue // certainly not in the file: no page touched
-			}
-			if b.Get(e.ID[:]) != nil {
-				if inFile == nil {
-					inFile = map[blob.ID]bool{}
-				}
-				inFile[e.ID] = true
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.oPacks[id] = PackInfo{Size: size, Count: uint32(len(entries)), Type: packType(entries)}
 	for _, e := range entries {
-		if inFile[e.ID] {
-			continue
-		}
 		if _, ok := ix.overlay[e.ID]; ok {
 			continue
 		}
