@@ -225,6 +225,10 @@ func (ix *Index) Close() error {
 	if cerr := ix.db.Close(); err == nil {
 		err = cerr
 	}
+	ix.mu.Lock()
+	ix.filt.free()
+	ix.filt = nil
+	ix.mu.Unlock()
 	if ix.damaged.Load() {
 		os.Remove(ix.path)
 		os.Remove(filterPath(ix.path))
@@ -257,7 +261,10 @@ func (ix *Index) saveFilter() error {
 		if err != nil {
 			return err
 		}
+		ix.mu.Lock()
+		ix.filt.free()
 		ix.filt = f
+		ix.mu.Unlock()
 	}
 	txid, err := txID(ix.db)
 	if err != nil {

@@ -147,6 +147,7 @@ func (ix *Index) Reset() error {
 	ix.mu.Lock()
 	clear(ix.overlay)
 	clear(ix.oPacks)
+	ix.filt.free()
 	ix.filt = newFilter(0)
 	ix.filt.dirty = true
 	ix.mu.Unlock()
