@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/stasisbackup/stasis/engine/enginetest"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -11,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stasisbackup/stasis/engine/enginetest"
 )
 
 // crashEnv drives the built binary against one repository.
