@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -210,7 +211,13 @@ func TestBinaryEndToEnd(t *testing.T) {
 	base := t.TempDir()
 	os.Chmod(base, 0o777)
 	for d := filepath.Dir(base); d != "/"; d = filepath.Dir(d) {
-		os.Chmod(d, 0o755) // the test's temp dirs must be traversable by nobody
+		// The test's temp dirs must be traversable by nobody; their modes
+		// (/tmp's sticky 1777 among them) are put back afterwards.
+		if fi, err := os.Stat(d); err == nil {
+			mode := fi.Mode() & (fs.ModePerm | fs.ModeSticky | fs.ModeSetgid | fs.ModeSetuid)
+			t.Cleanup(func() { os.Chmod(d, mode) })
+			os.Chmod(d, mode|0o755)
+		}
 	}
 	tree := filepath.Join(base, "tree")
 	os.MkdirAll(tree, 0o777)
