@@ -6,11 +6,14 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/enginetest"
 	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/backend"
+	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/tree"
@@ -225,4 +228,55 @@ func TestBitRotIsReportedRestoredAroundAndRepaired(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Repair replaces a damaged snapshot file in one atomic write (issue 11,
+// item 4): when that write fails, the snapshot object is still there (the
+// old code removed it first, and a failure in between lost it).
+func TestRepairSnapshotFileWriteFailureLosesNothing(t *testing.T) {
+	f := newFixture(t, 300)
+	f.mutate()
+	sn, _ := f.backup()
+	f.r.Close()
+	f.r = nil
+	p := filepath.Join(f.dir, repo.SnapshotName(sn.ID))
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 1 // damaged in the repository; the cache has an intact copy
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	faulty := backendtest.NewFaulty(backend.NewLocal(f.dir))
+	faulty.Inject(backendtest.Fault{Op: backendtest.OpPut, Name: "snapshots/*", Err: syscall.EIO})
+	r, err := repo.Open(ctx, faulty, f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = engine.RepairSnapshots(ctx, r, engine.RepairSnapshotsOptions{})
+	r.Close()
+	if err == nil || faulty.Hits() == 0 {
+		t.Fatalf("repair snapshots with a failing write: %v (%d faults hit); want the error", err, faulty.Hits())
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("after the failed rewrite the snapshot file is gone: %v", err)
+	}
+	// Without the fault, the repair rewrites it from the intact copy.
+	f.reopenAfterClose(t)
+	rep, err := engine.RepairSnapshots(ctx, f.r, engine.RepairSnapshotsOptions{})
+	if err != nil || len(rep.Files) != 1 {
+		t.Fatalf("repair snapshots: %v %+v", err, rep)
+	}
+	if err := f.r.VerifySnapshotFile(ctx, sn.ID); err != nil {
+		t.Fatalf("snapshot after repair: %v", err)
+	}
+}
+
+func (f *fixture) reopenAfterClose(t *testing.T) {
+	r, err := repo.Open(ctx, enginetest.Local(f.dir), f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.r = r
 }
