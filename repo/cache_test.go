@@ -248,3 +248,48 @@ func TestViewCatchesUpWithOtherClients(t *testing.T) {
 	b.Close()
 	wantBlobs(t, a, ids, "blobs another client stored after this one opened")
 }
+
+// A writable cache that took in a pack before any index file named it (an
+// exclusive command killed before its Flush) is not trusted by the next
+// command: it would deduplicate against a pack another client's prune may
+// delete as unindexed.
+func TestCacheAheadOfIndexFilesIsRebuilt(t *testing.T) {
+	st, cache := cacheRepo(t)
+	r := openIn(t, st, cache)
+	if err := r.WritableIndex(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(13, 14))
+	var ids []blob.ID
+	// 100 × 4 KiB fill more than 4 packs of 64 KiB; at most 2 finish in the
+	// background at once, so at least one has finished when SaveBlob returns.
+	for i := 0; i < 100; i++ {
+		data := make([]byte, 4096)
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		id := r.Hash(data)
+		if _, err := r.SaveBlob(context.Background(), blob.Data, id, data); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	stored := 0
+	for _, id := range ids {
+		if _, ok, _ := r.Index().Lookup(id); ok {
+			stored++
+		}
+	}
+	if stored == 0 {
+		t.Fatal("no pack was finished; the test needs one in the cache before Flush")
+	}
+	r.Close() // no Flush: as if killed; the finished packs are in no index file
+
+	r = openIn(t, st, cache)
+	defer r.Close()
+	for _, id := range ids {
+		if ok, err := r.HasBlob(id); err != nil || ok {
+			t.Fatalf("blob %s of a pack no index file names is still known (%v): a backup would deduplicate against it", id.Short(), err)
+		}
+	}
+}

@@ -199,12 +199,15 @@ func (r *Repository) writeIndex(ctx context.Context, all bool) error {
 		return err
 	}
 	r.markKnown(name)
+	r.unsaved.packs = nil
 	if !r.idx.ReadOnly() {
 		if err := r.idx.AddFile(name, nil); err != nil {
 			return fmt.Errorf("record index file %s in the cache: %w", name, err)
 		}
+		if err := r.cleanIfSaved(); err != nil {
+			return err
+		}
 	}
-	r.unsaved.packs = nil
 	return nil
 }
 
@@ -250,4 +253,17 @@ func (r *Repository) keepIndexCopy(name string, data []byte) {
 	if err != nil {
 		os.Remove(f.Name())
 	}
+}
+
+// cleanIfSaved clears the cache's dirty mark once every pack this process
+// added to the cache is named by an index file: the packer adds a pack to
+// the cache and to r.unsaved under unsavedMu, which the caller holds.
+func (r *Repository) cleanIfSaved() error {
+	if len(r.unsaved.packs) > 0 {
+		return nil
+	}
+	if err := r.idx.ClearDirty(); err != nil {
+		return fmt.Errorf("update the index cache: %w", err)
+	}
+	return nil
 }

@@ -189,11 +189,14 @@ func (p *packer) finish(ctx context.Context, o *openPackFile) error {
 		return fmt.Errorf("store pack %s in %s: %w", id, r.loc, err)
 	}
 	entries := o.w.Entries()
+	// Into the cache and the list of the next index file together (see
+	// cleanIfSaved).
+	r.unsavedMu.Lock()
 	if err := r.idx.AddPack(id, size, entries); err != nil {
+		r.unsavedMu.Unlock()
 		p.forget(entries)
 		return fmt.Errorf("index pack %s: %w", id, err)
 	}
-	r.unsavedMu.Lock()
 	r.unsaved.packs = append(r.unsaved.packs, index.IndexedPack{ID: id, Size: size, Entries: entries})
 	r.unsavedMu.Unlock()
 	p.forget(entries)

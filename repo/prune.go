@@ -220,11 +220,23 @@ func (r *Repository) DeletePacks(ctx context.Context, ids []blob.ID) (int64, err
 	for _, id := range ids {
 		set[id] = true
 	}
+	// Between rewriting the index files and dropping the packs from the
+	// cache, the cache names packs no index file does: marked, so that a
+	// kill in between makes the next command rebuild it.
+	if err := r.idx.MarkDirty(); err != nil {
+		return 0, fmt.Errorf("update the index cache: %w", err)
+	}
 	if _, err := r.RewriteIndex(ctx, set); err != nil {
 		return 0, err
 	}
 	if _, err := r.idx.RemovePacks(set); err != nil {
 		return 0, fmt.Errorf("remove %d packs from the index cache: %w", len(ids), err)
+	}
+	r.unsavedMu.Lock()
+	err := r.cleanIfSaved()
+	r.unsavedMu.Unlock()
+	if err != nil {
+		return 0, err
 	}
 	var freed int64
 	for _, id := range ids {

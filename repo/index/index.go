@@ -419,7 +419,15 @@ func (ix *Index) AddPack(id blob.ID, size uint64, entries []pack.Entry) error {
 	if ix.readOnly {
 		return ix.addOverlay(id, size, entries)
 	}
-	if err := ix.update(func(tx *bolt.Tx) error { return addPack(tx, id, size, entries) }); err != nil {
+	// The pack is in no index file yet: mark the cache so that a kill
+	// before the index file is stored makes the next command rebuild it.
+	err := ix.update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketFiles).Put([]byte(DirtyMark), nil); err != nil {
+			return err
+		}
+		return addPack(tx, id, size, entries)
+	})
+	if err != nil {
 		return err
 	}
 	ix.filterAdd(entries)

@@ -63,6 +63,30 @@ type IndexedPack struct {
 	Entries []pack.Entry
 }
 
+// DirtyMark is a name in the files bucket that no index file has: while
+// it is there, the cache file holds packs (or lacks removals) that the
+// repository's index files do not agree with yet. A command killed in that
+// window leaves it, and the next command, finding a name the repository
+// lacks, rebuilds the cache instead of trusting it.
+const DirtyMark = "index/~unsaved"
+
+// MarkDirty records DirtyMark (writable Index only).
+func (ix *Index) MarkDirty() error {
+	if ix.readOnly {
+		return ErrReadOnly
+	}
+	return ix.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketFiles).Put([]byte(DirtyMark), nil) })
+}
+
+// ClearDirty removes DirtyMark: the cache agrees with the index files
+// again.
+func (ix *Index) ClearDirty() error {
+	if ix.readOnly {
+		return nil
+	}
+	return ix.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketFiles).Delete([]byte(DirtyMark)) })
+}
+
 // Files returns the names of the index files the cache file holds.
 func (ix *Index) Files() (map[string]bool, error) {
 	files := map[string]bool{}
