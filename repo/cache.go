@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/stasisbackup/stasis/repo/backend"
@@ -225,8 +226,19 @@ func (r *Repository) markKnown(names ...string) {
 // using it, so it cannot be rebuilt now. The next command that finds the
 // shared file free rebuilds it.
 func (r *Repository) privateIndex(ctx context.Context, names []string) (*index.Index, error) {
+	// Private files of processes that are gone are removed on the way.
+	if old, _ := filepath.Glob(filepath.Join(r.cacheDir, "private-*.db")); len(old) > 0 {
+		for _, o := range old {
+			var pid int
+			if _, err := fmt.Sscanf(filepath.Base(o), "private-%d.db", &pid); err == nil && pid != os.Getpid() && !processAlive(pid) {
+				os.Remove(o)
+				os.Remove(o + ".filter")
+			}
+		}
+	}
 	p := filepath.Join(r.cacheDir, fmt.Sprintf("private-%d.db", os.Getpid()))
 	os.Remove(p)
+	os.Remove(p + ".filter")
 	ix, err := index.Open(p, []byte(r.cfg.ID), index.Options{Timeout: time.Second})
 	if err != nil {
 		return nil, err
@@ -283,6 +295,7 @@ func (r *Repository) openCacheFile(p string, o index.Options) (*index.Index, err
 		return nil, err
 	}
 	// Damaged or foreign: it is only a cache.
+	os.Remove(p + ".filter")
 	if rerr := os.Remove(p); rerr != nil {
 		return nil, fmt.Errorf("%w; removing it failed too: %v", err, rerr)
 	}
@@ -400,4 +413,10 @@ func (r *Repository) uncacheSnapshots(current map[blob.ID]bool) {
 			os.Remove(filepath.Join(r.snapshotCacheDir(), e.Name()))
 		}
 	}
+}
+
+// processAlive reports whether a process with this pid exists.
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }

@@ -276,6 +276,7 @@ func (r *Repository) closeIndex() error {
 	err := r.idx.Close()
 	if r.privateIdx != "" {
 		os.Remove(r.privateIdx)
+		os.Remove(r.privateIdx + ".filter")
 	}
 	return err
 }
@@ -383,7 +384,16 @@ func (r *Repository) SaveBlob(ctx context.Context, t blob.Type, id blob.ID, data
 // storeBlob compresses data and appends it to a pack of type t without
 // looking at the index; the caller has put id in r.pending. SaveBlob uses it
 // for new blobs, and prune to rewrite live blobs of packs it repacks.
-func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, data []byte) (SaveResult, error) {
+func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, data []byte) (res SaveResult, err error) {
+	defer func() {
+		if err != nil {
+			// Not stored: a later save must write it (the packer forgot the
+			// ids of a pack it discarded; this one may never have reached one).
+			r.mu.Lock()
+			delete(r.pending, id)
+			r.mu.Unlock()
+		}
+	}()
 	stored, storage := data, pack.Raw
 	var buf []byte
 	if r.cfg.Compression == "zstd" {

@@ -97,6 +97,10 @@ func (l *Local) Adopt(ctx context.Context, f *os.File, name string) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("create directory of %s: %w", name, err)
 		}
+		// The new directory's entry must be durable too.
+		if err := syncDirsUp(l.dir, dir); err != nil {
+			return fmt.Errorf("fsync the new directory of %s: %w", name, err)
+		}
 		if err := os.Rename(f.Name(), final); err != nil {
 			return fmt.Errorf("rename %s into place: %w", name, err)
 		}
@@ -127,6 +131,19 @@ func (l *Local) Put(ctx context.Context, name string, r io.ReaderAt, size int64)
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	return l.Adopt(ctx, f, name)
+}
+
+// syncDirsUp fsyncs the parents of dir up to and including root (after
+// MkdirAll created dir and perhaps some of its parents).
+func syncDirsUp(root, dir string) error {
+	for d := filepath.Dir(dir); ; d = filepath.Dir(d) {
+		if err := syncDir(d); err != nil {
+			return err
+		}
+		if d == root || len(d) <= len(root) || d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }
 
 func syncDir(dir string) error {
