@@ -44,9 +44,20 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 			fmt.Fprintf(o.Log, format+"\n", args...)
 		}
 	}
+	// Snapshots first: listing them brings this view up to the index files
+	// they need (a backup stores those before its snapshot), so the packs
+	// listed next include every pack of every snapshot checked below.
+	snaps, bad, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	logf("checking index files")
+	if err := checkIndexFiles(ctx, r, rep); err != nil {
+		return nil, err
+	}
 	logf("checking packs")
 	onDisk := map[blob.ID]int64{}
-	err := r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
 		onDisk[id] = size
 		return nil
 	}, func(name string) {
@@ -128,10 +139,6 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 	}
 
 	logf("checking snapshots")
-	snaps, bad, err := r.Snapshots(ctx)
-	if err != nil {
-		return nil, err
-	}
 	for _, e := range bad {
 		rep.Errors = append(rep.Errors, e.Error())
 	}
@@ -247,4 +254,35 @@ func undecodable(ctx context.Context, r *repo.Repository, id, bid blob.ID, index
 		bad[bid] = fmt.Sprintf("in pack %s needs a compression dictionary the repository does not have", id.Short())
 	}
 	rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: %v", id.Short(), err))
+}
+
+// checkIndexFiles reads every index file of the repository (the truth this
+// client's cache was built from, and what any other client will read) and
+// reports one that does not decode, and a pack the cache holds that no index
+// file names.
+func checkIndexFiles(ctx context.Context, r *repo.Repository, rep *CheckReport) error {
+	names, err := r.IndexFiles(ctx)
+	if err != nil {
+		return err
+	}
+	named := map[blob.ID]bool{}
+	for _, n := range names {
+		packs, err := r.LoadIndexFile(ctx, n)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			rep.Errors = append(rep.Errors, fmt.Sprintf("%v (another client cannot build its index from it; run `stasis repair index`)", err))
+			continue
+		}
+		for _, p := range packs {
+			named[p.ID] = true
+		}
+	}
+	return r.EachPack(func(id blob.ID, _ repo.PackInfo) error {
+		if !named[id] {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s is in this client's index cache but in no index file of the repository (run `stasis repair index`)", id))
+		}
+		return nil
+	})
 }

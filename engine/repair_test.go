@@ -280,3 +280,39 @@ func (f *fixture) reopenAfterClose(t *testing.T) {
 	}
 	f.r = r
 }
+
+// check reads the repository's index files, not only this client's cache
+// built from them: a damaged index file is an error although the cache is
+// intact (another client, or a new host after a disaster, could not use it).
+func TestCheckReadsIndexFiles(t *testing.T) {
+	f := newFixture(t, 301)
+	f.mutate()
+	f.backup()
+	names, err := f.r.IndexFiles(ctx)
+	if err != nil || len(names) == 0 {
+		t.Fatalf("index files: %v %v", names, err)
+	}
+	p := filepath.Join(f.dir, names[0])
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 1
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := engine.Check(ctx, f.r, engine.CheckOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK() || !strings.Contains(strings.Join(rep.Errors, "\n"), names[0]) {
+		t.Fatalf("check with a damaged index file: %q; want an error naming %s", rep.Errors, names[0])
+	}
+	// repair index makes the repository whole again.
+	if _, err := f.r.RebuildIndex(ctx, repo.RebuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := engine.Check(ctx, f.r, engine.CheckOptions{ReadData: true}); err != nil || !rep.OK() {
+		t.Fatalf("check after repair index: %v %q", err, rep.Errors)
+	}
+}

@@ -60,6 +60,13 @@ const DefaultMergeWait = 2 * time.Minute
 // an exclusive repository lock) keep the file open for writing; others
 // merge what they can and then share the file read-only.
 func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Duration) (*index.Index, error) {
+	return r.openIndexMode(ctx, exclusive, wait, false)
+}
+
+// openIndexMode is openIndex; with skip (repair index, which rebuilds the
+// index files) it opens the cache for writing and reads no index file, so
+// that a damaged one does not stop the repair that replaces it.
+func (r *Repository) openIndexMode(ctx context.Context, exclusive bool, wait time.Duration, skip bool) (*index.Index, error) {
 	if err := os.MkdirAll(r.cacheDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create cache directory %s: %w (choose another with --cache-dir or STASIS_CACHE_DIR)", r.cacheDir, err)
 	}
@@ -85,6 +92,9 @@ func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Du
 	try := mergeTry
 	if exclusive {
 		try = wait
+	}
+	if skip {
+		return r.openCacheFile(p, index.Options{Timeout: wait})
 	}
 	ix, err := r.openCacheFile(p, index.Options{Timeout: try})
 	switch {
@@ -143,6 +153,10 @@ func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Du
 // caller holds an exclusive repository lock, so no other command uses this
 // repository anywhere, and the wait is for commands that are just exiting.
 func (r *Repository) WritableIndex(ctx context.Context) error {
+	return r.writableIndex(ctx, false)
+}
+
+func (r *Repository) writableIndex(ctx context.Context, skip bool) error {
 	if !r.idx.ReadOnly() {
 		return nil
 	}
@@ -156,7 +170,7 @@ func (r *Repository) WritableIndex(ctx context.Context) error {
 		return err
 	}
 	r.privateIdx = ""
-	idx, err := r.openIndex(ctx, true, r.cacheWait)
+	idx, err := r.openIndexMode(ctx, true, r.cacheWait, skip)
 	if err != nil {
 		return fmt.Errorf("%s: %w", r.loc, err)
 	}
@@ -178,7 +192,7 @@ func (r *Repository) catchUp(ctx context.Context) error {
 		if r.known[n] {
 			continue
 		}
-		packs, err := r.LoadIndexFile(ctx, n)
+		packs, err := r.loadIndexFile(ctx, n, r.idx.ReadOnly())
 		if err != nil {
 			return fmt.Errorf("%w (run `stasis repair index`)", err)
 		}
@@ -334,7 +348,7 @@ func (r *Repository) mergeIndexFiles(ctx context.Context, ix *index.Index, names
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		packs, err := r.LoadIndexFile(ctx, n)
+		packs, err := r.loadIndexFile(ctx, n, ix.ReadOnly())
 		if err != nil {
 			return fmt.Errorf("%w (run `stasis repair index`)", err)
 		}

@@ -140,13 +140,24 @@ func (r *Repository) SaveIndexFile(ctx context.Context, packs []index.IndexedPac
 	return name, nil
 }
 
-// LoadIndexFile reads, verifies and decodes an index file.
+// LoadIndexFile reads an index file from the repository (never from the
+// cache's copies), verifies and decodes it.
 func (r *Repository) LoadIndexFile(ctx context.Context, name string) ([]index.IndexedPack, error) {
+	return r.loadIndexFile(ctx, name, false)
+}
+
+// loadIndexFile is LoadIndexFile; with viaCache it reads the cache's copy
+// when there is an intact one, and keeps a copy of what it downloads, for
+// the index files a command holds in memory unmerged.
+func (r *Repository) loadIndexFile(ctx context.Context, name string, viaCache bool) ([]index.IndexedPack, error) {
 	id, err := blob.ParseID(strings.TrimPrefix(name, IndexDir+"/"))
 	if err != nil || IndexFileName(id) != name {
 		return nil, fmt.Errorf("%s: not an index file name", name)
 	}
-	data := r.indexCopy(name, id)
+	var data []byte
+	if viaCache {
+		data = r.indexCopy(name, id)
+	}
 	if data == nil {
 		if data, err = backend.ReadAll(ctx, r.st, name, maxIndexFile); err != nil {
 			return nil, fmt.Errorf("read index file %s: %w", name, err)
@@ -154,7 +165,7 @@ func (r *Repository) LoadIndexFile(ctx context.Context, name string) ([]index.In
 		if blob.ID(blake3.Sum256(data)) != id {
 			return nil, fmt.Errorf("index file %s: %w: content does not match its name", name, ErrCorruptIndexFile)
 		}
-		if r.idx != nil && r.idx.ReadOnly() {
+		if viaCache {
 			r.keepIndexCopy(name, data)
 		}
 	}

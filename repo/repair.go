@@ -198,7 +198,8 @@ func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*Rebui
 			fmt.Fprintf(o.Log, format+"\n", args...)
 		}
 	}
-	if err := r.WritableIndex(ctx); err != nil {
+	// Read no index file: one may be damaged, and all are replaced.
+	if err := r.writableIndex(ctx, true); err != nil {
 		return nil, fmt.Errorf("rebuild index: %w", err)
 	}
 	old, err := r.IndexFiles(ctx)

@@ -110,6 +110,10 @@ type OpenOptions struct {
 	// the index cache is then kept open for writing (prune and repair
 	// update it in place).
 	Exclusive bool
+	// SkipIndexFiles opens the cache for writing without reading the
+	// index files (for repair index, which rebuilds them: a damaged index
+	// file would otherwise stop Open). The view is empty until RebuildIndex.
+	SkipIndexFiles bool
 	// CacheWait bounds the wait for another command on this host that is
 	// merging index files into the shared cache; 0 means DefaultMergeWait.
 	CacheWait time.Duration
@@ -251,7 +255,7 @@ func open(ctx context.Context, b backend.Storage, cfg Config, mk *crypto.MasterK
 	}
 	r := &Repository{st: b, loc: dir, cacheDir: cacheDir, cacheWait: o.CacheWait, cfg: cfg, idKey: key, mk: mk, keyID: keyID,
 		pending: map[blob.ID]struct{}{}, packers: map[blob.Type]*packer{}}
-	idx, err := r.openIndex(ctx, o.Exclusive, o.CacheWait)
+	idx, err := r.openIndexMode(ctx, o.Exclusive || o.SkipIndexFiles, o.CacheWait, o.SkipIndexFiles)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dir, err)
 	}

@@ -55,8 +55,10 @@ type app struct {
 	cacheDir       string // --cache-dir
 	json           bool
 
-	st     repo.Storage            // opened by storage()
-	cancel context.CancelCauseFunc // stops the command (a lost lock)
+	st     repo.Storage // opened by storage()
+	cancel context.CancelCauseFunc
+	// skipIndexFiles: openRepo reads no index file (repair index rebuilds them)
+	skipIndexFiles bool // stops the command (a lost lock)
 
 	locking lockState // the repository lock (lock.go)
 
@@ -202,7 +204,8 @@ func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
 		return nil, err
 	}
 	return repo.Open(ctx, st, repo.OpenOptions{Password: a.repoPassword(dir), CacheDir: a.cacheDir,
-		Exclusive: a.locking.held != nil && a.locking.held.Info().Exclusive, CacheWait: a.locking.retry})
+		Exclusive: a.locking.held != nil && a.locking.held.Info().Exclusive, CacheWait: a.locking.retry,
+		SkipIndexFiles: a.skipIndexFiles})
 }
 
 // args validators that return usage errors.

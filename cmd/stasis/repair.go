@@ -41,6 +41,7 @@ func (a *app) repairIndexCommand() *cobra.Command {
 		Short: "Rebuild the index files (and this client's cache) from the pack headers",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: a.exclusive(func(c *cobra.Command, args []string) error {
+			a.skipIndexFiles = true // a damaged one must not stop its repair
 			r, err := a.openRepo(c.Context())
 			if err != nil {
 				return err
