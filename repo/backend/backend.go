@@ -23,9 +23,10 @@
 // # Consistency
 //
 // After Put returns nil, Get and Stat of that name by any client return the
-// new object (read-after-write consistency, which local directories and S3
-// since December 2020 give). A List may lag behind: the repository never
-// concludes from a List alone that an object it just wrote is missing.
+// new object, and a List by any client includes it (read-after-write and
+// list-after-write consistency, which local directories and S3 since
+// December 2020 give). Locks, prune and repair index rely on the listing;
+// the other commands tolerate one that lags (see docs/storage.md).
 package backend
 
 import (
