@@ -136,6 +136,16 @@ func (r *Repository) openIndexMode(ctx context.Context, exclusive bool, wait tim
 	}
 	err = r.mergeIndexFiles(ctx, ix, names)
 	if errors.Is(err, errStaleCache) {
+		// Perhaps only newer than our listing: another command merged an
+		// index file written after we listed. List again before giving up
+		// on the shared file.
+		if again, lerr := r.IndexFiles(ctx); lerr == nil {
+			names = again
+			r.markKnown(names...)
+			err = r.mergeIndexFiles(ctx, ix, names)
+		}
+	}
+	if errors.Is(err, errStaleCache) {
 		ix.Close()
 		return r.privateIndex(ctx, names)
 	}
