@@ -86,19 +86,10 @@ func runS3(ctx context.Context, o options, stdout io.Writer, log func(string, ..
 
 	start := time.Now()
 	loadBefore := loadAvg()
-	log("generating workload in %s (X500.db %s, log %s, %d files, seed %d)", w.Root, mib(w.DBSize), mib(w.LogSize), w.Files, w.Seed)
-	reused, err := w.Generate()
+	total, err := readyWorkload(w, start, log)
 	if err != nil {
 		return err
 	}
-	if reused {
-		log("workload reused (same parameters)")
-	}
-	total, err := warm(w.Root)
-	if err != nil {
-		return fmt.Errorf("read workload: %w", err)
-	}
-	log("workload: %s in %d files, ready after %s", mib(total), w.Files+2, time.Since(start).Round(time.Second))
 
 	weedBin, _, err := backendtest.WeedBinary()
 	if err != nil {
@@ -289,20 +280,7 @@ func resetS3(ctx context.Context, t *Tool, tg backendtest.S3Target) error {
 		}
 	}
 	t.Env = env
-	for _, d := range t.Scratch {
-		if err := os.RemoveAll(d); err != nil {
-			return fmt.Errorf("%s: reset %s: %w", t.Name, d, err)
-		}
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return fmt.Errorf("%s: %w", t.Name, err)
-		}
-	}
-	t.backups = 0
-	out, err := t.command(ctx, "", t.initArgs...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: init repository %s: %w\n%s", t.Name, t.Repo, err, tail(string(out), 2000))
-	}
-	return nil
+	return t.initFresh(ctx)
 }
 
 // objectBytes is the sum of the sizes of the objects of bucket under prefix.

@@ -82,19 +82,10 @@ func runSideBySide(ctx context.Context, o options, stdout io.Writer, log func(st
 
 	start := time.Now()
 	loadBefore := loadAvg()
-	log("generating workload in %s (X500.db %s, log %s, %d files, seed %d)", w.Root, mib(w.DBSize), mib(w.LogSize), w.Files, w.Seed)
-	reused, err := w.Generate()
+	total, err := readyWorkload(w, start, log)
 	if err != nil {
 		return err
 	}
-	if reused {
-		log("workload reused (same parameters)")
-	}
-	total, err := warm(w.Root)
-	if err != nil {
-		return fmt.Errorf("read workload: %w", err)
-	}
-	log("workload: %s in %d files, ready after %s", mib(total), w.Files+2, time.Since(start).Round(time.Second))
 
 	res := results{}
 	measureOne := func(sc string, t *Tool, cmd *exec.Cmd, repoGrowth bool) error {
@@ -317,4 +308,23 @@ func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 func commandLine() string {
 	return "stasis-bench " + strings.Join(os.Args[1:], " ")
+}
+
+// readyWorkload generates the workload (or reuses it) and reads it once so
+// that every tool meets the same warm page cache; it returns its size.
+func readyWorkload(w Workload, start time.Time, log func(string, ...any)) (int64, error) {
+	log("generating workload in %s (X500.db %s, log %s, %d files, seed %d)", w.Root, mib(w.DBSize), mib(w.LogSize), w.Files, w.Seed)
+	reused, err := w.Generate()
+	if err != nil {
+		return 0, err
+	}
+	if reused {
+		log("workload reused (same parameters)")
+	}
+	total, err := warm(w.Root)
+	if err != nil {
+		return 0, fmt.Errorf("read workload: %w", err)
+	}
+	log("workload: %s in %d files, ready after %s", mib(total), w.Files+2, time.Since(start).Round(time.Second))
+	return total, nil
 }

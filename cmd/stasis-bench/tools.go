@@ -36,12 +36,19 @@ func (t *Tool) command(ctx context.Context, dir string, args ...string) *exec.Cm
 // Reset removes the repository and caches and creates an empty repository
 // (not measured).
 func (t *Tool) Reset(ctx context.Context) error {
-	for _, d := range append([]string{t.Repo}, t.Scratch...) {
+	if err := os.RemoveAll(t.Repo); err != nil {
+		return fmt.Errorf("%s: reset %s: %w", t.Name, t.Repo, err)
+	}
+	return t.initFresh(ctx)
+}
+
+// initFresh empties the caches and creates the repository (whose place is
+// empty already).
+func (t *Tool) initFresh(ctx context.Context) error {
+	for _, d := range t.Scratch {
 		if err := os.RemoveAll(d); err != nil {
 			return fmt.Errorf("%s: reset %s: %w", t.Name, d, err)
 		}
-	}
-	for _, d := range t.Scratch {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("%s: %w", t.Name, err)
 		}
