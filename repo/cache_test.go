@@ -2,13 +2,16 @@ package repo_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stasisbackup/stasis/engine/enginetest"
 	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/pack"
@@ -292,4 +295,33 @@ func TestCacheAheadOfIndexFilesIsRebuilt(t *testing.T) {
 			t.Fatalf("blob %s of a pack no index file names is still known (%v): a backup would deduplicate against it", id.Short(), err)
 		}
 	}
+}
+
+// A repository of an older stasis (its bbolt index.db in the repository,
+// no index files) is refused with the way out, instead of opening as if
+// its packs were unindexed; repair index writes the index files and
+// removes index.db.
+func TestLegacyIndexIsRefusedUntilRepair(t *testing.T) {
+	st, cache := cacheRepo(t)
+	r := openIn(t, st, cache)
+	ids := saveRandom(t, r, rand.New(rand.NewPCG(15, 16)), 20)
+	r.Close()
+	if err := backend.PutBytes(context.Background(), st, "index.db", []byte("old bbolt file")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := repo.Open(context.Background(), st, repo.OpenOptions{CacheDir: cache})
+	if !errors.Is(err, repo.ErrLegacyIndex) || !strings.Contains(err.Error(), "repair index") {
+		t.Fatalf("open with a legacy index.db: %v; want ErrLegacyIndex naming repair index", err)
+	}
+	r, err = repo.Open(context.Background(), st, repo.OpenOptions{CacheDir: cache, SkipIndexFiles: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.RebuildIndex(context.Background(), repo.RebuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	r = openIn(t, st, cache)
+	defer r.Close()
+	wantBlobs(t, r, ids, "after repair index")
 }

@@ -278,3 +278,22 @@ func (r *Repository) cleanIfSaved() error {
 	}
 	return nil
 }
+
+// legacyIndex is the bbolt index that repositories written before index
+// files kept in their directory.
+const legacyIndex = "index.db"
+
+// ErrLegacyIndex is matched when a repository still has the index.db of an
+// older stasis and no index files: its packs are named by no index file
+// until `repair index` writes them.
+var ErrLegacyIndex = errors.New("the repository was written by an older stasis (index.db, no index files)")
+
+// refuseLegacyIndex fails with ErrLegacyIndex for such a repository: opened
+// as it is, its snapshots' blobs would be found nowhere and a backup would
+// store everything again.
+func refuseLegacyIndex(ctx context.Context, st backend.Storage) error {
+	if _, err := st.Stat(ctx, legacyIndex); err != nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w: run `stasis repair index` once; it writes the index files from the pack headers and removes index.db", st.Location(), ErrLegacyIndex)
+}

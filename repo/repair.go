@@ -331,6 +331,12 @@ func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*Rebui
 	if err := r.idx.RemoveFiles(gone); err != nil {
 		return nil, err
 	}
+	// The index of an older stasis in the repository is replaced now.
+	for _, n := range []string{legacyIndex, legacyIndex + ".old"} {
+		if err := r.st.Delete(ctx, n); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("rebuild index: remove the old %s: %w", n, err)
+		}
+	}
 	ids, _, err := r.SnapshotIDs(ctx)
 	if err != nil {
 		return nil, err

@@ -194,6 +194,11 @@ func Open(ctx context.Context, st backend.Storage, o OpenOptions) (*Repository, 
 	}
 	var mk *crypto.MasterKey
 	var keyID string
+	if !o.SkipIndexFiles {
+		if err := refuseLegacyIndex(ctx, b); err != nil {
+			return nil, err
+		}
+	}
 	if !cfg.Encrypted {
 		if err := refuseKeysInPlainRepo(ctx, b, dir); err != nil {
 			return nil, err
