@@ -650,7 +650,7 @@ type openPack struct {
 }
 
 const (
-	readWindow  = 4 << 20
+	readWindow  = 4 << 20 // a power of two (windows are aligned to it)
 	readWindows = 8
 	openPacks   = 64
 )
@@ -683,26 +683,30 @@ func (c *packReader) readAt(ctx context.Context, id blob.ID, p []byte, off int64
 		}
 	}
 	c.mu.Unlock()
-	rc, err := c.st.Get(ctx, PackName(id), off, c.window)
+	// Windows start at multiples of the window size, so that readers of
+	// neighbouring blobs (the restore's workers) share them.
+	start := off &^ (c.window - 1)
+	length := max(c.window, end-start)
+	rc, err := c.st.Get(ctx, PackName(id), start, length)
 	if err != nil {
 		return err
 	}
-	data := make([]byte, c.window)
+	data := make([]byte, length)
 	n, err := io.ReadFull(rc, data)
 	rc.Close()
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return fmt.Errorf("read %s: %w", PackName(id), err)
 	}
 	data = data[:n] // short at the end of the pack
-	if int64(len(data)) < int64(len(p)) {
-		return fmt.Errorf("%s: %d of %d bytes at offset %d: object is truncated: %w", PackName(id), len(data), len(p), off, io.ErrUnexpectedEOF)
+	if start+int64(len(data)) < end {
+		return fmt.Errorf("%s: %d of %d bytes at offset %d: object is truncated: %w", PackName(id), max(0, start+int64(len(data))-off), len(p), off, io.ErrUnexpectedEOF)
 	}
-	copy(p, data)
+	copy(p, data[off-start:])
 	c.mu.Lock()
 	if len(c.wins) >= readWindows {
 		c.wins = c.wins[1:]
 	}
-	c.wins = append(c.wins, &packWindow{pack: id, off: off, data: data})
+	c.wins = append(c.wins, &packWindow{pack: id, off: start, data: data})
 	c.mu.Unlock()
 	return nil
 }
