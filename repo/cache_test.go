@@ -1,6 +1,7 @@
 package repo_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -12,6 +13,7 @@ import (
 	"github.com/stasisbackup/stasis/engine/enginetest"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/backend"
+	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/pack"
@@ -324,4 +326,47 @@ func TestLegacyIndexIsRefusedUntilRepair(t *testing.T) {
 	r = openIn(t, st, cache)
 	defer r.Close()
 	wantBlobs(t, r, ids, "after repair index")
+}
+
+// Through a storage that is not a local directory, packs are read in
+// aligned windows: blobs that cross a window's end, and the last blob of a
+// pack, read back intact.
+func TestWindowedPackReads(t *testing.T) {
+	base := t.TempDir()
+	st := backendtest.NewFaulty(backend.NewLocal(filepath.Join(base, "repo"))) // no faults: only not a local directory
+	cache := filepath.Join(base, "cache")
+	o := enginetest.InitOptions()
+	o.InsecureNoPassword, o.Password = true, nil
+	r, err := repo.Init(context.Background(), st, o, repo.OpenOptions{CacheDir: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(17, 18))
+	want := map[blob.ID][]byte{}
+	for i := 0; i < 40; i++ { // 40 × ≈300 KiB: one pack of ≈12 MiB, three window boundaries
+		data := make([]byte, 300<<10+rng.IntN(1000))
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		id := r.Hash(data)
+		want[id] = data
+		if _, err := r.SaveBlob(context.Background(), blob.Data, id, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	r, err = repo.Open(context.Background(), st, repo.OpenOptions{CacheDir: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for id, data := range want {
+		got, err := r.LoadBlob(context.Background(), id, nil)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("blob %s: %v (%d bytes, want %d)", id.Short(), err, len(got), len(data))
+		}
+	}
 }
