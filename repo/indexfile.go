@@ -11,7 +11,6 @@ package repo
 //	          per blob: id [32] | type u8 | storage u8 | offset u32 | length u32 | rawLength u32
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -220,11 +219,6 @@ func (r *Repository) writeIndex(ctx context.Context, all bool) error {
 		}
 	}
 	return nil
-}
-
-// equalPacks reports whether two pack lists are the same (for tests).
-func equalPacks(a, b []index.IndexedPack) bool {
-	return bytes.Equal(encodeIndexFile(a), encodeIndexFile(b))
 }
 
 // indexCopy returns the cache's copy of index file name when it is intact.

@@ -85,10 +85,9 @@ type Index struct {
 
 	damaged atomic.Bool // a transaction panicked: remove the file at Close
 
-	mu       sync.RWMutex
-	overlay  map[blob.ID]Location // blobs not in the file
-	oPacks   map[blob.ID]PackInfo // packs not in the file
-	oEntries int
+	mu      sync.RWMutex
+	overlay map[blob.ID]Location // blobs not in the file
+	oPacks  map[blob.ID]PackInfo // packs not in the file
 }
 
 // Location says where a blob is stored.

@@ -41,7 +41,6 @@ func (ix *Index) addOverlay(id blob.ID, size uint64, entries []pack.Entry) error
 		}
 		ix.overlay[e.ID] = Location{Pack: id, Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength}
 	}
-	ix.oEntries += len(entries)
 	return nil
 }
 
