@@ -13,10 +13,12 @@ func (a *app) repairCommand() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "repair index|snapshots",
 		Short: "Rebuild the index, or rewrite snapshots whose data is missing",
-		Long: `repair index rebuilds index.db from the pack headers and snapshot files (after
-it was deleted, truncated or corrupted); with --read-data it reads every pack
-and salvages the intact blobs of packs with bit rot. Unreadable packs are
-moved to damaged/.
+		Long: `repair index rewrites the repository's index files from the pack headers
+(after one was damaged or lost, or to upgrade a repository of the earlier
+format) and rebuilds this client's cache; a pack whose header is lost has its
+intact blobs salvaged through the old index files. With --read-data it reads
+every pack and salvages the intact blobs of packs with bit rot. Unreadable
+packs are moved to damaged/.
 
 repair snapshots rewrites each snapshot that references missing data into a
 new snapshot (tagged "repaired") in which the affected files are marked
