@@ -161,8 +161,18 @@ a terminal, in this order. A wrong or missing password exits with code 12.`,
 		a.keyCommand(), a.tapeCommand())
 	a.addMaintenanceCommands(root) // forget, prune, repair, unlock, --retry-lock (lock.go)
 	root.AddCommand(a.resumePendingCommand())
+	for _, c := range registered {
+		root.AddCommand(c(a))
+	}
 	return root
 }
+
+// registered holds the commands that add themselves from their own file
+// (func init() { register((*app).fooCommand) }), so that a new command is
+// one file.
+var registered []func(*app) *cobra.Command
+
+func register(c func(*app) *cobra.Command) { registered = append(registered, c) }
 
 // needRepo returns the repository location or a usage error.
 func (a *app) needRepo() (string, error) {
