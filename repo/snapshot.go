@@ -33,6 +33,11 @@ type Snapshot struct {
 	DBGlobs  []string        `json:"db_globs,omitempty"`
 	Summary  Summary         `json:"summary"`
 	Quiesce  json.RawMessage `json:"quiesce,omitempty"` // what quiescing did, when it ran
+	// Original is set in a snapshot made by `stasis copy`: the id of the
+	// snapshot it was copied from (in the source repository), or that
+	// snapshot's own Original when it was a copy itself. A copy skips a
+	// source snapshot whose original the destination already has.
+	Original *blob.ID `json:"original,omitempty"`
 
 	// Dicts are the compression dictionaries (ids of dicts/<id>) the
 	// repository had when the snapshot was saved: the snapshot's data blobs

@@ -1,0 +1,491 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/tree"
+)
+
+// CopySource is what a copy reads from the source repository. LoadBlob
+// and LoadTree verify what they return against the source's ids.
+type CopySource interface {
+	Location() string
+	Snapshots(ctx context.Context) ([]*repo.Snapshot, []error, error)
+	LoadTree(ctx context.Context, id blob.ID) (*tree.Tree, error)
+	LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]byte, error)
+}
+
+// CopyDest is what a copy needs from the destination repository.
+type CopyDest interface {
+	Location() string
+	Hash(data []byte) blob.ID
+	HasBlob(id blob.ID) (bool, error)
+	SaveBlob(ctx context.Context, t blob.Type, id blob.ID, data []byte) (repo.SaveResult, error)
+	SaveTree(ctx context.Context, t *tree.Tree) (blob.ID, repo.SaveResult, error)
+	LoadTree(ctx context.Context, id blob.ID) (*tree.Tree, error)
+	Flush(ctx context.Context) error
+	Snapshots(ctx context.Context) ([]*repo.Snapshot, []error, error)
+	SaveSnapshot(ctx context.Context, sn *repo.Snapshot) (blob.ID, error)
+}
+
+var (
+	_ CopySource = (*repo.Repository)(nil)
+	_ CopyDest   = (*repo.Repository)(nil)
+)
+
+// CopyOptions tune Copy.
+type CopyOptions struct {
+	// Progress, when set, is called about every ProgressEvery (default one
+	// second) from one goroutine, and once more when Copy returns.
+	Progress      func(CopyProgress)
+	ProgressEvery time.Duration
+	// OnSnapshot, when set, is called on Copy's goroutine as each snapshot
+	// is copied or skipped, in order (the command prints it at once).
+	OnSnapshot func(CopiedSnapshot)
+	// MapEntries bounds the run's cache of source → destination blob ids
+	// (about 100 bytes each); 0 means 1<<18. A blob that fell out of the
+	// cache is read and hashed again; nothing is stored twice.
+	MapEntries int
+}
+
+// CopyProgress is a copy's running count.
+type CopyProgress struct {
+	Snapshot, Snapshots int    // the snapshot being copied (1-based) of how many
+	Current             string // the short source id of that snapshot
+	Blobs               int64  // blobs read from the source and hashed
+	BytesRead           int64  // their plaintext bytes
+	BlobsAdded          int64  // blobs the destination lacked (data and trees)
+	StoredAdded         int64  // bytes added to the destination's packs
+	Elapsed             time.Duration
+}
+
+// CopiedSnapshot is what happened to one source snapshot.
+type CopiedSnapshot struct {
+	Source *repo.Snapshot // in the source repository
+	// Copy is the snapshot in the destination: new, or, when Skipped, the
+	// one that already has Source's original.
+	Copy        *repo.Snapshot
+	Skipped     bool
+	BlobsAdded  int64 // data and tree blobs the destination lacked
+	BytesAdded  int64 // their plaintext bytes
+	StoredAdded int64 // bytes added to packs (after compression and encryption)
+	BlobsRead   int64 // blobs read from the source (the rest were known)
+}
+
+// CopyResult lists the snapshots Copy dealt with, in the order it did.
+type CopyResult struct {
+	Snapshots []CopiedSnapshot
+}
+
+// Origin returns the snapshot a copy records as its original: sn's own
+// Original when sn is a copy itself, else sn's id.
+func Origin(sn *repo.Snapshot) blob.ID {
+	if sn.Original != nil {
+		return *sn.Original
+	}
+	return sn.ID
+}
+
+// Copy copies the snapshots snaps of src into dst, oldest first, storing
+// only blobs dst lacks. Blob ids are keyed per repository, so every blob
+// that is not known yet is read from src (verified), hashed with dst's key
+// and saved through dst's SaveBlob (dst's compression, dictionary and
+// encryption); trees and extent lists are rewritten bottom-up with the new
+// ids (SaveTree). A source subtree already copied in this run is not
+// visited again, and one that is unchanged from the source snapshot an
+// earlier copy made a destination snapshot from (same host and paths) is
+// taken from that copy without reading.
+//
+// A snapshot whose original (see Origin) dst already has is skipped. A
+// copied snapshot keeps time, host, user, tags, paths, db globs, quiesce
+// record and summary; Original names the source snapshot, and Parent the
+// copy of its parent when that was copied too.
+//
+// Write ordering is a backup's: every blob of a snapshot is flushed (packs,
+// then index files) before its snapshot file is written, so a copy that is
+// stopped leaves dst consistent, and the next copy finds the blobs already
+// stored and does not store them again. On error the result holds the
+// snapshots dealt with before it.
+func Copy(ctx context.Context, src CopySource, dst CopyDest, snaps []*repo.Snapshot, opts CopyOptions) (*CopyResult, error) {
+	if opts.MapEntries <= 0 {
+		opts.MapEntries = 1 << 18
+	}
+	if opts.ProgressEvery <= 0 {
+		opts.ProgressEvery = time.Second
+	}
+	c := &copier{src: src, dst: dst, opts: opts, start: time.Now(),
+		blobs: newIDMap(opts.MapEntries), trees: newIDMap(opts.MapEntries)}
+	snaps = slices.Clone(snaps)
+	sort.SliceStable(snaps, func(i, j int) bool { return snaps[i].Time.Before(snaps[j].Time) })
+
+	have, _, err := dst.Snapshots(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots of destination %s: %w", dst.Location(), err)
+	}
+	srcList, _, err := src.Snapshots(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots of source %s: %w", src.Location(), err)
+	}
+	c.copies = map[blob.ID]*repo.Snapshot{}
+	for _, d := range have {
+		if d.Original != nil {
+			if old, ok := c.copies[*d.Original]; !ok || d.Time.After(old.Time) {
+				c.copies[*d.Original] = d
+			}
+		}
+	}
+	c.srcList = srcList
+
+	stop := c.startProgress(ctx, len(snaps))
+	defer stop()
+	res := &CopyResult{}
+	for i, sn := range snaps {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		c.current.Store(&progressName{i + 1, sn.ID.Short()})
+		var cs CopiedSnapshot
+		if d, ok := c.copies[Origin(sn)]; ok {
+			cs = CopiedSnapshot{Source: sn, Copy: d, Skipped: true}
+		} else {
+			cs, err = c.copySnapshot(ctx, sn)
+			if err != nil {
+				return res, err
+			}
+			c.copies[Origin(sn)] = cs.Copy
+		}
+		res.Snapshots = append(res.Snapshots, cs)
+		if opts.OnSnapshot != nil {
+			opts.OnSnapshot(cs)
+		}
+	}
+	return res, nil
+}
+
+type progressName struct {
+	n  int
+	id string
+}
+
+type copier struct {
+	src   CopySource
+	dst   CopyDest
+	opts  CopyOptions
+	start time.Time
+
+	blobs, trees *idMap                     // source id → destination id, for this run
+	copies       map[blob.ID]*repo.Snapshot // origin → destination snapshot
+	srcList      []*repo.Snapshot
+
+	current                                    atomic.Pointer[progressName]
+	read, readBytes, added, addedBytes, stored atomic.Int64
+}
+
+// copySnapshot copies one snapshot's trees and blobs, flushes, and writes
+// the destination snapshot.
+func (c *copier) copySnapshot(ctx context.Context, sn *repo.Snapshot) (CopiedSnapshot, error) {
+	read0, added0, addedBytes0, stored0 := c.read.Load(), c.added.Load(), c.addedBytes.Load(), c.stored.Load()
+	h := c.hint(ctx, sn)
+	root, err := c.copyTree(ctx, sn, "/", sn.Tree, h)
+	if err != nil {
+		return CopiedSnapshot{}, err
+	}
+	if err := c.dst.Flush(ctx); err != nil {
+		return CopiedSnapshot{}, fmt.Errorf("copy snapshot %s: flush destination %s: %w", sn.ID.Short(), c.dst.Location(), err)
+	}
+	orig := Origin(sn)
+	cp := *sn
+	cp.ID, cp.Dicts = blob.ID{}, nil // set by SaveSnapshot
+	cp.Tree, cp.Original, cp.Parent = root, &orig, nil
+	if sn.Parent != nil {
+		if p, ok := c.copies[c.originOf(*sn.Parent)]; ok {
+			cp.Parent = &p.ID
+		}
+	}
+	if _, err := c.dst.SaveSnapshot(ctx, &cp); err != nil {
+		return CopiedSnapshot{}, fmt.Errorf("copy snapshot %s: %w", sn.ID.Short(), err)
+	}
+	return CopiedSnapshot{Source: sn, Copy: &cp, BlobsRead: c.read.Load() - read0, BlobsAdded: c.added.Load() - added0,
+		BytesAdded: c.addedBytes.Load() - addedBytes0, StoredAdded: c.stored.Load() - stored0}, nil
+}
+
+// originOf returns the origin of the source snapshot id (its Original when
+// it is a copy), or id when the source does not list it.
+func (c *copier) originOf(id blob.ID) blob.ID {
+	for _, s := range c.srcList {
+		if s.ID == id {
+			return Origin(s)
+		}
+	}
+	return id
+}
+
+// treeHint pairs a source tree with the destination tree an earlier copy
+// made of it (the same directory in a snapshot copied before): a subtree
+// or file found unchanged in it needs no reading.
+type treeHint struct {
+	src, dst blob.ID
+}
+
+// hint finds, for sn, the newest source snapshot of the same host and
+// paths, taken before sn, whose copy the destination has.
+func (c *copier) hint(ctx context.Context, sn *repo.Snapshot) *treeHint {
+	want := strings.Join(sn.Paths, "\x00")
+	var best *repo.Snapshot
+	for _, s := range c.srcList {
+		if s.ID == sn.ID || s.Host != sn.Host || strings.Join(s.Paths, "\x00") != want || s.Time.After(sn.Time) {
+			continue
+		}
+		if _, ok := c.copies[Origin(s)]; ok && (best == nil || s.Time.After(best.Time)) {
+			best = s
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	return &treeHint{src: best.Tree, dst: c.copies[Origin(best)].Tree}
+}
+
+// copyTree copies the source tree id (directory dir of snapshot sn) and
+// everything below it and returns the destination tree's id.
+func (c *copier) copyTree(ctx context.Context, sn *repo.Snapshot, dir string, id blob.ID, h *treeHint) (blob.ID, error) {
+	if err := ctx.Err(); err != nil {
+		return blob.ID{}, err
+	}
+	if d, ok := c.trees.get(id); ok {
+		return d, nil
+	}
+	if h != nil && h.src == id {
+		// Unchanged since the snapshot an earlier copy made: that copy's
+		// tree is this one's, if the destination still holds it.
+		if ok, err := c.dst.HasBlob(h.dst); err != nil {
+			return blob.ID{}, fmt.Errorf("look up tree %s in destination %s: %w", h.dst.Short(), c.dst.Location(), err)
+		} else if ok {
+			c.trees.put(id, h.dst)
+			return h.dst, nil
+		}
+	}
+	t, err := c.src.LoadTree(ctx, id)
+	if err != nil {
+		return blob.ID{}, fmt.Errorf("copy snapshot %s: directory %s: %w", sn.ID.Short(), dir, err)
+	}
+	var hs, hd *tree.Tree
+	if h != nil {
+		// A hint that cannot be read only costs reading.
+		if hs, err = c.src.LoadTree(ctx, h.src); err == nil {
+			if hd, err = c.dst.LoadTree(ctx, h.dst); err != nil {
+				hs = nil
+			}
+		}
+	}
+	var want []blob.ID // data blobs to read, hash and store
+	seen := map[blob.ID]bool{}
+	for i := range t.Nodes {
+		n := &t.Nodes[i]
+		p := path.Join(dir, n.Name)
+		switch n.Kind {
+		case tree.Dir:
+			var sub *treeHint
+			if hs != nil {
+				if a, b := hs.Find(n.Name), hd.Find(n.Name); a != nil && b != nil && a.Kind == tree.Dir && b.Kind == tree.Dir {
+					sub = &treeHint{src: a.Subtree, dst: b.Subtree}
+				}
+			}
+			if n.Subtree, err = c.copyTree(ctx, sn, p, n.Subtree, sub); err != nil {
+				return blob.ID{}, err
+			}
+		case tree.File:
+			if n.ContentError != "" {
+				return blob.ID{}, fmt.Errorf("copy snapshot %s: file %s: its content cannot be read from the source: %s (run `stasis check` on %s)",
+					sn.ID.Short(), p, n.ContentError, c.src.Location())
+			}
+			if hs != nil {
+				c.learn(n, hs.Find(n.Name), hd.Find(n.Name))
+			}
+			for _, e := range n.Content {
+				if e.Hole || seen[e.ID] {
+					continue
+				}
+				if _, ok := c.blobs.get(e.ID); !ok {
+					seen[e.ID] = true
+					want = append(want, e.ID)
+				}
+			}
+		}
+	}
+	if err := c.copyBlobs(ctx, sn, dir, want); err != nil {
+		return blob.ID{}, err
+	}
+	for i := range t.Nodes {
+		n := &t.Nodes[i]
+		for j := range n.Content {
+			e := &n.Content[j]
+			if e.Hole {
+				continue
+			}
+			d, ok := c.blobs.get(e.ID)
+			if !ok {
+				// Evicted from a full cache since it was copied: map it again.
+				if err := c.copyBlobs(ctx, sn, dir, []blob.ID{e.ID}); err != nil {
+					return blob.ID{}, err
+				}
+				d, _ = c.blobs.get(e.ID)
+			}
+			e.ID = d
+		}
+		n.Lists = nil
+	}
+	d, res, err := c.dst.SaveTree(ctx, t)
+	if err != nil {
+		return blob.ID{}, fmt.Errorf("copy snapshot %s: save tree of %s to %s: %w", sn.ID.Short(), dir, c.dst.Location(), err)
+	}
+	if res.Added {
+		c.added.Add(1)
+	}
+	c.stored.Add(int64(res.Stored))
+	c.trees.put(id, d)
+	return d, nil
+}
+
+// learn takes the blob mapping of file n from an earlier copy of it: a is
+// the file in the hint's source tree, b in the destination tree made of
+// it. A copy keeps a file's extents one for one, so where a and b have
+// the same extent structure, a's ids map to b's at the same positions.
+// Only ids the destination holds are taken.
+func (c *copier) learn(n, a, b *tree.Node) {
+	if a == nil || b == nil || a.Kind != tree.File || b.Kind != tree.File || a.ContentError != "" || b.ContentError != "" ||
+		len(a.Content) != len(b.Content) || len(a.Content) == 0 {
+		return
+	}
+	for i := range a.Content {
+		x, y := a.Content[i], b.Content[i]
+		if x.Hole != y.Hole || x.Length != y.Length {
+			return
+		}
+	}
+	// Only what n uses (a file's unchanged chunks).
+	use := make(map[blob.ID]bool, len(n.Content))
+	for _, e := range n.Content {
+		if !e.Hole {
+			use[e.ID] = true
+		}
+	}
+	for i, x := range a.Content {
+		if x.Hole || !use[x.ID] {
+			continue
+		}
+		if _, ok := c.blobs.get(x.ID); ok {
+			continue
+		}
+		if ok, err := c.dst.HasBlob(b.Content[i].ID); err == nil && ok {
+			c.blobs.put(x.ID, b.Content[i].ID)
+		}
+	}
+}
+
+// copyBlobs reads the data blobs ids from the source, hashes them with the
+// destination's key and saves those the destination lacks, on a fixed
+// number of goroutines.
+func (c *copier) copyBlobs(ctx context.Context, sn *repo.Snapshot, dir string, ids []blob.ID) error {
+	bufs := make([][]byte, workers(len(ids)))
+	return parallel(ctx, len(ids), func(ctx context.Context, w, i int) error {
+		id := ids[i]
+		data, err := c.src.LoadBlob(ctx, id, bufs[w])
+		if err != nil {
+			return fmt.Errorf("copy snapshot %s: a chunk of a file in %s: %w (run `stasis check --read-data` on %s)",
+				sn.ID.Short(), dir, err, c.src.Location())
+		}
+		bufs[w] = data
+		c.read.Add(1)
+		c.readBytes.Add(int64(len(data)))
+		d := c.dst.Hash(data)
+		res, err := c.dst.SaveBlob(ctx, blob.Data, d, data)
+		if err != nil {
+			return fmt.Errorf("copy snapshot %s: save chunk %s to %s: %w", sn.ID.Short(), d.Short(), c.dst.Location(), err)
+		}
+		if res.Added {
+			c.added.Add(1)
+			c.addedBytes.Add(int64(len(data)))
+			c.stored.Add(int64(res.Stored))
+		}
+		c.blobs.put(id, d)
+		return nil
+	})
+}
+
+func (c *copier) progress(total int) CopyProgress {
+	p := CopyProgress{Snapshots: total, Blobs: c.read.Load(), BytesRead: c.readBytes.Load(), BlobsAdded: c.added.Load(),
+		StoredAdded: c.stored.Load(), Elapsed: time.Since(c.start)}
+	if cur := c.current.Load(); cur != nil {
+		p.Snapshot, p.Current = cur.n, cur.id
+	}
+	return p
+}
+
+// startProgress calls opts.Progress every ProgressEvery until the returned
+// function is called, which reports once more.
+func (c *copier) startProgress(ctx context.Context, total int) func() {
+	if c.opts.Progress == nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(c.opts.ProgressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				c.opts.Progress(c.progress(total))
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		wg.Wait()
+		c.opts.Progress(c.progress(total))
+	}
+}
+
+// idMap is a bounded, concurrency-safe map of source to destination blob
+// ids: when full, an arbitrary entry makes room for a new one.
+type idMap struct {
+	mu  sync.Mutex
+	m   map[blob.ID]blob.ID
+	max int
+}
+
+func newIDMap(max int) *idMap { return &idMap{m: map[blob.ID]blob.ID{}, max: max} }
+
+func (m *idMap) get(id blob.ID) (blob.ID, bool) {
+	m.mu.Lock()
+	d, ok := m.m[id]
+	m.mu.Unlock()
+	return d, ok
+}
+
+func (m *idMap) put(id, d blob.ID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.m[id]; !ok && len(m.m) >= m.max {
+		for k := range m.m {
+			delete(m.m, k)
+			break
+		}
+	}
+	m.m[id] = d
+}
