@@ -137,16 +137,7 @@ func RunHook(ctx context.Context, h Hook, log io.Writer) (HookResult, error) {
 		why = ctx.Err()
 	}
 	if why != nil {
-		pgid := cmd.Process.Pid
-		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		kill := time.NewTimer(grace)
-		select {
-		case waitErr = <-done:
-		case <-kill.C:
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			waitErr = <-done
-		}
-		kill.Stop()
+		waitErr = killGroup(cmd.Process.Pid, done, grace)
 	}
 	res.Seconds = time.Since(start).Seconds()
 	if cmd.ProcessState != nil && cmd.ProcessState.Exited() {
