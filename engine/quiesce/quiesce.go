@@ -20,6 +20,10 @@ const (
 	FreezeStop    Freeze = "stop"
 	FreezeCopy    Freeze = "copy"
 	FreezeReflink Freeze = "reflink"
+	// FreezeSnapshot: a read-only snapshot of the volume holding the
+	// quiesced files (btrfs subvolume) is made while the service is held
+	// still; the backup reads the files from it (see snapshot.go).
+	FreezeSnapshot Freeze = "snapshot"
 )
 
 // OnOpen says what to do when a quiesced file is still open for writing
@@ -49,6 +53,10 @@ type Options struct {
 	// For reflink it must be on the same filesystem as the data.
 	// Directories left there by runs that died are removed by the next run.
 	Staging string
+	// SnapshotBackend names the snapshot backend of freeze snapshot
+	// ("btrfs", see SnapshotBackends); "" = the first that applies to the
+	// quiesced files' filesystem.
+	SnapshotBackend string
 	// StateDir, when set, is where the resume command is recorded while
 	// the service is quiesced (see ResumePending); DefaultStateDir is the
 	// CLI's choice.
@@ -71,6 +79,9 @@ type Report struct {
 	Hooks           []HookResult `json:"hooks"`
 	OpenWriters     []Holder     `json:"open_writers"`
 	Warnings        []string     `json:"warnings"`
+	// Snapshot says which snapshot backend freeze snapshot used, on which
+	// volumes, and how long creating the snapshots took; nil in other modes.
+	Snapshot *SnapshotReport `json:"snapshot,omitempty"`
 }
 
 // Run quiesces, lets capture read the files, and resumes; see the package
@@ -90,9 +101,12 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 	rep = Report{FreezeRequested: opts.Freeze, Freeze: opts.Freeze,
 		Hooks: []HookResult{}, OpenWriters: []Holder{}, Warnings: []string{}}
 	switch opts.Freeze {
-	case FreezeStop, FreezeCopy, FreezeReflink:
+	case FreezeStop, FreezeCopy, FreezeReflink, FreezeSnapshot:
 	default:
-		return rep, fmt.Errorf("freeze mode %q: want stop, copy or reflink", opts.Freeze)
+		return rep, fmt.Errorf("freeze mode %q: want stop, copy, reflink or snapshot", opts.Freeze)
+	}
+	if opts.SnapshotBackend != "" && opts.Freeze != FreezeSnapshot {
+		return rep, fmt.Errorf("snapshot backend %q only applies to freeze snapshot", opts.SnapshotBackend)
 	}
 	if opts.OnOpen != OnOpenWarn && opts.OnOpen != OnOpenFail {
 		return rep, fmt.Errorf("on-open policy %q: want warn or fail", opts.OnOpen)
@@ -109,9 +123,26 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 	// removed) and the pending-resume record.
 	var (
 		stg      *staging
+		snaps    *snapshotRun
 		excludes []string
 	)
-	if opts.Freeze != FreezeStop && len(files) > 0 {
+	if opts.Freeze == FreezeSnapshot && len(files) > 0 {
+		files = snapshotFiles(files) // never back up a snapshot's files as data
+		var warns []string
+		snaps, warns, err = prepareSnapshots(ctx, opts.SnapshotBackend, files, opts.Log)
+		rep.Warnings = append(rep.Warnings, warns...)
+		if err != nil {
+			return rep, err
+		}
+		excludes = snaps.excludes()
+		defer func() {
+			// Also after an error, a panic in capture, Ctrl-C or SIGTERM.
+			if rerr := snaps.remove(context.WithoutCancel(ctx)); rerr != nil {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("remove snapshot: %v", rerr))
+			}
+		}()
+	}
+	if opts.Freeze != FreezeStop && opts.Freeze != FreezeSnapshot && len(files) > 0 {
 		parent := opts.Staging
 		if parent == "" {
 			if parent, err = DefaultStaging(opts.Paths, files); err != nil {
@@ -255,6 +286,28 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 			return rep, cerr
 		}
 		rerr := resume()
+		return rep, rerr
+	}
+
+	if opts.Freeze == FreezeSnapshot {
+		var staged map[string]string
+		if snaps != nil {
+			fmt.Fprintf(opts.Log, "stasis: snapshotting %d volumes holding %d quiesced files\n", len(snaps.vols), len(files))
+			took, err := snaps.create(ctx)
+			sr := snaps.report()
+			sr.CreateSeconds = took.Seconds()
+			mu.Lock()
+			rep.Snapshot = sr
+			mu.Unlock()
+			if err != nil {
+				return rep, err
+			}
+			staged = snaps.staged()
+		}
+		rerr := resume()
+		if cerr := capture(ctx, &Stage{Freeze: FreezeSnapshot, Files: files, Excludes: excludes, staged: staged, report: snapshot}); cerr != nil {
+			return rep, errors.Join(cerr, rerr)
+		}
 		return rep, rerr
 	}
 
