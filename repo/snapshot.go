@@ -33,6 +33,7 @@ type Snapshot struct {
 	DBGlobs  []string        `json:"db_globs,omitempty"`
 	Summary  Summary         `json:"summary"`
 	Quiesce  json.RawMessage `json:"quiesce,omitempty"` // what quiescing did, when it ran
+	Stdin    *StdinSource    `json:"stdin,omitempty"`   // where the file read from a stream came from
 	// Original is set in a snapshot made by `stasis copy`: the id of the
 	// snapshot it was copied from (in the source repository), or that
 	// snapshot's own Original when it was a copy itself. A copy skips a
@@ -46,6 +47,20 @@ type Snapshot struct {
 	Dicts []string `json:"dicts,omitempty"`
 
 	ID blob.ID `json:"-"` // BLAKE3 of the file; set by Save and Load
+}
+
+// StdinSource describes the file of a snapshot that was read from a
+// stream (`backup --stdin` or `--stdin-from-command`) rather than from the
+// filesystem. A snapshot exists only when the stream ended cleanly: for a
+// command, exit status 0 in time.
+type StdinSource struct {
+	Path       string    `json:"path"`                        // the file in the snapshot (absolute)
+	Command    []string  `json:"command,omitempty"`           // the program and its arguments; absent for --stdin
+	ExitStatus int       `json:"exit_status"`                 // of the command (always 0 in a snapshot)
+	Started    time.Time `json:"started"`                     // when the command started (also the file's mtime)
+	Duration   float64   `json:"duration_seconds"`            // until its output ended and it exited
+	Bytes      int64     `json:"bytes"`                       // the file's size
+	InWindow   bool      `json:"in_quiesce_window,omitempty"` // it ran while the service was quiesced
 }
 
 // Summary says what a backup did. Problems lists every file that was not
