@@ -284,7 +284,7 @@ func TestQuiescedFilesGlobs(t *testing.T) {
 }
 
 func TestBadOptions(t *testing.T) {
-	if _, err := Run(context.Background(), Options{Freeze: "snapshot"}, nil); err == nil {
+	if _, err := Run(context.Background(), Options{Freeze: "freeze-dry"}, nil); err == nil {
 		t.Error("unknown freeze mode accepted")
 	}
 	if _, err := Run(context.Background(), Options{OnOpen: "ignore"}, nil); err == nil {
