@@ -20,6 +20,9 @@ type CheckOptions struct {
 	ReadData bool // read every pack, verify its hash, header and every blob
 	// Log, when set, receives one line per phase.
 	Log io.Writer
+	// Progress, when set, counts the packs read with ReadData and their
+	// bytes; its totals are the packs to read, set before the first.
+	Progress *Counts
 }
 
 // CheckReport lists what is wrong. Errors are damage (something cannot be
@@ -68,6 +71,7 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 	}
 	damaged := map[blob.ID]string{} // blob → why
 	missing := map[blob.ID]bool{}   // packs whose blobs cannot be read
+	var toRead, toReadBytes int64   // the packs ReadData reads
 	err = r.EachPack(func(id blob.ID, info repo.PackInfo) error {
 		rep.Packs++
 		size, ok := onDisk[id]
@@ -79,6 +83,9 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 		case uint64(size) != info.Size:
 			missing[id] = true
 			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s has %d bytes, the index says %d (truncated or overwritten)", id, size, info.Size))
+		default:
+			toRead++
+			toReadBytes += int64(info.Size)
 		}
 		return nil
 	})
@@ -124,6 +131,7 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 
 	if o.ReadData {
 		logf("reading all packs")
+		o.Progress.SetTotals(toRead, toReadBytes)
 		err := r.EachPack(func(id blob.ID, info repo.PackInfo) error {
 			if missing[id] {
 				return nil
@@ -131,6 +139,7 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 			for bid, why := range readPack(ctx, r, id, rep) {
 				damaged[bid] = why
 			}
+			o.Progress.Add(1, int64(info.Size))
 			return ctx.Err()
 		})
 		if err != nil {

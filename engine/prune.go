@@ -24,6 +24,11 @@ type PruneOptions struct {
 	MaxUnused float64
 	// Log, when set, receives one line per phase.
 	Log io.Writer
+	// Progress, when set, counts each phase: "marking" (files are the
+	// snapshots walked, of all), "repacking" (the packs repacked and their
+	// sizes, of those to repack) and "deleting" (the packs deleted, counted
+	// once they are gone). DryRun has only the first.
+	Progress *Counts
 }
 
 // PruneReport says what Prune did (or, with DryRun, would do).
@@ -91,11 +96,13 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 	if len(bad) > 0 {
 		return nil, fmt.Errorf("%w: %v; run `stasis repair snapshots`", ErrPruneUnsafe, bad[0])
 	}
+	o.Progress.StartPhase("marking", int64(len(snaps)), 0)
 	for _, sn := range snaps {
 		rep.Snapshots++
 		if err := markTree(ctx, r, live, sn, "/", sn.Tree); err != nil {
 			return nil, err
 		}
+		o.Progress.Add(1, 0)
 	}
 	rep.LiveBlobs = live.Len()
 
@@ -131,6 +138,7 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 		return nil, err
 	}
 	var del, repack []blob.ID
+	diskSize := map[blob.ID]int64{} // packs on disk the index does not know
 	for id, u := range use {
 		rep.PackBytesBefore += int64(u.size)
 		// Unused: indexed blobs no snapshot needs, plus copies of blobs
@@ -149,6 +157,7 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
 		if use[id] == nil {
 			del = append(del, id)
+			diskSize[id] = size
 			rep.PacksUnindexed++
 			rep.PackBytesBefore += size
 		}
@@ -181,9 +190,20 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 		return nil, err
 	}
 	rep.TempFilesRemove = len(tmp)
+	packSize := func(id blob.ID) int64 {
+		if u := use[id]; u != nil {
+			return int64(u.size)
+		}
+		return diskSize[id]
+	}
 	if len(repack) > 0 {
 		logf("repacking %d packs", len(repack))
-		st, err := r.Repack(ctx, repack, live.Has)
+		var total int64
+		for _, id := range repack {
+			total += packSize(id)
+		}
+		o.Progress.StartPhase("repacking", int64(len(repack)), total)
+		st, err := r.Repack(ctx, repack, live.Has, func(id blob.ID) { o.Progress.Add(1, packSize(id)) })
 		if err != nil {
 			return nil, err
 		}
@@ -191,9 +211,16 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 		rep.BytesRepacked = st.Bytes
 	}
 	logf("deleting %d packs", len(del)+len(repack))
-	if _, err := r.DeletePacks(ctx, append(append([]blob.ID{}, del...), repack...)); err != nil {
+	gone := append(append([]blob.ID{}, del...), repack...)
+	var goneBytes int64
+	for _, id := range gone {
+		goneBytes += packSize(id)
+	}
+	o.Progress.StartPhase("deleting", int64(len(gone)), goneBytes)
+	if _, err := r.DeletePacks(ctx, gone); err != nil {
 		return nil, err
 	}
+	o.Progress.Add(int64(len(gone)), goneBytes)
 	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error { rep.PackBytesAfter += size; return nil }, nil)
 	if err != nil {
 		return nil, err

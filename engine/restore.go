@@ -33,8 +33,11 @@ type RestoreOptions struct {
 	Includes  []string // snapshot paths (absolute, as backed up) to restore; none: everything
 	Overwrite bool     // allow a non-empty target; existing files are replaced
 	Workers   int      // files written at once (default 4)
-	// Progress, when set, is called after each file with the running totals.
-	Progress func(files, bytes int64)
+	// Progress, when set, counts restored files (hard links included) and
+	// their bytes as chunks are written; at the end it holds Files and
+	// Bytes of the result. Its totals are the snapshot's (sn.Summary) when
+	// the whole snapshot is restored, unknown with Includes.
+	Progress *Counts
 }
 
 // RestoreResult counts what was restored and lists what was not.
@@ -108,6 +111,10 @@ func Restore(ctx context.Context, r RestoreRepo, sn *repo.Snapshot, opts Restore
 		written: map[string]bool{}}
 	for _, inc := range opts.Includes {
 		rs.includes = append(rs.includes, filepath.Clean("/"+inc))
+	}
+	if len(rs.includes) == 0 {
+		s := sn.Summary
+		opts.Progress.SetTotals(s.FilesNew+s.FilesChanged+s.FilesUnchanged, s.TotalBytes)
 	}
 	root, err := r.LoadTree(ctx, sn.Tree)
 	if err != nil {
@@ -286,12 +293,17 @@ func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) [
 		return buf
 	}
 	tmp := f.Name()
+	// covered counts the content written so far for progress; a file that
+	// fails takes its bytes back out, so that at the end progress equals
+	// the result.
+	var covered atomic.Int64
 	fail := func(err error) {
 		f.Close()
 		os.Remove(tmp)
+		rs.opts.Progress.Add(0, -covered.Load())
 		rs.problem(j.src, err)
 	}
-	if buf, err = rs.writeContent(ctx, f, j.node.Content, buf); err != nil {
+	if buf, err = rs.writeContent(ctx, f, j.node.Content, buf, &covered); err != nil {
 		fail(err)
 		return buf
 	}
@@ -308,8 +320,7 @@ func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) [
 		return buf
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		os.Remove(tmp)
-		rs.problem(j.src, err)
+		fail(err)
 		return buf
 	}
 	rs.mu.Lock()
@@ -320,9 +331,7 @@ func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) [
 	}
 	rs.files.Add(1)
 	rs.bytes.Add(int64(j.node.Size))
-	if rs.opts.Progress != nil {
-		rs.opts.Progress(rs.files.Load(), rs.bytes.Load())
-	}
+	rs.opts.Progress.Add(1, int64(j.node.Size)-covered.Load()) // a size the extents do not cover (none, normally)
 	return buf
 }
 
@@ -332,8 +341,10 @@ func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) [
 // to one core.
 const bigFileSegment = 8 << 20
 
-// writeContent writes extents (holes skipped) to f, verifying every chunk.
-func (rs *restorer) writeContent(ctx context.Context, f *os.File, content []tree.Extent, buf []byte) ([]byte, error) {
+// writeContent writes extents (holes skipped) to f, verifying every chunk,
+// and adds the length of each extent done to covered and to the progress
+// counts.
+func (rs *restorer) writeContent(ctx context.Context, f *os.File, content []tree.Extent, buf []byte, covered *atomic.Int64) ([]byte, error) {
 	type segment struct {
 		off     int64
 		extents []tree.Extent
@@ -355,6 +366,8 @@ func (rs *restorer) writeContent(ctx context.Context, f *os.File, content []tree
 		for _, e := range s.extents {
 			if e.Hole {
 				off += int64(e.Length)
+				covered.Add(int64(e.Length))
+				rs.opts.Progress.Add(0, int64(e.Length))
 				continue
 			}
 			data, err := rs.repo.LoadBlob(ctx, e.ID, buf)
@@ -369,6 +382,8 @@ func (rs *restorer) writeContent(ctx context.Context, f *os.File, content []tree
 				return buf, fmt.Errorf("write %s: %w", f.Name(), err)
 			}
 			off += int64(len(data))
+			covered.Add(int64(len(data)))
+			rs.opts.Progress.Add(0, int64(len(data)))
 		}
 		return buf, nil
 	}
@@ -400,6 +415,7 @@ func (rs *restorer) restoreLink(l linkJob) {
 		return
 	}
 	rs.files.Add(1)
+	rs.opts.Progress.Add(1, 0)
 }
 
 func (rs *restorer) restoreSpecial(p string, n *tree.Node) error {

@@ -137,8 +137,9 @@ type RepackStats struct {
 // blobs at them. The old packs are left in place; delete them with
 // DeletePacks. A blob that cannot be read fails the repack before anything
 // is deleted. The caller must hold an exclusive lock: Repack must be the
-// only writer.
-func (r *Repository) Repack(ctx context.Context, packs []blob.ID, keep func(blob.ID) (bool, error)) (RepackStats, error) {
+// only writer. done, when not nil, is called on Repack's goroutine after
+// the live blobs of each pack were copied (for progress).
+func (r *Repository) Repack(ctx context.Context, packs []blob.ID, keep func(blob.ID) (bool, error), done func(pack blob.ID)) (RepackStats, error) {
 	var st RepackStats
 	before := map[blob.ID]bool{}
 	if err := r.idx.EachPack(func(id blob.ID, _ index.PackInfo) error { before[id] = true; return nil }); err != nil {
@@ -183,6 +184,9 @@ func (r *Repository) Repack(ctx context.Context, packs []blob.ID, keep func(blob
 			}
 			st.Blobs++
 			st.Bytes += int64(res.Stored)
+		}
+		if done != nil {
+			done(pid)
 		}
 	}
 	if err := r.Flush(ctx); err != nil {

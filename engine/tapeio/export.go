@@ -40,6 +40,10 @@ type ExportOptions struct {
 	Incremental bool
 	// NewSet starts a new set even with Incremental.
 	NewSet bool
+	// Progress, when set, counts the members written (files) and their
+	// sizes, of all the export writes (its totals); a member written again
+	// on the next volume after end of media counts twice.
+	Progress *engine.Counts
 }
 
 // ExportResult says what Export wrote.
@@ -83,6 +87,21 @@ func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOp
 	wo := o.Write
 	wo.RepositoryID = r.Config().ID
 	wo.SetID = res.SetID
+	if p := o.Progress; p != nil {
+		var total int64
+		for _, m := range members {
+			total += m.Size
+		}
+		p.SetTotals(int64(len(members)), total)
+		if next := wo.Progress; next != nil {
+			wo.Progress = func(volume int, member string, size int64) {
+				p.Add(1, size)
+				next(volume, member, size)
+			}
+		} else {
+			wo.Progress = func(_ int, _ string, size int64) { p.Add(1, size) }
+		}
+	}
 	cats, werr := tape.WriteSet(ctx, dev, wo, members, earlier)
 	for _, c := range cats {
 		res.SetID = c.SetID

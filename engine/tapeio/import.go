@@ -74,6 +74,15 @@ func Import(ctx context.Context, st repo.Storage, paths []string, o ImportOption
 		return nil, fmt.Errorf("tape import: %w", err)
 	}
 	known := catalogs(ctx, vols)
+	if o.Read.Progress != nil {
+		cats := make([]*tape.Catalog, len(vols))
+		for i, v := range vols {
+			if c, ok := known[v.Head.Label.Volume]; ok {
+				cats[i] = &c
+			}
+		}
+		setTotals(o.Read.Progress, cats)
+	}
 	res := &ImportResult{SetID: vols[0].Head.Label.SetID}
 	var full []*tape.Volume
 	for _, v := range vols {

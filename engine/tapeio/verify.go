@@ -31,9 +31,11 @@ func Verify(ctx context.Context, paths []string, o ReadOptions, recorded map[str
 	}
 	refs := map[key]tape.Catalog{}
 	fromRepo := map[key]bool{}
-	for _, p := range paths {
+	heads := make([]*tape.Volume, len(paths)) // nil: unreadable
+	for i, p := range paths {
 		if f, err := os.Open(p); err == nil {
 			if h, err := tape.ReadHead(ctx, f, o.tape()); err == nil {
+				heads[i] = h
 				for _, c := range h.Earlier {
 					refs[key{c.SetID, c.Volume}] = c
 				}
@@ -46,6 +48,20 @@ func Verify(ctx context.Context, paths []string, o ReadOptions, recorded map[str
 			refs[key{set, c.Volume}] = c
 			fromRepo[key{set, c.Volume}] = true
 		}
+	}
+	if o.Progress != nil {
+		cats := make([]*tape.Catalog, len(paths))
+		for i, h := range heads {
+			if h == nil {
+				continue
+			}
+			if c, ok := refs[key{h.Label.SetID, h.Label.Volume}]; ok {
+				cats[i] = &c
+			} else if c := ownCatalog(ctx, paths[i], h); c != nil {
+				cats[i] = c
+			}
+		}
+		setTotals(o.Progress, cats)
 	}
 	var out []VolumeReport
 	for _, p := range paths {
@@ -77,7 +93,7 @@ func Verify(ctx context.Context, paths []string, o ReadOptions, recorded map[str
 				vr.Note = ", as recorded in the repository"
 			}
 		}
-		rep, err := tape.VerifyVolume(ctx, f, ro)
+		rep, err := tape.ReadVolume(ctx, f, ro, o.counting(nil)) // as tape.VerifyVolume, counting members
 		f.Close()
 		if rep == nil {
 			vr.Error = err.Error()
@@ -94,4 +110,26 @@ func Verify(ctx context.Context, paths []string, o ReadOptions, recorded map[str
 		out = append(out, vr)
 	}
 	return out, nil
+}
+
+// ownCatalog returns the catalog volume file path carries itself (h is its
+// head), or nil when it is not a regular file or does not end with one.
+func ownCatalog(ctx context.Context, path string, h *tape.Volume) *tape.Catalog {
+	if h.Catalog != nil {
+		return h.Catalog
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	c, err := tape.ReadTailCatalog(ctx, f, fi.Size(), h.Label)
+	if err != nil {
+		return nil
+	}
+	return &c
 }

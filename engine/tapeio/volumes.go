@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"io"
 	"sort"
 
+	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/tape"
 )
 
@@ -21,6 +23,11 @@ type VolumeFile struct {
 type ReadOptions struct {
 	// BlockSize is the size of every read; zero means tape.DefaultBlockSize.
 	BlockSize int
+	// Progress, when set, counts the payload members Import and Verify
+	// read (files) and their sizes, each once it has been read. Its totals
+	// are the members of the volumes' catalogs when every volume given has
+	// a known catalog, unknown otherwise.
+	Progress *engine.Counts
 }
 
 func (o ReadOptions) tape() tape.ReadOptions { return tape.ReadOptions{BlockSize: o.BlockSize} }
@@ -104,5 +111,37 @@ func readVolume(ctx context.Context, v *VolumeFile, o ReadOptions, ref *tape.Cat
 	defer f.Close()
 	ro := o.tape()
 	ro.Catalog = ref
-	return tape.ReadVolume(ctx, f, ro, fn)
+	return tape.ReadVolume(ctx, f, ro, o.counting(fn))
+}
+
+// counting returns fn (which may be nil) counting each member in
+// o.Progress once fn has returned; fn itself when there is no Progress.
+func (o ReadOptions) counting(fn tape.MemberFunc) tape.MemberFunc {
+	if o.Progress == nil {
+		return fn
+	}
+	return func(e tape.Entry, r io.Reader) error {
+		var err error
+		if fn != nil {
+			err = fn(e, r)
+		}
+		o.Progress.Add(1, e.Size)
+		return err
+	}
+}
+
+// setTotals sets p's totals to the members of cats, the catalogs of the
+// volumes to read, when none is missing (nil).
+func setTotals(p *engine.Counts, cats []*tape.Catalog) {
+	var files, bytes int64
+	for _, c := range cats {
+		if c == nil {
+			return
+		}
+		files += int64(len(c.Members))
+		for _, e := range c.Members {
+			bytes += e.Size
+		}
+	}
+	p.SetTotals(files, bytes)
 }
