@@ -29,17 +29,43 @@ func (a *app) terminal() *os.File {
 	return f
 }
 
-// passwordSource is where the password of an existing repository comes from:
-// --password-file, STASIS_PASSWORD_FILE, --password-command, STASIS_PASSWORD,
-// then a prompt on a terminal.
-func (a *app) passwordSource() crypto.PasswordSource {
-	return crypto.PasswordSource{File: a.passwordFile, Command: a.passwordCommand, Stdin: a.terminal(), Prompt: a.stderr}
+// passwordFlags names where one repository's password comes from: the
+// values of its file and command flags, and, for messages and lookups, the
+// names of those flags and of its environment variables (empty: the
+// --repo repository's --password-file, --password-command,
+// STASIS_PASSWORD_FILE and STASIS_PASSWORD). `copy` has a second set for
+// its source (--from-password-file, ...).
+type passwordFlags struct {
+	file, command         string
+	fileFlag, commandFlag string
+	fileEnv, passwordEnv  string
 }
 
-// repoPassword returns the OpenOptions.Password callback for dir.
+// passwordSourceOf is where the password of an existing repository comes
+// from: the file flag, the file environment variable, the command flag, the
+// password environment variable, then a prompt on a terminal.
+func (a *app) passwordSourceOf(p passwordFlags) crypto.PasswordSource {
+	return crypto.PasswordSource{File: p.file, Command: p.command, Stdin: a.terminal(), Prompt: a.stderr,
+		FileFlag: p.fileFlag, CommandFlag: p.commandFlag, FileEnv: p.fileEnv, PasswordEnv: p.passwordEnv}
+}
+
+// passwordSource is passwordSourceOf the --repo repository's flags:
+// --password-file, STASIS_PASSWORD_FILE, --password-command, STASIS_PASSWORD.
+func (a *app) passwordSource() crypto.PasswordSource {
+	return a.passwordSourceOf(passwordFlags{file: a.passwordFile, command: a.passwordCommand})
+}
+
+// repoPassword returns the OpenOptions.Password callback for dir (the
+// --repo repository).
 func (a *app) repoPassword(dir string) func(ctx context.Context) ([]byte, error) {
+	return a.repoPasswordFrom(dir, a.passwordSource())
+}
+
+// repoPasswordFrom returns the OpenOptions.Password callback for dir that
+// reads src.
+func (a *app) repoPasswordFrom(dir string, src crypto.PasswordSource) func(ctx context.Context) ([]byte, error) {
 	return func(ctx context.Context) ([]byte, error) {
-		return a.passwordSource().Read(ctx, fmt.Sprintf("enter password for repository %s: ", dir))
+		return src.Read(ctx, fmt.Sprintf("enter password for repository %s: ", dir))
 	}
 }
 

@@ -23,6 +23,7 @@ type snapshotJSON struct {
 	Tags     []string     `json:"tags"`
 	Tree     string       `json:"tree"`
 	Parent   string       `json:"parent,omitempty"`
+	Original string       `json:"original,omitempty"` // the snapshot it was copied from (stasis copy)
 	Summary  repo.Summary `json:"summary"`
 	Complete bool         `json:"complete"`
 	Quiesce  any          `json:"quiesce,omitempty"`
@@ -33,6 +34,9 @@ func toJSON(sn *repo.Snapshot) snapshotJSON {
 		Paths: sn.Paths, Tags: sn.Tags, Tree: sn.Tree.String(), Summary: sn.Summary, Complete: engine.IncompleteCount(sn.Summary.Problems) == 0}
 	if sn.Parent != nil {
 		j.Parent = sn.Parent.String()
+	}
+	if sn.Original != nil {
+		j.Original = sn.Original.String()
 	}
 	if len(sn.Quiesce) > 0 {
 		j.Quiesce = sn.Quiesce

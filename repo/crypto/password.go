@@ -2,6 +2,7 @@ package crypto
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -46,6 +47,13 @@ type PasswordSource struct {
 	Stdin *os.File
 	// Prompt is where the prompt is written; nil means os.Stderr.
 	Prompt io.Writer
+	// FileFlag and CommandFlag name the flags File and Command came from,
+	// for messages; empty means --password-file and --password-command
+	// (`copy` reads its source's password from --from-password-file, ...).
+	FileFlag, CommandFlag string
+	// FileEnv and PasswordEnv name the environment variables read instead
+	// of STASIS_PASSWORD_FILE and STASIS_PASSWORD; empty means those.
+	FileEnv, PasswordEnv string
 }
 
 // Read returns the password from the first source that is set (see
@@ -70,15 +78,16 @@ func (s PasswordSource) read(ctx context.Context, prompt string, confirm bool) (
 	if env == nil {
 		env = os.Getenv
 	}
+	fileEnv, pwEnv := cmp.Or(s.FileEnv, EnvPasswordFile), cmp.Or(s.PasswordEnv, EnvPassword)
 	switch {
 	case s.File != "":
-		return readPasswordFile(s.File, "--password-file")
-	case env(EnvPasswordFile) != "":
-		return readPasswordFile(env(EnvPasswordFile), EnvPasswordFile)
+		return readPasswordFile(s.File, cmp.Or(s.FileFlag, "--password-file"))
+	case env(fileEnv) != "":
+		return readPasswordFile(env(fileEnv), fileEnv)
 	case s.Command != "":
 		return s.runCommand(ctx)
-	case env(EnvPassword) != "":
-		return []byte(env(EnvPassword)), nil
+	case env(pwEnv) != "":
+		return []byte(env(pwEnv)), nil
 	case s.Stdin != nil && term.IsTerminal(int(s.Stdin.Fd())):
 		return s.prompt(prompt, confirm)
 	}
@@ -116,7 +125,7 @@ func (s PasswordSource) runCommand(ctx context.Context) ([]byte, error) {
 		if msg != "" {
 			msg = ": " + msg
 		}
-		return nil, fmt.Errorf("password command %q failed (%v)%s; fix the command given with --password-command", s.Command, err, msg)
+		return nil, fmt.Errorf("password command %q failed (%v)%s; fix the command given with %s", s.Command, err, msg, cmp.Or(s.CommandFlag, "--password-command"))
 	}
 	pw := trimNewline(stdout.Bytes())
 	if len(pw) == 0 {
