@@ -14,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -102,45 +104,83 @@ func TestServiceSlapd(t *testing.T) {
 			if freeze == "reflink" {
 				base = loopXFS(t, 320<<20) // mounted before slapd starts: unmounted after it stops
 			}
-			s := newSlapd(t, filepath.Join(base, "slapd"), "")
-			log := newEventLog(t)
-			w := startWriter(t, s, log)
-			w.waitAck(t, 20)
-			repoDir := env.initRepo(t)
-
-			code, out, errs := env.stasis(t, "backup", "--json", "--repo", repoDir,
-				"--quiesce", log.hook("quiesce")+" && "+s.ctl+" stop",
-				"--resume", log.hook("resume")+" && "+s.ctl+" start && "+log.hook("resumed"),
-				"--freeze", freeze, "--quiesce-path", "*.mdb", "--on-open", "fail", "--hook-timeout", "1m",
-				s.dir)
-			if code != exitOK {
-				t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
-			}
-			// The service runs again: an add started after stasis exited
-			// is acknowledged.
-			w.waitAck(t, w.nextSeq())
-			w.stop(t)
-			q, _ := summary(t, out)["quiesce"].(map[string]any)
-			if q["freeze"] != freeze || q["quiesced_files"] != 2.0 { // data.mdb, lock.mdb
-				t.Errorf("quiesce report %v, want freeze %s with 2 files", q, freeze)
-			}
-			if ws, _ := q["warnings"].([]any); len(ws) != 0 {
-				t.Errorf("warnings: %v", ws)
-			}
-			win := readWindow(t, log.lines(t), "quiesce", "resume")
-			live := s.search(t)
-			for _, n := range win.ackedBefore {
-				if !live[n] {
-					t.Fatalf("the live server lost acknowledged add %d", n)
-				}
-			}
-
-			target := env.restore(t, repoDir)
-			checkRestoredSlapd(t, s, filepath.Join(target, s.dir), win)
-			if left, _ := filepath.Glob(filepath.Join(base, ".stasis-staging", "stasis-stage-*")); len(left) != 0 {
-				t.Errorf("staging directories left behind: %v", left)
-			}
+			env.slapdBackup(t, base, freeze, func(s *slapd, log *eventLog, repoDir string) []string {
+				return []string{"backup", "--json", "--repo", repoDir,
+					"--quiesce", log.hook("quiesce") + " && " + s.ctl + " stop",
+					"--resume", log.hook("resume") + " && " + s.ctl + " start && " + log.hook("resumed"),
+					"--freeze", freeze, "--quiesce-path", "*.mdb", "--on-open", "fail", "--hook-timeout", "1m",
+					s.dir}
+			})
 		})
+	}
+	// docs/examples/openldap.toml as written, but for the repository, the
+	// paths and the hooks (systemctl and /var/lib/ldap are not this test's).
+	t.Run("profile", func(t *testing.T) {
+		example, err := os.ReadFile(filepath.Join(examplesDir, "openldap.toml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.slapdBackup(t, t.TempDir(), "copy", func(s *slapd, log *eventLog, repoDir string) []string {
+			prof := string(example)
+			for key, value := range map[string]string{
+				"repository": strconv.Quote(repoDir),
+				"paths":      "[" + strconv.Quote(s.dir) + "]",
+				"quiesce":    strconv.Quote(log.hook("quiesce") + " && " + s.ctl + " stop"),
+				"resume":     strconv.Quote(log.hook("resume") + " && " + s.ctl + " start && " + log.hook("resumed")),
+			} {
+				re := regexp.MustCompile(`(?m)^` + key + ` *=.*$`)
+				if !re.MatchString(prof) {
+					t.Fatalf("openldap.toml has no %s line", key)
+				}
+				prof = re.ReplaceAllLiteralString(prof, key+" = "+value)
+			}
+			file := filepath.Join(t.TempDir(), "openldap.toml")
+			if err := os.WriteFile(file, []byte(prof), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return []string{"backup", "--json", "--profile", file}
+		})
+	})
+}
+
+// slapdBackup starts a slapd in base/slapd and a writer, runs the built
+// binary with args(...) (a quiesced backup whose hooks log "quiesce",
+// "resume" and "resumed" and stop and start slapd), and checks the result:
+// exit 0, the service takes adds again, the report's mode is freeze, and
+// the restore (checkRestoredSlapd).
+func (env *serviceEnv) slapdBackup(t *testing.T, base, freeze string, args func(s *slapd, log *eventLog, repoDir string) []string) {
+	t.Helper()
+	s := newSlapd(t, filepath.Join(base, "slapd"), "")
+	log := newEventLog(t)
+	w := startWriter(t, s, log)
+	w.waitAck(t, 20)
+	repoDir := env.initRepo(t)
+	code, out, errs := env.stasis(t, args(s, log, repoDir)...)
+	if code != exitOK {
+		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
+	}
+	// The service runs again: an add started after stasis exited is
+	// acknowledged.
+	w.waitAck(t, w.nextSeq())
+	w.stop(t)
+	q, _ := summary(t, out)["quiesce"].(map[string]any)
+	if q["freeze"] != freeze || q["quiesced_files"] != 2.0 { // data.mdb, lock.mdb
+		t.Errorf("quiesce report %v, want freeze %s with 2 files", q, freeze)
+	}
+	if ws, _ := q["warnings"].([]any); len(ws) != 0 {
+		t.Errorf("warnings: %v", ws)
+	}
+	win := readWindow(t, log.lines(t), "quiesce", "resume")
+	live := s.search(t)
+	for _, n := range win.ackedBefore {
+		if !live[n] {
+			t.Fatalf("the live server lost acknowledged add %d", n)
+		}
+	}
+	target := env.restore(t, repoDir)
+	checkRestoredSlapd(t, s, filepath.Join(target, s.dir), win)
+	if left, _ := filepath.Glob(filepath.Join(base, ".stasis-staging", "stasis-stage-*")); len(left) != 0 {
+		t.Errorf("staging directories left behind: %v", left)
 	}
 }
 
