@@ -79,6 +79,9 @@ type BackupOptions struct {
 	Now func() time.Time
 	// Polynomial overrides the repository's chunker polynomial (tests).
 	Polynomial chunker.Pol
+	// Stdin, when set, is a stream stored as one more file of the snapshot
+	// (see StdinFile); Paths may then be empty.
+	Stdin *StdinFile
 }
 
 // Progress is a backup's running count.
@@ -122,6 +125,15 @@ type backup struct {
 	// prefetched: futures of Prefetch files by path; written before the walk.
 	prefetched map[string]*future
 
+	// The stdin stream (stdin.go); stdinFut is nil without one.
+	group        *errgroup.Group
+	parentRoot   *tree.Tree
+	stdinPath    string
+	stdinFut     *future
+	stdinStarted bool
+	stdinWG      sync.WaitGroup
+	stdinSource  *repo.StdinSource
+
 	filesNew, filesChanged, filesUnchanged, dirs, others  atomic.Int64
 	totalBytes, bytesRead, blobsAdded, bytesAdded, stored atomic.Int64
 	doneFiles, doneBytes, scanFiles, scanBytes            atomic.Int64
@@ -158,9 +170,12 @@ type saveJob struct {
 // captured cleanly it still writes the snapshot and returns it together
 // with an error matching ErrIncomplete.
 func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapshot, error) {
-	paths, err := cleanPaths(opts.Paths)
-	if err != nil {
-		return nil, err
+	var paths []string
+	if len(opts.Paths) > 0 || opts.Stdin == nil {
+		var err error
+		if paths, err = cleanPaths(opts.Paths); err != nil {
+			return nil, err
+		}
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -193,7 +208,16 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 			return nil, fmt.Errorf("bad glob %q: %w", g, err)
 		}
 	}
-	parent, err := b.findParent(ctx, paths)
+	var err error
+	snPaths := paths
+	if opts.Stdin != nil {
+		if b.stdinPath, err = StdinPath(opts.Stdin.Path, paths); err != nil {
+			return nil, err
+		}
+		snPaths = withStdin(paths, b.stdinPath)
+		b.stdinFut = &future{done: make(chan struct{})}
+	}
+	parent, err := b.findParent(ctx, snPaths)
 	if err != nil {
 		return nil, err
 	}
@@ -209,6 +233,7 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 			parent, parentRoot = nil, nil
 		}
 	}
+	b.parentRoot = parentRoot
 
 	b.jobs = make(chan fileJob, 4*opts.Workers)
 	b.blobs = make(chan saveJob, 2*opts.Savers)
@@ -217,6 +242,7 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 	ctx, b.cancel = context.WithCancelCause(ctx)
 	defer b.cancel(nil)
 	g, gctx := errgroup.WithContext(ctx)
+	b.group = g
 	var workers, savers sync.WaitGroup
 	for i := 0; i < opts.Savers; i++ {
 		savers.Add(1)
@@ -241,6 +267,7 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 		defer func() {
 			close(b.jobs)
 			workers.Wait()
+			b.stdinWG.Wait()
 			close(b.blobs)
 			savers.Wait()
 		}()
@@ -248,6 +275,7 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 		if err := b.prefetch(gctx, paths, parentRoot); err != nil {
 			return err
 		}
+		b.startStdin(gctx) // after the quiesce window unless it was read in it
 		root, err := b.walkRoot(gctx, paths, parentRoot)
 		if err != nil {
 			return err
@@ -276,13 +304,16 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 	if err != nil {
 		return nil, err
 	}
+	if opts.Stdin != nil && b.stdinSource == nil {
+		return nil, fmt.Errorf("backup: the stdin stream of %s was not read to its end", b.stdinPath) // never a snapshot without it
+	}
 	if err := r.Flush(ctx); err != nil {
 		return nil, err
 	}
 	sort.Slice(b.problems, func(i, j int) bool { return b.problems[i].Path < b.problems[j].Path })
 	sn := &repo.Snapshot{
-		Time: b.start, Tree: rootID, Paths: paths, Host: opts.Host, Tags: opts.Tags,
-		DBGlobs: b.dbGlobs, Quiesce: opts.Quiesce,
+		Time: b.start, Tree: rootID, Paths: snPaths, Host: opts.Host, Tags: opts.Tags,
+		DBGlobs: b.dbGlobs, Quiesce: opts.Quiesce, Stdin: b.stdinSource,
 		Summary: repo.Summary{
 			FilesNew: b.filesNew.Load(), FilesChanged: b.filesChanged.Load(), FilesUnchanged: b.filesUnchanged.Load(),
 			Dirs: b.dirs.Load(), Others: b.others.Load(), TotalBytes: b.totalBytes.Load(), BytesRead: b.bytesRead.Load(),
@@ -302,10 +333,14 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 	if _, err := r.SaveSnapshot(ctx, sn); err != nil {
 		return nil, err
 	}
+	var errs []error
 	if n := IncompleteCount(sn.Summary.Problems); n > 0 {
-		return sn, fmt.Errorf("%w: %d files were not captured cleanly", ErrIncomplete, n)
+		errs = append(errs, fmt.Errorf("%w: %d files were not captured cleanly", ErrIncomplete, n))
 	}
-	return sn, nil
+	if sn.Stdin != nil && sn.Stdin.Bytes == 0 {
+		errs = append(errs, fmt.Errorf("%w: %s is an empty file", ErrStdinEmpty, sn.Stdin.Path))
+	}
+	return sn, errors.Join(errs...)
 }
 
 // IncompleteCount returns how many of ps make a snapshot incomplete: all
@@ -375,10 +410,12 @@ func (b *backup) addProblem(p repo.Problem) {
 }
 
 // pathTrie holds the selected paths: a node with selected=true is backed up
-// whole; other nodes are the directories leading to selected ones.
+// whole; other nodes are the directories leading to selected ones. A node
+// with stdin set is the stdin file (stdin.go).
 type pathTrie struct {
 	selected bool
 	children map[string]*pathTrie
+	stdin    *future
 }
 
 func (b *backup) walkRoot(ctx context.Context, paths []string, parentRoot *tree.Tree) (*future, error) {
@@ -396,6 +433,9 @@ func (b *backup) walkRoot(ctx context.Context, paths []string, parentRoot *tree.
 			n = n.children[c]
 		}
 		n.selected = true
+	}
+	if b.stdinFut != nil {
+		b.addStdin(root)
 	}
 	if root.selected {
 		fi, err := os.Lstat("/")
@@ -437,6 +477,10 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 		var sub *pathTrie
 		if only != nil {
 			sub = only.children[name]
+			if sub.stdin != nil {
+				kids = append(kids, sub.stdin)
+				continue
+			}
 			if sub.selected {
 				sub = nil
 			}
@@ -447,6 +491,15 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) && only == nil {
 				continue // removed since readdir: it is not part of this snapshot
+			}
+			if errors.Is(err, fs.ErrNotExist) && sub != nil && b.stdinFut != nil && strings.HasPrefix(b.stdinPath, p+"/") {
+				// Only on the way to the stdin file (existing paths cannot be below it).
+				f, err := b.walkDir(ctx, p, b.virtualDir(name), nil, sub)
+				if err != nil {
+					return nil, err
+				}
+				kids = append(kids, f)
+				continue
 			}
 			b.addProblem(repo.Problem{Path: p, Kind: repo.ProblemUnreadable, Error: err.Error()})
 			kids = append(kids, resolved(tree.Node{Name: name, Kind: tree.File, Flags: tree.Unreadable, Error: err.Error()}))
@@ -524,6 +577,9 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 // prefetch reads opts.Prefetch before the walk and then calls
 // opts.AfterPrefetch (see BackupOptions).
 func (b *backup) prefetch(ctx context.Context, paths []string, parentRoot *tree.Tree) error {
+	if b.opts.Stdin != nil && b.opts.Stdin.InWindow {
+		b.startStdin(ctx)
+	}
 	if len(b.opts.Prefetch) == 0 && b.opts.AfterPrefetch == nil {
 		return nil
 	}
@@ -552,6 +608,11 @@ func (b *backup) prefetch(ctx context.Context, paths []string, parentRoot *tree.
 		case <-f.done:
 		case <-ctx.Done():
 			return context.Cause(ctx)
+		}
+	}
+	if b.opts.Stdin != nil && b.opts.Stdin.InWindow {
+		if err := b.waitStdin(ctx); err != nil {
+			return err
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -709,14 +770,7 @@ func (b *backup) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chunker
 	} else {
 		b.filesChanged.Add(1)
 	}
-	profile := b.profiles["default"]
-	base := filepath.Base(job.path)
-	for _, g := range b.dbGlobs {
-		if ok, _ := filepath.Match(g, base); ok {
-			profile = b.profiles["db"]
-			break
-		}
-	}
+	profile := b.profileFor(job.path)
 	for attempt := 0; ; attempt++ {
 		changed, err := b.readFile(ctx, job, profile, ck)
 		if err != nil {
@@ -868,9 +922,15 @@ func (b *backup) chunkFile(ctx context.Context, f *os.File, size int64, profile 
 // chunkSpan chunks one data span. A span that reads short (the file shrank
 // while it was read) ends early; the caller sees the change in the total.
 func (b *backup) chunkSpan(ctx context.Context, f *os.File, sp span, profile repo.ChunkProfile, ck *chunker.Chunker) ([]tree.Extent, int64, error) {
+	return b.chunkReader(ctx, io.NewSectionReader(f, sp.start, sp.end-sp.start), profile, ck)
+}
+
+// chunkReader chunks rd to its end (a file's span, or a stream) and hands
+// new chunks to the savers.
+func (b *backup) chunkReader(ctx context.Context, rd io.Reader, profile repo.ChunkProfile, ck *chunker.Chunker) ([]tree.Extent, int64, error) {
 	var content []tree.Extent
 	var read int64
-	ck.ResetWithBoundaries(io.NewSectionReader(f, sp.start, sp.end-sp.start), b.pol, profile.Min, profile.Max)
+	ck.ResetWithBoundaries(rd, b.pol, profile.Min, profile.Max)
 	ck.SetAverageBits(profile.AvgBits)
 	for {
 		bufp := b.chunkB.Get().(*[]byte)
