@@ -145,6 +145,15 @@ func Copy(ctx context.Context, src CopySource, dst CopyDest, snaps []*repo.Snaps
 		}
 	}
 	c.srcList = srcList
+	if dv, ok := dst.(dedupVerifier); ok {
+		// In a destination that lost a dictionary an earlier copy's
+		// blobs may not decode: map nothing from it, read everything.
+		deg, err := dv.Degraded(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("destination %s: look for lost compression dictionaries: %w", dst.Location(), err)
+		}
+		c.noHints = deg
+	}
 
 	stop := c.startProgress(ctx, len(snaps))
 	defer stop()
@@ -186,6 +195,7 @@ type copier struct {
 	blobs, trees *idMap                     // source id → destination id, for this run
 	copies       map[blob.ID]*repo.Snapshot // origin → destination snapshot
 	srcList      []*repo.Snapshot
+	noHints      bool // the destination is degraded (dictdamage.go)
 
 	current                                    atomic.Pointer[progressName]
 	read, readBytes, added, addedBytes, stored atomic.Int64
@@ -238,15 +248,21 @@ type treeHint struct {
 }
 
 // hint finds, for sn, the newest source snapshot of the same host and
-// paths, taken before sn, whose copy the destination has.
+// paths, taken before sn, whose copy the destination has. A copy whose
+// problems differ from its source's was changed since (`repair snapshots`
+// marked damaged files in it): it is no hint.
 func (c *copier) hint(ctx context.Context, sn *repo.Snapshot) *treeHint {
+	if c.noHints {
+		return nil
+	}
 	want := strings.Join(sn.Paths, "\x00")
 	var best *repo.Snapshot
 	for _, s := range c.srcList {
 		if s.ID == sn.ID || s.Host != sn.Host || strings.Join(s.Paths, "\x00") != want || s.Time.After(sn.Time) {
 			continue
 		}
-		if _, ok := c.copies[Origin(s)]; ok && (best == nil || s.Time.After(best.Time)) {
+		d, ok := c.copies[Origin(s)]
+		if ok && slices.Equal(d.Summary.Problems, s.Summary.Problems) && (best == nil || s.Time.After(best.Time)) {
 			best = s
 		}
 	}
