@@ -31,7 +31,7 @@ still written and everything else in it is restorable.
 
 A live service is held still with --quiesce CMD and --resume CMD (shell
 commands; resume always runs once quiesce started, also on errors, Ctrl-C and
-SIGTERM) and --freeze stop|copy|reflink; see docs/quiesce.md. Hook output and
+SIGTERM) and --freeze stop|copy|reflink|snapshot; see docs/quiesce.md. Hook output and
 warnings go to stderr; the snapshot records what quiescing did (stasis
 snapshots --json, "quiesce"). A hook failure, --on-open fail with a writer
 still present, or a signal in the window exits 1 without a snapshot. A resume

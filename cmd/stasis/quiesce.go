@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,6 +30,7 @@ type quiesceFlags struct {
 	freeze      string
 	staging     string
 	onOpen      string
+	backend     string // --snapshot-backend
 }
 
 func addQuiesceFlags(c *cobra.Command, q *quiesceFlags) {
@@ -38,7 +40,8 @@ func addQuiesceFlags(c *cobra.Command, q *quiesceFlags) {
 	f.StringVar(&q.resume, "resume", "", "shell command that lets the service run again; always runs once --quiesce started")
 	f.DurationVar(&q.hookTimeout, "hook-timeout", 0, "kill a hook (its process group) that runs longer than this (default 5m)")
 	f.StringArrayVar(&q.paths, "quiesce-path", nil, "only files matching GLOB are held still; base name, or absolute path when GLOB has a slash (repeatable; default all files)")
-	f.StringVar(&q.freeze, "freeze", "", "how quiesced files are held still: stop, copy or reflink (default stop)")
+	f.StringVar(&q.freeze, "freeze", "", "how quiesced files are held still: stop, copy, reflink or snapshot (default stop)")
+	f.StringVar(&q.backend, "snapshot-backend", "", "with --freeze snapshot: the snapshot backend, "+strings.Join(quiesce.SnapshotBackends(), " or ")+" (default: detected from the quiesced files' filesystem)")
 	f.StringVar(&q.staging, "staging", "", "directory for the copies of copy and reflink modes, created when missing (default a private .stasis-staging directory on the data's filesystem, beside the backup path)")
 	f.StringVar(&q.onOpen, "on-open", "", "when a quiesced file is still open for writing after --quiesce: warn or fail (default warn)")
 }
@@ -79,6 +82,7 @@ func (a *app) applyProfile(c *cobra.Command, q *quiesceFlags, opts *engine.Backu
 	str("freeze", &q.freeze, p.Freeze)
 	str("staging", &q.staging, p.Staging)
 	str("on-open", &q.onOpen, p.OnOpen)
+	str("snapshot-backend", &q.backend, p.SnapshotBackend)
 	list("quiesce-path", &q.paths, p.QuiescePaths)
 	if !set("hook-timeout") && p.HookTimeout.Duration > 0 {
 		q.hookTimeout = p.HookTimeout.Duration
@@ -96,7 +100,8 @@ func (q *quiesceFlags) validate() error {
 	}
 	if q.quiesce == "" {
 		for flag, set := range map[string]bool{"freeze": q.freeze != "", "staging": q.staging != "",
-			"on-open": q.onOpen != "", "quiesce-path": len(q.paths) > 0, "hook-timeout": q.hookTimeout != 0} {
+			"on-open": q.onOpen != "", "quiesce-path": len(q.paths) > 0, "hook-timeout": q.hookTimeout != 0,
+			"snapshot-backend": q.backend != ""} {
 			if set {
 				return usagef("backup: --%s only applies with --quiesce CMD", flag)
 			}
@@ -109,8 +114,20 @@ func (q *quiesceFlags) validate() error {
 			return usagef("backup: --staging only applies with --freeze copy or reflink")
 		}
 	case quiesce.FreezeCopy, quiesce.FreezeReflink:
+	case quiesce.FreezeSnapshot:
+		if q.staging != "" {
+			return usagef("backup: --staging only applies with --freeze copy or reflink (snapshot mode stages nothing)")
+		}
 	default:
-		return usagef("backup: --freeze %q: want stop, copy or reflink", q.freeze)
+		return usagef("backup: --freeze %q: want stop, copy, reflink or snapshot", q.freeze)
+	}
+	if q.backend != "" {
+		if quiesce.Freeze(q.freeze) != quiesce.FreezeSnapshot {
+			return usagef("backup: --snapshot-backend only applies with --freeze snapshot")
+		}
+		if !slices.Contains(quiesce.SnapshotBackends(), q.backend) {
+			return usagef("backup: --snapshot-backend %q: want %s", q.backend, strings.Join(quiesce.SnapshotBackends(), " or "))
+		}
 	}
 	switch quiesce.OnOpen(q.onOpen) {
 	case "", quiesce.OnOpenWarn, quiesce.OnOpenFail:
@@ -138,6 +155,9 @@ func (q *quiesceFlags) validate() error {
 //   - copy, reflink: the quiesced files are staged, the service resumes, and
 //     the backup reads the staged files under their original names
 //     (engine Substitutes).
+//   - snapshot: a read-only snapshot of the volume holding the quiesced
+//     files is made, the service resumes, and the backup reads the quiesced
+//     files from the snapshot under their original names (Substitutes too).
 //
 // When a snapshot was written, sn is not nil and err may match
 // engine.ErrIncomplete and/or quiesce.ErrResumeFailed; when sn is nil, err
@@ -165,7 +185,7 @@ func (a *app) quiescedBackup(ctx context.Context, r *repo.Repository, q *quiesce
 	}
 	qopts := quiesce.Options{Repository: a.repoDir, Paths: paths, QuiescePaths: q.paths,
 		Quiesce: q.quiesce, Resume: q.resume, HookTimeout: q.hookTimeout, Freeze: quiesce.Freeze(q.freeze),
-		Staging: q.staging, StateDir: quiesce.DefaultStateDir(), OnOpen: quiesce.OnOpen(q.onOpen), Log: a.stderr}
+		Staging: q.staging, SnapshotBackend: q.backend, StateDir: quiesce.DefaultStateDir(), OnOpen: quiesce.OnOpen(q.onOpen), Log: a.stderr}
 	var berr error
 	rep, qerr := quiesce.Run(ctx, qopts, func(ctx context.Context, s *quiesce.Stage) error {
 		opts.QuiesceFunc = func() json.RawMessage {
@@ -220,8 +240,13 @@ func (a *app) printQuiesce(rep quiesce.Report) {
 	if rep.Freeze != rep.FreezeRequested {
 		mode += " (instead of " + string(rep.FreezeRequested) + ")"
 	}
-	fmt.Fprintf(a.stdout, "quiesce: %s, %d files held still, downtime %s, %s, %d %s\n", mode, rep.QuiescedFiles,
-		humanDuration(rep.Downtime), hooks, len(rep.Warnings), plural(len(rep.Warnings), "warning"))
+	snap := ""
+	if s := rep.Snapshot; s != nil {
+		snap = fmt.Sprintf(" (%s snapshot of %d %s: %s)", s.Backend, len(s.Volumes), plural(len(s.Volumes), "volume"),
+			humanDuration(time.Duration(s.CreateSeconds*float64(time.Second))))
+	}
+	fmt.Fprintf(a.stdout, "quiesce: %s, %d files held still, downtime %s%s, %s, %d %s\n", mode, rep.QuiescedFiles,
+		humanDuration(rep.Downtime), snap, hooks, len(rep.Warnings), plural(len(rep.Warnings), "warning"))
 }
 
 func plural(n int, word string) string {

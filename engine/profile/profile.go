@@ -25,20 +25,23 @@ import (
 // Profile is one backup job. Zero values mean "not set": the CLI's defaults
 // apply.
 type Profile struct {
-	Repository   string   `toml:"repository"`
-	Paths        []string `toml:"paths"`
-	Excludes     []string `toml:"excludes"`
-	DBGlob       []string `toml:"db_glob"` // files chunked with the db profile
-	Host         string   `toml:"host"`
-	Tags         []string `toml:"tags"`
-	Quiesce      string   `toml:"quiesce"`
-	Resume       string   `toml:"resume"`
-	HookTimeout  Duration `toml:"hook_timeout"` // e.g. "2m"
-	Freeze       string   `toml:"freeze"`       // stop | copy | reflink
-	Staging      string   `toml:"staging"`
-	QuiescePaths []string `toml:"quiesce_paths"`
-	OnOpen       string   `toml:"on_open"` // warn | fail
-	Retries      *int     `toml:"retries"` // nil = not set
+	Repository  string   `toml:"repository"`
+	Paths       []string `toml:"paths"`
+	Excludes    []string `toml:"excludes"`
+	DBGlob      []string `toml:"db_glob"` // files chunked with the db profile
+	Host        string   `toml:"host"`
+	Tags        []string `toml:"tags"`
+	Quiesce     string   `toml:"quiesce"`
+	Resume      string   `toml:"resume"`
+	HookTimeout Duration `toml:"hook_timeout"` // e.g. "2m"
+	Freeze      string   `toml:"freeze"`       // stop | copy | reflink | snapshot
+	Staging     string   `toml:"staging"`
+	// SnapshotBackend is --snapshot-backend (freeze snapshot); the CLI
+	// checks the name.
+	SnapshotBackend string   `toml:"snapshot_backend"`
+	QuiescePaths    []string `toml:"quiesce_paths"`
+	OnOpen          string   `toml:"on_open"` // warn | fail
+	Retries         *int     `toml:"retries"` // nil = not set
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "2m").
@@ -68,7 +71,7 @@ func Load(path string) (*Profile, error) {
 		for i, k := range und {
 			keys[i] = k.String()
 		}
-		return nil, fmt.Errorf("profile %s: unknown key %s (known: repository, paths, excludes, db_glob, host, tags, quiesce, resume, hook_timeout, freeze, staging, quiesce_paths, on_open, retries)",
+		return nil, fmt.Errorf("profile %s: unknown key %s (known: repository, paths, excludes, db_glob, host, tags, quiesce, resume, hook_timeout, freeze, staging, snapshot_backend, quiesce_paths, on_open, retries)",
 			path, strings.Join(keys, ", "))
 	}
 	if err := p.validate(); err != nil {
@@ -86,9 +89,9 @@ func (p *Profile) validate() error {
 		errs = append(errs, errors.New("key paths: missing (list the directories to back up)"))
 	}
 	switch p.Freeze {
-	case "", "stop", "copy", "reflink":
+	case "", "stop", "copy", "reflink", "snapshot":
 	default:
-		errs = append(errs, fmt.Errorf("key freeze: %q, want stop, copy or reflink", p.Freeze))
+		errs = append(errs, fmt.Errorf("key freeze: %q, want stop, copy, reflink or snapshot", p.Freeze))
 	}
 	switch p.OnOpen {
 	case "", "warn", "fail":

@@ -49,7 +49,7 @@ func TestLoadErrors(t *testing.T) {
 	cases := map[string]string{
 		base + "freez = \"stop\"\n":        "unknown key freez",
 		base + "[quiesce_opts]\nx = 1\n":   "unknown key quiesce_opts",
-		base + "freeze = \"snapshot\"\n":   "key freeze",
+		base + "freeze = \"freeze-dry\"\n": "key freeze",
 		base + "on_open = \"ignore\"\n":    "key on_open",
 		base + "retries = -1\n":            "key retries",
 		base + "hook_timeout = \"soon\"\n": "hook_timeout",
