@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io/fs"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -241,4 +243,70 @@ func TestCopyToS3(t *testing.T) {
 	if !strings.Contains(out, "2 snapshots copied") {
 		t.Errorf("copy from S3:\n%s", out)
 	}
+}
+
+// TestCopyKilled SIGKILLs `stasis copy` (the built binary) at moments drawn
+// from a fixed seed below the time an uninterrupted copy takes: every next
+// copy runs with no manual step, the destination checks clean after each
+// kill, and the copy that finishes gives snapshots that restore as their
+// sources.
+func TestCopyKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs it many times")
+	}
+	setupEnv(t)
+	srcDir := filepath.Join(t.TempDir(), "src")
+	e := &crashEnv{t: t, bin: buildStasis(t), dir: srcDir, src: filepath.Join(t.TempDir(), "data"), rng: rand.New(rand.NewSource(7))}
+	e.must("init")
+	for step := 0; step < 4; step++ {
+		e.mutate(step)
+		e.must("backup", "--tag", fmt.Sprintf("step%d", step), e.src)
+	}
+	t.Setenv("STASIS_FROM_PASSWORD", "correct horse battery staple")
+	t.Setenv("STASIS_FROM_REPO", srcDir)
+	// Calibrate on a throw-away destination.
+	cal := &crashEnv{t: t, bin: e.bin, dir: filepath.Join(t.TempDir(), "calibration")}
+	cal.must("init")
+	began := time.Now()
+	cal.must("copy")
+	span := time.Since(began)
+
+	d := &crashEnv{t: t, bin: e.bin, dir: filepath.Join(t.TempDir(), "dst"), rng: e.rng}
+	d.must("init")
+	kills := 0
+	for i := 0; i < 6; i++ {
+		if d.killed(span, "copy") {
+			break
+		}
+		kills++
+		if out, err := d.cmd("check").CombinedOutput(); err != nil {
+			t.Fatalf("check of the destination after kill %d: %v\n%s", kills, err, out)
+		}
+	}
+	if kills == 0 {
+		t.Fatal("no copy was killed; the test proves little")
+	}
+	out := string(d.must("copy"))
+	if n := len(copiedLine.FindAllString(out, -1)) + strings.Count(out, "already copied as"); n != 4 {
+		t.Errorf("final copy dealt with %d snapshots, want 4:\n%s", n, out)
+	}
+	if out, err := d.cmd("check", "--read-data").CombinedOutput(); err != nil {
+		t.Fatalf("check --read-data after %d kills: %v\n%s", kills, err, out)
+	}
+	var list []snapshotJSON
+	if err := json.Unmarshal(d.must("snapshots", "--json"), &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 4 {
+		t.Fatalf("destination has %d snapshots after the kills, want 4 (one per source snapshot)", len(list))
+	}
+	for _, sn := range list {
+		a, b := filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")
+		e.must("restore", sn.Original, "--target", a)
+		d.must("restore", sn.ID, "--target", b)
+		if ha, hb := enginetest.FileHashes(t, a), enginetest.FileHashes(t, b); !reflect.DeepEqual(ha, hb) || len(ha) == 0 {
+			t.Errorf("copy %s of %s restores differently", sn.ShortID, sn.Original[:8])
+		}
+	}
+	t.Logf("%d kills in a copy of %s", kills, span.Round(time.Millisecond))
 }
