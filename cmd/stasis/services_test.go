@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"os"
 	"os/exec"
@@ -209,3 +210,158 @@ func checkRestoredSlapd(t *testing.T, s *slapd, restored string, win window) {
 	}
 }
 
+
+// TestSlapdDumpDailyDedup measures what a day's dump of a directory adds to
+// the repository: a slapd database of STASIS_DEDUP_ENTRIES entries (default
+// 2,000; docs/examples/README.md gives the figure for 20,000) dumped with
+// slapcat and backed up, then 1% of the entries modified through the running
+// server (ldapmodify), dumped and backed up again. It logs the bytes the
+// second backup added (new chunks, before compression) against the bytes of
+// the dump that changed, for the default chunk profile and the small "db"
+// profile (--db-glob for the dump's name), and fails when the second backup
+// adds more than a whole dump (no dedup at all) or the db profile does not
+// beat the default.
+//
+//	STASIS_DEDUP_ENTRIES=20000 go test ./cmd/stasis/ -run SlapdDumpDailyDedup -count=1 -v
+func TestSlapdDumpDailyDedup(t *testing.T) {
+	needSlapd(t)
+	env := newServiceEnv(t)
+	entries := 2000
+	if v := os.Getenv("STASIS_DEDUP_ENTRIES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 100 {
+			t.Fatalf("STASIS_DEDUP_ENTRIES=%q: want a number of at least 100", v)
+		}
+		entries = n
+	}
+	dir := filepath.Join(t.TempDir(), "slapd")
+	s := newSlapd(t, dir, "")
+	var ldif strings.Builder
+	for i := 1; i <= entries; i++ {
+		ldif.WriteString(personLDIF(i))
+	}
+	// Loaded offline, as a migration would: stop, slapadd, start.
+	if out, err := exec.Command(s.ctl, "stop").CombinedOutput(); err != nil {
+		t.Fatalf("stop slapd: %v\n%s", err, out)
+	}
+	if out, err := s.tool(slapaddBin, ldif.String(), "-q", "-f", s.conf, "-b", ldapSuffix); err != nil {
+		t.Fatalf("slapadd %d entries: %v\n%s", entries, err, out)
+	}
+	s.start(t)
+
+	dumps := t.TempDir()
+	dump := filepath.Join(dumps, "directory.ldif")
+	writeDump := func() []byte {
+		t.Helper()
+		b := slapcat(t, s.conf)
+		if err := os.WriteFile(dump, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	day1 := writeDump()
+	repos := map[string]string{"default": env.initRepo(t), "db": env.initRepo(t)}
+	backup := func(profile string) map[string]any {
+		t.Helper()
+		args := []string{"backup", "--json", "--repo", repos[profile]}
+		if profile == "db" {
+			args = append(args, "--db-glob", "*.ldif")
+		}
+		code, out, errs := env.stasis(t, append(args, dumps)...)
+		if code != exitOK {
+			t.Fatalf("backup (%s profile): exit %d\n%s%s", profile, code, out, errs)
+		}
+		return summary(t, out)
+	}
+	for p := range repos {
+		backup(p)
+	}
+
+	// A day's changes: every 100th entry gets a new telephone number and
+	// description, through the running server.
+	var mods strings.Builder
+	changed := 0
+	for i := 100; i <= entries; i += 100 {
+		fmt.Fprintf(&mods, "dn: cn=p%06d,%s\nchangetype: modify\nreplace: telephoneNumber\ntelephoneNumber: +49 30 %07d\n-\nreplace: description\ndescription: moved to building %d, floor %d, day 2\n\n",
+			i, ldapSuffix, 9000000+i, i%37, i%7)
+		changed++
+	}
+	if out, err := s.ldap(context.Background(), "ldapmodify", mods.String()); err != nil {
+		t.Fatalf("ldapmodify %d entries: %v\n%s", changed, err, out)
+	}
+	day2 := writeDump()
+	changedLines, changedEntries := ldifChange(day1, day2)
+	if changedEntries == 0 {
+		t.Fatal("the second dump has no changed entry")
+	}
+	added := map[string]float64{}
+	for p := range repos {
+		sum := backup(p)
+		added[p] = sum["bytes_added"].(float64)
+		t.Logf("%s profile: day 2 added %d bytes of new chunks (%d stored) for a dump of %d bytes with %d entries changed (%d bytes of changed lines, %d bytes of changed entries): %.1f%% of the dump, %.0fx the changed lines",
+			p, int64(added[p]), int64(sum["stored_added"].(float64)), len(day2), changed, changedLines, changedEntries,
+			100*added[p]/float64(len(day2)), added[p]/float64(changedLines))
+	}
+	if added["default"] > float64(len(day2)) || added["db"] > float64(len(day2)) {
+		t.Errorf("the second backup added more than a whole dump (%d bytes): %v", len(day2), added)
+	}
+	if added["db"] >= added["default"] {
+		t.Errorf("the db chunk profile added %v bytes, the default %v: small chunks should dedup a dump better", added["db"], added["default"])
+	}
+}
+
+// personLDIF is directory entry number i of the dedup measurement: a person
+// with the attributes a company directory holds.
+func personLDIF(i int) string {
+	first := []string{"Anna", "Ben", "Carla", "David", "Eva", "Felix", "Greta", "Hans", "Ines", "Jonas"}[i%10]
+	last := []string{"Schmidt", "Meyer", "Weber", "Fischer", "Wagner", "Becker", "Hoffmann", "Koch"}[i%8]
+	return fmt.Sprintf(`dn: cn=p%06d,%s
+objectClass: inetOrgPerson
+cn: p%06d
+sn: %s
+givenName: %s
+displayName: %s %s
+uid: %s.%s.%d
+mail: %s.%s.%d@example.com
+telephoneNumber: +49 30 %07d
+title: %s
+ou: department %d
+employeeNumber: %d
+description: works in building %d, floor %d, room %d
+
+`, i, ldapSuffix, i, last, first, first, last, strings.ToLower(first), strings.ToLower(last), i,
+		strings.ToLower(first), strings.ToLower(last), i, 1000000+i*7%8999999,
+		[]string{"engineer", "manager", "accountant", "designer", "operator"}[i%5], i%23, 100000+i, i%37, i%7, i%211)
+}
+
+// ldifChange compares two slapcat dumps entry by entry (by dn) and returns
+// the bytes of the lines of the second that are not in the first's entry of
+// the same dn, and the bytes of the second's entries that differ at all.
+func ldifChange(a, b []byte) (lines, entries int) {
+	split := func(d []byte) map[string]string {
+		m := map[string]string{}
+		for _, e := range strings.Split(string(d), "\n\n") {
+			if dn, _, ok := strings.Cut(e, "\n"); ok {
+				m[dn] = e
+			}
+		}
+		return m
+	}
+	old := split(a)
+	for dn, e := range split(b) {
+		if old[dn] == e {
+			continue
+		}
+		entries += len(e) + 2
+		have := map[string]bool{}
+		for _, l := range strings.Split(old[dn], "\n") {
+			have[l] = true
+		}
+		for _, l := range strings.Split(e, "\n") {
+			if !have[l] {
+				lines += len(l) + 1
+			}
+		}
+	}
+	return lines, entries
+}
