@@ -164,4 +164,3 @@ func unitSetting(t *testing.T, text, key string) string {
 	}
 	return v
 }
-

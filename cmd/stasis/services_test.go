@@ -210,7 +210,6 @@ func checkRestoredSlapd(t *testing.T, s *slapd, restored string, win window) {
 	}
 }
 
-
 // TestSlapdDumpDailyDedup measures what a day's dump of a directory adds to
 // the repository: a slapd database of STASIS_DEDUP_ENTRIES entries (default
 // 2,000; docs/examples/README.md gives the figure for 20,000) dumped with
