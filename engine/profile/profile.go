@@ -42,6 +42,15 @@ type Profile struct {
 	QuiescePaths    []string `toml:"quiesce_paths"`
 	OnOpen          string   `toml:"on_open"` // warn | fail
 	Retries         *int     `toml:"retries"` // nil = not set
+	// A service's own dump stored as a file of the snapshot
+	// (--stdin-from-command, --stdin-filename, --stdin-in-window): the
+	// program and its arguments, run without a shell.
+	StdinCommand  []string `toml:"stdin_command"`
+	StdinFilename string   `toml:"stdin_filename"`
+	StdinInWindow bool     `toml:"stdin_in_window"`
+	// After every run: --metrics-file and --notify-command.
+	MetricsFile   string `toml:"metrics_file"`
+	NotifyCommand string `toml:"notify_command"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "2m").
@@ -58,8 +67,10 @@ func (d *Duration) UnmarshalText(b []byte) error {
 }
 
 // Load reads and validates the profile at path. Unknown keys, wrong types,
-// an unknown freeze or on_open value, a negative retries or hook_timeout, and
-// a missing repository or paths are errors naming the file and the key.
+// an unknown freeze or on_open value, a negative retries or hook_timeout, a
+// missing repository, no paths and no stdin_command, and stdin_filename or
+// stdin_in_window without stdin_command are errors naming the file and the
+// key.
 func Load(path string) (*Profile, error) {
 	var p Profile
 	md, err := toml.DecodeFile(path, &p)
@@ -71,7 +82,7 @@ func Load(path string) (*Profile, error) {
 		for i, k := range und {
 			keys[i] = k.String()
 		}
-		return nil, fmt.Errorf("profile %s: unknown key %s (known: repository, paths, excludes, db_glob, host, tags, quiesce, resume, hook_timeout, freeze, staging, snapshot_backend, quiesce_paths, on_open, retries)",
+		return nil, fmt.Errorf("profile %s: unknown key %s (known: repository, paths, excludes, db_glob, host, tags, quiesce, resume, hook_timeout, freeze, staging, snapshot_backend, quiesce_paths, on_open, retries, stdin_command, stdin_filename, stdin_in_window, metrics_file, notify_command)",
 			path, strings.Join(keys, ", "))
 	}
 	if err := p.validate(); err != nil {
@@ -85,8 +96,14 @@ func (p *Profile) validate() error {
 	if p.Repository == "" {
 		errs = append(errs, errors.New("key repository: missing"))
 	}
-	if len(p.Paths) == 0 {
-		errs = append(errs, errors.New("key paths: missing (list the directories to back up)"))
+	if len(p.Paths) == 0 && len(p.StdinCommand) == 0 {
+		errs = append(errs, errors.New("key paths: missing (list the directories to back up, or give stdin_command)"))
+	}
+	if p.StdinFilename != "" && len(p.StdinCommand) == 0 {
+		errs = append(errs, errors.New("key stdin_filename: set without stdin_command"))
+	}
+	if p.StdinInWindow && len(p.StdinCommand) == 0 {
+		errs = append(errs, errors.New("key stdin_in_window: set without stdin_command"))
 	}
 	switch p.Freeze {
 	case "", "stop", "copy", "reflink", "snapshot":

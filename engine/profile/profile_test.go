@@ -47,17 +47,20 @@ retries = 3
 func TestLoadErrors(t *testing.T) {
 	base := "repository = \"/r\"\npaths = [\"/p\"]\n"
 	cases := map[string]string{
-		base + "freez = \"stop\"\n":        "unknown key freez",
-		base + "[quiesce_opts]\nx = 1\n":   "unknown key quiesce_opts",
-		base + "freeze = \"freeze-dry\"\n": "key freeze",
-		base + "on_open = \"ignore\"\n":    "key on_open",
-		base + "retries = -1\n":            "key retries",
-		base + "hook_timeout = \"soon\"\n": "hook_timeout",
-		base + "retries = \"3\"\n":         "retries",
-		"paths = [\"/p\"]\n":               "key repository: missing",
-		"repository = \"/r\"\n":            "key paths: missing",
-		base + "resume = \"start\"\n":      "resume: set without quiesce",
-		base + "paths = [\"/q\"]\n":        "", // TOML duplicate key: a parse error
+		base + "freez = \"stop\"\n":         "unknown key freez",
+		base + "[quiesce_opts]\nx = 1\n":    "unknown key quiesce_opts",
+		base + "freeze = \"freeze-dry\"\n":  "key freeze",
+		base + "on_open = \"ignore\"\n":     "key on_open",
+		base + "retries = -1\n":             "key retries",
+		base + "hook_timeout = \"soon\"\n":  "hook_timeout",
+		base + "retries = \"3\"\n":          "retries",
+		"paths = [\"/p\"]\n":                "key repository: missing",
+		"repository = \"/r\"\n":             "key paths: missing",
+		base + "resume = \"start\"\n":       "resume: set without quiesce",
+		base + "paths = [\"/q\"]\n":         "", // TOML duplicate key: a parse error
+		base + "stdin_filename = \"x\"\n":   "stdin_filename: set without stdin_command",
+		base + "stdin_in_window = true\n":   "stdin_in_window: set without stdin_command",
+		base + "stdin_command = \"dump\"\n": "stdin_command", // a list, not a string
 	}
 	for src, want := range cases {
 		path := write(t, src)
@@ -68,6 +71,23 @@ func TestLoadErrors(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "missing.toml")); err == nil {
 		t.Error("missing file accepted")
+	}
+}
+
+func TestLoadStdinAndReports(t *testing.T) {
+	p, err := Load(write(t, `
+repository = "/backup/stasis"
+stdin_command = ["slapcat", "-n", "1"]
+stdin_filename = "/dumps/ldap.ldif"
+metrics_file = "/var/lib/node_exporter/textfile/stasis-ldap.prom"
+notify_command = "curl -fsS https://hc-ping.com/uuid/$STASIS_EXIT_CODE"
+`))
+	if err != nil {
+		t.Fatal(err) // paths may be left out with a stdin_command
+	}
+	if strings.Join(p.StdinCommand, " ") != "slapcat -n 1" || p.StdinFilename != "/dumps/ldap.ldif" || p.StdinInWindow ||
+		!strings.HasSuffix(p.MetricsFile, ".prom") || !strings.Contains(p.NotifyCommand, "STASIS_EXIT_CODE") {
+		t.Fatalf("profile %+v", p)
 	}
 }
 
