@@ -196,6 +196,7 @@ var (
 	_ fs.NodeOpener     = (*fileNode)(nil)
 	_ fs.NodeReader     = (*fileNode)(nil)
 	_ fs.NodeReadlinker = (*fileNode)(nil)
+	_ fs.NodeLseeker    = (*fileNode)(nil)
 )
 
 func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -242,6 +243,58 @@ func (n *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		return nil, n.fsys.fail(n.name(), err)
 	}
 	return fuse.ReadResultData(dest), 0
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE from the stored holes, so that
+// cp and tar copy a sparse file sparse (the extent lists of the range
+// searched are loaded; no chunk is).
+func (n *fileNode) Lseek(ctx context.Context, fh fs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	if whence != unix.SEEK_DATA && whence != unix.SEEK_HOLE {
+		return 0, syscall.EINVAL
+	}
+	if off >= n.meta.Size {
+		return 0, syscall.ENXIO
+	}
+	n.offsOnce.Do(func() { n.offs = offsets(n.meta.Content) })
+	pos, found, err := n.fsys.seek(ctx, n.meta.Content, n.offs, off, whence == unix.SEEK_DATA)
+	switch {
+	case err != nil:
+		return 0, n.fsys.fail(n.name(), err)
+	case found:
+		return pos, 0
+	case whence == unix.SEEK_DATA:
+		return 0, syscall.ENXIO
+	}
+	return n.meta.Size, 0 // the hole at the end of every file
+}
+
+// seek returns the first offset at or after off that is data (data set)
+// or a hole in the file made of ext (starting at offs).
+func (f *FS) seek(ctx context.Context, ext []tree.Extent, offs []uint64, off uint64, data bool) (uint64, bool, error) {
+	for i := sort.Search(len(ext), func(i int) bool { return offs[i+1] > off }); i < len(ext); i++ {
+		e, from := ext[i], max(off, offs[i])
+		switch {
+		case e.Length == 0:
+		case e.Hole:
+			if !data {
+				return from, true, nil
+			}
+		case e.List:
+			l, err := f.list(ctx, e)
+			if err != nil {
+				return 0, false, err
+			}
+			pos, found, err := f.seek(ctx, l.ext, l.offs, from-offs[i], data)
+			if err != nil || found {
+				return offs[i] + pos, found, err
+			}
+		default:
+			if data {
+				return from, true, nil
+			}
+		}
+	}
+	return 0, false, nil
 }
 
 // offsets returns where each extent starts, and the end.
