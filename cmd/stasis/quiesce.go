@@ -31,6 +31,9 @@ type quiesceFlags struct {
 	staging     string
 	onOpen      string
 	backend     string // --snapshot-backend
+	// commands: another command that --hook-timeout bounds runs
+	// (--stdin-from-command, --notify-command; set by backup).
+	commands bool
 }
 
 func addQuiesceFlags(c *cobra.Command, q *quiesceFlags) {
@@ -100,9 +103,12 @@ func (q *quiesceFlags) validate() error {
 	}
 	if q.quiesce == "" {
 		for flag, set := range map[string]bool{"freeze": q.freeze != "", "staging": q.staging != "",
-			"on-open": q.onOpen != "", "quiesce-path": len(q.paths) > 0, "hook-timeout": q.hookTimeout != 0,
+			"on-open": q.onOpen != "", "quiesce-path": len(q.paths) > 0, "hook-timeout": q.hookTimeout != 0 && !q.commands,
 			"snapshot-backend": q.backend != ""} {
 			if set {
+				if flag == "hook-timeout" {
+					return usagef("backup: --hook-timeout only applies with --quiesce CMD, --stdin-from-command or --notify-command")
+				}
 				return usagef("backup: --%s only applies with --quiesce CMD", flag)
 			}
 		}
@@ -156,8 +162,9 @@ func (q *quiesceFlags) validate() error {
 //     the backup reads the staged files under their original names
 //     (engine Substitutes).
 //   - snapshot: a read-only snapshot of the volume holding the quiesced
-//     files is made, the service resumes, and the backup reads the quiesced
-//     files from the snapshot under their original names (Substitutes too).
+//     files is made, the service resumes, and the backup reads the tree
+//     below each snapshotted volume from the snapshot under the original
+//     names (engine SourceRoots).
 //
 // When a snapshot was written, sn is not nil and err may match
 // engine.ErrIncomplete and/or quiesce.ErrResumeFailed; when sn is nil, err
@@ -195,10 +202,16 @@ func (a *app) quiescedBackup(ctx context.Context, r *repo.Repository, q *quiesce
 			}
 			return b
 		}
-		if s.Freeze == quiesce.FreezeStop {
+		switch s.Freeze {
+		case quiesce.FreezeStop:
 			opts.Prefetch = s.Files
 			opts.AfterPrefetch = func() { _ = s.Resume() } // a failure is in the Report and Run's error
-		} else {
+		case quiesce.FreezeSnapshot:
+			// The whole tree below each snapshotted volume, not only the
+			// quiesced files, is read from the snapshot.
+			opts.SourceRoots = s.Roots()
+			opts.Excludes = append(append([]string{}, opts.Excludes...), s.Excludes...)
+		default:
 			opts.Substitutes = make(map[string]string, len(s.Files))
 			for _, f := range s.Files {
 				opts.Substitutes[f] = s.Path(f)
