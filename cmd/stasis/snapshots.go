@@ -27,6 +27,8 @@ type snapshotJSON struct {
 	Summary  repo.Summary `json:"summary"`
 	Complete bool         `json:"complete"`
 	Quiesce  any          `json:"quiesce,omitempty"`
+	// Stdin: the file read from a stream, and its command (backup --stdin-from-command).
+	Stdin *repo.StdinSource `json:"stdin,omitempty"`
 }
 
 func toJSON(sn *repo.Snapshot) snapshotJSON {
@@ -41,6 +43,7 @@ func toJSON(sn *repo.Snapshot) snapshotJSON {
 	if len(sn.Quiesce) > 0 {
 		j.Quiesce = sn.Quiesce
 	}
+	j.Stdin = sn.Stdin
 	if j.Tags == nil {
 		j.Tags = []string{}
 	}
