@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -83,7 +86,7 @@ func DumpFile(ctx context.Context, r DumpRepo, p string, n *tree.Node, w io.Writ
 	if err := contentOK(n); err != nil {
 		return fmt.Errorf("%s: %w", p, err)
 	}
-	if err := streamContent(ctx, r, n.Content, w); err != nil {
+	if err := streamContent(ctx, r, n.Content, w, false); err != nil {
 		return fmt.Errorf("%s: %w", p, err)
 	}
 	return nil
@@ -116,9 +119,10 @@ type chunkResult struct {
 	err  error
 }
 
-// streamContent writes extents to w in order, loading chunks ahead on a few
-// goroutines with a bounded number of bytes in flight.
-func streamContent(ctx context.Context, r DumpRepo, content []tree.Extent, w io.Writer) error {
+// streamContent writes extents to w in order, holes as zeros unless
+// skipHoles, loading chunks ahead on a few goroutines with a bounded number
+// of bytes in flight.
+func streamContent(ctx context.Context, r DumpRepo, content []tree.Extent, w io.Writer, skipHoles bool) error {
 	g, gctx := errgroup.WithContext(ctx)
 	nw := min(workers(len(content)), 4)
 	jobs := make(chan *chunkResult)
@@ -181,9 +185,11 @@ func streamContent(ctx context.Context, r DumpRepo, content []tree.Extent, w io.
 				return fmt.Errorf("chunk at offset %d: %w", c.off, c.err)
 			}
 			var err error
-			if c.ext.Hole {
+			switch {
+			case c.ext.Hole && skipHoles:
+			case c.ext.Hole:
 				err = writeZeros(w, int64(c.ext.Length))
-			} else {
+			default:
 				_, err = w.Write(c.data)
 			}
 			if err != nil {
@@ -228,8 +234,11 @@ type DumpResult struct {
 // uid/gid and user/group names, mtime to the nanosecond (PAX records),
 // symlinks, hard links (later names of a (device, inode) are tar hard-link
 // members naming the first), FIFOs and devices, names of any bytes (PAX path
-// records). Sparse files are written as regular data: holes are zeros in
-// the archive (archive/tar writes no sparse members).
+// records). A file with holes is a GNU sparse member of format 1.0 (PAX
+// records GNU.sparse.*, as `tar --sparse --format=pax` writes them): the
+// archive holds only its data, and GNU tar, bsdtar and Go's archive/tar
+// extract it with its holes (archive/tar cannot write these members, so
+// DumpTar writes them itself).
 //
 // A chunk that cannot be loaded stops the dump with an error naming the file;
 // the archive is then cut short (no end-of-archive marker) and must be
@@ -242,7 +251,7 @@ func DumpTar(ctx context.Context, r DumpRepo, sn *repo.Snapshot, p string, w io.
 	if err != nil {
 		return nil, err
 	}
-	d := &tarDumper{r: r, tw: tar.NewWriter(w), links: map[[2]uint64]string{}, res: &DumpResult{}}
+	d := &tarDumper{r: r, w: w, tw: tar.NewWriter(w), links: map[[2]uint64]string{}, res: &DumpResult{}}
 	if p == "/" {
 		err = d.dir(ctx, "/", "", n.Subtree)
 	} else {
@@ -262,6 +271,7 @@ func DumpTar(ctx context.Context, r DumpRepo, sn *repo.Snapshot, p string, w io.
 
 type tarDumper struct {
 	r     DumpRepo
+	w     io.Writer // under tw: sparse members are written to it directly
 	tw    *tar.Writer
 	links map[[2]uint64]string // (device, inode) → member name of the first name dumped
 	res   *DumpResult
@@ -314,11 +324,17 @@ func (d *tarDumper) entry(ctx context.Context, src, name string, n *tree.Node) e
 			}
 		}
 		hdr.Typeflag, hdr.Size = tar.TypeReg, int64(n.Size)
-		if err := d.header(src, hdr); err != nil {
-			return err
-		}
-		if err := streamContent(ctx, d.r, n.Content, d.tw); err != nil {
-			return fmt.Errorf("%s: %w", src, err)
+		if hasHoles(n.Content) {
+			if err := d.sparse(ctx, src, hdr, n.Content); err != nil {
+				return err
+			}
+		} else {
+			if err := d.header(src, hdr); err != nil {
+				return err
+			}
+			if err := streamContent(ctx, d.r, n.Content, d.tw, false); err != nil {
+				return fmt.Errorf("%s: %w", src, err)
+			}
 		}
 		if n.Links > 1 {
 			d.links[key] = name
@@ -364,4 +380,161 @@ func (d *tarDumper) header(src string, hdr *tar.Header) error {
 	}
 	d.res.Entries++
 	return nil
+}
+
+func hasHoles(es []tree.Extent) bool {
+	for _, e := range es {
+		if e.Hole {
+			return true
+		}
+	}
+	return false
+}
+
+// sparse writes a regular file with holes as a GNU sparse 1.0 member:
+//
+//	PAX header  GNU.sparse.major=1 GNU.sparse.minor=0 GNU.sparse.name=NAME
+//	            GNU.sparse.realsize=SIZE size=STORED mtime uid gid uname gname
+//	ustar header named GNUSparseFile.0/BASE, size STORED
+//	data        the map ("N\n" then "offset\nlength\n" per data segment),
+//	            zero-padded to a 512-byte block, then the segments' bytes
+//
+// where STORED is the padded map plus the data. These are written to the
+// writer under tw, between tw's members (tw.Flush ends the previous one).
+func (d *tarDumper) sparse(ctx context.Context, src string, hdr *tar.Header, content []tree.Extent) error {
+	type segment struct{ off, length int64 }
+	var segs []segment
+	var off, data int64
+	for _, e := range content {
+		if !e.Hole {
+			if k := len(segs); k > 0 && segs[k-1].off+segs[k-1].length == off {
+				segs[k-1].length += int64(e.Length)
+			} else {
+				segs = append(segs, segment{off, int64(e.Length)})
+			}
+			data += int64(e.Length)
+		}
+		off += int64(e.Length)
+	}
+	if k := len(segs); k == 0 || segs[k-1].off+segs[k-1].length < hdr.Size {
+		segs = append(segs, segment{hdr.Size, 0}) // the file ends in a hole: GNU tar's marker of its size
+	}
+	spmap := strconv.AppendInt(nil, int64(len(segs)), 10)
+	spmap = append(spmap, '\n')
+	for _, s := range segs {
+		spmap = strconv.AppendInt(spmap, s.off, 10)
+		spmap = append(spmap, '\n')
+		spmap = strconv.AppendInt(spmap, s.length, 10)
+		spmap = append(spmap, '\n')
+	}
+	spmap = append(spmap, make([]byte, blockPad(int64(len(spmap))))...)
+	stored := int64(len(spmap)) + data
+
+	recs := map[string]string{
+		"GNU.sparse.major":    "1",
+		"GNU.sparse.minor":    "0",
+		"GNU.sparse.name":     hdr.Name,
+		"GNU.sparse.realsize": strconv.FormatInt(hdr.Size, 10),
+		"size":                strconv.FormatInt(stored, 10),
+		"mtime":               paxTime(hdr.ModTime),
+		"uid":                 strconv.Itoa(hdr.Uid),
+		"gid":                 strconv.Itoa(hdr.Gid),
+	}
+	if hdr.Uname != "" {
+		recs["uname"] = hdr.Uname
+	}
+	if hdr.Gname != "" {
+		recs["gname"] = hdr.Gname
+	}
+	var pax []byte
+	for _, k := range slices.Sorted(maps.Keys(recs)) {
+		if strings.ContainsRune(recs[k], 0) {
+			return fmt.Errorf("%s: a NUL byte in its %s", src, k)
+		}
+		pax = append(pax, paxRecord(k, recs[k])...)
+	}
+	if err := d.tw.Flush(); err != nil {
+		return fmt.Errorf("%s: %w", src, err)
+	}
+	base := path.Base(hdr.Name)
+	var short []byte // an ASCII stand-in name for readers that know no sparse members
+	for i := 0; i < len(base) && len(short) < 80; i++ {
+		if c := base[i]; c > ' ' && c < 0x7f {
+			short = append(short, c)
+		}
+	}
+	var blocks []byte
+	blocks = append(blocks, ustarHeader("././@PaxHeader", 'x', 0o644, 0, 0, int64(len(pax)), 0)...)
+	blocks = append(blocks, pax...)
+	blocks = append(blocks, make([]byte, blockPad(int64(len(pax))))...)
+	blocks = append(blocks, ustarHeader("GNUSparseFile.0/"+string(short), '0', hdr.Mode, hdr.Uid, hdr.Gid, stored, hdr.ModTime.Unix())...)
+	blocks = append(blocks, spmap...)
+	if _, err := d.w.Write(blocks); err != nil {
+		return fmt.Errorf("%s: write: %w", src, err)
+	}
+	if err := streamContent(ctx, d.r, content, d.w, true); err != nil {
+		return fmt.Errorf("%s: %w", src, err)
+	}
+	if _, err := d.w.Write(make([]byte, blockPad(data))); err != nil {
+		return fmt.Errorf("%s: write: %w", src, err)
+	}
+	d.res.Entries++
+	return nil
+}
+
+func blockPad(n int64) int64 { return -n & 511 }
+
+// paxRecord formats one PAX extended header record: "LEN KEY=VALUE\n",
+// where LEN counts the whole record, itself included.
+func paxRecord(k, v string) string {
+	size := len(k) + len(v) + 3
+	size += len(strconv.Itoa(size))
+	rec := strconv.Itoa(size) + " " + k + "=" + v + "\n"
+	if len(rec) != size { // LEN gained a digit
+		rec = strconv.Itoa(len(rec)) + " " + k + "=" + v + "\n"
+	}
+	return rec
+}
+
+// paxTime formats t as PAX does: seconds, and a fraction when there is one.
+func paxTime(t time.Time) string {
+	secs, nsecs := t.Unix(), t.Nanosecond()
+	if nsecs == 0 {
+		return strconv.FormatInt(secs, 10)
+	}
+	sign := ""
+	if secs < 0 {
+		sign, secs, nsecs = "-", -(secs + 1), 1e9-nsecs
+	}
+	return strings.TrimRight(fmt.Sprintf("%s%d.%09d", sign, secs, nsecs), "0")
+}
+
+// ustarHeader returns a 512-byte ustar header block. Numbers that do not
+// fit their octal fields are written as 0: the PAX records before it hold
+// them.
+func ustarHeader(name string, flag byte, mode int64, uid, gid int, size, mtime int64) []byte {
+	b := make([]byte, 512)
+	octal := func(field []byte, v int64) {
+		s := strconv.FormatInt(v, 8)
+		if v < 0 || len(s) > len(field)-1 {
+			s = "0"
+		}
+		copy(field, fmt.Sprintf("%0*s", len(field)-1, s))
+	}
+	copy(b[0:100], name)
+	octal(b[100:108], mode)
+	octal(b[108:116], int64(uid))
+	octal(b[116:124], int64(gid))
+	octal(b[124:136], size)
+	octal(b[136:148], mtime)
+	b[156] = flag
+	copy(b[257:263], "ustar\x00")
+	copy(b[263:265], "00")
+	copy(b[148:156], "        ")
+	var sum int64
+	for _, c := range b {
+		sum += int64(c)
+	}
+	copy(b[148:156], fmt.Sprintf("%06o\x00 ", sum))
+	return b
 }

@@ -34,7 +34,9 @@ with --archive tar) gives a POSIX tar archive (PAX format) of it and
 everything below it, with the stored modes, owners (ids and names), times to
 the nanosecond, symlinks, hard links, FIFOs and devices; member names start
 at the directory's own name (dumping /srv/zoomserv gives zoomserv/...).
-Sparse files are written whole: their holes are zeros in the archive.
+In an archive a sparse file is a GNU sparse member (PAX, format 1.0), which
+GNU tar extracts with its holes; a sparse file dumped alone gives its holes
+as zeros.
 
 Every chunk is verified before it is written. A chunk that fails stops the
 dump with exit code 1 and the file named; what was written is then

@@ -30,8 +30,8 @@ func dumpEnv(t *testing.T) string {
 
 // browseTree makes a directory with every kind of entry a dump carries:
 // modes with setgid, owners (as root), nanosecond mtimes, a symlink, a
-// hard link, a FIFO, a device (as root), names with a newline and with
-// invalid UTF-8, an empty directory.
+// hard link, a FIFO, a device (as root), a sparse file, names with a
+// newline and with invalid UTF-8, an empty directory.
 func browseTree(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "zoomserv")
@@ -51,6 +51,12 @@ func browseTree(t *testing.T) string {
 	must(os.Symlink("ldif/people.ldif", filepath.Join(dir, "link")))
 	must(os.Link(filepath.Join(dir, "ldif", "people.ldif"), filepath.Join(dir, "hardlink")))
 	must(unix.Mkfifo(filepath.Join(dir, "fifo"), 0o620))
+	sp, err := os.Create(filepath.Join(dir, "sparse"))
+	must(err)
+	_, err = sp.WriteAt([]byte("data between holes"), 3<<20)
+	must(err)
+	must(sp.Truncate(6 << 20))
+	must(sp.Close())
 	if os.Geteuid() == 0 {
 		must(unix.Mknod(filepath.Join(dir, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
 		must(os.Lchown(filepath.Join(dir, "X500.db"), 1234, 5678))
@@ -163,6 +169,10 @@ func TestCLIDumpDirectoryExtractedByGNUTar(t *testing.T) {
 		t.Fatalf("dump: exit %d\n%s", code, errs)
 	}
 	sameMetaTree(t, src, filepath.Join(target, "zoomserv"))
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(target, "zoomserv", "sparse"), &st); err != nil || st.Blocks*512 > 1<<20 {
+		t.Errorf("the sparse file (6 MiB, 18 bytes of data) was extracted with %d blocks (%v)", st.Blocks, err)
+	}
 
 	// --target writes the same archive to a file.
 	out := filepath.Join(t.TempDir(), "zoomserv.tar")
