@@ -56,6 +56,15 @@ type BackupOptions struct {
 	// staged copy made while the service was quiesced); the snapshot records
 	// the original path.
 	Substitutes map[string]string
+	// SourceRoots maps an absolute directory to the directory to read in
+	// its place: the root of a read-only filesystem snapshot of it, made
+	// while the service was quiesced. Everything below the key (directory
+	// listings, metadata, symlinks, file contents) is read from the value
+	// and recorded under the original path; the longest matching key wins.
+	// Unlike a Substitutes file, a file read this way carries its own
+	// metadata from the snapshot, so an unchanged file is reused from the
+	// parent snapshot as usual. Substitutes wins for a file in both.
+	SourceRoots map[string]string
 	// Quiesce is stored in the snapshot as is.
 	Quiesce json.RawMessage
 	// QuiesceFunc, when set, is called once after every file has been read
@@ -154,6 +163,7 @@ func resolved(n tree.Node) *future {
 
 type fileJob struct {
 	path, read string
+	staged     bool // read is a Substitutes copy (not a SourceRoots snapshot)
 	node       tree.Node
 	parent     *tree.Node
 	fut        *future
@@ -438,7 +448,7 @@ func (b *backup) walkRoot(ctx context.Context, paths []string, parentRoot *tree.
 		b.addStdin(root)
 	}
 	if root.selected {
-		fi, err := os.Lstat("/")
+		fi, err := os.Lstat(b.source("/"))
 		if err != nil {
 			return nil, err
 		}
@@ -461,7 +471,7 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 		}
 		sort.Strings(names)
 	} else {
-		names, readErr = readDirNames(dir)
+		names, readErr = readDirNames(b.source(dir))
 		b.dirs.Add(1)
 	}
 	var kids []*future
@@ -487,7 +497,7 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 		} else if b.excluded(p) {
 			continue
 		}
-		fi, err := os.Lstat(p)
+		fi, err := os.Lstat(b.source(p))
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) && only == nil {
 				continue // removed since readdir: it is not part of this snapshot
@@ -529,7 +539,7 @@ func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent
 		case n.Kind == tree.File:
 			kids = append(kids, b.submitFile(ctx, p, n, pn))
 		case n.Kind == tree.Symlink:
-			target, err := os.Readlink(p)
+			target, err := os.Readlink(b.source(p))
 			if err != nil {
 				n.Flags, n.Error = tree.Unreadable, err.Error()
 				b.addProblem(repo.Problem{Path: p, Kind: repo.ProblemUnreadable, Error: err.Error()})
@@ -595,7 +605,7 @@ func (b *backup) prefetch(ctx context.Context, paths []string, parentRoot *tree.
 		for q := p; q != root && !excluded; q = filepath.Dir(q) {
 			excluded = b.excluded(q)
 		}
-		fi, err := os.Lstat(p)
+		fi, err := os.Lstat(b.source(p))
 		if excluded || err != nil || !fi.Mode().IsRegular() {
 			continue // the walk finds it, or not, as usual
 		}
@@ -658,6 +668,21 @@ func (b *backup) parentNode(ctx context.Context, root *tree.Tree, p string) *tre
 	return nil
 }
 
+// source returns where to read the absolute path p: below a SourceRoots
+// key, the same place below its value; else p.
+func (b *backup) source(p string) string {
+	best := ""
+	for root := range b.opts.SourceRoots {
+		if len(root) > len(best) && (p == root || root == "/" || strings.HasPrefix(p, root+"/")) {
+			best = root
+		}
+	}
+	if best == "" {
+		return p
+	}
+	return filepath.Join(b.opts.SourceRoots[best], strings.TrimPrefix(p, best))
+}
+
 func readDirNames(dir string) ([]string, error) {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -707,12 +732,12 @@ func (b *backup) submitFile(ctx context.Context, p string, n tree.Node, pn *tree
 			return f
 		}
 	}
-	read := p
+	read, staged := b.source(p), false
 	if s, ok := b.opts.Substitutes[p]; ok {
-		read = s
+		read, staged = s, true
 	}
 	select {
-	case b.jobs <- fileJob{path: p, read: read, node: n, parent: pn, fut: f}:
+	case b.jobs <- fileJob{path: p, read: read, staged: staged, node: n, parent: pn, fut: f}:
 	case <-ctx.Done():
 		close(f.done)
 	}
@@ -742,7 +767,7 @@ func (b *backup) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chunker
 		b.doneFiles.Add(1)
 		b.totalBytes.Add(int64(n.Size))
 	}()
-	if pn != nil && pn.Kind == tree.File && pn.Flags == 0 && pn.ContentError == "" && job.read == job.path &&
+	if pn != nil && pn.Kind == tree.File && pn.Flags == 0 && pn.ContentError == "" && !job.staged &&
 		pn.Size == n.Size && pn.MTime == n.MTime && pn.CTime == n.CTime && pn.Inode == n.Inode &&
 		pn.MTime < b.parentCutoff {
 		ids := make([]blob.ID, 0, len(pn.Content))
@@ -818,7 +843,7 @@ func (b *backup) readFile(ctx context.Context, job *fileJob, profile repo.ChunkP
 		return false, fmt.Errorf("%s is no longer a regular file", job.read)
 	}
 	bn := nodeFromInfo(n.Name, before, nil)
-	if job.read == job.path {
+	if !job.staged {
 		n.Size, n.MTime, n.CTime, n.Mode, n.UID, n.GID, n.Inode = bn.Size, bn.MTime, bn.CTime, bn.Mode, bn.UID, bn.GID, bn.Inode
 	} else {
 		// A staged copy (Substitutes) carries the original's mtime as of

@@ -129,7 +129,7 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 	if opts.Freeze == FreezeSnapshot && len(files) > 0 {
 		files = snapshotFiles(files) // never back up a snapshot's files as data
 		var warns []string
-		snaps, warns, err = prepareSnapshots(ctx, opts.SnapshotBackend, files, opts.Log)
+		snaps, warns, err = prepareSnapshots(ctx, opts.SnapshotBackend, opts.Paths, files, opts.Log)
 		rep.Warnings = append(rep.Warnings, warns...)
 		if err != nil {
 			return rep, err
@@ -290,7 +290,7 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 	}
 
 	if opts.Freeze == FreezeSnapshot {
-		var staged map[string]string
+		var roots map[string]string
 		if snaps != nil {
 			fmt.Fprintf(opts.Log, "stasis: snapshotting %d volumes holding %d quiesced files\n", len(snaps.vols), len(files))
 			took, err := snaps.create(ctx)
@@ -302,10 +302,10 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 			if err != nil {
 				return rep, err
 			}
-			staged = snaps.staged()
+			roots = snaps.roots()
 		}
 		rerr := resume()
-		if cerr := capture(ctx, &Stage{Freeze: FreezeSnapshot, Files: files, Excludes: excludes, staged: staged, report: snapshot}); cerr != nil {
+		if cerr := capture(ctx, &Stage{Freeze: FreezeSnapshot, Files: files, Excludes: excludes, roots: roots, report: snapshot}); cerr != nil {
 			return rep, errors.Join(cerr, rerr)
 		}
 		return rep, rerr

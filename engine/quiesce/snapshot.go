@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -127,6 +128,8 @@ type snapshotRun struct {
 	vols  []*snapVolume
 	byVol map[string]*snapVolume
 	of    map[string]*snapVolume // quiesced file -> its volume
+	live  []string               // other filesystems mounted inside a snapshotted volume: read live
+	name  string                 // stasis-snap-PID-TIME
 }
 
 // snapshotFiles drops the files inside a snapshot directory (a snapshot of
@@ -143,10 +146,10 @@ func snapshotFiles(files []string) []string {
 
 // prepareSnapshots does, before the service is stopped, everything freeze
 // snapshot needs that can fail: it finds the volume of every file (with the
-// named backend, or the first that applies), makes the snapshot directory in
-// each, removes the snapshots of dead runs left there, and takes this run's
-// lock. Messages about leftovers are returned as warnings.
-func prepareSnapshots(ctx context.Context, backendName string, files []string, log io.Writer) (s *snapshotRun, warnings []string, err error) {
+// named backend, or the first that applies) and the volumes nested in those
+// inside paths (addNested), makes the snapshot directory in each, removes
+// the snapshots of dead runs left there, and takes this run's lock. Messages about leftovers are returned as warnings.
+func prepareSnapshots(ctx context.Context, backendName string, paths, files []string, log io.Writer) (s *snapshotRun, warnings []string, err error) {
 	var cands []SnapshotBackend
 	if backendName != "" {
 		b, ok := snapshotBackend(backendName)
@@ -159,14 +162,14 @@ func prepareSnapshots(ctx context.Context, backendName string, files []string, l
 		cands = append(cands, backends...)
 		backendsMu.Unlock()
 	}
-	s = &snapshotRun{byVol: map[string]*snapVolume{}, of: map[string]*snapVolume{}}
+	s = &snapshotRun{byVol: map[string]*snapVolume{}, of: map[string]*snapVolume{},
+		name: fmt.Sprintf("%s%d-%s", snapshotPrefix, os.Getpid(), time.Now().UTC().Format("20060102T150405"))}
 	defer func() {
 		if err != nil {
 			s.remove(context.WithoutCancel(ctx))
 		}
 	}()
 	dirVol := map[string]*snapVolume{} // cache by directory
-	stamp := time.Now().UTC().Format("20060102T150405")
 	for _, f := range files {
 		if v := dirVol[filepath.Dir(f)]; v != nil {
 			s.of[f] = v
@@ -192,26 +195,110 @@ func prepareSnapshots(ctx context.Context, backendName string, files []string, l
 			return s, warnings, fmt.Errorf("freeze snapshot: %w: %s (built-in backends: %s); use --freeze reflink, copy or stop",
 				ErrNoSnapshotBackend, strings.Join(why, "; "), strings.Join(SnapshotBackends(), ", "))
 		}
-		v := s.byVol[volume]
-		if v == nil {
-			if len(s.vols) > 0 && s.vols[0].backend.Name() != b.Name() {
-				return s, warnings, fmt.Errorf("freeze snapshot: the quiesced files need two snapshot backends (%s for %s, %s for %s): quiesce them in separate backups",
-					s.vols[0].backend.Name(), s.vols[0].volume, b.Name(), volume)
-			}
-			v = &snapVolume{backend: b, volume: volume}
-			w, err := v.prepare(ctx, fmt.Sprintf("%s%d-%s", snapshotPrefix, os.Getpid(), stamp), log)
-			warnings = append(warnings, w...)
-			if err != nil {
-				return s, warnings, err
-			}
-			s.byVol[volume] = v
-			s.vols = append(s.vols, v)
+		v, w, err := s.add(ctx, b, volume, log)
+		warnings = append(warnings, w...)
+		if err != nil {
+			return s, warnings, err
 		}
 		s.of[f] = v
 		dirVol[filepath.Dir(f)] = v
 	}
+	w, err := s.addNested(ctx, paths, log)
+	warnings = append(warnings, w...)
+	if err != nil {
+		return s, warnings, err
+	}
 	sort.Slice(s.vols, func(i, j int) bool { return s.vols[i].volume < s.vols[j].volume })
 	return s, warnings, nil
+}
+
+// add returns the volume, preparing it the first time.
+func (s *snapshotRun) add(ctx context.Context, b SnapshotBackend, volume string, log io.Writer) (*snapVolume, []string, error) {
+	if v := s.byVol[volume]; v != nil {
+		return v, nil, nil
+	}
+	if len(s.vols) > 0 && s.vols[0].backend.Name() != b.Name() {
+		return nil, nil, fmt.Errorf("freeze snapshot: the quiesced files need two snapshot backends (%s for %s, %s for %s): quiesce them in separate backups",
+			s.vols[0].backend.Name(), s.vols[0].volume, b.Name(), volume)
+	}
+	v := &snapVolume{backend: b, volume: volume}
+	w, err := v.prepare(ctx, s.name, log)
+	if err != nil {
+		return nil, w, err
+	}
+	s.byVol[volume] = v
+	s.vols = append(s.vols, v)
+	return v, w, nil
+}
+
+// volumeOf returns the snapshotted volume holding p (the longest match), or nil.
+func (s *snapshotRun) volumeOf(p string) *snapVolume {
+	var best *snapVolume
+	for _, v := range s.vols {
+		if (p == v.volume || strings.HasPrefix(p, v.volume+"/")) && (best == nil || len(v.volume) > len(best.volume)) {
+			best = v
+		}
+	}
+	return best
+}
+
+// addNested walks the backup paths for directories inside a snapshotted
+// volume that are on another device: a snapshot shows them empty. A nested
+// volume of the same backend (a btrfs subvolume in a subvolume) is
+// snapshotted too, so that the whole tree is read as of the quiesce point;
+// another filesystem mounted there is read live, with a warning.
+func (s *snapshotRun) addNested(ctx context.Context, paths []string, log io.Writer) ([]string, error) {
+	var warnings []string
+	devs := map[string]uint64{}
+	for _, root := range paths {
+		root = filepath.Clean(root)
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil // the backup reports what it cannot read
+			}
+			if !d.IsDir() {
+				return nil
+			}
+			if d.Name() == SnapshotDirName {
+				return filepath.SkipDir
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			var st syscall.Stat_t
+			if syscall.Lstat(p, &st) != nil {
+				return nil
+			}
+			devs[p] = uint64(st.Dev)
+			pd, ok := devs[filepath.Dir(p)]
+			if !ok { // the backup path itself
+				var ps syscall.Stat_t
+				if syscall.Lstat(filepath.Dir(p), &ps) != nil {
+					return nil
+				}
+				pd = uint64(ps.Dev)
+			}
+			if pd == uint64(st.Dev) {
+				return nil
+			}
+			outer := s.volumeOf(filepath.Dir(p))
+			if outer == nil || s.byVol[p] != nil {
+				return nil
+			}
+			if vol, derr := outer.backend.Detect(p); derr == nil && vol == p {
+				_, w, err := s.add(ctx, outer.backend, p, log)
+				warnings = append(warnings, w...)
+				return err
+			}
+			s.live = append(s.live, p)
+			warnings = append(warnings, fmt.Sprintf("freeze snapshot: %s is another filesystem mounted inside %s: its files are read live, not from the snapshot", p, outer.volume))
+			return filepath.SkipDir
+		})
+		if err != nil {
+			return warnings, fmt.Errorf("freeze snapshot: look for nested volumes in %s: %w", root, err)
+		}
+	}
+	return warnings, nil
 }
 
 // prepare makes volume/.stasis-snapshots, removes the leftovers of dead runs
@@ -324,13 +411,16 @@ func (s *snapshotRun) create(ctx context.Context) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// staged maps each quiesced file to its path in the snapshot.
-func (s *snapshotRun) staged() map[string]string {
-	m := make(map[string]string, len(s.of))
-	for f, v := range s.of {
-		if rel, err := filepath.Rel(v.volume, f); err == nil && !strings.HasPrefix(rel, "..") {
-			m[f] = filepath.Join(v.root, rel)
-		}
+// roots maps each snapshotted volume to where its root appears in the
+// snapshot, and each other filesystem mounted inside one to itself (read
+// live): engine BackupOptions.SourceRoots.
+func (s *snapshotRun) roots() map[string]string {
+	m := make(map[string]string, len(s.vols)+len(s.live))
+	for _, v := range s.vols {
+		m[v.volume] = v.root
+	}
+	for _, p := range s.live {
+		m[p] = p
 	}
 	return m
 }

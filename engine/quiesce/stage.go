@@ -19,8 +19,8 @@ import (
 // Stage is what capture is given: which files were quiesced and where to read
 // each one. Its methods are safe for concurrent use.
 type Stage struct {
-	// Freeze is the mode in effect: stop, copy, or reflink (never reflink
-	// when the fallback to copy happened).
+	// Freeze is the mode in effect: stop, copy, reflink (never reflink
+	// when the fallback to copy happened), or snapshot.
 	Freeze Freeze
 	// Files are the quiesced files, cleaned, sorted, as found by walking
 	// Options.Paths.
@@ -29,11 +29,13 @@ type Stage struct {
 	// one) in copy and reflink modes, "" in stop mode.
 	StagingDir string
 	// Excludes are globs (absolute paths, for filepath.Match) of the
-	// staging directories of this and other runs: copies, not data, which
-	// a backup whose paths contain them must exclude.
+	// staging directories of this and other runs (copy, reflink), or of the
+	// snapshot directories (snapshot): copies, not data, which a backup
+	// whose paths contain them must exclude.
 	Excludes []string
 
 	staged map[string]string
+	roots  map[string]string
 	resume func() error
 	report func() Report
 }
@@ -50,13 +52,40 @@ func (s *Stage) Report() Report {
 }
 
 // Path returns where to read the file named orig: its staged copy in copy and
-// reflink modes, orig itself otherwise (stop mode, or a file not quiesced).
-// Record orig, not the returned path, in the snapshot.
+// reflink modes, its place in the snapshot in snapshot mode (for every path
+// below a snapshotted volume, quiesced or not), orig itself otherwise (stop
+// mode, or a file not quiesced). Record orig, not the returned path, in the
+// snapshot.
 func (s *Stage) Path(orig string) string {
-	if p, ok := s.staged[filepath.Clean(orig)]; ok {
+	orig = filepath.Clean(orig)
+	if p, ok := s.staged[orig]; ok {
 		return p
 	}
+	best := ""
+	for root := range s.roots {
+		if len(root) > len(best) && (orig == root || strings.HasPrefix(orig, root+"/")) {
+			best = root
+		}
+	}
+	if best != "" {
+		return filepath.Join(s.roots[best], strings.TrimPrefix(orig, best))
+	}
 	return orig
+}
+
+// Roots maps, in snapshot mode, each snapshotted directory to the directory
+// to read in its place (engine BackupOptions.SourceRoots): the backup reads
+// the whole tree below it, listings and metadata included, from the
+// snapshot. Nil in other modes.
+func (s *Stage) Roots() map[string]string {
+	if len(s.roots) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(s.roots))
+	for k, v := range s.roots {
+		m[k] = v
+	}
+	return m
 }
 
 // Quiesced reports whether orig is one of the quiesced files.
