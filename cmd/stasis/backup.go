@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -92,15 +91,9 @@ repository wins over $STASIS_REPO.`,
 				opts.Host, _ = os.Hostname()
 			}
 			opts.Paths = args
-			tty := !a.json && isTerminal(a.stderr)
-			switch {
-			case a.json:
-				opts.Progress = func(p engine.Progress) {
-					writeJSONLine(a.stdout, map[string]any{"message_type": "status", "files_done": p.Files, "bytes_done": p.Bytes,
-						"total_files": p.TotalFiles, "total_bytes": p.TotalBytes, "seconds_elapsed": p.Elapsed.Seconds()})
-				}
-			case tty:
-				opts.Progress = func(p engine.Progress) { fmt.Fprintf(a.stderr, "\r\033[K%s", progressLine(p)) }
+			prog := a.startProgress("backup", "files", a.stdout) // progress.go
+			if prog != nil {
+				opts.Progress, opts.ProgressEvery = prog.backup, progressRedraw
 			}
 			var (
 				sn  *repo.Snapshot
@@ -111,9 +104,7 @@ repository wins over $STASIS_REPO.`,
 			} else {
 				sn, err = engine.Backup(ctx, r, opts)
 			}
-			if tty {
-				fmt.Fprint(a.stderr, "\r\033[K")
-			}
+			prog.doneBackup(sn)
 			if q.quiesce != "" {
 				a.printQuiesce(rep)
 			}
@@ -155,17 +146,4 @@ repository wins over $STASIS_REPO.`,
 	f.IntVar(&opts.Retries, "retries", 2, "re-reads of a file that changes while it is read")
 	addQuiesceFlags(c, &q)
 	return c
-}
-
-func progressLine(p engine.Progress) string {
-	rate := float64(p.Bytes) / p.Elapsed.Seconds()
-	s := fmt.Sprintf("%d files, %s, %s/s", p.Files, humanBytes(p.Bytes), humanBytes(int64(rate)))
-	if p.ScanDone && p.TotalBytes > 0 && rate > 0 {
-		left := time.Duration(float64(p.TotalBytes-p.Bytes) / rate * float64(time.Second))
-		if left < 0 {
-			left = 0
-		}
-		s += fmt.Sprintf(" of %d files, %s, ETA %s", p.TotalFiles, humanBytes(p.TotalBytes), left.Round(time.Second))
-	}
-	return strings.TrimSpace(s)
 }

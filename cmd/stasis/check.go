@@ -20,11 +20,16 @@ func (a *app) checkCommand() *cobra.Command {
 				return err
 			}
 			defer r.Close()
+			var prog *reporter // progress.go; status lines on stderr: stdout is one JSON document
+			if readData {
+				prog = a.startProgress("check", "packs", a.stderr)
+			}
 			var log io.Writer
 			if !a.json {
-				log = a.stderr
+				log = prog.logWriter(a.stderr)
 			}
-			rep, err := engine.Check(c.Context(), r, engine.CheckOptions{ReadData: readData, Log: log})
+			rep, err := engine.Check(c.Context(), r, engine.CheckOptions{ReadData: readData, Log: log, Progress: prog.Counts()})
+			prog.done()
 			if err != nil {
 				return err
 			}

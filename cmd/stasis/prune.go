@@ -48,10 +48,14 @@ func (a *app) runPrune(ctx context.Context, r *repo.Repository, o engine.PruneOp
 	if o.MaxUnused == 0 {
 		o.MaxUnused = 0.000001 // 0 means "repack anything unused", not the default
 	}
+	prog := a.startProgress("prune", "packs", a.stderr) // progress.go; stderr: stdout is one JSON document
+	o.Progress = prog.Counts()
+	prog.setPhaseUnits(map[string]string{"marking": "snapshots"})
 	if !a.json {
-		o.Log = a.stderr
+		o.Log = prog.logWriter(a.stderr)
 	}
 	rep, err := engine.Prune(ctx, r, o)
+	prog.done()
 	if err != nil || a.json {
 		return rep, err
 	}

@@ -44,7 +44,10 @@ snapshots latest and --at choose from. --include PATH restores only PATH
 				return err
 			}
 			start := time.Now()
+			prog := a.startProgress("restore", "files", a.stdout) // progress.go
+			opts.Progress = prog.Counts()
 			res, err := engine.Restore(ctx, r, sn, opts)
+			prog.done()
 			if res == nil {
 				return err
 			}

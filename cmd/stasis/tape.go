@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -96,39 +95,6 @@ func (f *tapeFlags) paths() ([]string, error) {
 	return out, nil
 }
 
-// progress prints a progress line on a terminal: bytes, rate and volume.
-type progress struct {
-	w     io.Writer
-	start time.Time
-	bytes int64
-	last  time.Time
-}
-
-func (a *app) newProgress() *progress {
-	if a.json || !isTerminal(a.stderr) {
-		return nil
-	}
-	return &progress{w: a.stderr, start: time.Now()}
-}
-
-func (p *progress) member(volume int, _ string, size int64) {
-	if p == nil {
-		return
-	}
-	p.bytes += size
-	if now := time.Now(); now.Sub(p.last) > 200*time.Millisecond {
-		p.last = now
-		rate := float64(p.bytes) / max(now.Sub(p.start).Seconds(), 0.001)
-		fmt.Fprintf(p.w, "\rvolume %d: %s written, %s/s   ", volume, humanBytes(p.bytes), humanBytes(int64(rate)))
-	}
-}
-
-func (p *progress) done() {
-	if p != nil {
-		fmt.Fprint(p.w, "\r\033[K")
-	}
-}
-
 func (a *app) tapeExportCommand() *cobra.Command {
 	var (
 		o                     tapeio.ExportOptions
@@ -168,12 +134,21 @@ catalogs are recorded in the repository under tape/.`,
 				return err
 			}
 			defer r.Close()
-			dev.Stdout, dev.Stderr = a.stderr, a.stderr
-			p := a.newProgress()
-			o.Write.Progress = p.member
+			prog := a.startProgress("tape export", "members", a.stdout) // progress.go
+			o.Progress = prog.Counts()
+			if prog != nil {
+				vol := 0
+				o.Write.Progress = func(v int, _ string, _ int64) { // on Export's goroutine
+					if v != vol {
+						vol = v
+						prog.setNote(fmt.Sprintf("volume %d", v))
+					}
+				}
+			}
+			dev.Stdout, dev.Stderr = prog.logWriter(a.stderr), prog.logWriter(a.stderr) // --change-volume's output
 			start := time.Now()
 			res, err := tapeio.Export(ctx, r, &dev, o)
-			p.done()
+			prog.done()
 			if res != nil {
 				a.exportSummary(res, &dev, time.Since(start))
 			}
@@ -299,7 +274,10 @@ repository recorded when it wrote the volume. Exits 1 naming every bad member.`,
 					return err
 				}
 			}
+			prog := a.startProgress("tape verify", "members", a.stderr) // progress.go; stderr: stdout's lines have no message_type
+			ro.Progress = prog.Counts()
 			reports, err := tapeio.Verify(ctx, paths, ro, recorded)
+			prog.done()
 			bad := 0
 			for _, vr := range reports {
 				if a.json {
@@ -354,8 +332,11 @@ func (a *app) tapeImportCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := tapeio.Import(ctx, st, paths, tapeio.ImportOptions{Read: ro, Log: a.logWriter(),
+			prog := a.startProgress("tape import", "members", a.stderr) // progress.go; stderr: stdout's line has no message_type
+			ro.Progress = prog.Counts()
+			res, err := tapeio.Import(ctx, st, paths, tapeio.ImportOptions{Read: ro, Log: prog.logWriter(a.logWriter()),
 				Open: repo.OpenOptions{Password: a.repoPassword(dir), CacheDir: a.cacheDir}})
+			prog.done()
 			if res == nil {
 				return err
 			}
@@ -426,9 +407,12 @@ volumes). A damaged member costs only the files whose data is in it.`,
 				return err
 			}
 			o.Open = repo.OpenOptions{Password: a.repoPassword("on tape")}
-			o.Log = a.logWriter()
+			prog := a.startProgress("tape restore", "files", a.stdout) // progress.go
+			o.Restore.Progress = prog.Counts()
+			o.Log = prog.logWriter(a.logWriter())
 			start := time.Now()
 			res, err := tapeio.Restore(ctx, paths, o)
+			prog.done()
 			if res == nil || res.RestoreResult == nil {
 				if res != nil {
 					for _, p := range res.Bad {
