@@ -236,8 +236,8 @@ type DumpResult struct {
 // members naming the first), FIFOs and devices, names of any bytes (PAX path
 // records). A file with holes is a GNU sparse member of format 1.0 (PAX
 // records GNU.sparse.*, as `tar --sparse --format=pax` writes them): the
-// archive holds only its data, and GNU tar, bsdtar and Go's archive/tar
-// extract it with its holes (archive/tar cannot write these members, so
+// archive holds only its data, and GNU tar and Go's archive/tar read it
+// back with its holes (archive/tar cannot write these members, so
 // DumpTar writes them itself).
 //
 // A chunk that cannot be loaded stops the dump with an error naming the file;
