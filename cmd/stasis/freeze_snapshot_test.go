@@ -85,18 +85,28 @@ type snapEnv struct {
 	mnt, svc, log, conf string
 }
 
-func startSnapEnv(t *testing.T, size int64) *snapEnv {
+// startSnapEnv makes the tree; with nested, etc/ is a subvolume of its own.
+func startSnapEnv(t *testing.T, size int64, nested bool) *snapEnv {
 	t.Helper()
 	mnt, svc := snapLoopBtrfs(t, size)
 	t.Setenv("STASIS_STATE_DIR", t.TempDir())
 	log := filepath.Join(svc, "logs", "X500.log")
 	conf := filepath.Join(svc, "etc", "zoomserv.conf")
+	if nested {
+		if out, err := exec.Command("btrfs", "subvolume", "create", filepath.Dir(conf)).CombinedOutput(); err != nil {
+			t.Fatalf("btrfs subvolume create: %v: %s", err, out)
+		}
+	}
 	for _, d := range []string{filepath.Dir(log), filepath.Dir(conf)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := os.WriteFile(conf, []byte("suffix = o=Zoomserv\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	if err := os.Chtimes(conf, old, old); err != nil { // not re-read for being new
 		t.Fatal(err)
 	}
 	// Started after the mount, so that its cleanup (stop) runs before the unmount.
@@ -139,17 +149,29 @@ func lastLogTx(t *testing.T, path string) uint64 {
 	return last
 }
 
+var unchangedRe = regexp.MustCompile(`(\d+) unchanged`)
+
 // A backup with --freeze snapshot restores the tree as it was at the quiesce
 // point: the database and its log end at the last transaction committed
-// before the pause, although zoomsim kept writing while the backup read;
-// the config is there; the snapshot is gone; the quiesce object names btrfs.
+// before the pause, although zoomsim kept writing while the backup read; a
+// file the service removed after the resume is there, one it created is
+// not; the config (in a nested subvolume, snapshotted too although no
+// quiesced file is in it) is there; the snapshots are gone; the quiesce
+// object names btrfs. A second backup reuses the unchanged files.
 func TestFreezeSnapshotBackup(t *testing.T) {
-	e := startSnapEnv(t, 512<<20)
-	code, out, errs := e.backup(context.Background(), append(e.hooks(""), "--freeze", "snapshot")...)
+	e := startSnapEnv(t, 512<<20, true)
+	rotated, created := filepath.Join(e.svc, "logs", "X500.log.1"), filepath.Join(e.svc, "logs", "X500.log.2")
+	if err := os.WriteFile(rotated, []byte("yesterday\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hooks := e.hooks("")
+	hooks[3] += fmt.Sprintf(" && rm %s && echo today > %s", rotated, created) // the service moves on after the resume
+	args := append(hooks, "--freeze", "snapshot", "--quiesce-path", "X500.db", "--quiesce-path", "X500.log")
+	code, out, errs := e.backup(context.Background(), args...)
 	if code != exitOK {
 		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
 	}
-	if !strings.Contains(out, "quiesce: snapshot, 5 files held still, downtime ") || !strings.Contains(out, "(btrfs snapshot of 1 volume: ") ||
+	if !strings.Contains(out, "quiesce: snapshot, 2 files held still, downtime ") || !strings.Contains(out, "(btrfs snapshot of 2 volumes: ") ||
 		!strings.Contains(out, "hooks ok, 0 warnings") {
 		t.Errorf("summary line:\n%s", out)
 	}
@@ -159,11 +181,11 @@ func TestFreezeSnapshotBackup(t *testing.T) {
 	snap, _ := q["snapshot"].(map[string]any)
 	vols, _ := snap["volumes"].([]any)
 	if q["freeze"] != "snapshot" || q["freeze_requested"] != "snapshot" || snap["backend"] != "btrfs" ||
-		len(vols) != 1 || vols[0] != e.svc {
+		len(vols) != 2 || vols[0] != e.svc || vols[1] != filepath.Dir(e.conf) {
 		t.Errorf("quiesce object %v", q)
 	}
-	created, _ := snap["create_seconds"].(float64)
-	if down, _ := q["downtime_seconds"].(float64); created <= 0 || down < created {
+	took, _ := snap["create_seconds"].(float64)
+	if down, _ := q["downtime_seconds"].(float64); took <= 0 || down < took {
 		t.Errorf("create_seconds %v, downtime_seconds %v", snap["create_seconds"], q["downtime_seconds"])
 	}
 	if left := snapLeft(t, e.mnt); len(left) != 0 {
@@ -194,12 +216,31 @@ func TestFreezeSnapshotBackup(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(target, e.svc, ".stasis-snapshots")); err == nil {
 		t.Error("the snapshot directory was backed up")
 	}
+	if b, err := os.ReadFile(filepath.Join(target, rotated)); err != nil || string(b) != "yesterday\n" {
+		t.Errorf("restored %s (removed after the resume): %q, %v", rotated, b, err)
+	}
+	if _, err := os.Lstat(filepath.Join(target, created)); err == nil {
+		t.Errorf("restored %s, created after the resume", created)
+	}
+
+	os.WriteFile(rotated, []byte("yesterday\n"), 0o644)
+	code, out, errs = e.backup(context.Background(), args...)
+	if code != exitOK {
+		t.Fatalf("second backup: exit %d\n%s%s", code, out, errs)
+	}
+	// zoomserv/zoomserv.conf, X500.db.pid (dated back) and etc/zoomserv.conf
+	if m := unchangedRe.FindStringSubmatch(out); m == nil || m[1] != "3" {
+		t.Errorf("second backup did not reuse the 3 unchanged files from the first:\n%s", out)
+	}
+	if left := snapLeft(t, e.mnt); len(left) != 0 {
+		t.Errorf("snapshots left: %v", left)
+	}
 }
 
 // A backup that fails after the snapshot was made (the repository breaks in
 // the window) writes no snapshot, removes the btrfs snapshot and resumes.
 func TestFreezeSnapshotBackupErrorRemovesSnapshot(t *testing.T) {
-	e := startSnapEnv(t, 512<<20)
+	e := startSnapEnv(t, 512<<20, false)
 	if code, out, errs := e.backup(context.Background(), append(e.hooks(""), "--freeze", "snapshot")...); code != exitOK {
 		t.Fatalf("first backup: exit %d\n%s%s", code, out, errs) // makes packs/
 	}
@@ -225,7 +266,7 @@ func TestFreezeSnapshotBackupErrorRemovesSnapshot(t *testing.T) {
 // The built binary is SIGKILLed while it reads a file from the snapshot:
 // the snapshot stays behind, and the next backup removes it and says so.
 func TestFreezeSnapshotKilledRunLeftoverRemoved(t *testing.T) {
-	e := startSnapEnv(t, 768<<20)
+	e := startSnapEnv(t, 768<<20, false)
 	// 128 MiB of incompressible data: reading it from the snapshot takes a
 	// while, long enough to see the binary holding it open.
 	big := filepath.Join(e.svc, "data", "blob.bin")
