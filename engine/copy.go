@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
@@ -45,10 +44,12 @@ var (
 
 // CopyOptions tune Copy.
 type CopyOptions struct {
-	// Progress, when set, is called about every ProgressEvery (default one
-	// second) from one goroutine, and once more when Copy returns.
-	Progress      func(CopyProgress)
-	ProgressEvery time.Duration
+	// Progress, when set, counts each snapshot as a phase ("snapshot
+	// 2/3") whose totals are the files and bytes of the snapshot's summary:
+	// files are counted with their sizes as their directories are copied;
+	// a directory taken whole from an earlier copy (nothing to read) is
+	// counted when the snapshot is done. A skipped snapshot is no phase.
+	Progress *Counts
 	// OnSnapshot, when set, is called on Copy's goroutine as each snapshot
 	// is copied or skipped, in order (the command prints it at once).
 	OnSnapshot func(CopiedSnapshot)
@@ -56,17 +57,6 @@ type CopyOptions struct {
 	// (about 100 bytes each); 0 means 1<<18. A blob that fell out of the
 	// cache is read and hashed again; nothing is stored twice.
 	MapEntries int
-}
-
-// CopyProgress is a copy's running count.
-type CopyProgress struct {
-	Snapshot, Snapshots int    // the snapshot being copied (1-based) of how many
-	Current             string // the short source id of that snapshot
-	Blobs               int64  // blobs read from the source and hashed
-	BytesRead           int64  // their plaintext bytes
-	BlobsAdded          int64  // blobs the destination lacked (data and trees)
-	StoredAdded         int64  // bytes added to the destination's packs
-	Elapsed             time.Duration
 }
 
 // CopiedSnapshot is what happened to one source snapshot.
@@ -120,10 +110,7 @@ func Copy(ctx context.Context, src CopySource, dst CopyDest, snaps []*repo.Snaps
 	if opts.MapEntries <= 0 {
 		opts.MapEntries = 1 << 18
 	}
-	if opts.ProgressEvery <= 0 {
-		opts.ProgressEvery = time.Second
-	}
-	c := &copier{src: src, dst: dst, opts: opts, start: time.Now(),
+	c := &copier{src: src, dst: dst, opts: opts,
 		blobs: newIDMap(opts.MapEntries), trees: newIDMap(opts.MapEntries)}
 	snaps = slices.Clone(snaps)
 	sort.SliceStable(snaps, func(i, j int) bool { return snaps[i].Time.Before(snaps[j].Time) })
@@ -155,23 +142,24 @@ func Copy(ctx context.Context, src CopySource, dst CopyDest, snaps []*repo.Snaps
 		c.noHints = deg
 	}
 
-	stop := c.startProgress(ctx, len(snaps))
-	defer stop()
 	res := &CopyResult{}
 	for i, sn := range snaps {
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		c.current.Store(&progressName{i + 1, sn.ID.Short()})
 		var cs CopiedSnapshot
 		if d, ok := c.copies[Origin(sn)]; ok {
 			cs = CopiedSnapshot{Source: sn, Copy: d, Skipped: true}
 		} else {
+			s := sn.Summary
+			files := s.FilesNew + s.FilesChanged + s.FilesUnchanged
+			opts.Progress.StartPhase(fmt.Sprintf("snapshot %d/%d", i+1, len(snaps)), files, s.TotalBytes)
 			cs, err = c.copySnapshot(ctx, sn)
 			if err != nil {
 				return res, err
 			}
 			c.copies[Origin(sn)] = cs.Copy
+			opts.Progress.Set(files, s.TotalBytes)
 		}
 		res.Snapshots = append(res.Snapshots, cs)
 		if opts.OnSnapshot != nil {
@@ -181,24 +169,17 @@ func Copy(ctx context.Context, src CopySource, dst CopyDest, snaps []*repo.Snaps
 	return res, nil
 }
 
-type progressName struct {
-	n  int
-	id string
-}
-
 type copier struct {
-	src   CopySource
-	dst   CopyDest
-	opts  CopyOptions
-	start time.Time
+	src  CopySource
+	dst  CopyDest
+	opts CopyOptions
 
 	blobs, trees *idMap                     // source id → destination id, for this run
 	copies       map[blob.ID]*repo.Snapshot // origin → destination snapshot
 	srcList      []*repo.Snapshot
 	noHints      bool // the destination is degraded (dictdamage.go)
 
-	current                                    atomic.Pointer[progressName]
-	read, readBytes, added, addedBytes, stored atomic.Int64
+	read, added, addedBytes, stored atomic.Int64
 }
 
 // copySnapshot copies one snapshot's trees and blobs, flushes, and writes
@@ -342,8 +323,13 @@ func (c *copier) copyTree(ctx context.Context, sn *repo.Snapshot, dir string, id
 	if err := c.copyBlobs(ctx, sn, dir, want); err != nil {
 		return blob.ID{}, err
 	}
+	var files, bytes int64
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
+		if n.Kind == tree.File {
+			files++
+			bytes += int64(n.Size)
+		}
 		for j := range n.Content {
 			e := &n.Content[j]
 			if e.Hole {
@@ -370,6 +356,7 @@ func (c *copier) copyTree(ctx context.Context, sn *repo.Snapshot, dir string, id
 	}
 	c.stored.Add(int64(res.Stored))
 	c.trees.put(id, d)
+	c.opts.Progress.Add(files, bytes)
 	return d, nil
 }
 
@@ -423,7 +410,6 @@ func (c *copier) copyBlobs(ctx context.Context, sn *repo.Snapshot, dir string, i
 		}
 		bufs[w] = data
 		c.read.Add(1)
-		c.readBytes.Add(int64(len(data)))
 		d := c.dst.Hash(data)
 		res, err := c.dst.SaveBlob(ctx, blob.Data, d, data)
 		if err != nil {
@@ -437,44 +423,6 @@ func (c *copier) copyBlobs(ctx context.Context, sn *repo.Snapshot, dir string, i
 		c.blobs.put(id, d)
 		return nil
 	})
-}
-
-func (c *copier) progress(total int) CopyProgress {
-	p := CopyProgress{Snapshots: total, Blobs: c.read.Load(), BytesRead: c.readBytes.Load(), BlobsAdded: c.added.Load(),
-		StoredAdded: c.stored.Load(), Elapsed: time.Since(c.start)}
-	if cur := c.current.Load(); cur != nil {
-		p.Snapshot, p.Current = cur.n, cur.id
-	}
-	return p
-}
-
-// startProgress calls opts.Progress every ProgressEvery until the returned
-// function is called, which reports once more.
-func (c *copier) startProgress(ctx context.Context, total int) func() {
-	if c.opts.Progress == nil {
-		return func() {}
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(c.opts.ProgressEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				c.opts.Progress(c.progress(total))
-			}
-		}
-	}()
-	return func() {
-		cancel()
-		wg.Wait()
-		c.opts.Progress(c.progress(total))
-	}
 }
 
 // idMap is a bounded, concurrency-safe map of source to destination blob

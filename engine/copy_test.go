@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -87,12 +88,33 @@ func copyAll(t *testing.T, src, dst *repo.Repository) *engine.CopyResult {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := engine.Copy(ctx, src, dst, list, engine.CopyOptions{})
+	var counts engine.Counts
+	var phases []engine.CountsValue // at the end of each copied snapshot
+	res, err := engine.Copy(ctx, src, dst, list, engine.CopyOptions{Progress: &counts, OnSnapshot: func(cs engine.CopiedSnapshot) {
+		if !cs.Skipped {
+			phases = append(phases, counts.Load())
+		}
+	}})
 	if err != nil {
 		t.Fatalf("copy: %v", err)
 	}
 	if len(res.Snapshots) != len(list) {
 		t.Fatalf("copy dealt with %d snapshots of %d", len(res.Snapshots), len(list))
+	}
+	// Progress: one phase per copied snapshot, ending at its totals.
+	k := 0
+	for i, cs := range res.Snapshots {
+		if cs.Skipped {
+			continue
+		}
+		s := cs.Source.Summary
+		files := s.FilesNew + s.FilesChanged + s.FilesUnchanged
+		want := engine.CountsValue{Files: files, Bytes: s.TotalBytes, TotalFiles: files, TotalBytes: s.TotalBytes,
+			Phase: fmt.Sprintf("snapshot %d/%d", i+1, len(list))}
+		if phases[k] != want {
+			t.Errorf("progress after copying %s: %+v, want %+v", cs.Source.ID.Short(), phases[k], want)
+		}
+		k++
 	}
 	return res
 }

@@ -221,20 +221,8 @@ type copyJSON struct {
 func (a *app) runCopy(ctx context.Context, src, dst *repo.Repository, snaps []*repo.Snapshot) error {
 	start := time.Now()
 	opts := engine.CopyOptions{}
+	stop := a.copyProgress(&opts)
 	tty := !a.json && isTerminal(a.stderr)
-	switch {
-	case a.json:
-		opts.Progress = func(p engine.CopyProgress) {
-			writeJSONLine(a.stdout, map[string]any{"message_type": "status", "snapshot": p.Snapshot, "total_snapshots": p.Snapshots,
-				"blobs_read": p.Blobs, "bytes_read": p.BytesRead, "blobs_added": p.BlobsAdded, "stored_added": p.StoredAdded,
-				"seconds_elapsed": p.Elapsed.Seconds()})
-		}
-	case tty:
-		opts.Progress = func(p engine.CopyProgress) {
-			fmt.Fprintf(a.stderr, "\r\033[Ksnapshot %d of %d (%s): %s read, %d new blobs, %s stored, %s/s", p.Snapshot, p.Snapshots, p.Current,
-				humanBytes(p.BytesRead), p.BlobsAdded, humanBytes(p.StoredAdded), humanBytes(int64(float64(p.BytesRead)/max(p.Elapsed.Seconds(), 0.001))))
-		}
-	}
 	var out []copyJSON
 	var copied, skipped int
 	var blobs, stored int64
@@ -261,9 +249,7 @@ func (a *app) runCopy(ctx context.Context, src, dst *repo.Repository, snaps []*r
 		}
 	}
 	_, err := engine.Copy(ctx, src, dst, snaps, opts)
-	if tty {
-		fmt.Fprint(a.stderr, "\r\033[K")
-	}
+	stop()
 	if a.json {
 		if out == nil {
 			out = []copyJSON{}
@@ -276,4 +262,51 @@ func (a *app) runCopy(ctx context.Context, src, dst *repo.Repository, snaps []*r
 			copied, src.Location(), dst.Location(), skipped, blobs, humanBytes(stored), humanDuration(time.Since(start)))
 	}
 	return err
+}
+
+// copyProgress shows opts.Progress (set here) every second: one line on a
+// terminal, or --json status lines. The returned function stops it.
+//
+// TODO(progress): use the shared reporter of progress.go
+// (a.startProgress("copy", "files", a.stdout)) once it is committed.
+func (a *app) copyProgress(opts *engine.CopyOptions) func() {
+	tty := !a.json && isTerminal(a.stderr)
+	if !tty && !a.json {
+		return func() {}
+	}
+	opts.Progress = new(engine.Counts)
+	start := time.Now()
+	show := func() {
+		v := opts.Progress.Load()
+		if a.json {
+			writeJSONLine(a.stdout, map[string]any{"message_type": "status", "command": "copy", "phase": v.Phase,
+				"files_done": v.Files, "bytes_done": v.Bytes, "total_files": v.TotalFiles, "total_bytes": v.TotalBytes,
+				"seconds_elapsed": time.Since(start).Seconds()})
+			return
+		}
+		fmt.Fprintf(a.stderr, "\r\033[Kcopy %s: %d/%d files, %s of %s", v.Phase, v.Files, v.TotalFiles, humanBytes(v.Bytes), humanBytes(v.TotalBytes))
+	}
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				show()
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-stopped
+		if tty {
+			fmt.Fprint(a.stderr, "\r\033[K")
+		} else {
+			show()
+		}
+	}
 }
