@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -19,9 +18,11 @@ func (a *app) backupCommand() *cobra.Command {
 		opts    engine.BackupOptions
 		dbGlobs []string
 		q       quiesceFlags
+		st      stdinFlags // stdin.go
+		rec     backupRun  // metrics.go: --metrics-file, --notify-command
 	)
 	c := &cobra.Command{
-		Use:   "backup [flags] PATH...",
+		Use:   "backup [flags] [PATH...] [--stdin-from-command -- CMD [ARG...]]",
 		Short: "Take a snapshot of files and directories",
 		Long: `Take a snapshot of PATHs. Files unchanged since the last snapshot of the same
 host and paths are not read again. A file that cannot be read, or that keeps
@@ -36,22 +37,44 @@ snapshots --json, "quiesce"). A hook failure, --on-open fail with a writer
 still present, or a signal in the window exits 1 without a snapshot. A resume
 hook failure after a snapshot was written also exits 1: check the service.
 
+A service's own dump is stored as a file of the snapshot with
+--stdin-filename NAME --stdin-from-command -- CMD [ARG...] (give stasis's
+flags before the --; CMD runs without a shell, and --hook-timeout, default
+5m, kills its process group): a command that exits non-zero, is killed or
+times out makes no snapshot (exit 1, with its stderr tail); empty output is a
+snapshot with a warning (exit 3). --stdin reads a pipe instead. PATHs may be
+given as well: one snapshot. See docs/capture.md, also for --metrics-file
+(Prometheus textfile) and --notify-command (JSON summary on stdin), which
+report every run.
+
 --profile FILE (TOML, docs/examples/zoomserv.toml) supplies the repository,
 paths and these settings; flags given as well win, and the profile's
 repository wins over $STASIS_REPO.`,
 		Args: func(c *cobra.Command, args []string) error {
-			if len(args) == 0 && q.profile == "" {
+			if len(args) == 0 && q.profile == "" && !st.any() {
 				return usagef("backup: give at least one PATH to back up, or --profile FILE")
 			}
 			return nil
 		},
-		RunE: func(c *cobra.Command, args []string) error {
+		RunE: a.reportBackup(&rec, func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
-			args, err := a.applyProfile(c, &q, &opts, &dbGlobs, args)
+			args, err := st.split(c, args)
 			if err != nil {
 				return err
 			}
+			args, err = a.applyProfile(c, &q, &opts, &dbGlobs, args)
+			if err != nil {
+				return err
+			}
+			if err := applyStdinProfile(c, q.profile, &st, &rec); err != nil {
+				return err
+			}
+			rec.profile, rec.timeout = profileName(q.profile), q.hookTimeout
+			q.commands = st.fromCommand || rec.notifyCommand != ""
 			if err := q.validate(); err != nil {
+				return err
+			}
+			if err := st.validate(a, &q, args); err != nil {
 				return err
 			}
 			dir, err := a.needRepo()
@@ -91,6 +114,10 @@ repository wins over $STASIS_REPO.`,
 				opts.Host, _ = os.Hostname()
 			}
 			opts.Paths = args
+			rec.host = opts.Host
+			var stopStdin func()
+			opts.Stdin, stopStdin = a.stdinFile(&st, q.hookTimeout)
+			defer stopStdin()
 			prog := a.startProgress("backup", "files", a.stdout) // progress.go
 			if prog != nil {
 				opts.Progress, opts.ProgressEvery = prog.backup, progressRedraw
@@ -107,17 +134,15 @@ repository wins over $STASIS_REPO.`,
 			prog.doneBackup(sn)
 			if q.quiesce != "" {
 				a.printQuiesce(rep)
+				rec.rep = &rep
 			}
+			rec.sn = sn
 			if sn == nil {
 				return err
 			}
 			s := sn.Summary
 			if a.json {
-				writeJSONLine(a.stdout, map[string]any{"message_type": "summary", "snapshot_id": sn.ID.String(), "time": sn.Time,
-					"files_new": s.FilesNew, "files_changed": s.FilesChanged, "files_unchanged": s.FilesUnchanged,
-					"dirs": s.Dirs, "others": s.Others, "total_bytes": s.TotalBytes, "bytes_read": s.BytesRead,
-					"bytes_added": s.BytesAdded, "stored_added": s.StoredAdded, "duration_seconds": s.Duration, "problems": s.Problems,
-					"quiesce": json.RawMessage(sn.Quiesce)})
+				writeJSONLine(a.stdout, summaryJSON(sn)) // notify.go
 			} else {
 				fmt.Fprintf(a.stdout, "snapshot %s saved\n", sn.ID.Short())
 				fmt.Fprintf(a.stdout, "files:  %d new, %d changed, %d unchanged; %d dirs, %d other entries\n",
@@ -125,6 +150,9 @@ repository wins over $STASIS_REPO.`,
 				fmt.Fprintf(a.stdout, "data:   %s read of %s; %s new, %s added to the repository after dedup and compression\n",
 					humanBytes(s.BytesRead), humanBytes(s.TotalBytes), humanBytes(s.BytesAdded), humanBytes(s.StoredAdded))
 				fmt.Fprintf(a.stdout, "time:   %s\n", humanDuration(time.Duration(s.Duration*float64(time.Second))))
+			}
+			if errors.Is(err, engine.ErrStdinEmpty) && !errors.Is(err, engine.ErrIncomplete) && !errors.Is(err, quiesce.ErrResumeFailed) {
+				return a.stdinEmpty(sn, err) // stdin.go: exit 3
 			}
 			if errors.Is(err, quiesce.ErrResumeFailed) {
 				printProblems(a.stderr, "files were not captured cleanly (the snapshot is incomplete)", s.Problems)
@@ -135,7 +163,7 @@ repository wins over $STASIS_REPO.`,
 				return exitError{exitIncomplete, fmt.Errorf("snapshot %s is incomplete: %w", sn.ID.Short(), err)}
 			}
 			return nil
-		},
+		}),
 	}
 	f := c.Flags()
 	f.BoolVar(&create, "init", false, "create the repository first when it does not exist")
@@ -145,5 +173,7 @@ repository wins over $STASIS_REPO.`,
 	f.StringSliceVar(&dbGlobs, "db-glob", nil, "base-name globs of files chunked with the small \"db\" profile (default: the repository's, *.db)")
 	f.IntVar(&opts.Retries, "retries", 2, "re-reads of a file that changes while it is read")
 	addQuiesceFlags(c, &q)
+	addStdinFlags(c, &st)
+	addReportFlags(c, &rec)
 	return c
 }
