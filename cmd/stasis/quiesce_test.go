@@ -398,7 +398,7 @@ func TestQuiesceUsageErrors(t *testing.T) {
 		{"--on-open", "fail", dir},
 		{"--quiesce-path", "*.db", dir},
 		{"--hook-timeout", "1s", dir},
-		{"--quiesce", "true", "--freeze", "snapshot", dir},
+		{"--quiesce", "true", "--freeze", "freeze-dry", dir},
 		{"--quiesce", "true", "--on-open", "ignore", dir},
 		{"--quiesce", "true", "--staging", dir, dir},
 		{"--quiesce", "true", "--hook-timeout", "-1s", dir},
