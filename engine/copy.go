@@ -285,8 +285,8 @@ func (c *copier) copyTree(ctx context.Context, sn *repo.Snapshot, dir string, id
 			}
 		}
 	}
-	var want []blob.ID // data blobs to read, hash and store
-	seen := map[blob.ID]bool{}
+	var want []blob.ID            // data blobs to read, hash and store
+	owner := map[blob.ID]string{} // the file of each, for messages
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
 		p := path.Join(dir, n.Name)
@@ -310,17 +310,17 @@ func (c *copier) copyTree(ctx context.Context, sn *repo.Snapshot, dir string, id
 				c.learn(n, hs.Find(n.Name), hd.Find(n.Name))
 			}
 			for _, e := range n.Content {
-				if e.Hole || seen[e.ID] {
+				if e.Hole || owner[e.ID] != "" {
 					continue
 				}
 				if _, ok := c.blobs.get(e.ID); !ok {
-					seen[e.ID] = true
+					owner[e.ID] = p
 					want = append(want, e.ID)
 				}
 			}
 		}
 	}
-	if err := c.copyBlobs(ctx, sn, dir, want); err != nil {
+	if err := c.copyBlobs(ctx, sn, owner, want); err != nil {
 		return blob.ID{}, err
 	}
 	var files, bytes int64
@@ -338,7 +338,7 @@ func (c *copier) copyTree(ctx context.Context, sn *repo.Snapshot, dir string, id
 			d, ok := c.blobs.get(e.ID)
 			if !ok {
 				// Evicted from a full cache since it was copied: map it again.
-				if err := c.copyBlobs(ctx, sn, dir, []blob.ID{e.ID}); err != nil {
+				if err := c.copyBlobs(ctx, sn, map[blob.ID]string{e.ID: path.Join(dir, n.Name)}, []blob.ID{e.ID}); err != nil {
 					return blob.ID{}, err
 				}
 				d, _ = c.blobs.get(e.ID)
@@ -398,22 +398,22 @@ func (c *copier) learn(n, a, b *tree.Node) {
 
 // copyBlobs reads the data blobs ids from the source, hashes them with the
 // destination's key and saves those the destination lacks, on a fixed
-// number of goroutines.
-func (c *copier) copyBlobs(ctx context.Context, sn *repo.Snapshot, dir string, ids []blob.ID) error {
+// number of goroutines. owner names a file of each, for messages.
+func (c *copier) copyBlobs(ctx context.Context, sn *repo.Snapshot, owner map[blob.ID]string, ids []blob.ID) error {
 	bufs := make([][]byte, workers(len(ids)))
 	return parallel(ctx, len(ids), func(ctx context.Context, w, i int) error {
 		id := ids[i]
 		data, err := c.src.LoadBlob(ctx, id, bufs[w])
 		if err != nil {
-			return fmt.Errorf("copy snapshot %s: a chunk of a file in %s: %w (run `stasis check --read-data` on %s)",
-				sn.ID.Short(), dir, err, c.src.Location())
+			return fmt.Errorf("copy snapshot %s: file %s: %w (run `stasis check --read-data` on %s)",
+				sn.ID.Short(), owner[id], err, c.src.Location())
 		}
 		bufs[w] = data
 		c.read.Add(1)
 		d := c.dst.Hash(data)
 		res, err := c.dst.SaveBlob(ctx, blob.Data, d, data)
 		if err != nil {
-			return fmt.Errorf("copy snapshot %s: save chunk %s to %s: %w", sn.ID.Short(), d.Short(), c.dst.Location(), err)
+			return fmt.Errorf("copy snapshot %s: file %s: save chunk %s to %s: %w", sn.ID.Short(), owner[id], d.Short(), c.dst.Location(), err)
 		}
 		if res.Added {
 			c.added.Add(1)

@@ -18,6 +18,7 @@ import (
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 	"github.com/stasisbackup/stasis/repo/crypto"
+	"github.com/stasisbackup/stasis/repo/tree"
 )
 
 // otherPolynomial is a second irreducible chunker polynomial, so that the
@@ -250,5 +251,76 @@ func TestCopyResumes(t *testing.T) {
 			}
 			sameCopy(t, src, r2, sn, res.Copy)
 		})
+	}
+}
+
+// A copy from an unencrypted repository, with an id cache of one entry
+// (every blob falls out of it at once), gives snapshots that restore as
+// their sources.
+func TestCopyPlainSourceTinyCache(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "src")
+	makeTree(t, data, 10)
+	dir := t.TempDir()
+	src, err := repo.Init(ctx, backend.NewLocal(filepath.Join(dir, "plain")), repo.InitOptions{Polynomial: enginetest.Polynomial, InsecureNoPassword: true},
+		repo.OpenOptions{CacheDir: filepath.Join(dir, "cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { enginetest.CheckAndClose(t, src) })
+	sn1 := backup(t, src, day1, data)
+	rewritePage(t, data, 100<<10, 4)
+	sn2 := backup(t, src, day1.Add(time.Hour), data)
+	dst := newOtherRepo(t, backend.NewLocal(filepath.Join(dir, "dst")))
+	res, err := engine.Copy(ctx, src, dst, []*repo.Snapshot{sn2, sn1}, engine.CopyOptions{MapEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Snapshots) != 2 || res.Snapshots[0].Source.ID != sn1.ID {
+		t.Fatalf("copied %+v, want both, oldest first", res.Snapshots)
+	}
+	for i, sn := range []*repo.Snapshot{sn1, sn2} {
+		sameCopy(t, src, dst, sn, res.Snapshots[i].Copy)
+	}
+}
+
+// A damaged chunk in the source stops the copy with an error naming the
+// snapshot and the file; the destination gets no snapshot and checks clean.
+func TestCopyDamagedSource(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "src")
+	makeTree(t, data, 11)
+	dir := t.TempDir()
+	src, err := repo.Init(ctx, backend.NewLocal(filepath.Join(dir, "src")), enginetest.InitOptions(), enginetest.OpenOptionsIn(filepath.Join(dir, "cache")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	sn := backup(t, src, day1, data)
+	var leaf tree.Node
+	p := filepath.Join(data, "sub", "deeper", "leaf")
+	if err := engine.Walk(ctx, src, sn, p, func(_ string, n *tree.Node) error { leaf = *n; return nil }); err != nil || len(leaf.Content) == 0 {
+		t.Fatalf("walk to %s: %v", p, err)
+	}
+	loc, ok, err := src.Index().Lookup(leaf.Content[0].ID)
+	if err != nil || !ok {
+		t.Fatalf("lookup: %v %v", ok, err)
+	}
+	packFile := filepath.Join(dir, "src", repo.PackName(loc.Pack))
+	b, err := os.ReadFile(packFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[loc.Offset+uint64(loc.Length)/2] ^= 0x40
+	os.Chmod(packFile, 0o644)
+	if err := os.WriteFile(packFile, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dst := newOtherRepo(t, backend.NewLocal(filepath.Join(dir, "dst")))
+	_, err = engine.Copy(ctx, src, dst, []*repo.Snapshot{sn}, engine.CopyOptions{})
+	if err == nil || !errors.Is(err, repo.ErrCorruptBlob) || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), sn.ID.Short()) {
+		t.Fatalf("copy of a damaged source: %v; want ErrCorruptBlob naming %s and snapshot %s", err, p, sn.ID.Short())
+	}
+	t.Logf("copy of a damaged source: %v", err)
+	if list, _, _ := dst.Snapshots(ctx); len(list) != 0 {
+		t.Errorf("the destination got %d snapshots", len(list))
 	}
 }
