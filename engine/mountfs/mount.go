@@ -88,6 +88,10 @@ func Mount(ctx context.Context, dir string, root *FS, o MountOptions) (*Server, 
 				Debug:             o.Debug,
 				Logger:            logger,
 				MaxReadAhead:      1 << 20,
+				// Snapshots keep no extended attributes: ENOSYS makes
+				// the kernel stop asking (ls -l asks for ACLs of every
+				// file otherwise).
+				DisableXAttrs: true,
 			},
 			NullPermissions: true, // modes as stored, also 0000
 			Logger:          logger,

@@ -144,6 +144,24 @@ func (d *dirNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrO
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	// Known already (a listing with READDIRPLUS looks up every entry
+	// again): answer from its node instead of making a new one to throw
+	// away.
+	if ch := d.GetChild(name); ch != nil {
+		var e *entry
+		switch op := ch.Operations().(type) {
+		case *dirNode:
+			e = &op.entry
+		case *fileNode:
+			e = &op.entry
+		}
+		if e != nil {
+			e.attr(&out.Attr, ch.StableAttr().Ino)
+			out.SetEntryTimeout(staticTimeout)
+			out.SetAttrTimeout(staticTimeout)
+			return ch, 0
+		}
+	}
 	t, err := d.fsys.tree(ctx, d.meta.Subtree)
 	if err != nil {
 		return nil, d.fsys.fail(d.name(), err)
