@@ -221,15 +221,16 @@ type copyJSON struct {
 func (a *app) runCopy(ctx context.Context, src, dst *repo.Repository, snaps []*repo.Snapshot) error {
 	start := time.Now()
 	opts := engine.CopyOptions{}
-	stop := a.copyProgress(&opts)
-	tty := !a.json && isTerminal(a.stderr)
+	// Progress (progress.go): a phase per snapshot; its files and bytes
+	// against the snapshot's summary. Status lines go to stdout, with the
+	// summary.
+	prog := a.startProgress("copy", "files", a.stdout)
+	opts.Progress = prog.Counts()
+	stdout := prog.logWriter(a.stdout)
 	var out []copyJSON
 	var copied, skipped int
 	var blobs, stored int64
 	opts.OnSnapshot = func(cs engine.CopiedSnapshot) {
-		if tty {
-			fmt.Fprint(a.stderr, "\r\033[K")
-		}
 		out = append(out, copyJSON{Source: cs.Source.ID.String(), Snapshot: cs.Copy.ID.String(), Skipped: cs.Skipped,
 			BlobsAdded: cs.BlobsAdded, BytesAdded: cs.BytesAdded, StoredAdded: cs.StoredAdded, BlobsRead: cs.BlobsRead})
 		if cs.Skipped {
@@ -243,13 +244,13 @@ func (a *app) runCopy(ctx context.Context, src, dst *repo.Repository, snaps []*r
 			return
 		}
 		if cs.Skipped {
-			fmt.Fprintf(a.stdout, "snapshot %s already copied as %s\n", cs.Source.ID.Short(), cs.Copy.ID.Short())
+			fmt.Fprintf(stdout, "snapshot %s already copied as %s\n", cs.Source.ID.Short(), cs.Copy.ID.Short())
 		} else {
-			fmt.Fprintf(a.stdout, "copied snapshot %s as %s (%d new blobs, %s)\n", cs.Source.ID.Short(), cs.Copy.ID.Short(), cs.BlobsAdded, humanBytes(cs.StoredAdded))
+			fmt.Fprintf(stdout, "copied snapshot %s as %s (%d new blobs, %s)\n", cs.Source.ID.Short(), cs.Copy.ID.Short(), cs.BlobsAdded, humanBytes(cs.StoredAdded))
 		}
 	}
 	_, err := engine.Copy(ctx, src, dst, snaps, opts)
-	stop()
+	prog.done()
 	if a.json {
 		if out == nil {
 			out = []copyJSON{}
@@ -262,51 +263,4 @@ func (a *app) runCopy(ctx context.Context, src, dst *repo.Repository, snaps []*r
 			copied, src.Location(), dst.Location(), skipped, blobs, humanBytes(stored), humanDuration(time.Since(start)))
 	}
 	return err
-}
-
-// copyProgress shows opts.Progress (set here) every second: one line on a
-// terminal, or --json status lines. The returned function stops it.
-//
-// TODO(progress): use the shared reporter of progress.go
-// (a.startProgress("copy", "files", a.stdout)) once it is committed.
-func (a *app) copyProgress(opts *engine.CopyOptions) func() {
-	tty := !a.json && isTerminal(a.stderr)
-	if !tty && !a.json {
-		return func() {}
-	}
-	opts.Progress = new(engine.Counts)
-	start := time.Now()
-	show := func() {
-		v := opts.Progress.Load()
-		if a.json {
-			writeJSONLine(a.stdout, map[string]any{"message_type": "status", "command": "copy", "phase": v.Phase,
-				"files_done": v.Files, "bytes_done": v.Bytes, "total_files": v.TotalFiles, "total_bytes": v.TotalBytes,
-				"seconds_elapsed": time.Since(start).Seconds()})
-			return
-		}
-		fmt.Fprintf(a.stderr, "\r\033[Kcopy %s: %d/%d files, %s of %s", v.Phase, v.Files, v.TotalFiles, humanBytes(v.Bytes), humanBytes(v.TotalBytes))
-	}
-	done, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				show()
-			}
-		}
-	}()
-	return func() {
-		close(done)
-		<-stopped
-		if tty {
-			fmt.Fprint(a.stderr, "\r\033[K")
-		} else {
-			show()
-		}
-	}
 }

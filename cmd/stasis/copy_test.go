@@ -157,6 +157,9 @@ func TestCopyCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil {
 		t.Fatalf("copy --json: %v\n%s", err, out)
 	}
+	if !strings.Contains(lines[len(lines)-2], `"message_type":"status"`) || !strings.Contains(lines[len(lines)-2], `"command":"copy"`) {
+		t.Errorf("copy --json: no status line before the summary:\n%s", out)
+	}
 	if sum.Copied != 1 || sum.Skipped != 2 || sum.BlobsAdded == 0 || sum.BlobsAdded > 8 {
 		t.Errorf("third copy: %+v, want 1 copied with a few blobs, 2 skipped", sum)
 	}
