@@ -20,6 +20,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stasisbackup/stasis/engine/profile"
 	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
@@ -79,11 +80,13 @@ func summary(t *testing.T, out string) map[string]any {
 	return m
 }
 
-// restore restores the latest snapshot of repoDir into a fresh directory
-// and returns it.
-func (e *serviceEnv) restore(t *testing.T, repoDir string) string {
+// restore restores the latest snapshot of repoDir into target ("" = a
+// fresh temp dir) and returns target.
+func (e *serviceEnv) restore(t *testing.T, repoDir, target string) string {
 	t.Helper()
-	target := t.TempDir()
+	if target == "" {
+		target = t.TempDir()
+	}
 	if code, out, errs := e.stasis(t, "restore", "latest", "--repo", repoDir, "--target", target); code != 0 {
 		t.Fatalf("stasis restore: exit %d\n%s%s", code, out, errs)
 	}
@@ -117,31 +120,46 @@ func TestServiceSlapd(t *testing.T) {
 	// docs/examples/openldap.toml as written, but for the repository, the
 	// paths and the hooks (systemctl and /var/lib/ldap are not this test's).
 	t.Run("profile", func(t *testing.T) {
-		example, err := os.ReadFile(filepath.Join(examplesDir, "openldap.toml"))
-		if err != nil {
-			t.Fatal(err)
-		}
 		env.slapdBackup(t, t.TempDir(), "copy", func(s *slapd, log *eventLog, repoDir string) []string {
-			prof := string(example)
-			for key, value := range map[string]string{
+			return []string{"backup", "--json", "--profile", exampleProfile(t, "openldap.toml", map[string]string{
 				"repository": strconv.Quote(repoDir),
 				"paths":      "[" + strconv.Quote(s.dir) + "]",
 				"quiesce":    strconv.Quote(log.hook("quiesce") + " && " + s.ctl + " stop"),
 				"resume":     strconv.Quote(log.hook("resume") + " && " + s.ctl + " start && " + log.hook("resumed")),
-			} {
-				re := regexp.MustCompile(`(?m)^` + key + ` *=.*$`)
-				if !re.MatchString(prof) {
-					t.Fatalf("openldap.toml has no %s line", key)
-				}
-				prof = re.ReplaceAllLiteralString(prof, key+" = "+value)
-			}
-			file := filepath.Join(t.TempDir(), "openldap.toml")
-			if err := os.WriteFile(file, []byte(prof), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			return []string{"backup", "--json", "--profile", file}
+			}, nil)}
 		})
 	})
+}
+
+// exampleProfile writes docs/examples/NAME as written but for the lines
+// of the keys in lines (replaced by key = value) and the strings in replace
+// (old → new: paths of a real installation, such as /var/lib/postgresql),
+// and returns the file.
+func exampleProfile(t *testing.T, name string, lines, replace map[string]string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(examplesDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prof := string(b)
+	for key, value := range lines {
+		re := regexp.MustCompile(`(?m)^` + key + ` *=.*$`)
+		if !re.MatchString(prof) {
+			t.Fatalf("%s has no %s line", name, key)
+		}
+		prof = re.ReplaceAllLiteralString(prof, key+" = "+value)
+	}
+	for old, new := range replace {
+		if !strings.Contains(prof, old) {
+			t.Fatalf("%s does not name %s", name, old)
+		}
+		prof = strings.ReplaceAll(prof, old, new)
+	}
+	file := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(file, []byte(prof), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }
 
 // slapdBackup starts a slapd in base/slapd and a writer, runs the built
@@ -153,7 +171,10 @@ func (env *serviceEnv) slapdBackup(t *testing.T, base, freeze string, args func(
 	t.Helper()
 	s := newSlapd(t, filepath.Join(base, "slapd"), "")
 	log := newEventLog(t)
-	w := startWriter(t, s, log)
+	w := startWriter(t, log, func(ctx context.Context, n int) error {
+		_, err := s.ldap(ctx, "ldapadd", entryLDIF(n))
+		return err
+	})
 	w.waitAck(t, 20)
 	repoDir := env.initRepo(t)
 	code, out, errs := env.stasis(t, args(s, log, repoDir)...)
@@ -178,7 +199,7 @@ func (env *serviceEnv) slapdBackup(t *testing.T, base, freeze string, args func(
 			t.Fatalf("the live server lost acknowledged add %d", n)
 		}
 	}
-	target := env.restore(t, repoDir)
+	target := env.restore(t, repoDir, "")
 	checkRestoredSlapd(t, s, filepath.Join(target, s.dir), win)
 	if left, _ := filepath.Glob(filepath.Join(base, ".stasis-staging", "stasis-stage-*")); len(left) != 0 {
 		t.Errorf("staging directories left behind: %v", left)
@@ -207,6 +228,128 @@ func checkRestoredSlapd(t *testing.T, s *slapd, restored string, win window) {
 	served := newSlapd(t, restored, db).search(t)
 	if !maps.Equal(served, dumped) {
 		t.Errorf("slapd on the restored database serves %d entries, slapcat dumped %d", len(served), len(dumped))
+	}
+}
+
+// TestServicePostgres backs up a running PostgreSQL cluster, written to by
+// psql processes (one INSERT each) all along: the hooks stop (fast
+// shutdown) and start the cluster with pg_ctl. stop holds every file of the
+// data directory still (the default); copy uses the quiesce paths of
+// docs/examples/postgresql.toml, and reflink is that profile as written but
+// for repository, paths and hooks, on an XFS image. Each restore passes
+// pg_checksums --check and is served by a second postgres: every INSERT
+// acknowledged before the quiesce hook started is there, none started after
+// the resume hook started is, and the live cluster takes INSERTs again after
+// the backup.
+func TestServicePostgres(t *testing.T) {
+	bin := needPostgres(t)
+	env := newServiceEnv(t)
+	hooks := func(pg *postgres, log *eventLog) (string, string) {
+		return log.hook("quiesce") + " && " + pg.ctl + " stop",
+			log.hook("resume") + " && " + pg.ctl + " start && " + log.hook("resumed")
+	}
+	t.Run("stop", func(t *testing.T) {
+		env.postgresBackup(t, bin, "", "stop", func(pg *postgres, log *eventLog, repoDir string) []string {
+			quiesce, resume := hooks(pg, log)
+			return []string{"backup", "--json", "--repo", repoDir, "--quiesce", quiesce, "--resume", resume,
+				"--freeze", "stop", "--on-open", "fail", "--hook-timeout", "2m",
+				// The running server's lock file (as in docs/examples/postgresql.toml):
+				// stop removes it, start makes a new one that a restore must not hold.
+				"--exclude", "postmaster.pid", pg.data}
+		})
+	})
+	t.Run("copy", func(t *testing.T) {
+		p, err := profile.Load(filepath.Join(examplesDir, "postgresql.toml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.postgresBackup(t, bin, "", "copy", func(pg *postgres, log *eventLog, repoDir string) []string {
+			quiesce, resume := hooks(pg, log)
+			args := []string{"backup", "--json", "--repo", repoDir, "--quiesce", quiesce, "--resume", resume,
+				"--freeze", "copy", "--on-open", "fail", "--exclude", "postmaster.pid"}
+			for _, g := range p.QuiescePaths {
+				args = append(args, "--quiesce-path", strings.ReplaceAll(g, "/var/lib/postgresql", filepath.Dir(filepath.Dir(pg.data))))
+			}
+			return append(args, pg.data)
+		})
+	})
+	t.Run("reflink", func(t *testing.T) {
+		mnt := loopXFS(t, 320<<20) // mounted before postgres starts: unmounted after it stops
+		for d := mnt; strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755) // the test's temp dirs: postgres must enter them
+		}
+		env.postgresBackup(t, bin, mnt, "reflink", func(pg *postgres, log *eventLog, repoDir string) []string {
+			quiesce, resume := hooks(pg, log)
+			return []string{"backup", "--json", "--profile", exampleProfile(t, "postgresql.toml", map[string]string{
+				"repository": strconv.Quote(repoDir),
+				"paths":      "[" + strconv.Quote(pg.data) + "]",
+				"quiesce":    strconv.Quote(quiesce),
+				"resume":     strconv.Quote(resume),
+			}, map[string]string{"/var/lib/postgresql": filepath.Dir(filepath.Dir(pg.data))})}
+		})
+	})
+}
+
+// postgresBackup makes a cluster in parent/stasis-pg-*/15/main (parent ""
+// = the temp dir), creates table w and starts a writer, runs the built
+// binary with args(...) (a quiesced backup whose hooks log "quiesce",
+// "resume" and "resumed" and stop and start the cluster), and checks the
+// result: exit 0, the cluster takes INSERTs again, the report's mode is
+// freeze, and the restore.
+func (env *serviceEnv) postgresBackup(t *testing.T, bin, parent, freeze string, args func(pg *postgres, log *eventLog, repoDir string) []string) {
+	t.Helper()
+	base := sharedDir(t, parent, "stasis-pg-")
+	if err := os.MkdirAll(filepath.Join(base, "15"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pg := newPostgres(t, bin, filepath.Join(base, "15", "main"), true)
+	if _, err := pg.psql(context.Background(), "CREATE TABLE w (n integer PRIMARY KEY, note text NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	log := newEventLog(t)
+	w := startWriter(t, log, func(ctx context.Context, n int) error {
+		_, err := pg.psql(ctx, fmt.Sprintf("INSERT INTO w VALUES (%d, 'write %d of the service test')", n, n))
+		return err
+	})
+	w.waitAck(t, 10)
+	repoDir := env.initRepo(t)
+	code, out, errs := env.stasis(t, args(pg, log, repoDir)...)
+	if code != exitOK {
+		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
+	}
+	w.waitAck(t, w.nextSeq()) // the cluster runs again
+	w.stop(t)
+	q, _ := summary(t, out)["quiesce"].(map[string]any)
+	if q["freeze"] != freeze {
+		t.Errorf("quiesce report %v, want freeze %s", q, freeze)
+	}
+	if ws, _ := q["warnings"].([]any); len(ws) != 0 {
+		t.Errorf("warnings: %v", ws)
+	}
+	win := readWindow(t, log.lines(t), "quiesce", "resume")
+	live := pg.rows(t)
+	for _, n := range win.ackedBefore {
+		if !live[n] {
+			t.Fatalf("the live cluster lost acknowledged INSERT %d", n)
+		}
+	}
+
+	target := env.restore(t, repoDir, sharedDir(t, "", "stasis-pgrestore-"))
+	restored := filepath.Join(target, pg.data)
+	for d := filepath.Dir(restored); d != target; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755) // the restored parents of the data directory: postgres must enter them
+	}
+	if _, err := os.Stat(filepath.Join(restored, "postmaster.pid")); err == nil {
+		t.Fatal("the restore holds postmaster.pid: a server would take it for a running one")
+	}
+	if out, err := pg.cmd("pg_checksums", "--check", "-D", restored).CombinedOutput(); err != nil {
+		t.Fatalf("pg_checksums --check on the restored data directory: %v\n%s", err, out)
+	}
+	win.check(t, newPostgres(t, bin, restored, false).rows(t))
+	left, _ := filepath.Glob(filepath.Join(base, ".stasis-staging", "stasis-stage-*"))
+	left2, _ := filepath.Glob(filepath.Join(base, "*", ".stasis-staging", "stasis-stage-*"))
+	if left = append(left, left2...); len(left) != 0 {
+		t.Errorf("staging directories left behind: %v", left)
 	}
 }
 
