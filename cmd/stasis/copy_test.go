@@ -249,7 +249,7 @@ func TestCopyToS3(t *testing.T) {
 }
 
 // TestCopyKilled SIGKILLs `stasis copy` (the built binary) at moments drawn
-// from a fixed seed below the time an uninterrupted copy takes: every next
+// from a fixed seed below half the time an uninterrupted copy takes: every next
 // copy runs with no manual step, the destination checks clean after each
 // kill, and the copy that finishes gives snapshots that restore as their
 // sources.
@@ -278,7 +278,7 @@ func TestCopyKilled(t *testing.T) {
 	d.must("init")
 	kills := 0
 	for i := 0; i < 6; i++ {
-		if d.killed(span, "copy") {
+		if d.killed(span/2, "copy") { // below half: most die mid-way, whatever the machine's load
 			break
 		}
 		kills++
