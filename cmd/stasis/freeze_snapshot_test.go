@@ -246,7 +246,7 @@ func TestFreezeSnapshotBackupErrorRemovesSnapshot(t *testing.T) {
 	}
 	args := append(e.hooks(` && mv "$STASIS_REPO/packs" "$STASIS_REPO/packs.moved" && touch "$STASIS_REPO/packs"`), "--freeze", "snapshot")
 	code, out, errs := e.backup(context.Background(), args...)
-	if code != exitFatal || !strings.Contains(errs, "packs") || !strings.Contains(errs, "stasis: snapshotting 1 volumes") {
+	if code != exitFatal || !strings.Contains(errs, "packs") || !strings.Contains(errs, "stasis: snapshotting "+e.svc+" (btrfs; ") {
 		t.Fatalf("exit %d, want 1 after the snapshot was made, naming packs\n%s%s", code, out, errs)
 	}
 	if !strings.Contains(errs, "stasis: resume hook: ") {
@@ -344,6 +344,38 @@ func TestFreezeSnapshotKilledRunLeftoverRemoved(t *testing.T) {
 		t.Errorf("left in the snapshot directory: %v", locks)
 	}
 	e.wantRunning(t)
+}
+
+// SIGTERM (systemctl stop) reaching the built binary after the snapshot was
+// made cancels the backup: no snapshot in the repository, the btrfs
+// snapshot removed, the service running.
+func TestFreezeSnapshotSIGTERMRemovesSnapshot(t *testing.T) {
+	e := startSnapEnv(t, 512<<20, false)
+	bin := filepath.Join(t.TempDir(), "stasis")
+	if out, err := exec.Command(goTool(), "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	hooks := e.hooks("")
+	hooks[3] += " && kill -TERM $PPID" // the resume hook runs once the snapshot exists
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append(append([]string{"backup", "--repo", e.repo}, hooks...), "--freeze", "snapshot", e.svc)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitFatal {
+		t.Fatalf("stasis: %v, want exit 1\n%s", err, &stderr)
+	}
+	if !strings.Contains(stderr.String(), "stasis: snapshotting "+e.svc+" (btrfs; ") || !strings.Contains(stderr.String(), "terminated signal received") {
+		t.Errorf("not cancelled after the snapshot was made:\n%s", &stderr)
+	}
+	e.wantRunning(t)
+	if left := snapLeft(t, e.mnt); len(left) != 0 {
+		t.Errorf("snapshots left after SIGTERM: %v", left)
+	}
+	if n := len(snapshots(t, e.repo)); n != 0 {
+		t.Errorf("%d snapshots written, want none", n)
+	}
 }
 
 // Where no snapshot backend applies (here the test's temporary directory,

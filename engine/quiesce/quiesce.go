@@ -292,9 +292,9 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 	if opts.Freeze == FreezeSnapshot {
 		var roots map[string]string
 		if snaps != nil {
-			fmt.Fprintf(opts.Log, "stasis: snapshotting %d volumes holding %d quiesced files\n", len(snaps.vols), len(files))
-			took, err := snaps.create(ctx)
 			sr := snaps.report()
+			fmt.Fprintf(opts.Log, "stasis: snapshotting %s (%s; %d quiesced files)\n", strings.Join(sr.Volumes, ", "), sr.Backend, len(files))
+			took, err := snaps.create(ctx)
 			sr.CreateSeconds = took.Seconds()
 			mu.Lock()
 			rep.Snapshot = sr
