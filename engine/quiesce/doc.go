@@ -42,6 +42,19 @@
 //     window lasts milliseconds whatever the size. Where the filesystem refuses
 //     (ext4, tmpfs, or a staging directory on another filesystem) it falls
 //     back to copy, and the Report says so in Freeze and Warnings.
+//   - snapshot: a read-only snapshot of each volume holding quiesced files
+//     (a btrfs subvolume; SnapshotBackend, snapshot.go, btrfs.go) and of the
+//     volumes nested in it under the backup paths is made, the service is
+//     resumed, and capture reads the whole tree below each volume from the
+//     snapshot (Stage.Roots, Stage.Path), listings and metadata included,
+//     recording the original names. The window lasts as long as creating
+//     the snapshots, whatever the size or fragmentation of the files. Where
+//     no backend applies, Run fails with ErrNoSnapshotBackend before the
+//     quiesce hook. The snapshots live in VOLUME/.stasis-snapshots (0700)
+//     beside a lock file each run holds while it lives; they are removed
+//     before Run returns, on every path, and those of runs that died
+//     (SIGKILL, power cut) are removed by the next snapshot run on the
+//     volume, which warns about each.
 //
 // # Open-file detection
 //
