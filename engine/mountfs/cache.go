@@ -39,9 +39,11 @@ func newLRU[K comparable, V any](max int64) *lru[K, V] {
 }
 
 // get returns the cached value of key, or loads it with load (which
-// returns the value and its weight) and caches it. A value heavier than
-// the whole cache is returned but not kept. Waiting for another
-// goroutine's load stops when ctx is done.
+// returns the value and its weight) and caches it, evicting the least
+// recently used values until the weights fit. A value heavier than the
+// whole cache is kept alone (until the next load): the directory tree of a
+// huge directory is then not decoded again for each lookup of its
+// entries. Waiting for another goroutine's load stops when ctx is done.
 func (c *lru[K, V]) get(ctx context.Context, key K, load func() (V, int64, error)) (V, error) {
 	for {
 		v, err, retry := c.try(ctx, key, load)
@@ -83,10 +85,10 @@ func (c *lru[K, V]) try(ctx context.Context, key K, load func() (V, int64, error
 	call.val, call.err = v, err
 	c.mu.Lock()
 	delete(c.loading, key)
-	if err == nil && w <= c.max {
+	if err == nil {
 		c.entries[key] = c.order.PushFront(&lruEntry[K, V]{key: key, val: v, weight: w})
 		c.weight += w
-		for c.weight > c.max {
+		for c.weight > c.max && c.order.Len() > 1 {
 			el := c.order.Back()
 			e := el.Value.(*lruEntry[K, V])
 			c.order.Remove(el)

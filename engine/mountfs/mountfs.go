@@ -92,8 +92,8 @@ type Options struct {
 	// ChunkCacheBytes bounds the decoded chunks kept (default 32 MiB);
 	// ListCacheBytes the decoded extent lists (default 4 MiB);
 	// TreeCacheBytes the decoded directory trees (default 32 MiB). A
-	// directory tree larger than TreeCacheBytes is decoded again for every
-	// lookup in it.
+	// value larger than its cache is kept alone in it until the next one
+	// is loaded.
 	ChunkCacheBytes, ListCacheBytes, TreeCacheBytes int64
 	// LookupRefresh is how old the snapshot list may be when a name not in
 	// it is looked up in snapshots/ or hosts/ before the list is read
