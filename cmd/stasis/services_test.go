@@ -102,11 +102,14 @@ func (e *serviceEnv) restore(t *testing.T, repoDir, target string) string {
 func TestServiceSlapd(t *testing.T) {
 	needSlapd(t)
 	env := newServiceEnv(t)
-	for _, freeze := range []string{"stop", "copy", "reflink"} {
+	for _, freeze := range []string{"stop", "copy", "reflink", "snapshot"} {
 		t.Run(freeze, func(t *testing.T) {
 			base := t.TempDir()
-			if freeze == "reflink" {
-				base = loopXFS(t, 320<<20) // mounted before slapd starts: unmounted after it stops
+			switch freeze { // mounted before slapd starts: unmounted after it stops
+			case "reflink":
+				base = loopXFS(t, 320<<20)
+			case "snapshot":
+				_, base = snapLoopBtrfs(t, 320<<20) // a subvolume
 			}
 			env.slapdBackup(t, base, freeze, func(s *slapd, log *eventLog, repoDir string) []string {
 				return []string{"backup", "--json", "--repo", repoDir,
@@ -129,6 +132,76 @@ func TestServiceSlapd(t *testing.T) {
 			}, nil)}
 		})
 	})
+}
+
+// TestServiceSlapdDump backs up slapd's own dump (stasis backup
+// --stdin-from-command -- slapcat -n 1, no service stopped) with slapd.conf
+// beside it in one snapshot, while ldapadd processes write. The restored
+// dump holds every add acknowledged before stasis started and none started
+// after it exited, and slapadd loads it into a fresh database that a slapd
+// serves.
+func TestServiceSlapdDump(t *testing.T) {
+	needSlapd(t)
+	env := newServiceEnv(t)
+	s := newSlapd(t, filepath.Join(t.TempDir(), "slapd"), "")
+	log := newEventLog(t)
+	w := startWriter(t, log, func(ctx context.Context, n int) error {
+		_, err := s.ldap(ctx, "ldapadd", entryLDIF(n))
+		return err
+	})
+	w.waitAck(t, 20)
+	repoDir := env.initRepo(t)
+	const dumpName = "/dumps/directory.ldif"
+	if err := log.add("backup"); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := env.stasis(t, "backup", "--json", "--repo", repoDir, "--stdin-filename", dumpName, s.conf,
+		"--stdin-from-command", "--", slapcatBin, "-f", s.conf, "-n", "1", "-o", "ldif-wrap=no")
+	if err := log.add("done"); err != nil {
+		t.Fatal(err)
+	}
+	if code != exitOK {
+		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
+	}
+	w.waitAck(t, w.nextSeq()) // never stopped: still taking adds
+	w.stop(t)
+	if q := summary(t, out)["quiesce"]; q != nil {
+		t.Errorf("quiesce report %v in a backup without hooks", q)
+	}
+	list := snapshots(t, repoDir)
+	if len(list) != 1 {
+		t.Fatalf("%d snapshots, want 1", len(list))
+	}
+	if src, _ := list[0]["stdin"].(map[string]any); src == nil || src["exit_status"] != 0.0 || !strings.Contains(fmt.Sprint(src["command"]), "slapcat") {
+		t.Errorf("snapshot's stdin record %v, want slapcat with exit status 0", list[0]["stdin"])
+	}
+	win := readWindow(t, log.lines(t), "backup", "done")
+
+	target := env.restore(t, repoDir, "")
+	if got, err := os.ReadFile(filepath.Join(target, s.conf)); err != nil || string(got) != slapdConf(s.dbDir, s.runDir) {
+		t.Errorf("restored slapd.conf differs from the original (%v)", err)
+	}
+	dump, err := os.ReadFile(filepath.Join(target, dumpName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	win.check(t, entrySeqs(dump))
+	// slapadd loads the dump into a new database, as a restore would.
+	dir := t.TempDir()
+	db := filepath.Join(dir, "db")
+	conf := filepath.Join(dir, "slapd.conf")
+	if err := os.Mkdir(db, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte(slapdConf(db, t.TempDir())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.tool(slapaddBin, string(dump), "-q", "-f", conf, "-n", "1"); err != nil {
+		t.Fatalf("slapadd the restored dump: %v\n%s", err, out)
+	}
+	if served := newSlapd(t, dir, db).search(t); !maps.Equal(served, entrySeqs(dump)) {
+		t.Errorf("slapd on the reloaded dump serves %d entries, the dump holds %d", len(served), len(entrySeqs(dump)))
+	}
 }
 
 // exampleProfile writes docs/examples/NAME as written but for the lines
