@@ -102,7 +102,8 @@ func mounted(t *testing.T, dir string) bool {
 // that, and shows that the stale mountpoint is named as such, that
 // fusermount -u (or umount -l) recovers it, that a new mount serves every
 // file equal to the source, that SIGTERM unmounts cleanly with exit 0, and
-// that the repository still passes check --read-data.
+// that SIGINT with a file still open detaches the busy mount lazily (exit
+// 0 too), and that the repository still passes check --read-data.
 func TestMountKilledAndRecovered(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
@@ -190,5 +191,32 @@ func TestMountKilledAndRecovered(t *testing.T) {
 	if !strings.Contains(m.output(t), "unmounted "+mnt) || mounted(t, mnt) {
 		t.Errorf("after SIGTERM: mounted %v, output:\n%s", mounted(t, mnt), m.output(t))
 	}
+
+	// SIGINT (Ctrl-C) while a file is open below the mountpoint: the mount
+	// is busy, so it is detached lazily; exit 0 all the same.
+	m = startMount(t, bin, repoDir, mnt)
+	f, err = os.Open(filepath.Join(mnt, "latest", src, "big.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := m.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-m.exited:
+		if err != nil {
+			t.Errorf("stasis mount after SIGINT with a file open: %v (want exit 0)\n%s", err, m.output(t))
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("stasis mount still running a minute after SIGINT:\n%s", m.output(t))
+	}
+	if !strings.Contains(m.output(t), "detached it lazily") || mounted(t, mnt) {
+		t.Errorf("after SIGINT with a file open: mounted %v, output:\n%s", mounted(t, mnt), m.output(t))
+	}
+	if _, err := f.ReadAt(part, 0); err == nil {
+		t.Error("a file opened in the detached mount still reads after its process exited")
+	}
+
 	mustRun(t, "check", "--read-data", "--repo", repoDir)
 }

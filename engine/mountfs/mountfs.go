@@ -354,7 +354,11 @@ func (f *FS) fail(what string, err error) syscall.Errno {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return syscall.EINTR
 	}
-	f.opts.Log("mount: %s: %v", what, err)
+	hint := ""
+	if errors.Is(err, repo.ErrCorruptBlob) || errors.Is(err, repo.ErrBlobNotFound) || errors.Is(err, tree.ErrCorrupt) {
+		hint = " (the repository is damaged: run `stasis check`, see docs/damage.md)"
+	}
+	f.opts.Log("mount: %s: %v%s", what, err, hint)
 	return syscall.EIO
 }
 

@@ -591,7 +591,8 @@ func TestMountReadVerifiesChunks(t *testing.T) {
 	mu.Lock()
 	log := strings.Join(logs, "\n")
 	mu.Unlock()
-	for _, want := range []string{sn.ID.Short(), filepath.Join(src, "victim.bin"), chunk.String(), "corrupt"} {
+	t.Log(log)
+	for _, want := range []string{sn.ID.Short(), filepath.Join(src, "victim.bin"), chunk.String(), "corrupt", "stasis check"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log does not name %q:\n%s", want, log)
 		}
