@@ -373,3 +373,36 @@ func TestSnapshotNoBackendFailsBeforeQuiesce(t *testing.T) {
 		t.Fatalf("unknown backend: %v", err)
 	}
 }
+
+// Another filesystem mounted inside the snapshotted subvolume is not in the
+// snapshot: it is read live, and Run says so.
+func TestSnapshotOtherMountInsideIsReadLive(t *testing.T) {
+	s, _ := snapshotTree(t, "--close-on-pause")
+	svc := s.opts.Paths[0]
+	inner := filepath.Join(svc, "cache")
+	if err := os.Mkdir(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "tmpfs", inner).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", inner).Run() })
+	f := filepath.Join(inner, "state")
+	os.WriteFile(f, []byte("cached"), 0o644)
+	s.opts.QuiescePaths = []string{"X500.db"}
+	rep, err := Run(context.Background(), s.opts, func(ctx context.Context, st *Stage) error {
+		if st.Path(f) != f || st.Roots()[inner] != inner {
+			t.Errorf("%s read from %s (roots %v), want live", f, st.Path(f), st.Roots())
+		}
+		if st.Path(s.db) == s.db {
+			t.Errorf("%s read live", s.db)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Warnings) != 1 || !strings.Contains(rep.Warnings[0], inner+" is another filesystem mounted inside "+svc) {
+		t.Fatalf("warnings %q", rep.Warnings)
+	}
+}
