@@ -148,7 +148,9 @@ func snapshotFiles(files []string) []string {
 // snapshot needs that can fail: it finds the volume of every file (with the
 // named backend, or the first that applies) and the volumes nested in those
 // inside paths (addNested), makes the snapshot directory in each, removes
-// the snapshots of dead runs left there, and takes this run's lock. Messages about leftovers are returned as warnings.
+// the snapshots of dead runs left there, and takes this run's lock.
+// Messages about leftovers are returned as warnings. Files and paths are
+// absolute (Run's callers make them so; relative ones are made absolute).
 func prepareSnapshots(ctx context.Context, backendName string, paths, files []string, log io.Writer) (s *snapshotRun, warnings []string, err error) {
 	var cands []SnapshotBackend
 	if backendName != "" {
@@ -171,6 +173,11 @@ func prepareSnapshots(ctx context.Context, backendName string, paths, files []st
 	}()
 	dirVol := map[string]*snapVolume{} // cache by directory
 	for _, f := range files {
+		if !filepath.IsAbs(f) {
+			if f, err = filepath.Abs(f); err != nil {
+				return s, warnings, fmt.Errorf("freeze snapshot: %w", err)
+			}
+		}
 		if v := dirVol[filepath.Dir(f)]; v != nil {
 			s.of[f] = v
 			continue
@@ -251,8 +258,11 @@ func (s *snapshotRun) addNested(ctx context.Context, paths []string, log io.Writ
 	var warnings []string
 	devs := map[string]uint64{}
 	for _, root := range paths {
-		root = filepath.Clean(root)
-		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		root, err := filepath.Abs(root)
+		if err != nil {
+			return warnings, fmt.Errorf("freeze snapshot: %w", err)
+		}
+		err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return nil // the backup reports what it cannot read
 			}
