@@ -127,9 +127,8 @@ type snapVolume struct {
 type snapshotRun struct {
 	vols  []*snapVolume
 	byVol map[string]*snapVolume
-	of    map[string]*snapVolume // quiesced file -> its volume
-	live  []string               // other filesystems mounted inside a snapshotted volume: read live
-	name  string                 // stasis-snap-PID-TIME
+	live  []string // other filesystems mounted inside a snapshotted volume: read live
+	name  string   // stasis-snap-PID-TIME
 }
 
 // snapshotFiles drops the files inside a snapshot directory (a snapshot of
@@ -164,7 +163,7 @@ func prepareSnapshots(ctx context.Context, backendName string, paths, files []st
 		cands = append(cands, backends...)
 		backendsMu.Unlock()
 	}
-	s = &snapshotRun{byVol: map[string]*snapVolume{}, of: map[string]*snapVolume{},
+	s = &snapshotRun{byVol: map[string]*snapVolume{},
 		name: fmt.Sprintf("%s%d-%s", snapshotPrefix, os.Getpid(), time.Now().UTC().Format("20060102T150405"))}
 	defer func() {
 		if err != nil {
@@ -178,8 +177,7 @@ func prepareSnapshots(ctx context.Context, backendName string, paths, files []st
 				return s, warnings, fmt.Errorf("freeze snapshot: %w", err)
 			}
 		}
-		if v := dirVol[filepath.Dir(f)]; v != nil {
-			s.of[f] = v
+		if dirVol[filepath.Dir(f)] != nil {
 			continue
 		}
 		var (
@@ -207,7 +205,6 @@ func prepareSnapshots(ctx context.Context, backendName string, paths, files []st
 		if err != nil {
 			return s, warnings, err
 		}
-		s.of[f] = v
 		dirVol[filepath.Dir(f)] = v
 	}
 	w, err := s.addNested(ctx, paths, log)
