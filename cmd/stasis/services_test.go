@@ -309,7 +309,8 @@ func checkRestoredSlapd(t *testing.T, s *slapd, restored string, win window) {
 // shutdown) and start the cluster with pg_ctl. stop holds every file of the
 // data directory still (the default); copy uses the quiesce paths of
 // docs/examples/postgresql.toml, and reflink is that profile as written but
-// for repository, paths and hooks, on an XFS image. Each restore passes
+// for repository, paths and hooks, on an XFS image; snapshot holds every
+// file still on a btrfs subvolume. Each restore passes
 // pg_checksums --check and is served by a second postgres: every INSERT
 // acknowledged before the quiesce hook started is there, none started after
 // the resume hook started is, and the live cluster takes INSERTs again after
@@ -361,6 +362,67 @@ func TestServicePostgres(t *testing.T) {
 			}, map[string]string{"/var/lib/postgresql": filepath.Dir(filepath.Dir(pg.data))})}
 		})
 	})
+	t.Run("snapshot", func(t *testing.T) {
+		_, svc := snapLoopBtrfs(t, 320<<20) // a subvolume; mounted before postgres starts
+		for d := svc; strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755) // the test's temp dirs: postgres must enter them
+		}
+		env.postgresBackup(t, bin, svc, "snapshot", func(pg *postgres, log *eventLog, repoDir string) []string {
+			quiesce, resume := hooks(pg, log)
+			return []string{"backup", "--json", "--repo", repoDir, "--quiesce", quiesce, "--resume", resume,
+				"--freeze", "snapshot", "--on-open", "fail", "--exclude", "postmaster.pid", pg.data}
+		})
+	})
+}
+
+// TestServicePostgresDump backs up PostgreSQL's own dump (stasis backup
+// --stdin-from-command -- pg_dump --format=custom, nothing stopped) while
+// psql processes INSERT. The restored dump passes pg_restore --list and,
+// restored by pg_restore into a fresh cluster, holds every INSERT
+// acknowledged before stasis started and none started after it exited.
+func TestServicePostgresDump(t *testing.T) {
+	bin := needPostgres(t)
+	if _, err := exec.LookPath("pg_dump"); err != nil {
+		t.Skip("needs pg_dump and pg_restore (Debian package postgresql-client)")
+	}
+	env := newServiceEnv(t)
+	pg := newPostgres(t, bin, filepath.Join(sharedDir(t, "", "stasis-pg-"), "main"), true)
+	if _, err := pg.psql(context.Background(), "CREATE TABLE w (n integer PRIMARY KEY, note text NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	log := newEventLog(t)
+	w := startWriter(t, log, func(ctx context.Context, n int) error {
+		_, err := pg.psql(ctx, fmt.Sprintf("INSERT INTO w VALUES (%d, 'write %d of the service test')", n, n))
+		return err
+	})
+	w.waitAck(t, 10)
+	repoDir := env.initRepo(t)
+	const dumpName = "/dumps/postgres.dump"
+	if err := log.add("backup"); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := env.stasis(t, "backup", "--json", "--repo", repoDir, "--stdin-filename", dumpName,
+		"--stdin-from-command", "--", "pg_dump", "-h", pg.sockDir, "-U", "postgres", "--format=custom", "postgres")
+	if err := log.add("done"); err != nil {
+		t.Fatal(err)
+	}
+	if code != exitOK {
+		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
+	}
+	w.waitAck(t, w.nextSeq())
+	w.stop(t)
+	win := readWindow(t, log.lines(t), "backup", "done")
+
+	target := env.restore(t, repoDir, "")
+	dump := filepath.Join(target, dumpName)
+	if out, err := exec.Command("pg_restore", "--list", dump).CombinedOutput(); err != nil || !strings.Contains(string(out), "TABLE public w") {
+		t.Fatalf("pg_restore --list of the restored dump: %v\n%s", err, out)
+	}
+	fresh := newPostgres(t, bin, filepath.Join(sharedDir(t, "", "stasis-pg-"), "main"), true)
+	if out, err := exec.Command("pg_restore", "-h", fresh.sockDir, "-U", "postgres", "-d", "postgres", "--exit-on-error", dump).CombinedOutput(); err != nil {
+		t.Fatalf("pg_restore into a fresh cluster: %v\n%s", err, out)
+	}
+	win.check(t, fresh.rows(t))
 }
 
 // postgresBackup makes a cluster in parent/stasis-pg-*/15/main (parent ""
