@@ -115,7 +115,8 @@ func Mount(ctx context.Context, dir string, root *FS, o MountOptions) (*Server, 
 	}
 	srv, err := gofs.Mount(abs, root, opts(false))
 	if err != nil {
-		reasons = append(reasons, fmt.Sprintf("%s: %v", helper, strings.TrimSpace(err.Error())))
+		reasons = append(reasons, fmt.Sprintf("%s: %v (its own message is above; it needs %s usable, mode crw-rw-rw- on most systems, and itself setuid root; or mount as root)",
+			helper, strings.TrimSpace(err.Error()), fuseDevice))
 		return nil, fmt.Errorf("%w: cannot mount on %s: %s", ErrFUSEUnavailable, abs, strings.Join(reasons, "; "))
 	}
 	return &Server{srv: srv, dir: abs}, nil
