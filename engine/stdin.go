@@ -21,7 +21,8 @@ import (
 // dump shares its unchanged chunks with yesterday's.
 //
 // The file is recorded with mode 0600, the owner running the backup, and
-// the time the stream was opened (BackupOptions.Now) as its mtime. Its name
+// as its mtime the Started time Finish reports (when the command started),
+// else the time the stream was opened (BackupOptions.Now). Its name
 // is chunked with the "db" profile when it matches BackupOptions.DBGlobs,
 // else the default one. It is always read whole (a stream has no mtime to
 // compare with the parent snapshot's).
@@ -147,7 +148,8 @@ func (b *backup) readStdin(ctx context.Context) error {
 	s := b.opts.Stdin
 	n := &b.stdinFut.node
 	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
-	opened := b.opts.Now().UnixNano()
+	openedAt := b.opts.Now()
+	opened := openedAt.UnixNano()
 	*n = tree.Node{Name: filepath.Base(b.stdinPath), Kind: tree.File, Mode: 0o600, UID: uid, GID: gid, Links: 1,
 		User: b.names.user(uid), Group: b.names.group(gid), MTime: opened, CTime: opened}
 	r, err := s.Open(ctx)
@@ -184,6 +186,10 @@ func (b *backup) readStdin(ctx context.Context) error {
 		src = &repo.StdinSource{}
 	}
 	src.Path, src.Bytes, src.InWindow = b.stdinPath, int64(total), s.InWindow
+	if src.Started.IsZero() {
+		src.Started = openedAt
+	}
+	n.MTime, n.CTime = src.Started.UnixNano(), src.Started.UnixNano() // the command's start
 	b.stdinSource = src
 	if total == 0 {
 		what := "the stream"

@@ -1,9 +1,11 @@
 // Command stasis is a content-addressed, deduplicating backup tool for live
 // service data. Run `stasis help` for the commands.
 //
-// Exit codes: 0 ok · 1 fatal error · 2 usage error · 3 snapshot made but
-// incomplete or inconsistent files (listed) · 10 no repository · 11 lock held ·
-// 12 wrong password, or no password given and no terminal to ask on.
+// Exit codes: 0 ok · 1 fatal error (also a failed --stdin-from-command dump:
+// no snapshot) · 2 usage error · 3 snapshot made but incomplete or
+// inconsistent files (listed), or an empty stdin dump · 10 no repository ·
+// 11 lock held · 12 wrong password, or no password given and no terminal to
+// ask on.
 package main
 
 import (

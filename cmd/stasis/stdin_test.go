@@ -62,8 +62,8 @@ func TestStdinFromCommandWithPaths(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Errorf("restored dump: %d bytes, want %d", len(got), len(data))
 	}
-	if fi, err := os.Stat(filepath.Join(target, "dumps", "ldap.ldif")); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("restored dump mode: %v %v", fi, err)
+	if fi, err := os.Stat(filepath.Join(target, "dumps", "ldap.ldif")); err != nil || fi.Mode().Perm() != 0o600 || !fi.ModTime().Equal(sn.Stdin.Started) {
+		t.Errorf("restored dump: %v %v; want mode 0600 and mtime %v (the command's start)", fi.Mode(), fi.ModTime(), sn.Stdin.Started)
 	}
 	if b, _ := os.ReadFile(filepath.Join(target, src, "ldif", "people.ldif")); !strings.Contains(string(b), "alice") {
 		t.Error("the config files are not in the same snapshot")
