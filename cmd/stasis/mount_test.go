@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"math/rand"
@@ -219,4 +222,71 @@ func TestMountKilledAndRecovered(t *testing.T) {
 	}
 
 	mustRun(t, "check", "--read-data", "--repo", repoDir)
+}
+
+// TestMountInProcessJSON runs mount in-process with --json and --host and
+// stops it the way Ctrl-C does (the command's context ends): exit 0, a
+// "mounted" and an "unmounted" line, only the selected host's snapshots.
+func TestMountInProcessJSON(t *testing.T) {
+	requireFUSE(t)
+	setupEnv(t)
+	t.Setenv("STASIS_CACHE_DIR", t.TempDir())
+	src := sampleTree(t)
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	mustRun(t, "backup", "--init", "--repo", repoDir, "--host", "zoom1", src)
+	mustRun(t, "backup", "--repo", repoDir, "--host", "zoom2", src)
+	mnt := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"mount", "--json", "--repo", repoDir, "--host", "zoom2", mnt}, strings.NewReader(""), &out, &errb)
+	}()
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := os.Stat(filepath.Join(mnt, "snapshots")); err == nil {
+			break
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("mount ended with exit %d before the file system appeared:\n%s", code, errb.String())
+		case <-time.After(10 * time.Millisecond): // poll interval
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no mount a minute after starting it")
+		}
+	}
+	hosts, err := os.ReadDir(filepath.Join(mnt, "hosts"))
+	if err != nil || len(hosts) != 1 || hosts[0].Name() != "zoom2" {
+		t.Errorf("hosts/ with --host zoom2: %v (%v)", hosts, err)
+	}
+	data, err := os.ReadFile(filepath.Join(mnt, "hosts", "zoom2", "latest", src, "ldif", "people.ldif"))
+	if err != nil || string(data) != "dn: cn=alice,o=Zoomserv\n" {
+		t.Errorf("people.ldif through the mount: %q, %v", data, err)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("mount after its context ended: exit %d\n%s", code, errb.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("mount still running a minute after its context ended")
+	}
+	var types []string
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not a JSON line: %q", line)
+		}
+		types = append(types, fmt.Sprint(m["message_type"]))
+		if m["mountpoint"] != mnt {
+			t.Errorf("line %q: mountpoint is not %s", line, mnt)
+		}
+	}
+	if strings.Join(types, " ") != "mounted unmounted" || mounted(t, mnt) {
+		t.Errorf("JSON lines %v, mounted %v:\n%s", types, mounted(t, mnt), out.String())
+	}
 }
