@@ -32,9 +32,9 @@ directory) and serve them until Ctrl-C, SIGTERM or ` + "`umount MOUNTPOINT`" + `
 
 <time> is the snapshot's time (2006-01-02T15:04:05Z07:00, local time); two
 snapshots of the same second get their short id appended. Listing snapshots/
-or hosts/ reads the list again, so new backups appear. Files are read chunk
-by chunk as they are read, every chunk verified; sizes, modes, owners, times,
-symlinks and hard links are as stored. --host, --tag and --path show only
+or hosts/ reads the list again, so new backups appear. A file's content is
+fetched chunk by chunk as it is read, every chunk verified; sizes, modes,
+owners, times, symlinks and hard links are as stored. --host, --tag and --path show only
 the snapshots they select.
 
 Needs FUSE: /dev/fuse, and either root (mounts directly) or fusermount3 (the
