@@ -220,6 +220,6 @@ func (w window) check(t testing.TB, got map[int]bool) {
 	if len(extra) > 0 {
 		t.Errorf("%d writes started after the capture are in the restore: %v", len(extra), extra)
 	}
-	t.Logf("%d writes acknowledged before the capture, %d restored, %d failed while the service was stopped",
+	t.Logf("%d writes acknowledged before the capture, %d restored, %d failed (service stopped)",
 		len(w.ackedBefore), len(got), w.failed)
 }

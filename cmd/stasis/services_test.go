@@ -425,6 +425,102 @@ func TestServicePostgresDump(t *testing.T) {
 	win.check(t, fresh.rows(t))
 }
 
+// TestServiceSQLite runs docs/examples/sqlite.toml as written (but for the
+// repository and /srv/notes) against a SQLite database in WAL mode that
+// sqlite3 processes INSERT into all along: the snapshot holds the dump of
+// `sqlite3 -readonly notes.db .dump` and the application's other files, not
+// the live database files. The dump, loaded into a new database, passes
+// PRAGMA integrity_check and holds every INSERT acknowledged before stasis
+// started and none started after it exited.
+func TestServiceSQLite(t *testing.T) {
+	if _, err := exec.LookPath("sqlite3"); err != nil {
+		t.Skip("needs the sqlite3 shell (Debian package sqlite3)")
+	}
+	env := newServiceEnv(t)
+	dir := filepath.Join(t.TempDir(), "notes")
+	db := filepath.Join(dir, "notes.db")
+	for _, d := range []string{dir, filepath.Join(dir, "cache")} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, content := range map[string]string{"notes.conf": "listen = 127.0.0.1:8080\n", "cache/page-1": "cached\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sqlite := func(ctx context.Context, db string, args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, "sqlite3", append([]string{"-bail", "-cmd", ".timeout 10000", db}, args...)...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Run(); err != nil {
+			return out.String(), fmt.Errorf("sqlite3 %s %v: %w: %s", db, args, err, strings.TrimSpace(errb.String()))
+		}
+		return out.String(), nil
+	}
+	if out, err := sqlite(context.Background(), db, "PRAGMA journal_mode=WAL; CREATE TABLE w (n integer PRIMARY KEY, note text NOT NULL);"); err != nil || strings.TrimSpace(out) != "wal" {
+		t.Fatalf("create %s in WAL mode: %q, %v", db, out, err)
+	}
+	log := newEventLog(t)
+	w := startWriter(t, log, func(ctx context.Context, n int) error {
+		_, err := sqlite(ctx, db, fmt.Sprintf("INSERT INTO w VALUES (%d, 'write %d of the service test')", n, n))
+		return err
+	})
+	w.waitAck(t, 20)
+	repoDir := env.initRepo(t)
+	prof := exampleProfile(t, "sqlite.toml", map[string]string{"repository": strconv.Quote(repoDir)}, map[string]string{"/srv/notes": dir})
+	if err := log.add("backup"); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := env.stasis(t, "backup", "--json", "--profile", prof)
+	if err := log.add("done"); err != nil {
+		t.Fatal(err)
+	}
+	if code != exitOK {
+		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
+	}
+	w.waitAck(t, w.nextSeq()) // never stopped: still taking INSERTs
+	w.stop(t)
+	win := readWindow(t, log.lines(t), "backup", "done")
+	if list := snapshots(t, repoDir); len(list) != 1 || fmt.Sprint(list[0]["stdin"].(map[string]any)["exit_status"]) != "0" {
+		t.Fatalf("snapshots %v: want one with the dump's exit status 0", list)
+	}
+
+	target := env.restore(t, repoDir, "")
+	if b, err := os.ReadFile(filepath.Join(target, dir, "notes.conf")); err != nil || string(b) != "listen = 127.0.0.1:8080\n" {
+		t.Errorf("restored notes.conf: %q, %v", b, err)
+	}
+	for _, p := range []string{db, db + "-wal", db + "-shm", filepath.Join(dir, "cache")} {
+		if _, err := os.Lstat(filepath.Join(target, p)); err == nil {
+			t.Errorf("%s is in the snapshot: the profile excludes it", p)
+		}
+	}
+	dump, err := os.ReadFile(filepath.Join(target, "dumps", "notes.sql"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	loaded := filepath.Join(t.TempDir(), "loaded.db")
+	if _, err := sqlite(context.Background(), loaded, ".read "+filepath.Join(target, "dumps", "notes.sql")); err != nil {
+		t.Fatalf("load the restored dump (%d bytes): %v", len(dump), err)
+	}
+	if out, err := sqlite(context.Background(), loaded, "PRAGMA integrity_check"); err != nil || strings.TrimSpace(out) != "ok" {
+		t.Fatalf("PRAGMA integrity_check of the loaded dump: %q, %v", out, err)
+	}
+	rows, err := sqlite(context.Background(), loaded, "SELECT n FROM w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[int]bool{}
+	for _, f := range strings.Fields(rows) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("SELECT n FROM w: %q", f)
+		}
+		got[n] = true
+	}
+	win.check(t, got)
+}
+
 // postgresBackup makes a cluster in parent/stasis-pg-*/15/main (parent ""
 // = the temp dir), creates table w and starts a writer, runs the built
 // binary with args(...) (a quiesced backup whose hooks log "quiesce",
