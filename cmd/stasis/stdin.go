@@ -21,11 +21,12 @@ import (
 // stdinFlags are the flags of `stasis backup` that store a stream as one
 // file of the snapshot: a service's own consistent dump (docs/capture.md).
 type stdinFlags struct {
-	fromCommand bool     // --stdin-from-command: the words after -- are the command
-	pipe        bool     // --stdin: read stasis's own standard input
-	filename    string   // --stdin-filename
-	inWindow    bool     // --stdin-in-window
-	argv        []string // the command, from the arguments after --
+	fromCommand bool      // --stdin-from-command: the words after -- are the command
+	pipe        bool      // --stdin: read stasis's own standard input
+	filename    string    // --stdin-filename
+	inWindow    bool      // --stdin-in-window
+	argv        []string  // the command, from the arguments after --
+	in          io.Reader // with --stdin: stasis's standard input, taken from the app by validate
 }
 
 const defaultStdinName = "stdin"
@@ -96,6 +97,9 @@ func (s *stdinFlags) validate(a *app, q *quiesceFlags, paths []string) error {
 		if f, ok := a.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 			return usagef("backup: --stdin: standard input is a terminal; pipe the data in (pg_dump ... | stasis backup --stdin --stdin-filename NAME)")
 		}
+		// Standard input is the data: nothing else may read from it (a
+		// --password-command inherits the app's stdin, a prompt reads it).
+		s.in, a.stdin = a.stdin, nil
 	}
 	if s.fromCommand {
 		if _, err := exec.LookPath(s.argv[0]); err != nil {
@@ -153,7 +157,7 @@ func absPath(p string) (string, error) {
 func (a *app) stdinFile(s *stdinFlags, timeout time.Duration) (*engine.StdinFile, func()) {
 	if s.pipe {
 		return &engine.StdinFile{Path: s.name(),
-			Open: func(context.Context) (io.Reader, error) { return a.stdin, nil },
+			Open: func(ctx context.Context) (io.Reader, error) { return newCtxReader(ctx, s.in), nil },
 			Finish: func(readErr error) (*repo.StdinSource, error) {
 				if readErr != nil {
 					return nil, fmt.Errorf("no snapshot written: read standard input: %w", readErr)
@@ -220,4 +224,63 @@ func (a *app) stdinEmpty(sn *repo.Snapshot, err error) error {
 		}
 	}
 	return exitError{exitIncomplete, fmt.Errorf("snapshot %s saved, but: %w", sn.ID.Short(), err)}
+}
+
+// ctxReader reads r on a goroutine of its own, so that a Read waiting for a
+// pipe whose writer stalls returns once ctx ends (a failed or interrupted
+// backup must not wait for it; a read deadline does not work on a blocking
+// stdin). The goroutine stays blocked in r.Read until the writer writes or
+// closes: stasis exits right after. At most two buffers are in flight.
+type ctxReader struct {
+	ctx  context.Context
+	ch   chan readChunk
+	cur  []byte
+	err  error
+	done bool
+}
+
+type readChunk struct {
+	data []byte
+	err  error
+}
+
+const ctxReaderBuf = 256 << 10
+
+func newCtxReader(ctx context.Context, r io.Reader) *ctxReader {
+	c := &ctxReader{ctx: ctx, ch: make(chan readChunk, 1)}
+	go func() {
+		for {
+			buf := make([]byte, ctxReaderBuf)
+			n, err := r.Read(buf)
+			select {
+			case c.ch <- readChunk{buf[:n], err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return c
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	for len(c.cur) == 0 {
+		if c.done {
+			return 0, c.err
+		}
+		select {
+		case rc := <-c.ch:
+			c.cur = rc.data
+			if rc.err != nil {
+				c.done, c.err = true, rc.err
+			}
+		case <-c.ctx.Done():
+			return 0, context.Cause(c.ctx)
+		}
+	}
+	n := copy(p, c.cur)
+	c.cur = c.cur[n:]
+	return n, nil
 }

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -245,5 +247,64 @@ func TestStdinBinaryPipe(t *testing.T) {
 	out, _ = exec.Command(bin, "snapshots", "--repo", repoDir).CombinedOutput()
 	if !strings.Contains(string(out), "2 snapshots") {
 		t.Errorf("snapshots after a failed dump:\n%s", out)
+	}
+}
+
+// With --stdin, standard input is the data: a --password-command does not
+// inherit it (it would eat the start of the dump).
+func TestStdinPipeNotReadByPasswordCommand(t *testing.T) {
+	repoDir, _ := stdinRepo(t)
+	data := bytes.Repeat([]byte("COPY t FROM stdin;\n1\tone\n\\.\n"), 1000)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.Write(data); w.Close() }()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"backup", "--repo", repoDir, "--password-command", "head -c 100 >/dev/null; echo \"$STASIS_PASSWORD\"",
+		"--stdin", "--stdin-filename", "db.sql"}, r, &out, &errb)
+	r.Close()
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	target := t.TempDir()
+	mustRun(t, "restore", "--repo", repoDir, "latest", "--target", target)
+	if got, _ := os.ReadFile(filepath.Join(target, "db.sql")); !bytes.Equal(got, data) {
+		t.Fatalf("restored %d bytes, want %d (the password command read the data?)", len(got), len(data))
+	}
+}
+
+// An interrupted backup does not wait for a --stdin writer that stalls:
+// the read is unblocked, and there is no snapshot.
+func TestStdinPipeStalledWriterInterrupted(t *testing.T) {
+	repoDir, _ := stdinRepo(t)
+	before := len(snapshotList(t, repoDir))
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	defer r.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var errb bytes.Buffer
+	go func() {
+		done <- run(ctx, []string{"backup", "--repo", repoDir, "--stdin"}, r, io.Discard, &errb)
+	}()
+	// Once this returns, stasis has read all but a pipe buffer of it: it is reading.
+	if _, err := w.Write(make([]byte, 4<<20)); err != nil {
+		t.Fatal(err)
+	}
+	cancel() // as SIGTERM does; the writer neither writes nor closes
+	select {
+	case code := <-done:
+		if code != exitFatal {
+			t.Errorf("exit %d, want 1\n%s", code, errb.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("backup --stdin still waits for a stalled writer a minute after it was interrupted")
+	}
+	if n := len(snapshotList(t, repoDir)); n != before {
+		t.Fatalf("%d snapshots, want %d", n, before)
 	}
 }
