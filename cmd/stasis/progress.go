@@ -12,22 +12,33 @@ import (
 	"github.com/stasisbackup/stasis/repo"
 )
 
-// How often the terminal line is redrawn, and how often a --json status
-// line is written (the last one is always written, when the command ends).
+// How often the terminal line is redrawn, over how long its rate is
+// measured, and how often a --json status line is written (the last one is
+// always written, when the command ends).
 const (
 	progressRedraw    = 200 * time.Millisecond
+	rateWindow        = 10 * time.Second
 	progressJSONEvery = time.Second
 )
+
+type sample struct {
+	t     time.Time
+	bytes int64
+}
 
 // reporter shows the progress of one long command (backup, restore, check
 // --read-data, prune, tape export/import/verify/restore, copy) from the
 // engine.Counts the engine updates atomically; a ticker reads them. It
 // shows
 //
-//   - on a terminal (stderr, without --json) one line drawn by
-//     github.com/schollz/progressbar: it fits the terminal's width, redraws
-//     in place, and computes a rolling rate and, when the total is known, a
-//     bar and the time left;
+//   - on a terminal (stderr, without --json) one line: the counts, the
+//     rate over the last rateWindow and, when a total is known, the time
+//     left and a bar drawn by github.com/schollz/progressbar, which redraws
+//     in place and shrinks the bar to the terminal's width (a spinner while
+//     no total is known). The rate and the time left are ours, not the
+//     library's: it computes its rate from its own increments since the bar
+//     was made, which spikes when a bar starts at a count that is not zero
+//     (a total backup's scan found part way, a new phase of prune);
 //   - with --json, status lines for scripts, at most one a second and one
 //     when the command ends: {"message_type":"status","command":...,
 //     "files_done","bytes_done","total_files","total_bytes" (0: not known),
@@ -54,10 +65,11 @@ type reporter struct {
 	mu       sync.Mutex // the terminal line, and log lines written around it
 	term     io.Writer  // the terminal, or nil
 	bar      *progressbar.ProgressBar
-	barPhase string
-	barTotal int64
-	drawn    bool   // something is on the line
-	note     string // shown after the counts (tape: the volume)
+	barKnown bool     // bar is a bar (a total is known), not a spinner
+	samples  []sample // the bytes done over the last rateWindow
+	phase    string   // of the samples
+	drawn    bool     // something is on the line
+	note     string   // shown after the counts (tape: the volume)
 
 	status     io.Writer // --json: status lines, or nil
 	lastStatus time.Time
@@ -217,7 +229,7 @@ func (r *reporter) tick(now time.Time) {
 		return
 	}
 	if r.term != nil {
-		r.draw(v)
+		r.draw(v, now)
 	}
 	if r.status != nil && now.Sub(r.lastStatus) >= progressJSONEvery {
 		r.writeStatus(v, now)
@@ -232,27 +244,42 @@ func (r *reporter) clearLine() {
 	}
 }
 
-// draw shows v on the terminal; r.mu is held. A new phase, or a total
-// becoming known, starts a new bar (its rate and time left are per bar).
-func (r *reporter) draw(v engine.CountsValue) {
-	total := v.TotalBytes
-	if r.bar == nil || v.Phase != r.barPhase || (total > 0) != (r.barTotal > 0) {
-		r.bar = newBar(r.term, total)
-		r.barPhase, r.barTotal = v.Phase, total
-	} else if total != r.barTotal {
-		r.bar.ChangeMax64(total)
-		r.barTotal = total
+// draw shows v on the terminal; r.mu is held.
+func (r *reporter) draw(v engine.CountsValue, now time.Time) {
+	f, known := fractionDone(v)
+	if r.bar == nil || known != r.barKnown {
+		r.bar, r.barKnown = newBar(r.term, known), known
 	}
-	r.bar.Describe(r.describe(v))
-	done := v.Bytes
-	if total > 0 && done >= total {
-		done = total - 1 // a bar at its max stops drawing; the command ends it with done
+	if known {
+		r.bar.Set64(min(int64(f*barMax), barMax-1)) // a bar at its max stops drawing; done ends it
 	}
-	r.bar.Set64(done)
+	r.bar.Describe(r.describe(v, r.rate(v, now)))
 	r.drawn = true
 }
 
-func (r *reporter) describe(v engine.CountsValue) string {
+// rate returns the bytes per second over the last rateWindow, 0 while not
+// known; a new phase starts anew. r.mu is held.
+func (r *reporter) rate(v engine.CountsValue, now time.Time) float64 {
+	if n := len(r.samples); v.Phase != r.phase || n > 0 && v.Bytes < r.samples[n-1].bytes {
+		r.samples, r.phase = r.samples[:0], v.Phase
+	}
+	if len(r.samples) == 0 && v.Phase == "" {
+		r.samples = append(r.samples, sample{r.start, 0})
+	}
+	r.samples = append(r.samples, sample{now, v.Bytes})
+	for len(r.samples) > 2 && now.Sub(r.samples[1].t) >= rateWindow {
+		r.samples = r.samples[1:]
+	}
+	first := r.samples[0]
+	if dt := now.Sub(first.t).Seconds(); dt >= 0.5 {
+		return float64(v.Bytes-first.bytes) / dt
+	}
+	return 0
+}
+
+// describe is the text of the line: "restore: 2/6 files, 54.0 MiB/120.0
+// MiB, 91.0 MiB/s, ETA 1s".
+func (r *reporter) describe(v engine.CountsValue, rate float64) string {
 	s := r.command
 	if v.Phase != "" {
 		s += " " + v.Phase
@@ -266,28 +293,41 @@ func (r *reporter) describe(v engine.CountsValue) string {
 	} else {
 		s += " " + r.unit
 	}
+	if v.Bytes > 0 || v.TotalBytes > 0 {
+		s += ", " + humanBytes(v.Bytes)
+		if v.TotalBytes > 0 {
+			s += "/" + humanBytes(v.TotalBytes)
+		}
+	}
+	if rate > 0 {
+		s += ", " + humanBytes(int64(rate)) + "/s"
+		if v.TotalBytes > v.Bytes {
+			s += ", ETA " + time.Duration(float64(v.TotalBytes-v.Bytes)/rate*float64(time.Second)).Round(time.Second).String()
+		}
+	}
 	if r.note != "" {
 		s += ", " + r.note
 	}
-	return s
+	return s + " "
 }
 
-// newBar is a progress bar of total bytes (0: not known, a spinner with
-// bytes and rate) on w. The bar is drawn only when the reporter sets its
-// value (no spinner goroutine), so it never races the reporter's log lines.
-func newBar(w io.Writer, total int64) *progressbar.ProgressBar {
-	if total <= 0 {
-		total = -1
+// barMax is the bar's scale: a tenth of a percent.
+const barMax = 1000
+
+// newBar is a bar of the share done on w, or a spinner while no total is
+// known. It is drawn only when the reporter sets it (no spinner goroutine),
+// so it never races the reporter's log lines.
+func newBar(w io.Writer, known bool) *progressbar.ProgressBar {
+	max := int64(barMax)
+	if !known {
+		max = -1
 	}
-	return progressbar.NewOptions64(total,
+	return progressbar.NewOptions64(max,
 		progressbar.OptionSetWriter(w),
-		progressbar.OptionShowBytes(true),
-		progressbar.OptionShowCount(),
-		progressbar.OptionUseIECUnits(true),
-		progressbar.OptionFullWidth(),
+		progressbar.OptionSetWidth(30), // shrunk to fit the terminal's width
 		progressbar.OptionUseANSICodes(true),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionSetPredictTime(false),
+		progressbar.OptionSetElapsedTime(false),
 		progressbar.OptionSetSpinnerChangeInterval(0),
 	)
 }

@@ -180,9 +180,9 @@ func TestProgressTerminalLine(t *testing.T) {
 	c := r.Counts()
 	c.SetTotals(10, 4<<20)
 	c.Add(5, 2<<20)
-	r.tick(time.Now())
+	r.tick(r.start.Add(2 * time.Second))
 	line := term.String()
-	for _, want := range []string{"restore: 5/10 files", "50%", "2.0/4.0 MiB"} {
+	for _, want := range []string{"restore: 5/10 files, 2.0 MiB/4.0 MiB, 1.0 MiB/s, ETA 2s", "50%", "|"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("terminal line %q lacks %q", line, want)
 		}

@@ -209,9 +209,11 @@ func BenchmarkSnapshotDowntime(b *testing.B) {
 						create += rep.Snapshot.CreateSeconds
 					}
 					for _, cmd := range c.after {
-						if out, err := exec.Command(cmd, db).CombinedOutput(); err != nil {
+						out, err := exec.Command(cmd, "-v", db).CombinedOutput()
+						if err != nil {
 							b.Fatalf("%s %s: %v: %s", cmd, db, err, out)
 						}
+						b.Logf("%s -v: %s; then %d extents", cmd, bytes.TrimSpace(out), filefrag(b, db))
 					}
 					b.StartTimer()
 				}
