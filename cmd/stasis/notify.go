@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strconv"
+	"sync"
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine/quiesce"
@@ -71,12 +73,27 @@ func (a *app) notify(c *cobra.Command, rec *backupRun) {
 	if rec.sn != nil {
 		id = rec.sn.ID.String()
 	}
-	cmd := quiesce.Command{Argv: []string{"/bin/sh", "-c", rec.notifyCommand}, Stdin: bytes.NewReader(append(data, '\n')), Stderr: a.stderr,
+	// The command's stdout and stderr both go to our stderr, copied by two
+	// goroutines: one lock keeps their writes apart.
+	out := &lockedWriter{w: a.stderr}
+	cmd := quiesce.Command{Argv: []string{"/bin/sh", "-c", rec.notifyCommand}, Stdin: bytes.NewReader(append(data, '\n')), Stderr: out,
 		Timeout: rec.timeout,
 		Env: append(quiesce.Environ(), "STASIS_EXIT_CODE="+strconv.Itoa(rec.exitCode), "STASIS_SNAPSHOT_ID="+id,
 			"STASIS_REPO="+redactLocation(a.repoDir))}
 	ctx := context.WithoutCancel(c.Context()) // report an interrupted run too
-	if _, err := cmd.Run(ctx, a.stderr); err != nil {
+	if _, err := cmd.Run(ctx, out); err != nil {
 		fmt.Fprintf(a.stderr, "warning: notify command: %v (the backup's exit code is unchanged)\n", err)
 	}
+}
+
+// lockedWriter serialises writes from several goroutines to one writer.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
