@@ -12,7 +12,7 @@ import (
 	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
 
 	"github.com/stasisbackup/stasis/engine"
-	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
 )
 
 // BenchmarkBackupDatabase backs up a 64 MiB page-structured database into an

@@ -15,7 +15,7 @@ import (
 	"testing"
 
 	"github.com/stasisbackup/stasis/engine"
-	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/tree"

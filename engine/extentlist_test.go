@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/stasisbackup/stasis/engine"
-	"github.com/stasisbackup/stasis/engine/enginetest"
 	"github.com/stasisbackup/stasis/engine/retention"
+	"github.com/stasisbackup/stasis/internal/enginetest"
+	"github.com/stasisbackup/stasis/internal/index"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/stasisbackup/stasis/repo/tree"
 )
 

@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/internal/backendtest"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/backend"
-	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 )
 
 // TestStorageFaults backs up through a file system that fails in one way

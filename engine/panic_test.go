@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stasisbackup/stasis/cmd/zoomsim/zoomsimtest"
 	"github.com/stasisbackup/stasis/engine"
-	"github.com/stasisbackup/stasis/engine/enginetest"
 	"github.com/stasisbackup/stasis/engine/quiesce"
+	"github.com/stasisbackup/stasis/internal/enginetest"
+	"github.com/stasisbackup/stasis/internal/zoomsimtest"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/tree"

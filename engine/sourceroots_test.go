@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/stasisbackup/stasis/engine"
-	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
 )
 
 // A backup with SourceRoots reads the tree below the root from its stand-in

@@ -19,9 +19,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/stasisbackup/stasis/internal/index"
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
 	"github.com/zeebo/blake3"
 )
 

@@ -10,13 +10,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/internal/backendtest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
+	"github.com/stasisbackup/stasis/internal/index"
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/backend"
-	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
-	"github.com/stasisbackup/stasis/repo/pack"
 )
 
 // cacheRepo makes an unencrypted repository (fast) with its cache in a

@@ -7,10 +7,10 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/pack"
 	"github.com/zeebo/blake3"
 )
 

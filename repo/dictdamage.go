@@ -37,8 +37,8 @@ import (
 	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/stasisbackup/stasis/internal/index"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
 )
 
 // ErrDictionaryMissing is matched (with ErrCorruptBlob) by the error of a

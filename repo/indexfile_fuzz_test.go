@@ -5,9 +5,9 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/stasisbackup/stasis/internal/index"
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
-	"github.com/stasisbackup/stasis/repo/pack"
 )
 
 // heapAllocated returns the bytes fn allocates on the heap.

@@ -11,10 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/crypto"
-	"github.com/stasisbackup/stasis/repo/pack"
 )
 
 // Encryption of a repository (see docs/encryption.md and docs/format.md):

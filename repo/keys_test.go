@@ -10,11 +10,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/crypto"
-	"github.com/stasisbackup/stasis/repo/pack"
 )
 
 func password(pw string) func(context.Context) ([]byte, error) {

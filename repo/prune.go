@@ -21,10 +21,10 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/stasisbackup/stasis/internal/index"
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
-	"github.com/stasisbackup/stasis/repo/pack"
 	bolt "go.etcd.io/bbolt"
 )
 

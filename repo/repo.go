@@ -51,11 +51,11 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/stasisbackup/stasis/internal/index"
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo/backend"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/crypto"
-	"github.com/stasisbackup/stasis/repo/index"
-	"github.com/stasisbackup/stasis/repo/pack"
 	"github.com/zeebo/blake3"
 )
 

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
 	"github.com/stasisbackup/stasis/repo"
 )
 

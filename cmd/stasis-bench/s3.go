@@ -16,7 +16,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
-	"github.com/stasisbackup/stasis/repo/backend/backendtest"
+	"github.com/stasisbackup/stasis/internal/backendtest"
 )
 
 // The s3 subcommand: stasis and restic, each on a local directory and on

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stasisbackup/stasis/repo/backend/backendtest"
+	"github.com/stasisbackup/stasis/internal/backendtest"
 )
 
 // TestS3StasisOnly runs the s3 flow on a tiny workload with stasis built

@@ -14,10 +14,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stasisbackup/stasis/internal/index"
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
-	"github.com/stasisbackup/stasis/repo/pack"
 )
 
 // fillIndex writes index files naming n synthetic data-blob entries into

@@ -9,9 +9,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/internal/lock"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/crypto"
-	"github.com/stasisbackup/stasis/repo/lock"
 )
 
 func init() { register((*app).copyCommand) }

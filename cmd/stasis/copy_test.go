@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stasisbackup/stasis/engine/enginetest"
-	"github.com/stasisbackup/stasis/repo/backend/backendtest"
+	"github.com/stasisbackup/stasis/internal/backendtest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
 )
 
 const copySourcePassword = "the source's own password"

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
 )
 
 // crashEnv drives the built binary against one repository.

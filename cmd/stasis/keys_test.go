@@ -11,11 +11,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
+	"github.com/stasisbackup/stasis/internal/index"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/crypto"
-	"github.com/stasisbackup/stasis/repo/index"
 	"golang.org/x/sys/unix"
 )
 

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/internal/lock"
 	"github.com/stasisbackup/stasis/repo"
-	"github.com/stasisbackup/stasis/repo/lock"
 )
 
 // lockState is the repository lock of one invocation. Commands that only

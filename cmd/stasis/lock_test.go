@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stasisbackup/stasis/internal/lock"
 	"github.com/stasisbackup/stasis/repo/backend"
-	"github.com/stasisbackup/stasis/repo/lock"
 )
 
 func TestExclusiveLockExits11NamingTheHolder(t *testing.T) {

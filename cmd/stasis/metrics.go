@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/cmd/stasis/internal/profile"
 	"github.com/stasisbackup/stasis/engine"
-	"github.com/stasisbackup/stasis/engine/profile"
 	"github.com/stasisbackup/stasis/engine/quiesce"
 	"github.com/stasisbackup/stasis/repo"
 )

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stasisbackup/stasis/engine/enginetest"
+	"github.com/stasisbackup/stasis/internal/enginetest"
 	"golang.org/x/sys/unix"
 )
 

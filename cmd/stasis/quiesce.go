@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/cmd/stasis/internal/profile"
 	"github.com/stasisbackup/stasis/engine"
-	"github.com/stasisbackup/stasis/engine/profile"
 	"github.com/stasisbackup/stasis/engine/quiesce"
 	"github.com/stasisbackup/stasis/repo"
 )

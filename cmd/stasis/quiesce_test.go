@@ -17,7 +17,7 @@ import (
 	"unsafe"
 
 	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
-	"github.com/stasisbackup/stasis/cmd/zoomsim/zoomsimtest"
+	"github.com/stasisbackup/stasis/internal/zoomsimtest"
 	"github.com/stasisbackup/stasis/repo/crypto"
 	"golang.org/x/sys/unix"
 )

@@ -20,7 +20,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stasisbackup/stasis/engine/profile"
+	"github.com/stasisbackup/stasis/cmd/stasis/internal/profile"
 	"github.com/stasisbackup/stasis/repo/crypto"
 )
 

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stasisbackup/stasis/engine/profile"
+	"github.com/stasisbackup/stasis/cmd/stasis/internal/profile"
 	"github.com/stasisbackup/stasis/engine/quiesce"
-	"github.com/stasisbackup/stasis/repo/backend/backendtest"
+	"github.com/stasisbackup/stasis/internal/backendtest"
 )
 
 // TestMain keeps the pending-resume records of quiesced backups (written to

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
-	"github.com/stasisbackup/stasis/cmd/zoomsim/zoomsimtest"
+	"github.com/stasisbackup/stasis/internal/zoomsimtest"
 )
 
 func TestInitCheckCLI(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
-	"github.com/stasisbackup/stasis/cmd/zoomsim/zoomsimtest"
+	"github.com/stasisbackup/stasis/internal/zoomsimtest"
 )
 
 type env struct {

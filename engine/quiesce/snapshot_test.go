@@ -19,7 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
-	"github.com/stasisbackup/stasis/cmd/zoomsim/zoomsimtest"
+	"github.com/stasisbackup/stasis/internal/zoomsimtest"
 )
 
 // loopBtrfs makes and mounts a btrfs image of size bytes on a loop device

@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/stasisbackup/stasis/engine"
-	"github.com/stasisbackup/stasis/engine/enginetest"
 	"github.com/stasisbackup/stasis/engine/tape"
+	"github.com/stasisbackup/stasis/internal/enginetest"
 )
 
 // Export, Import and Verify count every member, and end at their totals:

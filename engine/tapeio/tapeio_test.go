@@ -12,8 +12,8 @@ import (
 	"testing"
 
 	"github.com/stasisbackup/stasis/engine"
-	"github.com/stasisbackup/stasis/engine/enginetest"
 	"github.com/stasisbackup/stasis/engine/tape"
+	"github.com/stasisbackup/stasis/internal/enginetest"
 	"github.com/stasisbackup/stasis/repo"
 )
 

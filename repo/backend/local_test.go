@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stasisbackup/stasis/internal/backendtest"
 	"github.com/stasisbackup/stasis/repo/backend"
-	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 )
 
 func TestLocalConformance(t *testing.T) {

@@ -19,8 +19,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
+	"github.com/stasisbackup/stasis/internal/backendtest"
 	"github.com/stasisbackup/stasis/repo/backend"
-	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 	"github.com/stasisbackup/stasis/repo/backend/s3"
 )
 

@@ -93,7 +93,7 @@ notify_command = "curl -fsS https://hc-ping.com/uuid/$STASIS_EXIT_CODE"
 
 func TestShippedExample(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
-	p, err := Load(filepath.Join(filepath.Dir(file), "..", "..", "docs", "examples", "zoomserv.toml"))
+	p, err := Load(filepath.Join(filepath.Dir(file), "..", "..", "..", "..", "docs", "examples", "zoomserv.toml"))
 	if err != nil {
 		t.Fatal(err)
 	}

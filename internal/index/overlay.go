@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/pack"
 	bolt "go.etcd.io/bbolt"
 )
 

@@ -8,8 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/stasisbackup/stasis/internal/backendtest"
 	"github.com/stasisbackup/stasis/repo/backend"
-	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 )
 
 func TestFaultyConformance(t *testing.T) {

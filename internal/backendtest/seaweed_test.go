@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stasisbackup/stasis/internal/backendtest"
 	"github.com/stasisbackup/stasis/repo/backend"
-	"github.com/stasisbackup/stasis/repo/backend/backendtest"
 	"github.com/stasisbackup/stasis/repo/backend/s3"
 )
 

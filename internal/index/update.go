@@ -3,8 +3,8 @@ package index
 import (
 	"encoding/binary"
 
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/pack"
 	bolt "go.etcd.io/bbolt"
 )
 

@@ -44,8 +44,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/pack"
 	bolt "go.etcd.io/bbolt"
 )
 

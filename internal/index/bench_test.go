@@ -7,9 +7,9 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/stasisbackup/stasis/internal/index"
+	"github.com/stasisbackup/stasis/internal/pack"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/index"
-	"github.com/stasisbackup/stasis/repo/pack"
 )
 
 const benchEntries = 1 << 20
@@ -53,7 +53,7 @@ func buildIndex(b *testing.B) (*index.Index, []blob.ID) {
 
 // BenchmarkLookup measures index lookups in an index of 2^20 blobs: Has of
 // present and absent ids, and Lookup (with decoding) of present ids.
-// Run: go test -run '^$' -bench Lookup -benchmem ./repo/index/
+// Run: go test -run '^$' -bench Lookup -benchmem ./internal/index/
 func BenchmarkLookup(b *testing.B) {
 	ix, ids := buildIndex(b)
 	b.Run("has-present", func(b *testing.B) {
