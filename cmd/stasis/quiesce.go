@@ -190,7 +190,7 @@ func (a *app) quiescedBackup(ctx context.Context, r *repo.Repository, q *quiesce
 			return rep, nil, usagef("backup: bad glob %q: %v", g, err)
 		}
 	}
-	qopts := quiesce.Options{Repository: a.repoDir, Paths: paths, QuiescePaths: q.paths,
+	qopts := quiesce.Options{Repository: a.repoDir, Paths: paths, QuiescePaths: q.paths, Excludes: opts.Excludes,
 		Quiesce: q.quiesce, Resume: q.resume, HookTimeout: q.hookTimeout, Freeze: quiesce.Freeze(q.freeze),
 		Staging: q.staging, SnapshotBackend: q.backend, StateDir: quiesce.DefaultStateDir(), OnOpen: quiesce.OnOpen(q.onOpen), Log: a.stderr}
 	var berr error

@@ -340,7 +340,10 @@ func TestServicePostgres(t *testing.T) {
 		env.postgresBackup(t, bin, "", "copy", func(pg *postgres, log *eventLog, repoDir string) []string {
 			quiesce, resume := hooks(pg, log)
 			args := []string{"backup", "--json", "--repo", repoDir, "--quiesce", quiesce, "--resume", resume,
-				"--freeze", "copy", "--on-open", "fail", "--exclude", "postmaster.pid"}
+				"--freeze", "copy", "--on-open", "fail"}
+			for _, g := range p.Excludes {
+				args = append(args, "--exclude", g)
+			}
 			for _, g := range p.QuiescePaths {
 				args = append(args, "--quiesce-path", strings.ReplaceAll(g, "/var/lib/postgresql", filepath.Dir(filepath.Dir(pg.data))))
 			}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Freeze is how the quiesced files are held still during capture.
@@ -42,11 +44,14 @@ type Options struct {
 	Repository   string   // passed to hooks as STASIS_REPO
 	Paths        []string // backup paths: STASIS_PATHS, and where quiesced files are looked for
 	QuiescePaths []string // globs selecting the quiesced files (see QuiescedFiles); none = all files
-	Quiesce      string   // shell command run before capture; "" = none
-	Resume       string   // shell command run after; "" = none
-	HookTimeout  time.Duration
-	KillGrace    time.Duration
-	Freeze       Freeze // "" = stop
+	// Excludes are the backup's exclude globs (package exclude): a file the
+	// backup leaves out is not quiesced (not staged, not waited for).
+	Excludes    []string
+	Quiesce     string // shell command run before capture; "" = none
+	Resume      string // shell command run after; "" = none
+	HookTimeout time.Duration
+	KillGrace   time.Duration
+	Freeze      Freeze // "" = stop
 	// Staging is the directory under which copy and reflink modes create
 	// their own temporary directory (created when missing). "" = a private
 	// .stasis-staging directory on the data's filesystem (DefaultStaging).
@@ -114,7 +119,9 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 	if opts.Log == nil {
 		opts.Log = io.Discard
 	}
-	files, err := QuiescedFiles(opts.Paths, opts.QuiescePaths)
+	// Listed now for what must be prepared before the service is stopped
+	// (staging room, snapshot volumes), and again once it is quiesced.
+	files, err := QuiescedFiles(opts.Paths, opts.QuiescePaths, opts.Excludes)
 	if err != nil {
 		return rep, err
 	}
@@ -198,6 +205,16 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 		return rep, err
 	}
 
+	if opts.Freeze == FreezeSnapshot || opts.Freeze == FreezeReflink {
+		// A snapshot commits the filesystem's transaction and a clone
+		// writes the file's dirty pages back first: whatever the running
+		// service left dirty would be written inside the window. Written
+		// now, the window holds only what the quiesce hook itself wrote.
+		for _, w := range syncFilesystems(files) {
+			rep.Warnings = append(rep.Warnings, w)
+		}
+	}
+
 	var mu sync.Mutex // guards rep while Stage.Resume may run on capture's goroutines
 	hooked := opts.Quiesce != "" || opts.Resume != ""
 	start := time.Now()
@@ -250,6 +267,26 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 		if qerr != nil {
 			return rep, fmt.Errorf("%w: %w", ErrQuiesceFailed, qerr)
 		}
+	}
+
+	if opts.Freeze != FreezeSnapshot {
+		// What the service holds still is what is there now: the stop may
+		// have removed files (a lock or pid file) or written new ones (a
+		// shutdown checkpoint's WAL segment), which must be captured in the
+		// window, not read live afterwards. (A snapshot captures its whole
+		// volume, new files included.)
+		now, err := QuiescedFiles(opts.Paths, opts.QuiescePaths, opts.Excludes)
+		if err != nil {
+			return rep, err
+		}
+		if stg != nil {
+			now = outside(now, opts.Staging)
+		}
+		if added, gone := changedLists(files, now); added+gone > 0 {
+			fmt.Fprintf(opts.Log, "stasis: the quiesce hook changed the files to hold still: %d new, %d gone\n", added, gone)
+		}
+		files = now
+		rep.QuiescedFiles = len(files)
 	}
 
 	holders, oerr := OpenWriters(ctx, files)
@@ -335,6 +372,50 @@ func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s 
 func (o Options) hook(p Phase, cmd string) Hook {
 	return Hook{Phase: p, Command: cmd, Timeout: o.HookTimeout, Grace: o.KillGrace,
 		Repo: o.Repository, Paths: o.Paths}
+}
+
+// syncFilesystems writes back every filesystem holding one of files
+// (syncfs, once per filesystem) and returns a warning for each that failed.
+func syncFilesystems(files []string) []string {
+	var warnings []string
+	done := map[uint64]bool{}
+	for _, f := range files {
+		dir := filepath.Dir(f)
+		var st unix.Stat_t
+		if err := unix.Stat(dir, &st); err != nil || done[st.Dev] {
+			continue
+		}
+		done[st.Dev] = true
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			err = unix.Syncfs(fd)
+			unix.Close(fd)
+		}
+		if err != nil {
+			warnings = append(warnings, fmt.Sprintf("sync the filesystem of %s before the quiesce: %v (the downtime may be longer)", dir, err))
+		}
+	}
+	return warnings
+}
+
+// changedLists counts the entries of the sorted list now that are not in
+// the sorted list before, and those of before that are not in now.
+func changedLists(before, now []string) (added, gone int) {
+	i, j := 0, 0
+	for i < len(before) || j < len(now) {
+		switch {
+		case j == len(now) || (i < len(before) && before[i] < now[j]):
+			gone++
+			i++
+		case i == len(before) || now[j] < before[i]:
+			added++
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	return added, gone
 }
 
 // outside returns the files that are not in a run's directory under the

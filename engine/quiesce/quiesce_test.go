@@ -273,12 +273,12 @@ func TestQuiescedFilesGlobs(t *testing.T) {
 		want  int
 	}{{nil, 4}, {[]string{"X500.*"}, 2}, {[]string{dir + "/etc/*"}, 1}, {[]string{"*.none"}, 0}}
 	for _, c := range cases {
-		got, err := QuiescedFiles([]string{dir}, c.globs)
+		got, err := QuiescedFiles([]string{dir}, c.globs, nil)
 		if err != nil || len(got) != c.want {
 			t.Errorf("QuiescedFiles(%v) = %v, %v; want %d files", c.globs, got, err, c.want)
 		}
 	}
-	if _, err := QuiescedFiles([]string{dir}, []string{"["}); err == nil {
+	if _, err := QuiescedFiles([]string{dir}, []string{"["}, nil); err == nil {
 		t.Error("bad glob accepted")
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/stasisbackup/stasis/internal/exclude"
 	"golang.org/x/sys/unix"
 )
 
@@ -109,19 +110,35 @@ func (s *Stage) Resume() error {
 // QuiescedFiles walks paths (files or directories, symlinks not followed) and
 // returns the regular files matching any of globs, cleaned and sorted. A glob
 // without a slash matches the base name (X500.*), one with a slash matches
-// the absolute path (/srv/zoomserv/*.db). No globs means every file.
-func QuiescedFiles(paths, globs []string) ([]string, error) {
+// the absolute path (/srv/zoomserv/*.db). No globs means every file. Files
+// the backup leaves out (excludes, see package exclude: a matching file, or
+// anything below a matching directory) are not quiesced, and an entry that
+// disappears while it is walked (a live service removed it) is not listed.
+func QuiescedFiles(paths, globs, excludes []string) ([]string, error) {
 	for _, g := range globs {
 		if _, err := filepath.Match(g, ""); err != nil {
 			return nil, fmt.Errorf("quiesce path glob %q: %w", g, err)
 		}
 	}
+	if err := exclude.Check(excludes); err != nil {
+		return nil, fmt.Errorf("exclude: %w", err)
+	}
 	seen := map[string]bool{}
 	var out []string
 	for _, root := range paths {
-		err := filepath.WalkDir(filepath.Clean(root), func(p string, d fs.DirEntry, err error) error {
+		root = filepath.Clean(root)
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
+				if p != root && errors.Is(err, fs.ErrNotExist) {
+					return nil // removed by the service since its directory was read
+				}
 				return fmt.Errorf("find quiesced files: %w", err)
+			}
+			if p != root && exclude.Match(excludes, p) {
+				if d.IsDir() {
+					return fs.SkipDir
+				}
+				return nil
 			}
 			if !d.Type().IsRegular() || seen[p] {
 				return nil

@@ -1,0 +1,37 @@
+// Package exclude decides which paths a backup leaves out: the one matcher
+// of --exclude globs, shared by the backup's tree walk (engine) and by the
+// choice of the files a quiesce holds still (engine/quiesce), so that the
+// two never disagree about a file.
+package exclude
+
+import (
+	"fmt"
+	"path/filepath"
+)
+
+// Match reports whether the absolute path p is excluded by one of globs
+// (filepath.Match patterns): a glob matches p's base name or the whole path.
+// A directory that matches is left out with everything below it; Match
+// itself looks only at p.
+func Match(globs []string, p string) bool {
+	base := filepath.Base(p)
+	for _, g := range globs {
+		if ok, _ := filepath.Match(g, base); ok {
+			return true
+		}
+		if ok, _ := filepath.Match(g, p); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Check returns an error naming the first malformed glob of globs.
+func Check(globs []string) error {
+	for _, g := range globs {
+		if _, err := filepath.Match(g, ""); err != nil {
+			return fmt.Errorf("bad glob %q: %w", g, err)
+		}
+	}
+	return nil
+}
