@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,6 +13,7 @@ import (
 	"github.com/stasisbackup/stasis/cmd/stasis/internal/profile"
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/quiesce"
+	"github.com/stasisbackup/stasis/internal/exclude"
 	"github.com/stasisbackup/stasis/repo"
 )
 
@@ -114,30 +112,25 @@ func (q *quiesceFlags) validate() error {
 		}
 		return nil
 	}
-	switch quiesce.Freeze(q.freeze) {
-	case "", quiesce.FreezeStop:
-		if q.staging != "" {
-			return usagef("backup: --staging only applies with --freeze copy or reflink")
-		}
-	case quiesce.FreezeCopy, quiesce.FreezeReflink:
-	case quiesce.FreezeSnapshot:
-		if q.staging != "" {
-			return usagef("backup: --staging only applies with --freeze copy or reflink (snapshot mode stages nothing)")
-		}
-	default:
+	freeze, err := quiesce.ParseFreeze(q.freeze)
+	if err != nil {
 		return usagef("backup: --freeze %q: want stop, copy, reflink or snapshot", q.freeze)
 	}
+	if q.staging != "" && (freeze == quiesce.FreezeStop || freeze == quiesce.FreezeSnapshot) {
+		if freeze == quiesce.FreezeSnapshot {
+			return usagef("backup: --staging only applies with --freeze copy or reflink (snapshot mode stages nothing)")
+		}
+		return usagef("backup: --staging only applies with --freeze copy or reflink")
+	}
 	if q.backend != "" {
-		if quiesce.Freeze(q.freeze) != quiesce.FreezeSnapshot {
+		if freeze != quiesce.FreezeSnapshot {
 			return usagef("backup: --snapshot-backend only applies with --freeze snapshot")
 		}
 		if !slices.Contains(quiesce.SnapshotBackends(), q.backend) {
 			return usagef("backup: --snapshot-backend %q: want %s", q.backend, strings.Join(quiesce.SnapshotBackends(), " or "))
 		}
 	}
-	switch quiesce.OnOpen(q.onOpen) {
-	case "", quiesce.OnOpenWarn, quiesce.OnOpenFail:
-	default:
+	if _, err := quiesce.ParseOnOpen(q.onOpen); err != nil {
 		return usagef("backup: --on-open %q: want warn or fail", q.onOpen)
 	}
 	if q.hookTimeout < 0 {
@@ -151,84 +144,17 @@ func (q *quiesceFlags) validate() error {
 	return nil
 }
 
-// quiescedBackup runs the quiesce hook, captures the files held still as
-// the freeze mode says, resumes, and backs up the rest of the tree into one
-// snapshot whose "quiesce" object is the returned Report.
-//
-//   - stop: the quiesced files are read first (engine Prefetch) while the
-//     service is held still, the resume hook runs (AfterPrefetch), and the
-//     rest of the tree is read with the service running.
-//   - copy, reflink: the quiesced files are staged, the service resumes, and
-//     the backup reads the staged files under their original names
-//     (engine Substitutes).
-//   - snapshot: a read-only snapshot of the volume holding the quiesced
-//     files is made, the service resumes, and the backup reads the tree
-//     below each snapshotted volume from the snapshot under the original
-//     names (engine SourceRoots).
-//
-// When a snapshot was written, sn is not nil and err may match
-// engine.ErrIncomplete and/or quiesce.ErrResumeFailed; when sn is nil, err
-// says why nothing was written (the resume hook ran in every case where the
-// quiesce hook was started).
-func (a *app) quiescedBackup(ctx context.Context, r *repo.Repository, q *quiesceFlags, opts engine.BackupOptions) (rep quiesce.Report, sn *repo.Snapshot, err error) {
-	paths := make([]string, len(opts.Paths))
-	for i, p := range opts.Paths {
-		abs, err := filepath.Abs(p)
-		if err != nil {
-			return rep, nil, fmt.Errorf("path %q: %w", p, err)
-		}
-		if _, err := os.Lstat(abs); errors.Is(err, fs.ErrNotExist) {
-			return rep, nil, fmt.Errorf("%s: %w (check the spelling, or remove it from the command)", p, engine.ErrPathNotFound)
-		}
-		paths[i] = abs
-	}
-	opts.Paths = paths
-	// What the backup would reject in the window is rejected now, before
-	// the service is stopped.
-	for _, g := range append(append([]string{}, opts.Excludes...), opts.DBGlobs...) {
-		if _, err := filepath.Match(g, ""); err != nil {
-			return rep, nil, usagef("backup: bad glob %q: %v", g, err)
-		}
-	}
-	qopts := quiesce.Options{Repository: a.repoDir, Paths: paths, QuiescePaths: q.paths, Excludes: opts.Excludes,
+// quiescedBackup runs engine.QuiescedBackup with the quiesce settings of
+// the command line (see there for what each freeze mode does).
+func (a *app) quiescedBackup(ctx context.Context, r *repo.Repository, q *quiesceFlags, opts engine.BackupOptions) (quiesce.Report, *repo.Snapshot, error) {
+	qopts := quiesce.Options{Repository: a.repoDir, QuiescePaths: q.paths,
 		Quiesce: q.quiesce, Resume: q.resume, HookTimeout: q.hookTimeout, Freeze: quiesce.Freeze(q.freeze),
 		Staging: q.staging, SnapshotBackend: q.backend, StateDir: quiesce.DefaultStateDir(), OnOpen: quiesce.OnOpen(q.onOpen), Log: a.stderr}
-	var berr error
-	rep, qerr := quiesce.Run(ctx, qopts, func(ctx context.Context, s *quiesce.Stage) error {
-		opts.QuiesceFunc = func() json.RawMessage {
-			b, err := json.Marshal(s.Report())
-			if err != nil {
-				panic(err) // a Report always marshals
-			}
-			return b
-		}
-		switch s.Freeze {
-		case quiesce.FreezeStop:
-			opts.Prefetch = s.Files
-			opts.AfterPrefetch = func() { _ = s.Resume() } // a failure is in the Report and Run's error
-		case quiesce.FreezeSnapshot:
-			// The whole tree below each snapshotted volume, not only the
-			// quiesced files, is read from the snapshot.
-			opts.SourceRoots = s.Roots()
-			opts.Excludes = append(append([]string{}, opts.Excludes...), s.Excludes...)
-		default:
-			opts.Substitutes = make(map[string]string, len(s.Files))
-			for _, f := range s.Files {
-				opts.Substitutes[f] = s.Path(f)
-			}
-			// The copies (this run's and other runs') are not data to back up.
-			opts.Excludes = append(append([]string{}, opts.Excludes...), s.Excludes...)
-		}
-		sn, berr = engine.Backup(ctx, r, opts)
-		if sn == nil {
-			return berr
-		}
-		return nil
-	})
-	if sn == nil {
-		return rep, nil, qerr
+	rep, sn, err := engine.QuiescedBackup(ctx, r, qopts, opts)
+	if errors.Is(err, exclude.ErrBadGlob) {
+		err = usageError{err}
 	}
-	return rep, sn, errors.Join(berr, qerr)
+	return rep, sn, err
 }
 
 // printQuiesce writes the one-line summary of what quiescing did, then every

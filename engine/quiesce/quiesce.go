@@ -28,6 +28,17 @@ const (
 	FreezeSnapshot Freeze = "snapshot"
 )
 
+// ParseFreeze returns the freeze mode named s; "" is stop.
+func ParseFreeze(s string) (Freeze, error) {
+	switch f := Freeze(s); f {
+	case "":
+		return FreezeStop, nil
+	case FreezeStop, FreezeCopy, FreezeReflink, FreezeSnapshot:
+		return f, nil
+	}
+	return "", fmt.Errorf("freeze mode %q: want stop, copy, reflink or snapshot", s)
+}
+
 // OnOpen says what to do when a quiesced file is still open for writing
 // after the quiesce hook.
 type OnOpen string
@@ -37,6 +48,17 @@ const (
 	OnOpenWarn OnOpen = "warn"
 	OnOpenFail OnOpen = "fail"
 )
+
+// ParseOnOpen returns the on-open policy named s; "" is warn.
+func ParseOnOpen(s string) (OnOpen, error) {
+	switch o := OnOpen(s); o {
+	case "":
+		return OnOpenWarn, nil
+	case OnOpenWarn, OnOpenFail:
+		return o, nil
+	}
+	return "", fmt.Errorf("on-open policy %q: want warn or fail", s)
+}
 
 // Options configure Run. The zero value (plus Paths) runs no hooks, freeze
 // stop, on-open warn.
@@ -97,24 +119,16 @@ type Report struct {
 // ErrOpenWriters, ErrResumeFailed, ctx.Err() or capture's error (joined with
 // errors.Join when there are several).
 func Run(ctx context.Context, opts Options, capture func(ctx context.Context, s *Stage) error) (rep Report, err error) {
-	if opts.Freeze == "" {
-		opts.Freeze = FreezeStop
-	}
-	if opts.OnOpen == "" {
-		opts.OnOpen = OnOpenWarn
-	}
+	freeze, ferr := ParseFreeze(string(opts.Freeze))
+	onOpen, oerr := ParseOnOpen(string(opts.OnOpen))
+	opts.Freeze, opts.OnOpen = freeze, onOpen
 	rep = Report{FreezeRequested: opts.Freeze, Freeze: opts.Freeze,
 		Hooks: []HookResult{}, OpenWriters: []Holder{}, Warnings: []string{}}
-	switch opts.Freeze {
-	case FreezeStop, FreezeCopy, FreezeReflink, FreezeSnapshot:
-	default:
-		return rep, fmt.Errorf("freeze mode %q: want stop, copy, reflink or snapshot", opts.Freeze)
+	if err := errors.Join(ferr, oerr); err != nil {
+		return rep, err
 	}
 	if opts.SnapshotBackend != "" && opts.Freeze != FreezeSnapshot {
 		return rep, fmt.Errorf("snapshot backend %q only applies to freeze snapshot", opts.SnapshotBackend)
-	}
-	if opts.OnOpen != OnOpenWarn && opts.OnOpen != OnOpenFail {
-		return rep, fmt.Errorf("on-open policy %q: want warn or fail", opts.OnOpen)
 	}
 	if opts.Log == nil {
 		opts.Log = io.Discard

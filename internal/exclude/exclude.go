@@ -5,9 +5,13 @@
 package exclude
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 )
+
+// ErrBadGlob is matched by Check's error.
+var ErrBadGlob = errors.New("bad glob")
 
 // Match reports whether the absolute path p is excluded by one of globs
 // (filepath.Match patterns): a glob matches p's base name or the whole path.
@@ -30,7 +34,7 @@ func Match(globs []string, p string) bool {
 func Check(globs []string) error {
 	for _, g := range globs {
 		if _, err := filepath.Match(g, ""); err != nil {
-			return fmt.Errorf("bad glob %q: %w", g, err)
+			return fmt.Errorf("%w %q: %v", ErrBadGlob, g, err)
 		}
 	}
 	return nil
