@@ -125,12 +125,13 @@ func filefrag(b *testing.B, path string) int {
 // resume hook end; the hooks are `true`) of freeze snapshot on btrfs and of
 // freeze reflink on XFS for one page database file, fresh and after a writer
 // overwrote random 4 KiB pages (a fifth of them, fsynced) between three
-// backups, while the backup reads the clone or snapshot (issue 14). The
-// capture reads nothing: only the window is measured. Reflink is also measured with
+// backups, while the backup reads the clone or snapshot (issue 14); copy
+// mode on the same file for comparison. The capture reads nothing: only
+// the window is measured. Reflink is also measured with
 // an operator's remedy: xfs_fsr (defragmentation) after each backup, and a
 // copy-on-write extent size hint (xfs_io cowextsize 16m) set on the file
 // before the first. Each iteration is three backups on a fresh loop-mounted
-// image; root only.
+// image; root only. Cases can be picked: -bench 'SnapshotDowntime/snapshot'.
 //
 //	go test -bench SnapshotDowntime -run '^$' -benchtime 1x ./engine/quiesce/
 //	STASIS_BENCH_DB_MIB=256 go test -bench ...   # a smaller database
@@ -146,6 +147,7 @@ func BenchmarkSnapshotDowntime(b *testing.B) {
 	}{
 		{name: "snapshot-btrfs", mkfs: []string{"mkfs.btrfs", "-q", "-f"}, freeze: FreezeSnapshot},
 		{name: "reflink-xfs", mkfs: []string{"mkfs.xfs", "-q", "-f", "-m", "reflink=1"}, freeze: FreezeReflink},
+		{name: "copy-xfs", mkfs: []string{"mkfs.xfs", "-q", "-f", "-m", "reflink=1"}, freeze: FreezeCopy},
 		{name: "reflink-xfs-fsr", mkfs: []string{"mkfs.xfs", "-q", "-f", "-m", "reflink=1"}, freeze: FreezeReflink, after: []string{"xfs_fsr"}},
 		{name: "reflink-xfs-cowextsize16m", mkfs: []string{"mkfs.xfs", "-q", "-f", "-m", "reflink=1"}, freeze: FreezeReflink, before: []string{"cowextsize 16m"}},
 	} {
