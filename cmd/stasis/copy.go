@@ -84,19 +84,16 @@ set of AWS_* credentials serves both).`,
 				return err
 			}
 			defer release()
-			dst, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer dst.Close()
-			if src.Config().ID == dst.Config().ID {
-				return usagef("copy: %s and %s are the same repository (id %s)", src.Location(), dst.Location(), dst.Config().ID)
-			}
-			snaps, err := pickCopySnapshots(ctx, src, args, filt)
-			if err != nil {
-				return err
-			}
-			return a.runCopy(ctx, src, dst, snaps)
+			return a.withRepo(ctx, func(dst *repo.Repository) error {
+				if src.Config().ID == dst.Config().ID {
+					return usagef("copy: %s and %s are the same repository (id %s)", src.Location(), dst.Location(), dst.Config().ID)
+				}
+				snaps, err := pickCopySnapshots(ctx, src, args, filt)
+				if err != nil {
+					return err
+				}
+				return a.runCopy(ctx, src, dst, snaps)
+			})
 		},
 	}
 	f := c.Flags()

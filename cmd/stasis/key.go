@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/repo"
 )
 
 func (a *app) keyCommand() *cobra.Command {
@@ -36,12 +37,7 @@ or is asked twice on a terminal.`,
 		Use:   "list",
 		Short: "List the key files",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			keys, err := r.Keys(c.Context())
 			if err != nil {
 				return err
@@ -65,19 +61,14 @@ or is asked twice on a terminal.`,
 					k.Created.Local().Format(time.DateTime), k.KDF.Time, k.KDF.MemoryKiB>>10, k.KDF.Threads)
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 
 	add := newFlags(&cobra.Command{
 		Use:   "add",
 		Short: "Add a password (a new key file)",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			pw, err := a.newPassword(c.Context(), newFile, newCommand)
 			if err != nil {
 				return err
@@ -92,7 +83,7 @@ or is asked twice on a terminal.`,
 			}
 			fmt.Fprintf(a.stdout, "added key %s\n", id[:8])
 			return nil
-		},
+		}),
 	})
 
 	remove := &cobra.Command{
@@ -102,12 +93,7 @@ or is asked twice on a terminal.`,
 		// Exclusive: a command running with the key being removed must not
 		// find it gone halfway (and no two removals may race to remove the
 		// last two keys).
-		RunE: a.exclusive(func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.exclusive(a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			id, err := r.RemoveKey(c.Context(), args[0])
 			if err != nil {
 				return err
@@ -117,19 +103,14 @@ or is asked twice on a terminal.`,
 			}
 			fmt.Fprintf(a.stdout, "removed key %s\n", id[:8])
 			return nil
-		}),
+		})),
 	}
 
 	passwd := newFlags(&cobra.Command{
 		Use:   "passwd",
 		Short: "Change the password in use (replace its key file)",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			old := r.KeyID()
 			pw, err := a.newPassword(c.Context(), newFile, newCommand)
 			if err != nil {
@@ -145,7 +126,7 @@ or is asked twice on a terminal.`,
 			}
 			fmt.Fprintf(a.stdout, "password changed: key %s replaces key %s\n", id[:8], old[:8])
 			return nil
-		},
+		}),
 	})
 	c.AddCommand(list, add, remove, passwd)
 	return c

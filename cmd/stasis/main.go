@@ -201,6 +201,10 @@ func (a *app) storage(ctx context.Context) (repo.Storage, error) {
 	return st, nil
 }
 
+// openRepo opens the --repo repository, which must exist, under this
+// invocation's repository lock (lockRepo: shared, or exclusive under
+// a.exclusive). The lock is released when run returns, not when the
+// repository is closed. Commands use withRepo or runWithRepo, which close it.
 func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
 	st, err := a.storage(ctx)
 	if err != nil {
@@ -218,6 +222,27 @@ func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
 	return repo.Open(ctx, st, repo.OpenOptions{Password: a.repoPassword(dir), CacheDir: a.cacheDir,
 		Exclusive: a.locking.held != nil && a.locking.held.Info().Exclusive, CacheWait: a.locking.retry,
 		SkipIndexFiles: a.skipIndexFiles})
+}
+
+// withRepo opens the --repo repository (openRepo), runs fn with it and
+// closes it when fn returns. Close's error is ignored: a command's result is
+// what it committed before (Close only drops the repository's caches and
+// uncommitted packs).
+func (a *app) withRepo(ctx context.Context, fn func(r *repo.Repository) error) error {
+	r, err := a.openRepo(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return fn(r)
+}
+
+// runWithRepo is a cobra RunE that runs fn with the --repo repository open
+// (withRepo). Wrap it in a.exclusive for an exclusive lock.
+func (a *app) runWithRepo(fn func(c *cobra.Command, args []string, r *repo.Repository) error) func(c *cobra.Command, args []string) error {
+	return func(c *cobra.Command, args []string) error {
+		return a.withRepo(c.Context(), func(r *repo.Repository) error { return fn(c, args, r) })
+	}
 }
 
 // args validators that return usage errors.
