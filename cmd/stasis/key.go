@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
 func (a *app) keyCommand() *cobra.Command {
@@ -26,14 +28,12 @@ or is asked twice on a terminal.`,
 			return usagef("key: give a subcommand: list, add, remove or passwd")
 		},
 	}
-	var newFile, newCommand string
-	newFlags := func(sub *cobra.Command) *cobra.Command {
-		sub.Flags().StringVar(&newFile, "new-password-file", "", "read the new password from FILE")
-		sub.Flags().StringVar(&newCommand, "new-password-command", "", "read the new password from the output of CMD")
-		return sub
-	}
+	c.AddCommand(a.keyListCommand(), a.keyAddCommand(), a.keyRemoveCommand(), a.keyPasswdCommand())
+	return c
+}
 
-	list := &cobra.Command{
+func (a *app) keyListCommand() *cobra.Command {
+	return &cobra.Command{
 		Use:   "list",
 		Short: "List the key files",
 		Args:  exactArgs(0, "no arguments"),
@@ -63,18 +63,38 @@ or is asked twice on a terminal.`,
 			return tw.Flush()
 		}),
 	}
+}
 
-	add := newFlags(&cobra.Command{
+// newPasswordFlags are where the new password of key add and key passwd
+// comes from: --new-password-file and --new-password-command (newPassword
+// also reads the environment and the terminal).
+type newPasswordFlags struct{ file, command string }
+
+func (f *newPasswordFlags) add(c *cobra.Command) {
+	c.Flags().StringVar(&f.file, "new-password-file", "", "read the new password from FILE")
+	c.Flags().StringVar(&f.command, "new-password-command", "", "read the new password from the output of CMD")
+}
+
+// newKey reads the new password (newPassword) and makes a key file for it
+// with makeKey (r.AddKey or r.ChangePassword) and new KDF parameters; the
+// password is cleared afterwards. It returns the new key's id.
+func (a *app) newKey(ctx context.Context, f newPasswordFlags, makeKey func(context.Context, []byte, crypto.KDFParams) (string, error)) (string, error) {
+	pw, err := a.newPassword(ctx, f.file, f.command)
+	if err != nil {
+		return "", err
+	}
+	defer clear(pw)
+	return makeKey(ctx, pw, newKDF())
+}
+
+func (a *app) keyAddCommand() *cobra.Command {
+	var f newPasswordFlags
+	c := &cobra.Command{
 		Use:   "add",
 		Short: "Add a password (a new key file)",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
-			pw, err := a.newPassword(c.Context(), newFile, newCommand)
-			if err != nil {
-				return err
-			}
-			id, err := r.AddKey(c.Context(), pw, newKDF())
-			clear(pw)
+			id, err := a.newKey(c.Context(), f, r.AddKey)
 			if err != nil {
 				return err
 			}
@@ -84,9 +104,13 @@ or is asked twice on a terminal.`,
 			fmt.Fprintf(a.stdout, "added key %s\n", id[:8])
 			return nil
 		}),
-	})
+	}
+	f.add(c)
+	return c
+}
 
-	remove := &cobra.Command{
+func (a *app) keyRemoveCommand() *cobra.Command {
+	return &cobra.Command{
 		Use:   "remove ID",
 		Short: "Remove a key file (not the last one, nor the one in use)",
 		Args:  exactArgs(1, "a key ID (or a unique prefix)"),
@@ -105,19 +129,17 @@ or is asked twice on a terminal.`,
 			return nil
 		})),
 	}
+}
 
-	passwd := newFlags(&cobra.Command{
+func (a *app) keyPasswdCommand() *cobra.Command {
+	var f newPasswordFlags
+	c := &cobra.Command{
 		Use:   "passwd",
 		Short: "Change the password in use (replace its key file)",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			old := r.KeyID()
-			pw, err := a.newPassword(c.Context(), newFile, newCommand)
-			if err != nil {
-				return err
-			}
-			id, err := r.ChangePassword(c.Context(), pw, newKDF())
-			clear(pw)
+			id, err := a.newKey(c.Context(), f, r.ChangePassword)
 			if err != nil {
 				return err
 			}
@@ -127,7 +149,7 @@ or is asked twice on a terminal.`,
 			fmt.Fprintf(a.stdout, "password changed: key %s replaces key %s\n", id[:8], old[:8])
 			return nil
 		}),
-	})
-	c.AddCommand(list, add, remove, passwd)
+	}
+	f.add(c)
 	return c
 }
