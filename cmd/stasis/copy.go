@@ -189,17 +189,9 @@ func pickCopySnapshots(ctx context.Context, src *repo.Repository, args []string,
 		}
 		return repo.FilterSnapshots(list, filt), nil
 	}
-	var out []*repo.Snapshot
-	seen := map[string]bool{}
-	for _, ref := range args {
-		sn, err := src.FindSnapshot(ctx, ref, filt)
-		if err != nil {
-			return nil, fmt.Errorf("source %s: %w", src.Location(), err)
-		}
-		if !seen[sn.ID.String()] {
-			seen[sn.ID.String()] = true
-			out = append(out, sn)
-		}
+	out, err := findSnapshots(ctx, src, args, filt)
+	if err != nil {
+		return nil, fmt.Errorf("source %s: %w", src.Location(), err)
 	}
 	return out, nil
 }

@@ -91,6 +91,24 @@ func (a *app) pickSnapshot(ctx context.Context, r *repo.Repository, args []strin
 	return engine.SnapshotAt(repo.FilterSnapshots(list, filt), t)
 }
 
+// findSnapshots resolves refs (ids, short ids, "latest" narrowed by filt)
+// in r and returns each snapshot once, in the order of refs.
+func findSnapshots(ctx context.Context, r *repo.Repository, refs []string, filt repo.SnapshotFilter) ([]*repo.Snapshot, error) {
+	var out []*repo.Snapshot
+	seen := map[string]bool{}
+	for _, ref := range refs {
+		sn, err := r.FindSnapshot(ctx, ref, filt)
+		if err != nil {
+			return nil, err
+		}
+		if !seen[sn.ID.String()] {
+			seen[sn.ID.String()] = true
+			out = append(out, sn)
+		}
+	}
+	return out, nil
+}
+
 // parseTime accepts RFC 3339 or "YYYY-MM-DD HH:MM[:SS]" (and a bare date) in local time.
 func parseTime(s string) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
