@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/repo"
 )
 
 func (a *app) checkCommand() *cobra.Command {
@@ -14,12 +15,7 @@ func (a *app) checkCommand() *cobra.Command {
 		Use:   "check [--read-data]",
 		Short: "Verify the repository's structure, and with --read-data every byte",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			var prog *reporter // progress.go; status lines on stderr: stdout is one JSON document
 			if readData {
 				prog = a.startProgress("check", "packs", a.stderr)
@@ -53,7 +49,7 @@ func (a *app) checkCommand() *cobra.Command {
 				return exitError{exitFatal, fmt.Errorf("%w: the repository is damaged: %d errors", errReported, len(rep.Errors))}
 			}
 			return nil
-		},
+		}),
 	}
 	c.Flags().BoolVar(&readData, "read-data", false, "read every pack and re-hash every blob")
 	return c

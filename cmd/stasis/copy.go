@@ -84,19 +84,16 @@ set of AWS_* credentials serves both).`,
 				return err
 			}
 			defer release()
-			dst, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer dst.Close()
-			if src.Config().ID == dst.Config().ID {
-				return usagef("copy: %s and %s are the same repository (id %s)", src.Location(), dst.Location(), dst.Config().ID)
-			}
-			snaps, err := pickCopySnapshots(ctx, src, args, filt)
-			if err != nil {
-				return err
-			}
-			return a.runCopy(ctx, src, dst, snaps)
+			return a.withRepo(ctx, func(dst *repo.Repository) error {
+				if src.Config().ID == dst.Config().ID {
+					return usagef("copy: %s and %s are the same repository (id %s)", src.Location(), dst.Location(), dst.Config().ID)
+				}
+				snaps, err := pickCopySnapshots(ctx, src, args, filt)
+				if err != nil {
+					return err
+				}
+				return a.runCopy(ctx, src, dst, snaps)
+			})
 		},
 	}
 	f := c.Flags()
@@ -192,17 +189,9 @@ func pickCopySnapshots(ctx context.Context, src *repo.Repository, args []string,
 		}
 		return repo.FilterSnapshots(list, filt), nil
 	}
-	var out []*repo.Snapshot
-	seen := map[string]bool{}
-	for _, ref := range args {
-		sn, err := src.FindSnapshot(ctx, ref, filt)
-		if err != nil {
-			return nil, fmt.Errorf("source %s: %w", src.Location(), err)
-		}
-		if !seen[sn.ID.String()] {
-			seen[sn.ID.String()] = true
-			out = append(out, sn)
-		}
+	out, err := findSnapshots(ctx, src, args, filt)
+	if err != nil {
+		return nil, fmt.Errorf("source %s: %w", src.Location(), err)
 	}
 	return out, nil
 }

@@ -16,13 +16,8 @@ func (a *app) diffCommand() *cobra.Command {
 		Long: `Show what changed from snapshot ID1 to ID2 (either may be "latest"):
 "+" added, "-" removed, "M" content changed, "T" type changed, "U" metadata only.`,
 		Args: exactArgs(2, "two snapshot IDs"),
-		RunE: func(c *cobra.Command, args []string) error {
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			ctx := c.Context()
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
 			sa, err := r.FindSnapshot(ctx, args[0], filt)
 			if err != nil {
 				return err
@@ -49,7 +44,7 @@ func (a *app) diffCommand() *cobra.Command {
 					sa.ID.Short(), sb.ID.Short(), counts["+"], counts["-"], counts["M"], counts["T"], counts["U"])
 			}
 			return nil
-		},
+		}),
 	}
 	addFilterFlags(c.Flags(), &filt)
 	return c

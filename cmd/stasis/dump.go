@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -20,11 +21,14 @@ import (
 
 func init() { register((*app).dumpCommand) }
 
+// dumpFlags are the flags of `stasis dump`.
+type dumpFlags struct {
+	archive, target string
+	filt            repo.SnapshotFilter
+}
+
 func (a *app) dumpCommand() *cobra.Command {
-	var (
-		archive, target string
-		filt            repo.SnapshotFilter
-	)
+	var df dumpFlags
 	c := &cobra.Command{
 		Use:   "dump ID|latest PATH",
 		Short: "Write one file of a snapshot, or a directory as a tar archive, to stdout",
@@ -49,76 +53,88 @@ Binary output is not written to a terminal.
   stasis dump --host zoom1 latest /srv/zoomserv --target /tmp/zoomserv.tar`,
 		Args: exactArgs(2, "a snapshot ID (or latest) and a PATH"),
 		RunE: func(c *cobra.Command, args []string) error {
-			ctx := c.Context()
-			if archive != "" && archive != "tar" {
-				return usagef("dump: --archive %q: the only archive format is tar", archive)
+			if df.archive != "" && df.archive != "tar" {
+				return usagef("dump: --archive %q: the only archive format is tar", df.archive)
 			}
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			sn, err := r.FindSnapshot(ctx, args[0], filt)
-			if err != nil {
-				return err
-			}
-			p := filepath.Clean("/" + args[1])
-			n, err := engine.Lookup(ctx, r, sn, p)
-			if err != nil {
-				return err
-			}
-			asTar := archive == "tar" || n.Kind != tree.File
-			out, err := a.dumpOutput(target, asTar)
-			if err != nil {
-				return err
-			}
-			var res *engine.DumpResult
-			if asTar {
-				res, err = engine.DumpTar(ctx, r, sn, p, out)
-			} else {
-				err = engine.DumpFile(ctx, r, p, n, out)
-			}
-			if res != nil {
-				printProblems(a.stderr, "entries were left out of the archive", res.Problems)
-				printProblems(a.stderr, "warnings", res.Warnings)
-			}
-			if err == nil || errors.Is(err, engine.ErrDumpIncomplete) {
-				if ferr := out.finish(); ferr != nil {
-					err = ferr
-				}
-			} else {
-				out.abort()
-			}
-			if errors.Is(err, errBinaryTerminal) {
-				return usagef("dump: %s is binary and stdout is a terminal: redirect it (stasis dump %s %s > FILE) or give --target FILE",
-					quotePath(p), args[0], args[1])
-			}
-			if err != nil && !errors.Is(err, engine.ErrDumpIncomplete) {
-				return fmt.Errorf("dump of %s from snapshot %s failed, the output is incomplete: %w", quotePath(p), sn.ID.Short(), err)
-			}
-			if target != "" {
-				entries, bytes := int64(1), int64(n.Size)
-				if res != nil {
-					entries, bytes = res.Entries, res.Bytes
-				}
-				if a.json {
-					writeJSONLine(a.stdout, map[string]any{"message_type": "summary", "snapshot_id": sn.ID.String(), "path": p,
-						"target": target, "archive": asTar, "entries": entries, "bytes": bytes})
-				} else {
-					fmt.Fprintf(a.stdout, "dumped %s of snapshot %s to %s: %d entries, %s\n", quotePath(p), sn.ID.Short(), target, entries, humanBytes(bytes))
-				}
-			}
-			if err != nil { // ErrDumpIncomplete: complete archive of the rest
-				return fmt.Errorf("dump of %s from snapshot %s: %w (the entries listed above are not in it)", quotePath(p), sn.ID.Short(), err)
-			}
-			return nil
+			return a.withRepo(c.Context(), func(r *repo.Repository) error { return a.runDump(c.Context(), r, &df, args[0], args[1]) })
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&archive, "archive", "", "archive format: tar (the default for directories; files give their content unless this is set)")
-	f.StringVarP(&target, "target", "t", "", "write to FILE instead of stdout (replaced only when the dump succeeds)")
-	addFilterFlags(f, &filt)
+	f.StringVar(&df.archive, "archive", "", "archive format: tar (the default for directories; files give their content unless this is set)")
+	f.StringVarP(&df.target, "target", "t", "", "write to FILE instead of stdout (replaced only when the dump succeeds)")
+	addFilterFlags(f, &df.filt)
 	return c
+}
+
+// runDump is `stasis dump ref path` on r: it writes the entry at path of
+// snapshot ref, and with --target says what it wrote.
+func (a *app) runDump(ctx context.Context, r *repo.Repository, df *dumpFlags, ref, path string) error {
+	sn, err := r.FindSnapshot(ctx, ref, df.filt)
+	if err != nil {
+		return err
+	}
+	p := filepath.Clean("/" + path)
+	n, err := engine.Lookup(ctx, r, sn, p)
+	if err != nil {
+		return err
+	}
+	asTar := df.archive == "tar" || n.Kind != tree.File
+	out, err := a.dumpOutput(df.target, asTar)
+	if err != nil {
+		return err
+	}
+	res, err := a.dumpEntry(ctx, r, sn, p, n, asTar, out)
+	if errors.Is(err, errBinaryTerminal) {
+		return usagef("dump: %s is binary and stdout is a terminal: redirect it (stasis dump %s %s > FILE) or give --target FILE",
+			quotePath(p), ref, path)
+	}
+	if err != nil && !errors.Is(err, engine.ErrDumpIncomplete) {
+		return fmt.Errorf("dump of %s from snapshot %s failed, the output is incomplete: %w", quotePath(p), sn.ID.Short(), err)
+	}
+	if df.target != "" {
+		entries, bytes := int64(1), int64(n.Size)
+		if res != nil {
+			entries, bytes = res.Entries, res.Bytes
+		}
+		if a.json {
+			writeJSONLine(a.stdout, map[string]any{"message_type": "summary", "snapshot_id": sn.ID.String(), "path": p,
+				"target": df.target, "archive": asTar, "entries": entries, "bytes": bytes})
+		} else {
+			fmt.Fprintf(a.stdout, "dumped %s of snapshot %s to %s: %d entries, %s\n", quotePath(p), sn.ID.Short(), df.target, entries, humanBytes(bytes))
+		}
+	}
+	if err != nil { // ErrDumpIncomplete: complete archive of the rest
+		return fmt.Errorf("dump of %s from snapshot %s: %w (the entries listed above are not in it)", quotePath(p), sn.ID.Short(), err)
+	}
+	return nil
+}
+
+// dumpEntry writes the entry n at p of sn to out, as a tar archive or as
+// the file's content, lists on stderr what an archive left out, and
+// finishes out (or aborts it on an error other than
+// engine.ErrDumpIncomplete). The result is nil for a file's content.
+func (a *app) dumpEntry(ctx context.Context, r *repo.Repository, sn *repo.Snapshot, p string, n *tree.Node, asTar bool, out *dumpOut) (*engine.DumpResult, error) {
+	var (
+		res *engine.DumpResult
+		err error
+	)
+	if asTar {
+		res, err = engine.DumpTar(ctx, r, sn, p, out)
+	} else {
+		err = engine.DumpFile(ctx, r, p, n, out)
+	}
+	if res != nil {
+		printProblems(a.stderr, "entries were left out of the archive", res.Problems)
+		printProblems(a.stderr, "warnings", res.Warnings)
+	}
+	if err == nil || errors.Is(err, engine.ErrDumpIncomplete) {
+		if ferr := out.finish(); ferr != nil {
+			err = ferr
+		}
+	} else {
+		out.abort()
+	}
+	return res, err
 }
 
 // errBinaryTerminal is returned by a terminal's guard when the output is binary.

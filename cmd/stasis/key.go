@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
 func (a *app) keyCommand() *cobra.Command {
@@ -25,23 +28,16 @@ or is asked twice on a terminal.`,
 			return usagef("key: give a subcommand: list, add, remove or passwd")
 		},
 	}
-	var newFile, newCommand string
-	newFlags := func(sub *cobra.Command) *cobra.Command {
-		sub.Flags().StringVar(&newFile, "new-password-file", "", "read the new password from FILE")
-		sub.Flags().StringVar(&newCommand, "new-password-command", "", "read the new password from the output of CMD")
-		return sub
-	}
+	c.AddCommand(a.keyListCommand(), a.keyAddCommand(), a.keyRemoveCommand(), a.keyPasswdCommand())
+	return c
+}
 
-	list := &cobra.Command{
+func (a *app) keyListCommand() *cobra.Command {
+	return &cobra.Command{
 		Use:   "list",
 		Short: "List the key files",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			keys, err := r.Keys(c.Context())
 			if err != nil {
 				return err
@@ -65,25 +61,40 @@ or is asked twice on a terminal.`,
 					k.Created.Local().Format(time.DateTime), k.KDF.Time, k.KDF.MemoryKiB>>10, k.KDF.Threads)
 			}
 			return tw.Flush()
-		},
+		}),
 	}
+}
 
-	add := newFlags(&cobra.Command{
+// newPasswordFlags are where the new password of key add and key passwd
+// comes from: --new-password-file and --new-password-command (newPassword
+// also reads the environment and the terminal).
+type newPasswordFlags struct{ file, command string }
+
+func (f *newPasswordFlags) add(c *cobra.Command) {
+	c.Flags().StringVar(&f.file, "new-password-file", "", "read the new password from FILE")
+	c.Flags().StringVar(&f.command, "new-password-command", "", "read the new password from the output of CMD")
+}
+
+// newKey reads the new password (newPassword) and makes a key file for it
+// with makeKey (r.AddKey or r.ChangePassword) and new KDF parameters; the
+// password is cleared afterwards. It returns the new key's id.
+func (a *app) newKey(ctx context.Context, f newPasswordFlags, makeKey func(context.Context, []byte, crypto.KDFParams) (string, error)) (string, error) {
+	pw, err := a.newPassword(ctx, f.file, f.command)
+	if err != nil {
+		return "", err
+	}
+	defer clear(pw)
+	return makeKey(ctx, pw, newKDF())
+}
+
+func (a *app) keyAddCommand() *cobra.Command {
+	var f newPasswordFlags
+	c := &cobra.Command{
 		Use:   "add",
 		Short: "Add a password (a new key file)",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			pw, err := a.newPassword(c.Context(), newFile, newCommand)
-			if err != nil {
-				return err
-			}
-			id, err := r.AddKey(c.Context(), pw, newKDF())
-			clear(pw)
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
+			id, err := a.newKey(c.Context(), f, r.AddKey)
 			if err != nil {
 				return err
 			}
@@ -92,22 +103,21 @@ or is asked twice on a terminal.`,
 			}
 			fmt.Fprintf(a.stdout, "added key %s\n", id[:8])
 			return nil
-		},
-	})
+		}),
+	}
+	f.add(c)
+	return c
+}
 
-	remove := &cobra.Command{
+func (a *app) keyRemoveCommand() *cobra.Command {
+	return &cobra.Command{
 		Use:   "remove ID",
 		Short: "Remove a key file (not the last one, nor the one in use)",
 		Args:  exactArgs(1, "a key ID (or a unique prefix)"),
 		// Exclusive: a command running with the key being removed must not
 		// find it gone halfway (and no two removals may race to remove the
 		// last two keys).
-		RunE: a.exclusive(func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.exclusive(a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			id, err := r.RemoveKey(c.Context(), args[0])
 			if err != nil {
 				return err
@@ -117,26 +127,19 @@ or is asked twice on a terminal.`,
 			}
 			fmt.Fprintf(a.stdout, "removed key %s\n", id[:8])
 			return nil
-		}),
+		})),
 	}
+}
 
-	passwd := newFlags(&cobra.Command{
+func (a *app) keyPasswdCommand() *cobra.Command {
+	var f newPasswordFlags
+	c := &cobra.Command{
 		Use:   "passwd",
 		Short: "Change the password in use (replace its key file)",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			old := r.KeyID()
-			pw, err := a.newPassword(c.Context(), newFile, newCommand)
-			if err != nil {
-				return err
-			}
-			id, err := r.ChangePassword(c.Context(), pw, newKDF())
-			clear(pw)
+			id, err := a.newKey(c.Context(), f, r.ChangePassword)
 			if err != nil {
 				return err
 			}
@@ -145,8 +148,8 @@ or is asked twice on a terminal.`,
 			}
 			fmt.Fprintf(a.stdout, "password changed: key %s replaces key %s\n", id[:8], old[:8])
 			return nil
-		},
-	})
-	c.AddCommand(list, add, remove, passwd)
+		}),
+	}
+	f.add(c)
 	return c
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stasisbackup/stasis/cmd/stasis/internal/password"
 	"github.com/stasisbackup/stasis/internal/enginetest"
 	"github.com/stasisbackup/stasis/internal/index"
 	"github.com/stasisbackup/stasis/repo"
@@ -42,7 +43,7 @@ func cliOK(t *testing.T, args ...string) string {
 
 // noPasswordEnv clears every password source of the environment.
 func noPasswordEnv(t *testing.T) {
-	for _, v := range []string{"STASIS_REPO", crypto.EnvPassword, crypto.EnvPasswordFile, envNewPassword, envNewPasswordFile} {
+	for _, v := range []string{"STASIS_REPO", password.EnvPassword, password.EnvFile, envNewPassword, envNewPasswordFile} {
 		t.Setenv(v, "")
 	}
 }
@@ -91,7 +92,7 @@ func filesContaining(t *testing.T, dir string, marker []byte) []string {
 // same scan finds it, which shows that the scan works.
 func TestNoPlaintextInRepository(t *testing.T) {
 	noPasswordEnv(t)
-	t.Setenv(crypto.EnvPassword, "marker test password")
+	t.Setenv(password.EnvPassword, "marker test password")
 	marker := "QX7-MARKER-zebra-4417"
 	src := filepath.Join(t.TempDir(), "src")
 	os.MkdirAll(filepath.Join(src, "dir-"+marker), 0o755)
@@ -158,14 +159,14 @@ func TestPasswordErrors(t *testing.T) {
 	// Each source opens it; one trailing newline of a file is not part of the password.
 	cliOK(t, "snapshots", "--repo", dir, "--password-file", pwFile)
 	cliOK(t, "snapshots", "--repo", dir, "--password-command", "echo 'file password'")
-	t.Setenv(crypto.EnvPasswordFile, pwFile)
+	t.Setenv(password.EnvFile, pwFile)
 	cliOK(t, "snapshots", "--repo", dir)
-	t.Setenv(crypto.EnvPasswordFile, "")
-	t.Setenv(crypto.EnvPassword, "file password")
+	t.Setenv(password.EnvFile, "")
+	t.Setenv(password.EnvPassword, "file password")
 	cliOK(t, "snapshots", "--repo", dir)
 
 	// Wrong password: exit 12, saying so.
-	t.Setenv(crypto.EnvPassword, "guess")
+	t.Setenv(password.EnvPassword, "guess")
 	code, out, errs = cli(t, "snapshots", "--repo", dir)
 	if code != exitPassword || !strings.Contains(errs, "wrong password for repository "+dir+" (no key file matched)") {
 		t.Errorf("wrong password: exit %d\n%s%s", code, out, errs)
@@ -174,7 +175,7 @@ func TestPasswordErrors(t *testing.T) {
 	cliOK(t, "snapshots", "--repo", dir, "--password-file", pwFile)
 
 	// No password: exit 12 listing the options.
-	t.Setenv(crypto.EnvPassword, "")
+	t.Setenv(password.EnvPassword, "")
 	code, _, errs = cli(t, "check", "--repo", dir)
 	if code != exitPassword || !strings.Contains(errs, "--password-file") || !strings.Contains(errs, "STASIS_PASSWORD") {
 		t.Errorf("no password: exit %d, %s", code, errs)
@@ -270,7 +271,7 @@ func TestKeyCommands(t *testing.T) {
 // the file, and restore writes no garbage in its place.
 func TestTamperedCiphertextNamedByCheckAndRestore(t *testing.T) {
 	noPasswordEnv(t)
-	t.Setenv(crypto.EnvPassword, "tamper password")
+	t.Setenv(password.EnvPassword, "tamper password")
 	src := filepath.Join(t.TempDir(), "src")
 	os.MkdirAll(src, 0o755)
 	victim := randomBytes(3, 100<<10) // one chunk (below the default profile's minimum)

@@ -26,28 +26,18 @@ func (a *app) lsCommand() *cobra.Command {
 			}
 			return nil
 		},
-		RunE: func(c *cobra.Command, args []string) error {
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			ctx := c.Context()
-			r, err := a.openRepo(ctx)
+			sn, err := a.pickSnapshot(ctx, r, args, at, filt)
 			if err != nil {
 				return err
 			}
-			defer r.Close()
-			var sn *repo.Snapshot
-			prefix := "/"
-			if at != "" {
-				sn, err = a.pickSnapshot(ctx, r, nil, at, filt)
-				if len(args) == 1 {
-					prefix = args[0]
-				}
-			} else {
-				sn, err = r.FindSnapshot(ctx, args[0], filt)
-				if len(args) == 2 {
-					prefix = args[1]
-				}
+			prefix, paths := "/", args
+			if at == "" {
+				paths = args[1:] // after the snapshot ID
 			}
-			if err != nil {
-				return err
+			if len(paths) == 1 {
+				prefix = paths[0]
 			}
 			n := 0
 			err = engine.Walk(ctx, r, sn, prefix, func(p string, nd *tree.Node) error {
@@ -71,7 +61,7 @@ func (a *app) lsCommand() *cobra.Command {
 				return fmt.Errorf("ls: %s is not in snapshot %s", prefix, sn.ID.Short())
 			}
 			return nil
-		},
+		}),
 	}
 	c.Flags().BoolVarP(&long, "long", "l", false, "show mode, owner, size and time")
 	c.Flags().StringVar(&at, "at", "", "list the newest snapshot at or before TIME")

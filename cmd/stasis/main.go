@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/cmd/stasis/internal/password"
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/internal/lock"
 	"github.com/stasisbackup/stasis/repo"
@@ -154,7 +155,7 @@ a terminal, in this order. A wrong or missing password exits with code 12.`,
 	root.PersistentFlags().StringVarP(&a.repoDir, "repo", "r", os.Getenv("STASIS_REPO"), "repository: a directory, or s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX] (default $STASIS_REPO)")
 	root.PersistentFlags().StringVar(&a.cacheDir, "cache-dir", os.Getenv("STASIS_CACHE_DIR"), "client cache directory, one subdirectory per repository (default $STASIS_CACHE_DIR, else $XDG_CACHE_HOME/stasis)")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "machine-readable JSON output")
-	root.PersistentFlags().StringVar(&a.passwordFile, "password-file", "", "read the repository password from FILE (default $"+crypto.EnvPasswordFile+")")
+	root.PersistentFlags().StringVar(&a.passwordFile, "password-file", "", "read the repository password from FILE (default $"+password.EnvFile+")")
 	root.PersistentFlags().StringVar(&a.passwordCommand, "password-command", "", "run CMD (with /bin/sh -c) and read the repository password from its output")
 	root.PersistentFlags().BoolVar(&a.insecureNoPassword, "insecure-no-password", false, "init, backup --init: create an UNENCRYPTED repository")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
@@ -201,6 +202,10 @@ func (a *app) storage(ctx context.Context) (repo.Storage, error) {
 	return st, nil
 }
 
+// openRepo opens the --repo repository, which must exist, under this
+// invocation's repository lock (lockRepo: shared, or exclusive under
+// a.exclusive). The lock is released when run returns, not when the
+// repository is closed. Commands use withRepo or runWithRepo, which close it.
 func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
 	st, err := a.storage(ctx)
 	if err != nil {
@@ -218,6 +223,28 @@ func (a *app) openRepo(ctx context.Context) (*repo.Repository, error) {
 	return repo.Open(ctx, st, repo.OpenOptions{Password: a.repoPassword(dir), CacheDir: a.cacheDir,
 		Exclusive: a.locking.held != nil && a.locking.held.Info().Exclusive, CacheWait: a.locking.retry,
 		SkipIndexFiles: a.skipIndexFiles})
+}
+
+// withRepo opens the --repo repository (openRepo), runs fn with it and
+// closes it when fn returns (also on a panic). Close's error is ignored, as
+// it always was: Close flushes nothing (fn flushed what the command keeps),
+// it only releases the index cache and open files, and failing to release
+// them does not undo the command's result.
+func (a *app) withRepo(ctx context.Context, fn func(r *repo.Repository) error) error {
+	r, err := a.openRepo(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return fn(r)
+}
+
+// runWithRepo is a cobra RunE that runs fn with the --repo repository open
+// (withRepo). Wrap it in a.exclusive for an exclusive lock.
+func (a *app) runWithRepo(fn func(c *cobra.Command, args []string, r *repo.Repository) error) func(c *cobra.Command, args []string) error {
+	return func(c *cobra.Command, args []string) error {
+		return a.withRepo(c.Context(), func(r *repo.Repository) error { return fn(c, args, r) })
+	}
 }
 
 // args validators that return usage errors.

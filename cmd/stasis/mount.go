@@ -41,13 +41,8 @@ Needs FUSE: /dev/fuse, and either root (mounts directly) or fusermount3 (the
 Debian package fuse3). The mount holds a shared repository lock, like restore.
 See docs/mount.md.`,
 		Args: exactArgs(1, "a mountpoint"),
-		RunE: func(c *cobra.Command, args []string) error {
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			ctx := c.Context()
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
 			logger := log.New(a.stderr, "stasis: ", 0)
 			fsys := mountfs.New(ctx, r, mountfs.Options{Filter: filt, Log: logger.Printf})
 			srv, err := mountfs.Mount(ctx, args[0], fsys, mountfs.MountOptions{
@@ -82,7 +77,7 @@ See docs/mount.md.`,
 			}
 			a.sayUnmounted(srv.Dir(), "unmounted")
 			return nil
-		},
+		}),
 	}
 	f := c.Flags()
 	addFilterFlags(f, &filt)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/stasisbackup/stasis/cmd/stasis/internal/password"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/crypto"
 )
@@ -22,7 +23,7 @@ const (
 	envNewPassword     = "STASIS_NEW_PASSWORD"
 )
 
-// terminal returns stdin when it is a file (a terminal or not: PasswordSource
+// terminal returns stdin when it is a file (a terminal or not: password.Source
 // checks), else nil.
 func (a *app) terminal() *os.File {
 	f, _ := a.stdin.(*os.File)
@@ -44,14 +45,14 @@ type passwordFlags struct {
 // passwordSourceOf is where the password of an existing repository comes
 // from: the file flag, the file environment variable, the command flag, the
 // password environment variable, then a prompt on a terminal.
-func (a *app) passwordSourceOf(p passwordFlags) crypto.PasswordSource {
-	return crypto.PasswordSource{File: p.file, Command: p.command, Stdin: a.terminal(), Prompt: a.stderr,
+func (a *app) passwordSourceOf(p passwordFlags) password.Source {
+	return password.Source{File: p.file, Command: p.command, Stdin: a.terminal(), Prompt: a.stderr,
 		FileFlag: p.fileFlag, CommandFlag: p.commandFlag, FileEnv: p.fileEnv, PasswordEnv: p.passwordEnv}
 }
 
 // passwordSource is passwordSourceOf the --repo repository's flags:
 // --password-file, STASIS_PASSWORD_FILE, --password-command, STASIS_PASSWORD.
-func (a *app) passwordSource() crypto.PasswordSource {
+func (a *app) passwordSource() password.Source {
 	return a.passwordSourceOf(passwordFlags{file: a.passwordFile, command: a.passwordCommand})
 }
 
@@ -63,7 +64,7 @@ func (a *app) repoPassword(dir string) func(ctx context.Context) ([]byte, error)
 
 // repoPasswordFrom returns the OpenOptions.Password callback for dir that
 // reads src.
-func (a *app) repoPasswordFrom(dir string, src crypto.PasswordSource) func(ctx context.Context) ([]byte, error) {
+func (a *app) repoPasswordFrom(dir string, src password.Source) func(ctx context.Context) ([]byte, error) {
 	return func(ctx context.Context) ([]byte, error) {
 		return src.Read(ctx, fmt.Sprintf("enter password for repository %s: ", dir))
 	}
@@ -73,12 +74,12 @@ func (a *app) repoPasswordFrom(dir string, src crypto.PasswordSource) func(ctx c
 // --new-password-file, STASIS_NEW_PASSWORD_FILE, --new-password-command,
 // STASIS_NEW_PASSWORD, or asked twice on a terminal.
 func (a *app) newPassword(ctx context.Context, file, command string) ([]byte, error) {
-	src := crypto.PasswordSource{File: file, Command: command, Stdin: a.terminal(), Prompt: a.stderr,
+	src := password.Source{File: file, Command: command, Stdin: a.terminal(), Prompt: a.stderr,
 		Env: func(name string) string {
 			switch name {
-			case crypto.EnvPasswordFile:
+			case password.EnvFile:
 				return os.Getenv(envNewPasswordFile)
-			case crypto.EnvPassword:
+			case password.EnvPassword:
 				return os.Getenv(envNewPassword)
 			}
 			return ""

@@ -26,16 +26,13 @@ run ` + "`stasis check`" + ` and ` + "`stasis repair`" + ` first.`,
 			if o.MaxUnused < 0 || o.MaxUnused > 100 {
 				return usagef("--max-unused %g: give a percentage from 0 to 100", o.MaxUnused)
 			}
-			r, err := a.openRepo(c.Context())
-			if err != nil {
+			return a.withRepo(c.Context(), func(r *repo.Repository) error {
+				rep, err := a.runPrune(c.Context(), r, o)
+				if err == nil && a.json {
+					writeJSON(a.stdout, rep)
+				}
 				return err
-			}
-			defer r.Close()
-			rep, err := a.runPrune(c.Context(), r, o)
-			if err == nil && a.json {
-				writeJSON(a.stdout, rep)
-			}
-			return err
+			})
 		}),
 	}
 	c.Flags().BoolVarP(&o.DryRun, "dry-run", "n", false, "report what would be deleted, change nothing")

@@ -42,13 +42,10 @@ func (a *app) repairIndexCommand() *cobra.Command {
 		Use:   "index [--read-data]",
 		Short: "Rebuild the index files (and this client's cache) from the pack headers",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: a.exclusive(func(c *cobra.Command, args []string) error {
-			a.skipIndexFiles = true // a damaged one must not stop its repair
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		PreRun: func(c *cobra.Command, args []string) {
+			a.skipIndexFiles = true // the repository opens without its index files: a damaged one must not stop its repair
+		},
+		RunE: a.exclusive(a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			o.Log = a.logWriter()
 			rep, err := r.RebuildIndex(c.Context(), o)
 			if err != nil {
@@ -76,7 +73,7 @@ func (a *app) repairIndexCommand() *cobra.Command {
 				fmt.Fprintln(a.stdout, "data was lost: run `stasis repair snapshots` to mark the affected files")
 			}
 			return nil
-		}),
+		})),
 	}
 	c.Flags().BoolVar(&o.ReadData, "read-data", false, "read every pack and salvage packs with bit rot")
 	return c
@@ -88,12 +85,7 @@ func (a *app) repairSnapshotsCommand() *cobra.Command {
 		Use:   "snapshots [--forget] [--dry-run]",
 		Short: "Rewrite snapshots that reference missing data, marking the affected files",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: a.exclusive(func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.exclusive(a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			o.Log = a.logWriter()
 			rep, err := engine.RepairSnapshots(c.Context(), r, o)
 			if rep != nil && a.json {
@@ -121,7 +113,7 @@ func (a *app) repairSnapshotsCommand() *cobra.Command {
 				fmt.Fprintf(a.stdout, "checked %d snapshots, %d need repair\n", rep.Checked, len(rep.Repaired))
 			}
 			return err
-		}),
+		})),
 	}
 	c.Flags().BoolVar(&o.Forget, "forget", false, "remove each original snapshot after saving its repaired copy")
 	c.Flags().BoolVarP(&o.DryRun, "dry-run", "n", false, "report, change nothing")

@@ -26,19 +26,17 @@ full path: backing up /srv/zoomserv and restoring to /r gives /r/srv/zoomserv.
 "YYYY-MM-DD HH:MM[:SS]" in local time). --host, --tag and --path narrow the
 snapshots latest and --at choose from. --include PATH restores only PATH
 (the path as backed up) and what is below it.`,
-		RunE: func(c *cobra.Command, args []string) error {
-			ctx := c.Context()
+		Args: func(c *cobra.Command, args []string) error {
 			if (len(args) == 1) == (at != "") || len(args) > 1 {
 				return usagef("restore: give exactly one of a snapshot ID, \"latest\" or --at TIME")
 			}
 			if opts.Target == "" {
 				return usagef("restore: --target DIR is required")
 			}
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+			return nil
+		},
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
+			ctx := c.Context()
 			sn, err := a.pickSnapshot(ctx, r, args, at, filt)
 			if err != nil {
 				return err
@@ -65,7 +63,7 @@ snapshots latest and --at choose from. --include PATH restores only PATH
 				return exitError{exitFatal, err}
 			}
 			return nil
-		},
+		}),
 	}
 	f := c.Flags()
 	f.StringVar(&at, "at", "", "restore the newest snapshot at or before TIME")
@@ -91,6 +89,24 @@ func (a *app) pickSnapshot(ctx context.Context, r *repo.Repository, args []strin
 		return nil, err
 	}
 	return engine.SnapshotAt(repo.FilterSnapshots(list, filt), t)
+}
+
+// findSnapshots resolves refs (ids, short ids, "latest" narrowed by filt)
+// in r and returns each snapshot once, in the order of refs.
+func findSnapshots(ctx context.Context, r *repo.Repository, refs []string, filt repo.SnapshotFilter) ([]*repo.Snapshot, error) {
+	var out []*repo.Snapshot
+	seen := map[string]bool{}
+	for _, ref := range refs {
+		sn, err := r.FindSnapshot(ctx, ref, filt)
+		if err != nil {
+			return nil, err
+		}
+		if !seen[sn.ID.String()] {
+			seen[sn.ID.String()] = true
+			out = append(out, sn)
+		}
+	}
+	return out, nil
 }
 
 // parseTime accepts RFC 3339 or "YYYY-MM-DD HH:MM[:SS]" (and a bare date) in local time.

@@ -56,12 +56,7 @@ func (a *app) snapshotsCommand() *cobra.Command {
 		Use:   "snapshots [--host H] [--tag T] [--path P]",
 		Short: "List snapshots, oldest first",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			list, bad, err := r.Snapshots(c.Context())
 			if err != nil {
 				return err
@@ -91,7 +86,7 @@ func (a *app) snapshotsCommand() *cobra.Command {
 			tw.Flush()
 			fmt.Fprintf(a.stdout, "%d snapshots\n", len(list))
 			return nil
-		},
+		}),
 	}
 	addFilterFlags(c.Flags(), &filt)
 	return c

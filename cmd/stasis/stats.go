@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
+	"github.com/stasisbackup/stasis/repo"
 )
 
 func (a *app) statsCommand() *cobra.Command {
@@ -12,12 +13,7 @@ func (a *app) statsCommand() *cobra.Command {
 		Use:   "stats",
 		Short: "Show logical and stored size, dedup and compression ratios",
 		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
-			r, err := a.openRepo(c.Context())
-			if err != nil {
-				return err
-			}
-			defer r.Close()
+		RunE: a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
 			st, err := engine.RepoStats(c.Context(), r)
 			if err != nil {
 				return err
@@ -33,6 +29,6 @@ func (a *app) statsCommand() *cobra.Command {
 			fmt.Fprintf(a.stdout, "compression ratio:  %.2fx\n", st.Compression)
 			fmt.Fprintf(a.stdout, "space saving:       %.1f%%\n", 100*st.SpaceSaving)
 			return nil
-		},
+		}),
 	}
 }

@@ -129,30 +129,27 @@ catalogs are recorded in the repository under tape/.`,
 					return usageError{err}
 				}
 			}
-			r, err := a.openRepo(ctx)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			prog := a.startProgress("tape export", "members", a.stdout) // progress.go
-			o.Progress = prog.Counts()
-			if prog != nil {
-				vol := 0
-				o.Write.Progress = func(v int, _ string, _ int64) { // on Export's goroutine
-					if v != vol {
-						vol = v
-						prog.setNote(fmt.Sprintf("volume %d", v))
+			return a.withRepo(ctx, func(r *repo.Repository) error {
+				prog := a.startProgress("tape export", "members", a.stdout) // progress.go
+				o.Progress = prog.Counts()
+				if prog != nil {
+					vol := 0
+					o.Write.Progress = func(v int, _ string, _ int64) { // on Export's goroutine
+						if v != vol {
+							vol = v
+							prog.setNote(fmt.Sprintf("volume %d", v))
+						}
 					}
 				}
-			}
-			dev.Stdout, dev.Stderr = prog.logWriter(a.stderr), prog.logWriter(a.stderr) // --change-volume's output
-			start := time.Now()
-			res, err := tapeio.Export(ctx, r, &dev, o)
-			prog.done()
-			if res != nil {
-				a.exportSummary(res, &dev, time.Since(start))
-			}
-			return err
+				dev.Stdout, dev.Stderr = prog.logWriter(a.stderr), prog.logWriter(a.stderr) // --change-volume's output
+				start := time.Now()
+				res, err := tapeio.Export(ctx, r, &dev, o)
+				prog.done()
+				if res != nil {
+					a.exportSummary(res, &dev, time.Since(start))
+				}
+				return err
+			})
 		},
 	}
 	f := c.Flags()
@@ -264,12 +261,10 @@ repository recorded when it wrote the volume. Exits 1 naming every bad member.`,
 			}
 			recorded := map[string][]tape.Catalog{}
 			if a.repoDir != "" {
-				r, err := a.openRepo(ctx)
-				if err != nil {
+				err := a.withRepo(ctx, func(r *repo.Repository) (err error) {
+					recorded, err = tapeio.RecordedSets(ctx, r)
 					return err
-				}
-				recorded, err = tapeio.RecordedSets(ctx, r)
-				r.Close()
+				})
 				if err != nil {
 					return err
 				}

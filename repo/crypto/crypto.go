@@ -1,7 +1,8 @@
 // Package crypto holds the encryption primitives of a stasis repository: the
 // master key (a data-encryption key and the BLAKE3 id key), authenticated
-// encryption of blobs and files with XChaCha20-Poly1305, password-protected
-// key files (argon2id), and the sources a password is read from.
+// encryption of blobs and files with XChaCha20-Poly1305, and
+// password-protected key files (argon2id). The password comes from the caller, as bytes (the
+// CLI's password policy is cmd/stasis/internal/password).
 //
 // # Sealed messages
 //

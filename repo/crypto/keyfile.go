@@ -21,6 +21,12 @@ import (
 // modified (the two cannot be told apart). Nothing was decrypted.
 var ErrWrongPassword = errors.New("wrong password")
 
+// ErrNoPassword means no password was given for an encrypted repository
+// (the CLI: no password source was set and there is no terminal to ask on).
+// Its message lists the CLI's sources.
+var ErrNoPassword = errors.New("no password given: use --password-file FILE (or STASIS_PASSWORD_FILE" +
+	"=FILE), --password-command CMD, or STASIS_PASSWORD=PASSWORD, or run on a terminal to be asked")
+
 // Key file format constants.
 const (
 	// KeyFileFormat is the value of the "format" field of every key file.

@@ -1,4 +1,4 @@
-package crypto
+package password
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
 // envMap returns an Env function that reads only m.
@@ -26,21 +28,21 @@ func writeFile(t *testing.T, content string) string {
 	return name
 }
 
-func TestPasswordSourceOrder(t *testing.T) {
+func TestSourceOrder(t *testing.T) {
 	ctx := context.Background()
 	flagFile := writeFile(t, "from-flag-file\n")
 	envFile := writeFile(t, "from-env-file\n")
 	cmd := "echo from-command"
-	env := map[string]string{EnvPasswordFile: envFile, EnvPassword: "from-env"}
+	env := map[string]string{EnvFile: envFile, EnvPassword: "from-env"}
 	cases := []struct {
 		name string
-		src  PasswordSource
+		src  Source
 		want string
 	}{
-		{"flag file beats all", PasswordSource{File: flagFile, Command: cmd, Env: envMap(env)}, "from-flag-file"},
-		{"env file beats command", PasswordSource{Command: cmd, Env: envMap(env)}, "from-env-file"},
-		{"command beats env", PasswordSource{Command: cmd, Env: envMap(map[string]string{EnvPassword: "from-env"})}, "from-command"},
-		{"env alone", PasswordSource{Env: envMap(map[string]string{EnvPassword: "from-env"})}, "from-env"},
+		{"flag file beats all", Source{File: flagFile, Command: cmd, Env: envMap(env)}, "from-flag-file"},
+		{"env file beats command", Source{Command: cmd, Env: envMap(env)}, "from-env-file"},
+		{"command beats env", Source{Command: cmd, Env: envMap(map[string]string{EnvPassword: "from-env"})}, "from-command"},
+		{"env alone", Source{Env: envMap(map[string]string{EnvPassword: "from-env"})}, "from-env"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -70,33 +72,33 @@ func TestPasswordTrimsOneNewline(t *testing.T) {
 		"p\nw\n":     "p\nw",
 		"secret\t\n": "secret\t",
 	} {
-		got, err := PasswordSource{File: writeFile(t, content), Env: none}.Read(ctx, "")
+		got, err := Source{File: writeFile(t, content), Env: none}.Read(ctx, "")
 		if err != nil || string(got) != want {
 			t.Errorf("file %q: got %q, %v; want %q", content, got, err, want)
 		}
-		got, err = PasswordSource{Command: "printf '%s' '" + content + "'", Env: none}.Read(ctx, "")
+		got, err = Source{Command: "printf '%s' '" + content + "'", Env: none}.Read(ctx, "")
 		if err != nil || string(got) != want {
 			t.Errorf("command printing %q: got %q, %v; want %q", content, got, err, want)
 		}
 	}
 }
 
-func TestPasswordSourceErrors(t *testing.T) {
+func TestSourceErrors(t *testing.T) {
 	ctx := context.Background()
 	none := envMap(nil)
 	missing := filepath.Join(t.TempDir(), "missing")
 	cases := []struct {
 		name string
-		src  PasswordSource
+		src  Source
 		want []string
 	}{
-		{"missing flag file", PasswordSource{File: missing, Env: none}, []string{missing, "--password-file", "no such file"}},
-		{"missing env file", PasswordSource{Env: envMap(map[string]string{EnvPasswordFile: missing})}, []string{missing, EnvPasswordFile}},
-		{"empty file", PasswordSource{File: writeFile(t, "\n"), Env: none}, []string{"is empty"}},
-		{"command fails", PasswordSource{Command: "echo vault sealed >&2; exit 7", Env: none},
+		{"missing flag file", Source{File: missing, Env: none}, []string{missing, "--password-file", "no such file"}},
+		{"missing env file", Source{Env: envMap(map[string]string{EnvFile: missing})}, []string{missing, EnvFile}},
+		{"empty file", Source{File: writeFile(t, "\n"), Env: none}, []string{"is empty"}},
+		{"command fails", Source{Command: "echo vault sealed >&2; exit 7", Env: none},
 			[]string{`password command "echo vault sealed >&2; exit 7" failed`, "exit status 7", "vault sealed", "--password-command"}},
-		{"command not found", PasswordSource{Command: "/nonexistent/pass show repo", Env: none}, []string{"failed", "exit status 127", "not found"}},
-		{"command prints nothing", PasswordSource{Command: "true", Env: none}, []string{"printed no password"}},
+		{"command not found", Source{Command: "/nonexistent/pass show repo", Env: none}, []string{"failed", "exit status 127", "not found"}},
+		{"command prints nothing", Source{Command: "true", Env: none}, []string{"printed no password"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -116,13 +118,13 @@ func TestPasswordSourceErrors(t *testing.T) {
 func TestPasswordCommandCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := PasswordSource{Command: "echo pw", Env: envMap(nil)}.Read(ctx, "")
+	_, err := Source{Command: "echo pw", Env: envMap(nil)}.Read(ctx, "")
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
 }
 
-func TestNoPasswordSource(t *testing.T) {
+func TestNoSource(t *testing.T) {
 	// Stdin is a pipe, not a terminal: no prompt.
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -130,12 +132,12 @@ func TestNoPasswordSource(t *testing.T) {
 	}
 	defer r.Close()
 	defer w.Close()
-	for _, src := range []PasswordSource{{Env: envMap(nil)}, {Env: envMap(nil), Stdin: r}} {
+	for _, src := range []Source{{Env: envMap(nil)}, {Env: envMap(nil), Stdin: r}} {
 		_, err := src.Read(context.Background(), "password: ")
-		if !errors.Is(err, ErrNoPassword) {
-			t.Fatalf("err = %v, want ErrNoPassword", err)
+		if !errors.Is(err, crypto.ErrNoPassword) {
+			t.Fatalf("err = %v, want crypto.ErrNoPassword", err)
 		}
-		for _, w := range []string{"--password-file", EnvPasswordFile, "--password-command", EnvPassword, "terminal"} {
+		for _, w := range []string{"--password-file", EnvFile, "--password-command", EnvPassword, "terminal"} {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("error %q does not mention %s", err, w)
 			}
@@ -188,7 +190,7 @@ func TestPasswordPrompt(t *testing.T) {
 				t.Fatal(err)
 			}
 			var prompt strings.Builder
-			src := PasswordSource{Env: envMap(nil), Stdin: slave, Prompt: &prompt}
+			src := Source{Env: envMap(nil), Stdin: slave, Prompt: &prompt}
 			read := src.Read
 			if c.confirm {
 				read = src.ReadNew
@@ -208,7 +210,7 @@ func TestPasswordPrompt(t *testing.T) {
 	}
 	// Any other source wins over the terminal.
 	_, slave := openPTY(t)
-	got, err := PasswordSource{Env: envMap(map[string]string{EnvPassword: "env"}), Stdin: slave}.Read(ctx, "")
+	got, err := Source{Env: envMap(map[string]string{EnvPassword: "env"}), Stdin: slave}.Read(ctx, "")
 	if err != nil || string(got) != "env" {
 		t.Fatalf("env with terminal: %q, %v", got, err)
 	}

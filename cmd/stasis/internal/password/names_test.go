@@ -1,23 +1,25 @@
-package crypto
+package password
 
 import (
 	"context"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
-// A PasswordSource for another repository (copy's source) reads its own
+// A Source for another repository (copy's source) reads its own
 // environment variables and names its own flags in errors.
-func TestPasswordSourceOtherNames(t *testing.T) {
+func TestSourceOtherNames(t *testing.T) {
 	ctx := context.Background()
 	env := envMap(map[string]string{EnvPassword: "destination", "STASIS_FROM_PASSWORD": "source"})
-	src := PasswordSource{Env: env, FileFlag: "--from-password-file", CommandFlag: "--from-password-command",
+	src := Source{Env: env, FileFlag: "--from-password-file", CommandFlag: "--from-password-command",
 		FileEnv: "STASIS_FROM_PASSWORD_FILE", PasswordEnv: "STASIS_FROM_PASSWORD"}
 	if got, err := src.Read(ctx, ""); err != nil || string(got) != "source" {
 		t.Errorf("Read = %q, %v; want the source's password", got, err)
 	}
-	if _, err := (PasswordSource{Env: envMap(map[string]string{EnvPassword: "destination"}), FileEnv: "STASIS_FROM_PASSWORD_FILE", PasswordEnv: "STASIS_FROM_PASSWORD"}).Read(ctx, ""); err != ErrNoPassword {
+	if _, err := (Source{Env: envMap(map[string]string{EnvPassword: "destination"}), FileEnv: "STASIS_FROM_PASSWORD_FILE", PasswordEnv: "STASIS_FROM_PASSWORD"}).Read(ctx, ""); err != crypto.ErrNoPassword {
 		t.Errorf("the destination's STASIS_PASSWORD was used for another source: %v", err)
 	}
 	missing := filepath.Join(t.TempDir(), "nope")

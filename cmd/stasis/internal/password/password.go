@@ -1,4 +1,9 @@
-package crypto
+// Package password is the CLI's password policy: where the password of a
+// repository comes from (a file, a command, an environment variable, or a
+// prompt on a terminal, in this order) and how it is read. The
+// cryptography that uses it (key derivation, key files) is repo/crypto's,
+// which takes the password as bytes.
+package password
 
 import (
 	"bytes"
@@ -11,21 +16,17 @@ import (
 	"os/exec"
 	"strings"
 
+	"github.com/stasisbackup/stasis/repo/crypto"
 	"golang.org/x/term"
 )
 
-// Environment variables read by PasswordSource.
+// Environment variables read by Source.
 const (
-	EnvPasswordFile = "STASIS_PASSWORD_FILE"
-	EnvPassword     = "STASIS_PASSWORD"
+	EnvFile     = "STASIS_PASSWORD_FILE"
+	EnvPassword = "STASIS_PASSWORD"
 )
 
-// ErrNoPassword means no password source was given and there is no terminal
-// to ask on. Its message lists the sources.
-var ErrNoPassword = errors.New("no password given: use --password-file FILE (or " + EnvPasswordFile +
-	"=FILE), --password-command CMD, or " + EnvPassword + "=PASSWORD, or run on a terminal to be asked")
-
-// PasswordSource says where a repository password comes from. Read tries, in
+// Source says where a repository password comes from. Read tries, in
 // this order, and uses the first that is set:
 //
 //  1. File (the --password-file flag), or else the file named by STASIS_PASSWORD_FILE;
@@ -35,7 +36,7 @@ var ErrNoPassword = errors.New("no password given: use --password-file FILE (or 
 //
 // From a file or a command, one trailing newline ("\n" or "\r\n") is removed.
 // An empty password is an error.
-type PasswordSource struct {
+type Source struct {
 	// File is the --password-file flag; empty if not given.
 	File string
 	// Command is the --password-command flag; empty if not given.
@@ -57,20 +58,20 @@ type PasswordSource struct {
 }
 
 // Read returns the password from the first source that is set (see
-// PasswordSource), asking with prompt on a terminal. With no source and no
-// terminal it returns an error matching ErrNoPassword.
-func (s PasswordSource) Read(ctx context.Context, prompt string) ([]byte, error) {
+// Source), asking with prompt on a terminal. With no source and no
+// terminal it returns crypto.ErrNoPassword.
+func (s Source) Read(ctx context.Context, prompt string) ([]byte, error) {
 	return s.read(ctx, prompt, false)
 }
 
 // ReadNew is Read for a new password (init, key add, key passwd): on a
 // terminal it asks twice and fails if the two answers differ. Other sources
 // are read once.
-func (s PasswordSource) ReadNew(ctx context.Context, prompt string) ([]byte, error) {
+func (s Source) ReadNew(ctx context.Context, prompt string) ([]byte, error) {
 	return s.read(ctx, prompt, true)
 }
 
-func (s PasswordSource) read(ctx context.Context, prompt string, confirm bool) ([]byte, error) {
+func (s Source) read(ctx context.Context, prompt string, confirm bool) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -78,7 +79,7 @@ func (s PasswordSource) read(ctx context.Context, prompt string, confirm bool) (
 	if env == nil {
 		env = os.Getenv
 	}
-	fileEnv, pwEnv := cmp.Or(s.FileEnv, EnvPasswordFile), cmp.Or(s.PasswordEnv, EnvPassword)
+	fileEnv, pwEnv := cmp.Or(s.FileEnv, EnvFile), cmp.Or(s.PasswordEnv, EnvPassword)
 	switch {
 	case s.File != "":
 		return readPasswordFile(s.File, cmp.Or(s.FileFlag, "--password-file"))
@@ -91,7 +92,7 @@ func (s PasswordSource) read(ctx context.Context, prompt string, confirm bool) (
 	case s.Stdin != nil && term.IsTerminal(int(s.Stdin.Fd())):
 		return s.prompt(prompt, confirm)
 	}
-	return nil, ErrNoPassword
+	return nil, crypto.ErrNoPassword
 }
 
 func readPasswordFile(name, from string) ([]byte, error) {
@@ -109,7 +110,7 @@ func readPasswordFile(name, from string) ([]byte, error) {
 // maxCommandStderr bounds how much of a failed command's stderr an error quotes.
 const maxCommandStderr = 1024
 
-func (s PasswordSource) runCommand(ctx context.Context) ([]byte, error) {
+func (s Source) runCommand(ctx context.Context) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", s.Command)
 	if s.Stdin != nil {
@@ -134,7 +135,7 @@ func (s PasswordSource) runCommand(ctx context.Context) ([]byte, error) {
 	return pw, nil
 }
 
-func (s PasswordSource) prompt(prompt string, confirm bool) ([]byte, error) {
+func (s Source) prompt(prompt string, confirm bool) ([]byte, error) {
 	w := s.Prompt
 	if w == nil {
 		w = os.Stderr
