@@ -387,3 +387,32 @@ func TestPasswordPromptOnTerminal(t *testing.T) {
 		t.Fatalf("wrong password on a terminal: exit %d, %q", code, errs)
 	}
 }
+
+// A bad new password source is named by its own flag or variable, not by
+// the --password-file/--password-command of the current password.
+func TestNewPasswordErrorsNameTheirSource(t *testing.T) {
+	noPasswordEnv(t)
+	dir := t.TempDir()
+	repoDir, pw := filepath.Join(dir, "repo"), filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("old\n"), 0o600)
+	cliOK(t, "init", "--repo", repoDir, "--password-file", pw)
+	missing := filepath.Join(dir, "missing")
+	for _, c := range []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{args: []string{"--new-password-file", missing}, want: "(from --new-password-file)"},
+		{env: missing, want: "(from " + envNewPasswordFile + ")"},
+		{args: []string{"--new-password-command", "exit 3"}, want: "fix the command given with --new-password-command"},
+	} {
+		t.Setenv(envNewPasswordFile, c.env)
+		for _, sub := range []string{"add", "passwd"} {
+			args := append([]string{"key", sub, "--repo", repoDir, "--password-file", pw}, c.args...)
+			code, _, errs := cli(t, args...)
+			if code == 0 || !strings.Contains(errs, c.want) || strings.Contains(errs, "(from --password-file)") {
+				t.Errorf("stasis %s: exit %d, stderr %q; want a failure naming %q", strings.Join(args, " "), code, errs, c.want)
+			}
+		}
+	}
+}

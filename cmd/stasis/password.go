@@ -75,15 +75,8 @@ func (a *app) repoPasswordFrom(dir string, src password.Source) func(ctx context
 // STASIS_NEW_PASSWORD, or asked twice on a terminal.
 func (a *app) newPassword(ctx context.Context, file, command string) ([]byte, error) {
 	src := password.Source{File: file, Command: command, Stdin: a.terminal(), Prompt: a.stderr,
-		Env: func(name string) string {
-			switch name {
-			case password.EnvFile:
-				return os.Getenv(envNewPasswordFile)
-			case password.EnvPassword:
-				return os.Getenv(envNewPassword)
-			}
-			return ""
-		}}
+		FileFlag: "--new-password-file", CommandFlag: "--new-password-command",
+		FileEnv: envNewPasswordFile, PasswordEnv: envNewPassword}
 	pw, err := src.ReadNew(ctx, "enter the new password: ")
 	if errors.Is(err, crypto.ErrNoPassword) {
 		return nil, usagef("no new password given: use --new-password-file FILE (or %s=FILE), --new-password-command CMD, or %s=PASSWORD, or run on a terminal to be asked", envNewPasswordFile, envNewPassword)
