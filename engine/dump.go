@@ -40,6 +40,12 @@ var ErrNoContent = errors.New("the snapshot holds no content for this file")
 // entries were left out of it; DumpResult.Problems names each one.
 var ErrDumpIncomplete = errors.New("the archive is incomplete")
 
+// ErrDumpInconsistent is matched when a dump was written whole but holds a
+// file that was changing while it was backed up (DumpResult.Warnings names
+// each; restore reports the same files as not restored cleanly): its
+// content may be torn, so the dump is no clean success.
+var ErrDumpInconsistent = errors.New("the dump holds files that were changing while they were backed up")
+
 // Lookup returns the node at snapshot path p (absolute, as backed up). The
 // root "/" has no node: it returns a directory node whose Subtree is the
 // snapshot's root tree. A path the snapshot lacks matches ErrNotInSnapshot.
@@ -78,7 +84,9 @@ const dumpBytesInFlight = 32 << 20
 // are loaded ahead by min(NumCPU, 4) goroutines, at most 32 MiB ahead of w.
 // A chunk that cannot be loaded stops the dump with an error naming p and
 // the offset: the output is then short, and the caller must treat it as
-// failed. A file without stored content matches ErrNoContent.
+// failed. A file without stored content matches ErrNoContent. A file that
+// was changing while it was backed up is written whole, and the error then
+// matches ErrDumpInconsistent.
 func DumpFile(ctx context.Context, r DumpRepo, p string, n *tree.Node, w io.Writer) error {
 	if n.Kind != tree.File {
 		return fmt.Errorf("%s is a %s, not a file", p, n.Kind)
@@ -88,6 +96,9 @@ func DumpFile(ctx context.Context, r DumpRepo, p string, n *tree.Node, w io.Writ
 	}
 	if err := streamContent(ctx, r, n.Content, w, false); err != nil {
 		return fmt.Errorf("%s: %w", p, err)
+	}
+	if n.Flags&tree.Changed != 0 {
+		return fmt.Errorf("%s: %w: it may be inconsistent", p, ErrDumpInconsistent)
 	}
 	return nil
 }
@@ -220,9 +231,9 @@ func writeZeros(w io.Writer, n int64) error {
 type DumpResult struct {
 	Entries, Bytes int64
 	// Problems are entries left out of the archive: files whose content
-	// the snapshot lacks. Warnings are entries written with a caveat (a
-	// file that was changing while it was backed up) or left out because
-	// tar cannot hold them (sockets, as GNU tar leaves them out).
+	// the snapshot lacks, and sockets (tar cannot hold them; GNU tar leaves
+	// them out too). Warnings are entries written with a caveat: files
+	// that were changing while they were backed up.
 	Problems, Warnings []repo.Problem
 }
 
@@ -244,7 +255,9 @@ type DumpResult struct {
 // the archive is then cut short (no end-of-archive marker) and must be
 // treated as failed. Files whose content the snapshot lacks are left out
 // and listed in Problems, and the error then matches ErrDumpIncomplete
-// (after a complete archive of the rest was written).
+// (after a complete archive of the rest was written); with no such file
+// but files that were changing while they were backed up (Warnings), it
+// matches ErrDumpInconsistent.
 func DumpTar(ctx context.Context, r DumpRepo, sn *repo.Snapshot, p string, w io.Writer) (*DumpResult, error) {
 	p = path.Clean("/" + p)
 	n, err := Lookup(ctx, r, sn, p)
@@ -265,6 +278,9 @@ func DumpTar(ctx context.Context, r DumpRepo, sn *repo.Snapshot, p string, w io.
 	}
 	if len(d.res.Problems) > 0 {
 		return d.res, fmt.Errorf("%w: %d entries left out", ErrDumpIncomplete, len(d.res.Problems))
+	}
+	if len(d.res.Warnings) > 0 {
+		return d.res, fmt.Errorf("%w: %d files may be inconsistent", ErrDumpInconsistent, len(d.res.Warnings))
 	}
 	return d.res, nil
 }
@@ -356,7 +372,7 @@ func (d *tarDumper) entry(ctx context.Context, src, name string, n *tree.Node) e
 		}
 		hdr.Devmajor, hdr.Devminor = int64(unix.Major(n.Rdev)), int64(unix.Minor(n.Rdev))
 	case tree.Socket:
-		d.res.Warnings = append(d.res.Warnings, repo.Problem{Path: src, Kind: repo.ProblemWarning, Error: "socket left out (tar cannot hold sockets)"})
+		d.res.Problems = append(d.res.Problems, repo.Problem{Path: src, Kind: repo.ProblemUnrestored, Error: "socket left out (tar cannot hold sockets)"})
 		return nil
 	default:
 		return fmt.Errorf("%s: unknown entry kind %s", src, n.Kind)

@@ -88,7 +88,8 @@ func (a *app) runDump(ctx context.Context, r *repo.Repository, df *dumpFlags, re
 		return usagef("dump: %s is binary and stdout is a terminal: redirect it (stasis dump %s %s > FILE) or give --target FILE",
 			quotePath(p), ref, path)
 	}
-	if err != nil && !errors.Is(err, engine.ErrDumpIncomplete) {
+	written := errors.Is(err, engine.ErrDumpIncomplete) || errors.Is(err, engine.ErrDumpInconsistent)
+	if err != nil && !written {
 		return fmt.Errorf("dump of %s from snapshot %s failed, the output is incomplete: %w", quotePath(p), sn.ID.Short(), err)
 	}
 	if df.target != "" {
@@ -103,8 +104,11 @@ func (a *app) runDump(ctx context.Context, r *repo.Repository, df *dumpFlags, re
 			fmt.Fprintf(a.stdout, "dumped %s of snapshot %s to %s: %d entries, %s\n", quotePath(p), sn.ID.Short(), df.target, entries, humanBytes(bytes))
 		}
 	}
-	if err != nil { // ErrDumpIncomplete: complete archive of the rest
+	if errors.Is(err, engine.ErrDumpIncomplete) { // a complete archive of the rest
 		return fmt.Errorf("dump of %s from snapshot %s: %w (the entries listed above are not in it)", quotePath(p), sn.ID.Short(), err)
+	}
+	if err != nil { // ErrDumpInconsistent: written whole
+		return fmt.Errorf("dump of %s from snapshot %s: %w", quotePath(p), sn.ID.Short(), err)
 	}
 	return nil
 }
@@ -112,7 +116,7 @@ func (a *app) runDump(ctx context.Context, r *repo.Repository, df *dumpFlags, re
 // dumpEntry writes the entry n at p of sn to out, as a tar archive or as
 // the file's content, lists on stderr what an archive left out, and
 // finishes out (or aborts it on an error other than
-// engine.ErrDumpIncomplete). The result is nil for a file's content.
+// engine.ErrDumpIncomplete or ErrDumpInconsistent). The result is nil for a file's content.
 func (a *app) dumpEntry(ctx context.Context, r *repo.Repository, sn *repo.Snapshot, p string, n *tree.Node, asTar bool, out *dumpOut) (*engine.DumpResult, error) {
 	var (
 		res *engine.DumpResult
@@ -127,7 +131,7 @@ func (a *app) dumpEntry(ctx context.Context, r *repo.Repository, sn *repo.Snapsh
 		printProblems(a.stderr, "entries were left out of the archive", res.Problems)
 		printProblems(a.stderr, "warnings", res.Warnings)
 	}
-	if err == nil || errors.Is(err, engine.ErrDumpIncomplete) {
+	if err == nil || errors.Is(err, engine.ErrDumpIncomplete) || errors.Is(err, engine.ErrDumpInconsistent) {
 		if ferr := out.finish(); ferr != nil {
 			err = ferr
 		}
