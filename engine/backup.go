@@ -107,7 +107,20 @@ var ErrIncomplete = errors.New("snapshot is incomplete")
 var ErrPathNotFound = errors.New("path to back up does not exist")
 
 // backup is one run of Backup: the options, the parent snapshot, and the
-// parts of the pipeline wired together (see Backup).
+// parts of the pipeline wired together.
+//
+// A backup is a pipeline of parts, as restic's archiver is: the tree
+// walker (walk.go) lists the paths from the root down and hands regular
+// files to the file saver (filesaver.go), whose workers reuse an unchanged
+// file's content from the parent snapshot or read and chunk it (chunk.go);
+// the blob saver (blobsaver.go) hashes the chunks, deduplicates them and
+// stores the new ones on its own workers; the tree saver (treesaver.go)
+// saves each directory's tree once its children are known, bottom-up; the
+// progress reporter (progress.go) reads the running counts (backupCounts)
+// that all parts add to. The Prefetch files (prefetch.go) and the stdin
+// stream (stdin.go) go through the same file and blob savers. Backup
+// builds the parts (buildParts), runs them (run) and writes the snapshot
+// (writeSnapshot).
 type backup struct {
 	repo    BackupRepo
 	opts    BackupOptions
@@ -138,16 +151,6 @@ type backup struct {
 // Backup takes a snapshot of opts.Paths. When some files could not be
 // captured cleanly it still writes the snapshot and returns it together
 // with an error matching ErrIncomplete.
-//
-// A backup is a pipeline of parts, as restic's archiver is: the tree
-// walker (walk.go) lists the paths from the root down and hands regular
-// files to the file saver (filesaver.go), whose workers reuse an unchanged
-// file's content from the parent snapshot or read and chunk it (chunk.go);
-// the blob saver (blobsaver.go) hashes the chunks, deduplicates them and
-// stores the new ones on its own workers; the tree saver (treesaver.go)
-// saves each directory's tree once its children are known, bottom-up; the
-// progress reporter (progress.go) reads the running counts. Backup wires
-// them together, runs them and writes the snapshot.
 func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapshot, error) {
 	var paths []string
 	if len(opts.Paths) > 0 || opts.Stdin == nil {
@@ -247,7 +250,7 @@ func (b *backup) loadParent(ctx context.Context) error {
 	return nil
 }
 
-// buildParts builds the parts of the pipeline (see Backup) and wires them
+// buildParts builds the parts of the pipeline (see backup) and wires them
 // together.
 func (b *backup) buildParts(pol chunker.Pol, profiles map[string]repo.ChunkProfile) {
 	b.blobs = newBlobSaver(b.repo, &b.counts, 2*b.opts.Savers)
@@ -269,27 +272,13 @@ func (b *backup) buildParts(pol chunker.Pol, profiles map[string]repo.ChunkProfi
 // run runs the pipeline: the blob savers and file workers in an errgroup,
 // the walk on one more of its goroutines, the progress reporter alongside.
 // It returns the id of the snapshot's root tree, or the error that ended
-// the backup. When it returns, no goroutine of the backup is left.
+// the backup. When it returns, nothing of the backup writes to the
+// repository any more.
 func (b *backup) run(ctx context.Context, paths []string) (blob.ID, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	b.group = g
-	var workers, savers sync.WaitGroup
-	for i := 0; i < b.opts.Savers; i++ {
-		savers.Add(1)
-		g.Go(func() (err error) {
-			defer savers.Done()
-			defer recoverTo(&err, "saving chunks")
-			return b.blobs.run(gctx)
-		})
-	}
-	for i := 0; i < b.opts.Workers; i++ {
-		workers.Add(1)
-		g.Go(func() (err error) {
-			defer workers.Done()
-			defer recoverTo(&err, "reading files")
-			return b.files.run(gctx)
-		})
-	}
+	savers := goWorkers(g, b.opts.Savers, "saving chunks", func() error { return b.blobs.run(gctx) })
+	workers := goWorkers(g, b.opts.Workers, "reading files", func() error { return b.files.run(gctx) })
 	stopProgress := b.progress.run(gctx, paths)
 	var rootID blob.ID
 	g.Go(func() (err error) {
@@ -316,6 +305,21 @@ func (b *backup) run(ctx context.Context, paths []string) (blob.ID, error) {
 		err = cause
 	}
 	return rootID, err
+}
+
+// goWorkers runs fn on n goroutines of g, each turning a panic into an
+// error in where, and returns a group that counts them.
+func goWorkers(g *errgroup.Group, n int, where string, fn func() error) *sync.WaitGroup {
+	var running sync.WaitGroup
+	for i := 0; i < n; i++ {
+		running.Add(1)
+		g.Go(func() (err error) {
+			defer running.Done()
+			defer recoverTo(&err, where)
+			return fn()
+		})
+	}
+	return &running
 }
 
 // walk reads the Prefetch files and starts the stdin stream, walks the

@@ -229,14 +229,14 @@ func (s *fileSaver) readFile(ctx context.Context, job *fileJob, profile repo.Chu
 }
 
 // readStream chunks a stream to its end, with the chunk profile of the
-// file at path, and returns its content and how many bytes it read. The
+// file at path, and returns its content. The bytes read are counted; the
 // stream's file is counted by the caller (the stdin stream, stdin.go).
-func (s *fileSaver) readStream(ctx context.Context, path string, rd io.Reader) ([]tree.Extent, int64, error) {
+func (s *fileSaver) readStream(ctx context.Context, path string, rd io.Reader) ([]tree.Extent, error) {
 	profile := s.profileFor(path)
 	ck := chunker.NewWithBoundaries(nil, s.pol, profile.Min, profile.Max)
 	content, read, err := s.chunkReader(ctx, rd, profile, ck)
 	s.counts.bytesRead.Add(read)
-	return content, read, err
+	return content, err
 }
 
 // profileFor returns the chunk profile of the file at path: "db" when its

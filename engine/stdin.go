@@ -101,7 +101,7 @@ type stdinStream struct {
 	opts    *StdinFile
 	path    string    // absolute, in the snapshot (StdinPath)
 	fut     *future   // its node, once read
-	dir     tree.Node // a directory on the way to it that does not exist here, but its name
+	dir     tree.Node // a missing directory on the way to it, without a name (virtualDir)
 	started bool      // set on the walking goroutine by startStdin
 	reading sync.WaitGroup
 	source  *repo.StdinSource // set once the stream was read to its end
@@ -183,7 +183,7 @@ func (b *backup) readStdin(ctx context.Context) error {
 	} else {
 		b.counts.filesNew.Add(1)
 	}
-	content, _, rerr := b.files.readStream(ctx, s.path, r)
+	content, rerr := b.files.readStream(ctx, s.path, r)
 	src, ferr := s.opts.Finish(rerr)
 	if rerr != nil && (ctx.Err() != nil || isRepoError(rerr) || isPanic(rerr)) {
 		return rerr

@@ -219,12 +219,13 @@ func (w *treeWalker) walkEntry(ctx context.Context, dir, name string, pn *tree.N
 }
 
 // missing returns the future of entry p (base name name) that lstat
-// failed on with err:
-// nil when it was listed and removed since; a virtual directory on the way
-// to the stdin file; else an unreadable file (a problem). sub and onTheWay
-// are as in walkEntry (onTheWay: p leads to a selected path).
-func (w *treeWalker) missing(ctx context.Context, p, name string, sub *pathTrie, onTheWay bool, err error) (*future, error) {
-	if errors.Is(err, fs.ErrNotExist) && !onTheWay {
+// failed on with err: nil when it was listed and removed since; a virtual
+// directory on the way to the stdin file; else an unreadable file (a
+// problem). inTrie says p is a path given or on the way to one (it was not
+// listed but taken from the trie); sub is its trie node when it is on the
+// way.
+func (w *treeWalker) missing(ctx context.Context, p, name string, sub *pathTrie, inTrie bool, err error) (*future, error) {
+	if errors.Is(err, fs.ErrNotExist) && !inTrie {
 		return nil, nil // removed since readdir: it is not part of this snapshot
 	}
 	if errors.Is(err, fs.ErrNotExist) && sub != nil && w.stdin != nil && strings.HasPrefix(w.stdin.path, p+"/") {
