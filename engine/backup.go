@@ -430,6 +430,8 @@ func cleanPaths(in []string) ([]string, error) {
 	return kept, nil
 }
 
+// findParent returns the last snapshot of the repository's list with the
+// same host and paths, taken no later than this backup; nil when none is.
 func (b *backup) findParent(ctx context.Context, paths []string) (*repo.Snapshot, error) {
 	list, _, err := b.repo.Snapshots(ctx)
 	if err != nil {
@@ -475,6 +477,7 @@ type repoError struct{ err error }
 func (e repoError) Error() string { return e.err.Error() }
 func (e repoError) Unwrap() error { return e.err }
 
+// isRepoError reports whether err is, or wraps, a repoError.
 func isRepoError(err error) bool { var r repoError; return errors.As(err, &r) }
 
 // excluded reports whether the absolute path p matches one of the
