@@ -83,16 +83,16 @@ func TestBlobSaverStopsAtCancel(t *testing.T) {
 	}
 }
 
-// failingSaveRepo fails every SaveBlob, as a full disk would.
-type failingSaveRepo struct{ *repo.Repository }
+// blobSaverFailingRepo fails every SaveBlob, as a full disk would.
+type blobSaverFailingRepo struct{ *repo.Repository }
 
-func (r failingSaveRepo) SaveBlob(context.Context, blob.Type, blob.ID, []byte) (repo.SaveResult, error) {
+func (r blobSaverFailingRepo) SaveBlob(context.Context, blob.Type, blob.ID, []byte) (repo.SaveResult, error) {
 	return repo.SaveResult{}, errors.New("injected save failure")
 }
 
 // A chunk that cannot be stored ends the saver with an error naming it.
 func TestBlobSaverReportsAFailedSave(t *testing.T) {
-	r := failingSaveRepo{enginetest.NewRepo(t)}
+	r := blobSaverFailingRepo{enginetest.NewRepo(t)}
 	p := engine.NewParts(ctx, r, engine.BackupOptions{})
 	p.RunBlobSavers(1)
 	id, err := p.SaveChunk(ctx, []byte("lost"))

@@ -14,9 +14,9 @@ import (
 	"github.com/stasisbackup/stasis/repo/tree"
 )
 
-// saveFiles runs a file saver (and blob saver) of r over paths, with parent
+// fileSaverRun runs a file saver (and blob saver) of r over paths, with parent
 // nodes by path and a parent cutoff, and returns the nodes and the parts.
-func saveFiles(t *testing.T, r *repo.Repository, cutoff int64, parents map[string]*tree.Node, paths ...string) ([]tree.Node, *engine.Parts) {
+func fileSaverRun(t *testing.T, r *repo.Repository, cutoff int64, parents map[string]*tree.Node, paths ...string) ([]tree.Node, *engine.Parts) {
 	t.Helper()
 	p := engine.NewParts(ctx, r, engine.BackupOptions{Polynomial: enginetest.Polynomial})
 	p.SetParentCutoff(cutoff)
@@ -47,8 +47,8 @@ func saveFiles(t *testing.T, r *repo.Repository, cutoff int64, parents map[strin
 	return nodes, p
 }
 
-// content reads a file's node back from the repository.
-func content(t *testing.T, r *repo.Repository, n tree.Node) []byte {
+// fileSaverContent reads a file's node back from the repository.
+func fileSaverContent(t *testing.T, r *repo.Repository, n tree.Node) []byte {
 	t.Helper()
 	var out []byte
 	for _, e := range n.Content {
@@ -65,7 +65,8 @@ func content(t *testing.T, r *repo.Repository, n tree.Node) []byte {
 	return out
 }
 
-func randomFile(t *testing.T, path string, size int, seed int64) []byte {
+// fileSaverRandomFile writes size random bytes (from seed) to path and returns them.
+func fileSaverRandomFile(t *testing.T, path string, size int, seed int64) []byte {
 	t.Helper()
 	data := make([]byte, size)
 	rand.New(rand.NewSource(seed)).Read(data)
@@ -82,14 +83,14 @@ func randomFile(t *testing.T, path string, size int, seed int64) []byte {
 func TestFileSaverReadsAndReusesFromTheParent(t *testing.T) {
 	r := enginetest.NewRepo(t)
 	path := filepath.Join(t.TempDir(), "data.bin")
-	data := randomFile(t, path, 3<<20, 1)
+	data := fileSaverRandomFile(t, path, 3<<20, 1)
 
-	nodes, p := saveFiles(t, r, 0, nil, path)
+	nodes, p := fileSaverRun(t, r, 0, nil, path)
 	n := nodes[0]
 	if n.Size != uint64(len(data)) || n.Flags != 0 || len(n.Content) < 2 {
 		t.Fatalf("node %s: size %d, flags %v, %d extents; want %d bytes in several chunks", n.Name, n.Size, n.Flags, len(n.Content), len(data))
 	}
-	if !bytes.Equal(content(t, r, n), data) {
+	if !bytes.Equal(fileSaverContent(t, r, n), data) {
 		t.Fatal("the stored chunks do not give the file back")
 	}
 	if s := p.Summary(); s.FilesNew != 1 || s.BytesRead != int64(len(data)) || s.TotalBytes != int64(len(data)) || s.BlobsAdded != int64(len(n.Content)) {
@@ -97,7 +98,7 @@ func TestFileSaverReadsAndReusesFromTheParent(t *testing.T) {
 	}
 
 	later := time.Now().Add(time.Hour).UnixNano()
-	nodes, p = saveFiles(t, r, later, map[string]*tree.Node{path: &n}, path)
+	nodes, p = fileSaverRun(t, r, later, map[string]*tree.Node{path: &n}, path)
 	if s := p.Summary(); s.FilesUnchanged != 1 || s.BytesRead != 0 || s.BlobsAdded != 0 {
 		t.Errorf("unchanged file: summary %+v; want it reused unread", s)
 	}
@@ -108,7 +109,7 @@ func TestFileSaverReadsAndReusesFromTheParent(t *testing.T) {
 		t.Errorf("progress %+v; want the reused file counted as done", got)
 	}
 
-	_, p = saveFiles(t, r, n.MTime, map[string]*tree.Node{path: &n}, path)
+	_, p = fileSaverRun(t, r, n.MTime, map[string]*tree.Node{path: &n}, path)
 	if s := p.Summary(); s.FilesChanged != 1 || s.BytesRead != int64(len(data)) || s.BlobsAdded != 0 {
 		t.Errorf("file as new as the parent: summary %+v; want it read again (and deduplicated)", s)
 	}
@@ -119,15 +120,15 @@ func TestFileSaverReadsAHardLinkOnce(t *testing.T) {
 	r := enginetest.NewRepo(t)
 	dir := t.TempDir()
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	data := randomFile(t, a, 100<<10, 2)
+	data := fileSaverRandomFile(t, a, 100<<10, 2)
 	if err := os.Link(a, b); err != nil {
 		t.Fatal(err)
 	}
-	nodes, p := saveFiles(t, r, 0, nil, a, b)
+	nodes, p := fileSaverRun(t, r, 0, nil, a, b)
 	if s := p.Summary(); s.BytesRead != int64(len(data)) {
 		t.Errorf("read %d bytes of a %d-byte file with two names; want it read once", s.BytesRead, len(data))
 	}
-	if nodes[1].Size != nodes[0].Size || len(nodes[1].Content) != len(nodes[0].Content) || !bytes.Equal(content(t, r, nodes[1]), data) {
+	if nodes[1].Size != nodes[0].Size || len(nodes[1].Content) != len(nodes[0].Content) || !bytes.Equal(fileSaverContent(t, r, nodes[1]), data) {
 		t.Errorf("second name %+v does not share the first's content", nodes[1])
 	}
 }
@@ -137,7 +138,7 @@ func TestFileSaverReadsAHardLinkOnce(t *testing.T) {
 func TestFileSaverRecordsAnUnreadableFile(t *testing.T) {
 	r := enginetest.NewRepo(t)
 	path := filepath.Join(t.TempDir(), "gone")
-	randomFile(t, path, 10, 3)
+	fileSaverRandomFile(t, path, 10, 3)
 	fi, err := os.Lstat(path)
 	if err != nil {
 		t.Fatal(err)

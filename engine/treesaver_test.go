@@ -73,17 +73,17 @@ func TestTreeSaverStopsAtCancel(t *testing.T) {
 	}
 }
 
-// failingTreeRepo fails every SaveTree.
-type failingTreeRepo struct{ *repo.Repository }
+// treeSaverFailingRepo fails every SaveTree.
+type treeSaverFailingRepo struct{ *repo.Repository }
 
-func (r failingTreeRepo) SaveTree(context.Context, *tree.Tree) (blob.ID, repo.SaveResult, error) {
+func (r treeSaverFailingRepo) SaveTree(context.Context, *tree.Tree) (blob.ID, repo.SaveResult, error) {
 	return blob.ID{}, repo.SaveResult{}, errors.New("injected tree failure")
 }
 
 // A tree that cannot be saved cancels the backup with an error naming the
 // directory.
 func TestTreeSaverCancelsOnFailure(t *testing.T) {
-	p := engine.NewParts(ctx, failingTreeRepo{enginetest.NewRepo(t)}, engine.BackupOptions{})
+	p := engine.NewParts(ctx, treeSaverFailingRepo{enginetest.NewRepo(t)}, engine.BackupOptions{})
 	n, err := p.SaveTree(p.Context(), "/srv/data", tree.Node{Name: "data", Kind: tree.Dir}, nil).Wait(ctx)
 	if err != nil || !n.Subtree.IsZero() {
 		t.Fatalf("failed directory = %+v, %v; want done without a tree", n, err)

@@ -48,7 +48,7 @@ func TestTreeWalkerBuildsTheTree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range splitPath(rel) {
+	for _, c := range walkTestSplit(rel) {
 		if len(tr.Nodes) != 1 || tr.Nodes[0].Name != c || tr.Nodes[0].Kind != tree.Dir {
 			t.Fatalf("on the way to %s: %+v; want only the directory %s", src, tr.Nodes, c)
 		}
@@ -72,7 +72,8 @@ func TestTreeWalkerBuildsTheTree(t *testing.T) {
 	}
 }
 
-func splitPath(rel string) []string {
+// walkTestSplit splits a relative path into its names.
+func walkTestSplit(rel string) []string {
 	var out []string
 	for rel != "." && rel != "" {
 		out = append([]string{filepath.Base(rel)}, out...)
