@@ -8,14 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/restic/chunker"
@@ -23,7 +21,6 @@ import (
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/tree"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 )
 
 // BackupRepo is what a backup needs from the repository.
@@ -109,71 +106,46 @@ var ErrIncomplete = errors.New("snapshot is incomplete")
 // ErrPathNotFound is matched when a path to back up does not exist.
 var ErrPathNotFound = errors.New("path to back up does not exist")
 
+// backup is one run of Backup: the options, the parent snapshot, and the
+// parts of the pipeline wired together.
+//
+// A backup is a pipeline of parts, as restic's archiver is: the tree
+// walker (walk.go) lists the paths from the root down and hands regular
+// files to the file saver (filesaver.go), whose workers reuse an unchanged
+// file's content from the parent snapshot or read and chunk it (chunk.go);
+// the blob saver (blobsaver.go) hashes the chunks, deduplicates them and
+// stores the new ones on its own workers; the tree saver (treesaver.go)
+// saves each directory's tree once its children are known, bottom-up; the
+// progress reporter (progress.go) reads the running counts (backupCounts)
+// that all parts add to. The Prefetch files (prefetch.go) and the stdin
+// stream (stdin.go) go through the same file and blob savers. Backup
+// builds the parts (buildParts), runs them (run) and writes the snapshot
+// (writeSnapshot).
 type backup struct {
-	repo     BackupRepo
-	opts     BackupOptions
-	pol      chunker.Pol
-	profiles map[string]repo.ChunkProfile
-	dbGlobs  []string
-	names    *idNames
-	start    time.Time
-	cancel   context.CancelCauseFunc
-	verify   dedupVerifier // set when the repository is degraded (dictdamage.go)
-	// treeSavers counts the goroutines that save directory trees.
-	treeSavers sync.WaitGroup
+	repo    BackupRepo
+	opts    BackupOptions
+	dbGlobs []string
+	names   *idNames
+	start   time.Time
+	// cancel ends the backup with a cause: a failed tree save, a panic.
+	cancel context.CancelCauseFunc
+	verify dedupVerifier // set when the repository is degraded (dictdamage.go)
+
+	snPaths    []string       // the paths the snapshot records: Paths and the stdin file
+	parent     *repo.Snapshot // nil for a first backup
+	parentRoot *tree.Tree     // parent's root tree; nil when it could not be loaded
 	// parentCutoff: a parent's file with mtime at or after this (ns) is re-read.
 	parentCutoff int64
 
-	jobs   chan fileJob
-	blobs  chan saveJob
-	chunkB sync.Pool
-
-	mu       sync.Mutex
-	problems []repo.Problem
-	links    map[[2]uint64]*future
-	// prefetched: futures of Prefetch files by path; written before the walk.
-	prefetched map[string]*future
-
-	// The stdin stream (stdin.go); stdinFut is nil without one.
-	group        *errgroup.Group
-	parentRoot   *tree.Tree
-	stdinPath    string
-	stdinFut     *future
-	stdinStarted bool
-	stdinWG      sync.WaitGroup
-	stdinSource  *repo.StdinSource
-
-	filesNew, filesChanged, filesUnchanged, dirs, others  atomic.Int64
-	totalBytes, bytesRead, blobsAdded, bytesAdded, stored atomic.Int64
-	doneFiles, doneBytes, scanFiles, scanBytes            atomic.Int64
-	scanDone                                              atomic.Bool
-}
-
-// future is a node that becomes known later.
-type future struct {
-	done chan struct{}
-	node tree.Node
-}
-
-func resolved(n tree.Node) *future {
-	f := &future{done: make(chan struct{}), node: n}
-	close(f.done)
-	return f
-}
-
-type fileJob struct {
-	path, read string
-	staged     bool // read is a Substitutes copy (not a SourceRoots snapshot)
-	node       tree.Node
-	parent     *tree.Node
-	fut        *future
-}
-
-type saveJob struct {
-	id      blob.ID
-	data    []byte
-	buf     *[]byte
-	replace bool // the indexed copy does not decode (dictdamage.go)
+	counts   backupCounts
+	problems problemList
+	walker   *treeWalker
+	files    *fileSaver
+	blobs    *blobSaver
+	trees    *treeSaver
+	progress *progressReporter
+	stdin    *stdinStream    // nil without one
+	group    *errgroup.Group // of the pipeline's goroutines (run)
 }
 
 // Backup takes a snapshot of opts.Paths. When some files could not be
@@ -187,6 +159,21 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 			return nil, err
 		}
 	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	b, err := newBackup(ctx, r, withBackupDefaults(opts), paths, cancel)
+	if err != nil {
+		return nil, err
+	}
+	rootID, err := b.run(ctx, paths)
+	if err != nil {
+		return nil, err
+	}
+	return b.writeSnapshot(ctx, rootID)
+}
+
+// withBackupDefaults fills in the defaults of the options left zero.
+func withBackupDefaults(opts BackupOptions) BackupOptions {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -204,12 +191,14 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 	if opts.ProgressEvery <= 0 {
 		opts.ProgressEvery = time.Second
 	}
+	return opts
+}
+
+// newBackup checks the options, finds the parent snapshot and builds the
+// parts of the pipeline; cancel cancels ctx with a cause.
+func newBackup(ctx context.Context, r BackupRepo, opts BackupOptions, paths []string, cancel context.CancelCauseFunc) (*backup, error) {
 	cfg := r.Config()
-	b := &backup{repo: r, opts: opts, pol: cfg.Polynomial(), profiles: cfg.Profiles, dbGlobs: opts.DBGlobs,
-		names: newIDNames(), start: opts.Now(), links: map[[2]uint64]*future{}}
-	if opts.Polynomial != 0 {
-		b.pol = opts.Polynomial
-	}
+	b := &backup{repo: r, opts: opts, dbGlobs: opts.DBGlobs, names: newIDNames(), start: opts.Now(), cancel: cancel, snPaths: paths}
 	if b.dbGlobs == nil {
 		b.dbGlobs = cfg.DBGlobs
 	}
@@ -218,129 +207,172 @@ func Backup(ctx context.Context, r BackupRepo, opts BackupOptions) (*repo.Snapsh
 			return nil, fmt.Errorf("bad glob %q: %w", g, err)
 		}
 	}
-	var err error
-	snPaths := paths
 	if opts.Stdin != nil {
-		if b.stdinPath, err = StdinPath(opts.Stdin.Path, paths); err != nil {
+		p, err := StdinPath(opts.Stdin.Path, paths)
+		if err != nil {
 			return nil, err
 		}
-		snPaths = withStdin(paths, b.stdinPath)
-		b.stdinFut = &future{done: make(chan struct{})}
+		b.stdin = newStdinStream(opts.Stdin, p, b.names, b.start)
+		b.snPaths = withStdin(paths, p)
 	}
-	parent, err := b.findParent(ctx, snPaths)
-	if err != nil {
+	if err := b.loadParent(ctx); err != nil {
 		return nil, err
+	}
+	pol := cfg.Polynomial()
+	if opts.Polynomial != 0 {
+		pol = opts.Polynomial
+	}
+	b.buildParts(pol, cfg.Profiles)
+	return b, nil
+}
+
+// loadParent finds the parent snapshot and loads its root tree, and sees
+// whether the repository is degraded (dictdamage.go).
+func (b *backup) loadParent(ctx context.Context) error {
+	parent, err := b.findParent(ctx, b.snPaths)
+	if err != nil {
+		return err
 	}
 	if err := b.checkDegraded(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	var parentRoot *tree.Tree
-	if parent != nil {
-		b.parentCutoff = parent.Time.Truncate(time.Second).UnixNano()
-		if parentRoot, err = r.LoadTree(ctx, parent.Tree); err != nil {
-			// A damaged parent only costs re-reading; say so and go on.
-			b.addProblem(repo.Problem{Path: "(parent snapshot " + parent.ID.Short() + ")", Kind: repo.ProblemWarning, Error: err.Error()})
-			parent, parentRoot = nil, nil
-		}
+	if parent == nil {
+		return nil
 	}
-	b.parentRoot = parentRoot
+	b.parentCutoff = parent.Time.Truncate(time.Second).UnixNano()
+	root, err := b.repo.LoadTree(ctx, parent.Tree)
+	if err != nil {
+		// A damaged parent only costs re-reading; say so and go on.
+		b.addProblem(repo.Problem{Path: "(parent snapshot " + parent.ID.Short() + ")", Kind: repo.ProblemWarning, Error: err.Error()})
+		return nil
+	}
+	b.parent, b.parentRoot = parent, root
+	return nil
+}
 
-	b.jobs = make(chan fileJob, 4*opts.Workers)
-	b.blobs = make(chan saveJob, 2*opts.Savers)
-	b.chunkB.New = func() any { s := make([]byte, 0, 64<<10); return &s } // grows to the chunk size in use
+// buildParts builds the parts of the pipeline (see backup) and wires them
+// together.
+func (b *backup) buildParts(pol chunker.Pol, profiles map[string]repo.ChunkProfile) {
+	b.blobs = newBlobSaver(b.repo, &b.counts, 2*b.opts.Savers)
+	b.blobs.usable = b.usable
+	if b.verify != nil {
+		b.blobs.replace = b.verify.ReplaceBlob
+	}
+	src := sources{roots: b.opts.SourceRoots, substitutes: b.opts.Substitutes}
+	b.files = &fileSaver{sources: src, blobs: b.blobs, counts: &b.counts, problems: &b.problems, onPanic: b.recoverCancel,
+		pol: pol, profiles: profiles, dbGlobs: b.dbGlobs, retries: b.opts.Retries, parentCutoff: b.parentCutoff,
+		queue: make(chan fileJob, 4*b.opts.Workers), links: map[[2]uint64]*future{}}
+	b.trees = &treeSaver{repo: b.repo, counts: &b.counts, fail: b.cancel, onPanic: b.recoverCancel}
+	b.walker = &treeWalker{repo: b.repo, sources: src, excluded: b.excluded, names: b.names,
+		files: b.files, trees: b.trees, counts: &b.counts, problems: &b.problems, stdin: b.stdin}
+	b.progress = &progressReporter{report: b.opts.Progress, every: b.opts.ProgressEvery, counts: &b.counts,
+		start: b.start, excluded: b.excluded, onPanic: b.recoverCancel}
+}
 
-	ctx, b.cancel = context.WithCancelCause(ctx)
-	defer b.cancel(nil)
+// run runs the pipeline: the blob savers and file workers in an errgroup,
+// the walk on one more of its goroutines, the progress reporter alongside.
+// It returns the id of the snapshot's root tree, or the error that ended
+// the backup. When it returns, nothing of the backup writes to the
+// repository any more.
+func (b *backup) run(ctx context.Context, paths []string) (blob.ID, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	b.group = g
-	var workers, savers sync.WaitGroup
-	for i := 0; i < opts.Savers; i++ {
-		savers.Add(1)
-		g.Go(func() (err error) {
-			defer savers.Done()
-			defer recoverTo(&err, "saving chunks")
-			return b.saver(gctx)
-		})
-	}
-	for i := 0; i < opts.Workers; i++ {
-		workers.Add(1)
-		g.Go(func() (err error) {
-			defer workers.Done()
-			defer recoverTo(&err, "reading files")
-			return b.fileWorker(gctx)
-		})
-	}
-	stopProgress := b.startProgress(gctx, paths)
-
+	savers := goWorkers(g, b.opts.Savers, "saving chunks", func() error { return b.blobs.run(gctx) })
+	workers := goWorkers(g, b.opts.Workers, "reading files", func() error { return b.files.run(gctx) })
+	stopProgress := b.progress.run(gctx, paths)
 	var rootID blob.ID
 	g.Go(func() (err error) {
 		defer func() {
-			close(b.jobs)
+			b.files.close()
 			workers.Wait()
-			b.stdinWG.Wait()
-			close(b.blobs)
+			b.stdin.wait()
+			b.blobs.close()
 			savers.Wait()
 		}()
 		defer recoverTo(&err, "walking the tree")
-		if err := b.prefetch(gctx, paths, parentRoot); err != nil {
-			return err
-		}
-		b.startStdin(gctx) // after the quiesce window unless it was read in it
-		root, err := b.walkRoot(gctx, paths, parentRoot)
-		if err != nil {
-			return err
-		}
-		<-root.done
-		if root.node.Subtree.IsZero() {
-			if err := context.Cause(gctx); err != nil {
-				return err
-			}
-			return errors.New("backup: root tree was not saved")
-		}
-		rootID = root.node.Subtree
-		return nil
+		rootID, err = b.walk(gctx, paths)
+		return err
 	})
-	err = g.Wait()
+	err := g.Wait()
 	// Directory trees are saved by goroutines outside the group; after a
 	// failure they stop at ctx, or finish a save in progress: wait, so that
 	// nothing writes to the repository after Backup returns.
-	b.treeSavers.Wait()
+	b.trees.wait()
 	stopProgress()
 	if cause := context.Cause(ctx); err == nil || ((isRepoError(cause) || isPanic(cause)) && !errors.Is(cause, context.Canceled)) {
 		// A failed tree save cancels ctx with its cause; the workers then
 		// return "context canceled", which must not hide the cause.
 		err = cause
 	}
+	return rootID, err
+}
+
+// goWorkers runs fn on n goroutines of g, each turning a panic into an
+// error in where, and returns a group that counts them.
+func goWorkers(g *errgroup.Group, n int, where string, fn func() error) *sync.WaitGroup {
+	var running sync.WaitGroup
+	for i := 0; i < n; i++ {
+		running.Add(1)
+		g.Go(func() (err error) {
+			defer running.Done()
+			defer recoverTo(&err, where)
+			return fn()
+		})
+	}
+	return &running
+}
+
+// walk reads the Prefetch files and starts the stdin stream, walks the
+// paths and waits for the root tree to be saved; it returns its id.
+func (b *backup) walk(ctx context.Context, paths []string) (blob.ID, error) {
+	if err := b.prefetch(ctx, paths); err != nil {
+		return blob.ID{}, err
+	}
+	b.startStdin(ctx) // after the quiesce window unless it was read in it
+	root, err := b.walker.walk(ctx, paths, b.parentRoot)
 	if err != nil {
+		return blob.ID{}, err
+	}
+	<-root.done
+	if root.node.Subtree.IsZero() {
+		if err := context.Cause(ctx); err != nil {
+			return blob.ID{}, err
+		}
+		return blob.ID{}, errors.New("backup: root tree was not saved")
+	}
+	return root.node.Subtree, nil
+}
+
+// writeSnapshot flushes the repository and writes the snapshot of root
+// tree rootID. The error it returns with the snapshot matches
+// ErrIncomplete or ErrStdinEmpty.
+func (b *backup) writeSnapshot(ctx context.Context, rootID blob.ID) (*repo.Snapshot, error) {
+	var stdinSource *repo.StdinSource
+	if b.stdin != nil {
+		if stdinSource = b.stdin.source; stdinSource == nil {
+			return nil, fmt.Errorf("backup: the stdin stream of %s was not read to its end", b.stdin.path) // never a snapshot without it
+		}
+	}
+	if err := b.repo.Flush(ctx); err != nil {
 		return nil, err
 	}
-	if opts.Stdin != nil && b.stdinSource == nil {
-		return nil, fmt.Errorf("backup: the stdin stream of %s was not read to its end", b.stdinPath) // never a snapshot without it
-	}
-	if err := r.Flush(ctx); err != nil {
-		return nil, err
-	}
-	sort.Slice(b.problems, func(i, j int) bool { return b.problems[i].Path < b.problems[j].Path })
+	problems := b.problems.sorted()
+	summary := b.counts.summary()
+	summary.Duration, summary.Problems = time.Since(b.start).Seconds(), problems
 	sn := &repo.Snapshot{
-		Time: b.start, Tree: rootID, Paths: snPaths, Host: opts.Host, Tags: opts.Tags,
-		DBGlobs: b.dbGlobs, Quiesce: opts.Quiesce, Stdin: b.stdinSource,
-		Summary: repo.Summary{
-			FilesNew: b.filesNew.Load(), FilesChanged: b.filesChanged.Load(), FilesUnchanged: b.filesUnchanged.Load(),
-			Dirs: b.dirs.Load(), Others: b.others.Load(), TotalBytes: b.totalBytes.Load(), BytesRead: b.bytesRead.Load(),
-			BlobsAdded: b.blobsAdded.Load(), BytesAdded: b.bytesAdded.Load(), StoredAdded: b.stored.Load(),
-			Duration: time.Since(b.start).Seconds(), Problems: b.problems,
-		},
+		Time: b.start, Tree: rootID, Paths: b.snPaths, Host: b.opts.Host, Tags: b.opts.Tags,
+		DBGlobs: b.dbGlobs, Quiesce: b.opts.Quiesce, Stdin: stdinSource, Summary: summary,
 	}
-	if opts.QuiesceFunc != nil {
-		sn.Quiesce = opts.QuiesceFunc()
+	if b.opts.QuiesceFunc != nil {
+		sn.Quiesce = b.opts.QuiesceFunc()
 	}
 	if u := os.Getenv("USER"); u != "" {
 		sn.Username = u
 	}
-	if parent != nil {
-		sn.Parent = &parent.ID
+	if b.parent != nil {
+		sn.Parent = &b.parent.ID
 	}
-	if _, err := r.SaveSnapshot(ctx, sn); err != nil {
+	if _, err := b.repo.SaveSnapshot(ctx, sn); err != nil {
 		return nil, err
 	}
 	var errs []error
@@ -398,6 +430,8 @@ func cleanPaths(in []string) ([]string, error) {
 	return kept, nil
 }
 
+// findParent returns the last snapshot of the repository's list with the
+// same host and paths, taken no later than this backup; nil when none is.
 func (b *backup) findParent(ctx context.Context, paths []string) (*repo.Snapshot, error) {
 	list, _, err := b.repo.Snapshots(ctx)
 	if err != nil {
@@ -413,287 +447,41 @@ func (b *backup) findParent(ctx context.Context, paths []string) (*repo.Snapshot
 	return nil, nil
 }
 
-func (b *backup) addProblem(p repo.Problem) {
-	b.mu.Lock()
-	b.problems = append(b.problems, p)
-	b.mu.Unlock()
+// addProblem records a problem of the snapshot.
+func (b *backup) addProblem(p repo.Problem) { b.problems.add(p) }
+
+// problemList collects the problems of a backup from any goroutine.
+type problemList struct {
+	mu   sync.Mutex
+	list []repo.Problem
 }
 
-// pathTrie holds the selected paths: a node with selected=true is backed up
-// whole; other nodes are the directories leading to selected ones. A node
-// with stdin set is the stdin file (stdin.go).
-type pathTrie struct {
-	selected bool
-	children map[string]*pathTrie
-	stdin    *future
+// add records p.
+func (l *problemList) add(p repo.Problem) {
+	l.mu.Lock()
+	l.list = append(l.list, p)
+	l.mu.Unlock()
 }
 
-func (b *backup) walkRoot(ctx context.Context, paths []string, parentRoot *tree.Tree) (*future, error) {
-	root := &pathTrie{children: map[string]*pathTrie{}}
-	for _, p := range paths {
-		n := root
-		if p == "/" {
-			n.selected = true
-			continue
-		}
-		for _, c := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
-			if n.children[c] == nil {
-				n.children[c] = &pathTrie{children: map[string]*pathTrie{}}
-			}
-			n = n.children[c]
-		}
-		n.selected = true
-	}
-	if b.stdinFut != nil {
-		b.addStdin(root)
-	}
-	if root.selected {
-		fi, err := os.Lstat(b.source("/"))
-		if err != nil {
-			return nil, err
-		}
-		return b.walkDir(ctx, "/", nodeFromInfo("/", fi, b.names), parentRoot, nil)
-	}
-	return b.walkDir(ctx, "/", tree.Node{Kind: tree.Dir, Name: "/"}, parentRoot, root)
+// sorted returns the problems sorted by path.
+func (l *problemList) sorted() []repo.Problem {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sort.Slice(l.list, func(i, j int) bool { return l.list[i].Path < l.list[j].Path })
+	return l.list
 }
 
-// walkDir scans a directory and returns a future for its node. Subdirectories
-// are walked recursively in this goroutine; files go to the workers; the
-// directory's tree is saved by a goroutine that waits for its children.
-// only, when set, restricts the children to the trie's (a directory on the
-// way to a selected path).
-func (b *backup) walkDir(ctx context.Context, dir string, node tree.Node, parent *tree.Tree, only *pathTrie) (*future, error) {
-	var names []string
-	var readErr error
-	if only != nil {
-		for name := range only.children {
-			names = append(names, name)
-		}
-		sort.Strings(names)
-	} else {
-		names, readErr = readDirNames(b.source(dir))
-		b.dirs.Add(1)
-	}
-	var kids []*future
-	for _, name := range names {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		p := filepath.Join(dir, name)
-		if f := b.prefetched[p]; f != nil {
-			kids = append(kids, f) // read already, whatever it is now
-			continue
-		}
-		var sub *pathTrie
-		if only != nil {
-			sub = only.children[name]
-			if sub.stdin != nil {
-				kids = append(kids, sub.stdin)
-				continue
-			}
-			if sub.selected {
-				sub = nil
-			}
-		} else if b.excluded(p) {
-			continue
-		}
-		fi, err := os.Lstat(b.source(p))
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) && only == nil {
-				continue // removed since readdir: it is not part of this snapshot
-			}
-			if errors.Is(err, fs.ErrNotExist) && sub != nil && b.stdinFut != nil && strings.HasPrefix(b.stdinPath, p+"/") {
-				// Only on the way to the stdin file (existing paths cannot be below it).
-				f, err := b.walkDir(ctx, p, b.virtualDir(name), nil, sub)
-				if err != nil {
-					return nil, err
-				}
-				kids = append(kids, f)
-				continue
-			}
-			b.addProblem(repo.Problem{Path: p, Kind: repo.ProblemUnreadable, Error: err.Error()})
-			kids = append(kids, resolved(tree.Node{Name: name, Kind: tree.File, Flags: tree.Unreadable, Error: err.Error()}))
-			continue
-		}
-		n := nodeFromInfo(name, fi, b.names)
-		var pn *tree.Node
-		if parent != nil {
-			pn = parent.Find(name)
-		}
-		switch {
-		case n.Kind == tree.Dir:
-			var pt *tree.Tree
-			if pn != nil && pn.Kind == tree.Dir {
-				if pt, err = b.repo.LoadTree(ctx, pn.Subtree); err != nil {
-					pt = nil // re-read everything below; data is still deduplicated
-				}
-			}
-			f, err := b.walkDir(ctx, p, n, pt, sub)
-			if err != nil {
-				return nil, err
-			}
-			kids = append(kids, f)
-		case sub != nil:
-			// A path leading to a selected path is not a directory any more.
-			return nil, fmt.Errorf("%s is not a directory", p)
-		case n.Kind == tree.File:
-			kids = append(kids, b.submitFile(ctx, p, n, pn))
-		case n.Kind == tree.Symlink:
-			target, err := os.Readlink(b.source(p))
-			if err != nil {
-				n.Flags, n.Error = tree.Unreadable, err.Error()
-				b.addProblem(repo.Problem{Path: p, Kind: repo.ProblemUnreadable, Error: err.Error()})
-			}
-			n.LinkTarget = target
-			b.others.Add(1)
-			kids = append(kids, resolved(n))
-		default:
-			b.others.Add(1)
-			kids = append(kids, resolved(n))
-		}
-	}
-	if readErr != nil {
-		node.Flags, node.Error = tree.Unreadable, readErr.Error()
-		b.addProblem(repo.Problem{Path: dir, Kind: repo.ProblemUnreadable, Error: readErr.Error()})
-	}
-	f := &future{done: make(chan struct{}), node: node}
-	b.treeSavers.Add(1)
-	go func() {
-		defer b.treeSavers.Done()
-		defer close(f.done)
-		defer b.recoverCancel("saving the tree of " + dir)
-		t := &tree.Tree{Nodes: make([]tree.Node, 0, len(kids))}
-		for _, k := range kids {
-			select {
-			case <-k.done:
-			case <-ctx.Done():
-				return
-			}
-			t.Nodes = append(t.Nodes, k.node)
-		}
-		id, res, err := b.repo.SaveTree(ctx, t)
-		if err != nil {
-			b.cancel(repoError{fmt.Errorf("save tree of %s: %w", dir, err)})
-			return
-		}
-		if res.Added {
-			b.stored.Add(int64(res.Stored))
-		}
-		f.node.Subtree = id
-	}()
-	return f, nil
-}
+// repoError marks failures of the repository (as opposed to the source).
+type repoError struct{ err error }
 
-// prefetch reads opts.Prefetch before the walk and then calls
-// opts.AfterPrefetch (see BackupOptions).
-func (b *backup) prefetch(ctx context.Context, paths []string, parentRoot *tree.Tree) error {
-	if b.opts.Stdin != nil && b.opts.Stdin.InWindow {
-		b.startStdin(ctx)
-	}
-	if len(b.opts.Prefetch) == 0 && b.opts.AfterPrefetch == nil {
-		return nil
-	}
-	b.prefetched = map[string]*future{}
-	var futs []*future
-	for _, p := range b.opts.Prefetch {
-		p = filepath.Clean(p)
-		root := containing(paths, p)
-		if root == "" || b.prefetched[p] != nil {
-			continue
-		}
-		excluded := false
-		for q := p; q != root && !excluded; q = filepath.Dir(q) {
-			excluded = b.excluded(q)
-		}
-		fi, err := os.Lstat(b.source(p))
-		if excluded || err != nil || !fi.Mode().IsRegular() {
-			continue // the walk finds it, or not, as usual
-		}
-		f := b.submitFile(ctx, p, nodeFromInfo(filepath.Base(p), fi, b.names), b.parentNode(ctx, parentRoot, p))
-		b.prefetched[p] = f
-		futs = append(futs, f)
-	}
-	for _, f := range futs {
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		}
-	}
-	if b.opts.Stdin != nil && b.opts.Stdin.InWindow {
-		if err := b.waitStdin(ctx); err != nil {
-			return err
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return context.Cause(ctx)
-	}
-	if b.opts.AfterPrefetch != nil {
-		b.opts.AfterPrefetch()
-	}
-	return nil
-}
+func (e repoError) Error() string { return e.err.Error() }
+func (e repoError) Unwrap() error { return e.err }
 
-// containing returns the path of paths that is p or holds p, or "".
-func containing(paths []string, p string) string {
-	for _, root := range paths {
-		if p == root || root == "/" || strings.HasPrefix(p, root+"/") {
-			return root
-		}
-	}
-	return ""
-}
+// isRepoError reports whether err is, or wraps, a repoError.
+func isRepoError(err error) bool { var r repoError; return errors.As(err, &r) }
 
-// parentNode finds the node of absolute path p in the parent snapshot's
-// root tree, or nil.
-func (b *backup) parentNode(ctx context.Context, root *tree.Tree, p string) *tree.Node {
-	t := root
-	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
-	for i, c := range parts {
-		if t == nil {
-			return nil
-		}
-		n := t.Find(c)
-		if n == nil || i == len(parts)-1 {
-			return n
-		}
-		if n.Kind != tree.Dir {
-			return nil
-		}
-		var err error
-		if t, err = b.repo.LoadTree(ctx, n.Subtree); err != nil {
-			return nil
-		}
-	}
-	return nil
-}
-
-// source returns where to read the absolute path p: below a SourceRoots
-// key, the same place below its value; else p.
-func (b *backup) source(p string) string {
-	best := ""
-	for root := range b.opts.SourceRoots {
-		if len(root) > len(best) && (p == root || root == "/" || strings.HasPrefix(p, root+"/")) {
-			best = root
-		}
-	}
-	if best == "" {
-		return p
-	}
-	return filepath.Join(b.opts.SourceRoots[best], strings.TrimPrefix(p, best))
-}
-
-func readDirNames(dir string) ([]string, error) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	sort.Strings(names)
-	return names, err
-}
-
+// excluded reports whether the absolute path p matches one of the
+// Excludes globs, by its base name or as a whole.
 func (b *backup) excluded(p string) bool {
 	base := filepath.Base(p)
 	for _, g := range b.opts.Excludes {
@@ -705,395 +493,4 @@ func (b *backup) excluded(p string) bool {
 		}
 	}
 	return false
-}
-
-func (b *backup) submitFile(ctx context.Context, p string, n tree.Node, pn *tree.Node) *future {
-	f := &future{done: make(chan struct{}), node: n}
-	if n.Links > 1 {
-		key := [2]uint64{n.Device, n.Inode}
-		b.mu.Lock()
-		first, seen := b.links[key]
-		if !seen {
-			b.links[key] = f
-		}
-		b.mu.Unlock()
-		if seen {
-			// Another name of a file already in this snapshot: same content.
-			go func() {
-				defer close(f.done)
-				defer b.recoverCancel("linking " + p)
-				select {
-				case <-first.done:
-				case <-ctx.Done():
-					return
-				}
-				f.node.Content, f.node.Size, f.node.Flags, f.node.Error = first.node.Content, first.node.Size, first.node.Flags, first.node.Error
-			}()
-			return f
-		}
-	}
-	read, staged := b.source(p), false
-	if s, ok := b.opts.Substitutes[p]; ok {
-		read, staged = s, true
-	}
-	select {
-	case b.jobs <- fileJob{path: p, read: read, staged: staged, node: n, parent: pn, fut: f}:
-	case <-ctx.Done():
-		close(f.done)
-	}
-	return f
-}
-
-func (b *backup) fileWorker(ctx context.Context) error {
-	// One chunker per worker: its 512 KiB read buffer is reused for every file.
-	ck := chunker.NewWithBoundaries(nil, b.pol, repo.ProfileDefault.Min, repo.ProfileDefault.Max)
-	for job := range b.jobs {
-		if err := b.saveFile(ctx, &job, ck); err != nil {
-			close(job.fut.done)
-			return err
-		}
-		close(job.fut.done)
-	}
-	return nil
-}
-
-// saveFile fills job.fut.node with the file's content. Errors returned are
-// fatal (repository failures, cancellation); a file that cannot be read is
-// recorded as a problem instead.
-func (b *backup) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chunker) error {
-	n := &job.fut.node
-	pn := job.parent
-	defer func() {
-		b.doneFiles.Add(1)
-		b.totalBytes.Add(int64(n.Size))
-	}()
-	if pn != nil && pn.Kind == tree.File && pn.Flags == 0 && pn.ContentError == "" && !job.staged &&
-		pn.Size == n.Size && pn.MTime == n.MTime && pn.CTime == n.CTime && pn.Inode == n.Inode &&
-		pn.MTime < b.parentCutoff {
-		ids := make([]blob.ID, 0, len(pn.Content))
-		for _, e := range pn.Content {
-			if !e.Hole {
-				ids = append(ids, e.ID)
-			}
-		}
-		ok, err := b.repo.HasAllBlobs(ids)
-		if err == nil && ok {
-			ok, err = b.usable(ctx, ids...)
-		}
-		if err != nil {
-			return fmt.Errorf("look up blobs of %s: %w", job.path, err)
-		}
-		if ok {
-			n.Content = pn.Content
-			b.filesUnchanged.Add(1)
-			b.doneBytes.Add(int64(n.Size))
-			return nil
-		}
-	}
-	if pn == nil {
-		b.filesNew.Add(1)
-	} else {
-		b.filesChanged.Add(1)
-	}
-	profile := b.profileFor(job.path)
-	for attempt := 0; ; attempt++ {
-		changed, err := b.readFile(ctx, job, profile, ck)
-		if err != nil {
-			if ctx.Err() != nil || isRepoError(err) || isPanic(err) { // a bug is not an unreadable file
-				return err
-			}
-			n.Flags, n.Error, n.Content, n.Size = tree.Unreadable, err.Error(), nil, 0
-			b.addProblem(repo.Problem{Path: job.path, Kind: repo.ProblemUnreadable, Error: err.Error()})
-			return nil
-		}
-		if !changed {
-			return nil
-		}
-		if attempt >= b.opts.Retries {
-			n.Flags = tree.Changed
-			n.Error = fmt.Sprintf("changed while being read (%d attempts)", attempt+1)
-			b.addProblem(repo.Problem{Path: job.path, Kind: repo.ProblemChanged, Error: n.Error})
-			return nil
-		}
-	}
-}
-
-// repoError marks failures of the repository (as opposed to the source).
-type repoError struct{ err error }
-
-func (e repoError) Error() string { return e.err.Error() }
-func (e repoError) Unwrap() error { return e.err }
-
-func isRepoError(err error) bool { var r repoError; return errors.As(err, &r) }
-
-// readFile reads, chunks and saves one file and reports whether it changed
-// while it was read (size, mtime or ctime differ before and after).
-func (b *backup) readFile(ctx context.Context, job *fileJob, profile repo.ChunkProfile, ck *chunker.Chunker) (changed bool, err error) {
-	n := &job.fut.node
-	f, err := os.Open(job.read)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	before, err := f.Stat()
-	if err != nil {
-		return false, err
-	}
-	if !before.Mode().IsRegular() {
-		return false, fmt.Errorf("%s is no longer a regular file", job.read)
-	}
-	bn := nodeFromInfo(n.Name, before, nil)
-	if !job.staged {
-		n.Size, n.MTime, n.CTime, n.Mode, n.UID, n.GID, n.Inode = bn.Size, bn.MTime, bn.CTime, bn.Mode, bn.UID, bn.GID, bn.Inode
-	} else {
-		// A staged copy (Substitutes) carries the original's mtime as of
-		// staging; the original may have been written since. Record the
-		// staged mtime so that the next backup sees such a write and
-		// re-reads the original instead of reusing this older content.
-		n.MTime = bn.MTime
-	}
-	content, read, err := b.chunkFile(ctx, f, int64(bn.Size), profile, ck)
-	b.bytesRead.Add(read)
-	if err != nil {
-		return false, err
-	}
-	after, err := f.Stat()
-	if err != nil {
-		return false, err
-	}
-	an := nodeFromInfo(n.Name, after, nil)
-	n.Content = content
-	var total uint64
-	for _, e := range content {
-		total += e.Length
-	}
-	n.Size = total
-	return !sameFile(&bn, &an) || total != bn.Size, nil
-}
-
-// chunkWindow is the span of a file that is chunked independently of the
-// rest: chunk boundaries are forced at multiples of it (from the start of
-// the file), so several goroutines can chunk one large file at once. A
-// database updated in place keeps its boundaries from day to day, and a
-// forced cut every 32 MiB costs at most one extra chunk per window.
-const chunkWindow = 32 << 20
-
-// span is a piece of a file: a hole, or data to chunk.
-type span struct {
-	start, end int64
-	hole       bool
-}
-
-// chunkFile splits the data regions of f (holes are skipped via
-// SEEK_DATA/SEEK_HOLE) into content-defined chunks, window by window (see
-// chunkWindow), and hands new chunks to the savers. A file of several
-// windows is chunked by several goroutines, ck serving the first.
-func (b *backup) chunkFile(ctx context.Context, f *os.File, size int64, profile repo.ChunkProfile, ck *chunker.Chunker) ([]tree.Extent, int64, error) {
-	var spans []span
-	for off := int64(0); off < size; {
-		start, end := dataRegion(f, off, size)
-		if start > off {
-			spans = append(spans, span{off, start, true})
-		}
-		if start >= size {
-			break
-		}
-		for s := start; s < end; {
-			e := min(end, (s/chunkWindow+1)*chunkWindow)
-			spans = append(spans, span{s, e, false})
-			s = e
-		}
-		off = end
-	}
-	parts := make([][]tree.Extent, len(spans))
-	reads := make([]int64, len(spans))
-	var data []int
-	for i, sp := range spans {
-		if sp.hole {
-			parts[i] = []tree.Extent{{Hole: true, Length: uint64(sp.end - sp.start)}}
-		} else {
-			data = append(data, i)
-		}
-	}
-	var err error
-	if len(data) <= 1 {
-		for _, i := range data {
-			if parts[i], reads[i], err = b.chunkSpan(ctx, f, spans[i], profile, ck); err != nil {
-				return nil, reads[i], err
-			}
-		}
-	} else {
-		chunkers := make([]*chunker.Chunker, workers(len(data)))
-		chunkers[0] = ck
-		for w := 1; w < len(chunkers); w++ {
-			chunkers[w] = chunker.NewWithBoundaries(nil, b.pol, profile.Min, profile.Max)
-		}
-		err = parallel(ctx, len(data), func(ctx context.Context, w, k int) error {
-			i := data[k]
-			var err error
-			parts[i], reads[i], err = b.chunkSpan(ctx, f, spans[i], profile, chunkers[w])
-			return err
-		})
-	}
-	var content []tree.Extent
-	var read int64
-	for i := range spans {
-		content = append(content, parts[i]...)
-		read += reads[i]
-	}
-	return content, read, err
-}
-
-// chunkSpan chunks one data span. A span that reads short (the file shrank
-// while it was read) ends early; the caller sees the change in the total.
-func (b *backup) chunkSpan(ctx context.Context, f *os.File, sp span, profile repo.ChunkProfile, ck *chunker.Chunker) ([]tree.Extent, int64, error) {
-	return b.chunkReader(ctx, io.NewSectionReader(f, sp.start, sp.end-sp.start), profile, ck)
-}
-
-// chunkReader chunks rd to its end (a file's span, or a stream) and hands
-// new chunks to the savers.
-func (b *backup) chunkReader(ctx context.Context, rd io.Reader, profile repo.ChunkProfile, ck *chunker.Chunker) ([]tree.Extent, int64, error) {
-	var content []tree.Extent
-	var read int64
-	ck.ResetWithBoundaries(rd, b.pol, profile.Min, profile.Max)
-	ck.SetAverageBits(profile.AvgBits)
-	for {
-		bufp := b.chunkB.Get().(*[]byte)
-		c, err := ck.Next((*bufp)[:0])
-		if err == io.EOF {
-			b.chunkB.Put(bufp)
-			return content, read, nil
-		}
-		if err != nil {
-			b.chunkB.Put(bufp)
-			return nil, read, err
-		}
-		*bufp = c.Data[:0]
-		read += int64(c.Length)
-		b.doneBytes.Add(int64(c.Length))
-		id := b.repo.Hash(c.Data)
-		content = append(content, tree.Extent{ID: id, Length: uint64(c.Length)})
-		has, err := b.repo.HasBlob(id)
-		replace := false
-		if err == nil && has {
-			has, err = b.usable(ctx, id)
-			replace = !has
-		}
-		if err != nil {
-			b.chunkB.Put(bufp)
-			return nil, read, repoError{fmt.Errorf("look up chunk %s: %w", id.Short(), err)}
-		}
-		if has {
-			b.chunkB.Put(bufp)
-			continue
-		}
-		select {
-		case b.blobs <- saveJob{id: id, data: c.Data, buf: bufp, replace: replace}:
-		case <-ctx.Done():
-			return nil, read, ctx.Err()
-		}
-	}
-}
-
-// dataRegion returns the next data region [start, end) at or after off,
-// using SEEK_DATA/SEEK_HOLE; start == size means only a hole is left. On
-// file systems without hole support the whole rest is one region.
-func dataRegion(f *os.File, off, size int64) (int64, int64) {
-	fd := int(f.Fd())
-	start, err := unix.Seek(fd, off, unix.SEEK_DATA)
-	if err != nil {
-		if errors.Is(err, unix.ENXIO) {
-			return size, size
-		}
-		return off, size
-	}
-	if start > size {
-		return size, size
-	}
-	end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
-	if err != nil || end > size {
-		end = size
-	}
-	return start, end
-}
-
-func (b *backup) saver(ctx context.Context) error {
-	for job := range b.blobs {
-		var res repo.SaveResult
-		var err error
-		if job.replace {
-			res, err = b.verify.ReplaceBlob(ctx, blob.Data, job.id, job.data)
-		} else {
-			res, err = b.repo.SaveBlob(ctx, blob.Data, job.id, job.data)
-		}
-		b.chunkB.Put(job.buf)
-		if err != nil {
-			return repoError{fmt.Errorf("save chunk %s: %w", job.id.Short(), err)}
-		}
-		if res.Added {
-			b.blobsAdded.Add(1)
-			b.bytesAdded.Add(int64(len(job.data)))
-			b.stored.Add(int64(res.Stored))
-		}
-	}
-	return nil
-}
-
-// startProgress runs a scanner that counts what is to be backed up and a
-// ticker that reports progress; the returned function stops both.
-func (b *backup) startProgress(ctx context.Context, paths []string) func() {
-	if b.opts.Progress == nil {
-		return func() {}
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		defer b.recoverCancel("counting files for progress")
-		for _, p := range paths {
-			filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				if path != p && b.excluded(path) { // as the backup's walk does
-					if d != nil && d.IsDir() {
-						return filepath.SkipDir
-					}
-					return nil
-				}
-				if err != nil || d.IsDir() {
-					return nil
-				}
-				if d.Type().IsRegular() {
-					if fi, err := d.Info(); err == nil {
-						b.scanFiles.Add(1)
-						b.scanBytes.Add(fi.Size())
-					}
-				}
-				return nil
-			})
-		}
-		b.scanDone.Store(true)
-	}()
-	go func() {
-		defer wg.Done()
-		defer b.recoverCancel("reporting progress")
-		t := time.NewTicker(b.opts.ProgressEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				b.opts.Progress(b.progress())
-			}
-		}
-	}()
-	return func() { cancel(); wg.Wait() }
-}
-
-func (b *backup) progress() Progress {
-	return Progress{Files: b.doneFiles.Load(), Bytes: b.doneBytes.Load(), TotalFiles: b.scanFiles.Load(),
-		TotalBytes: b.scanBytes.Load(), ScanDone: b.scanDone.Load(), Elapsed: time.Since(b.start)}
 }

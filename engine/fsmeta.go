@@ -62,10 +62,12 @@ type idNames struct {
 	groups map[uint32]string
 }
 
+// newIDNames returns an empty cache.
 func newIDNames() *idNames {
 	return &idNames{users: map[uint32]string{}, groups: map[uint32]string{}}
 }
 
+// user returns the name of user id, or "" when it has none here.
 func (c *idNames) user(id uint32) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -80,6 +82,7 @@ func (c *idNames) user(id uint32) string {
 	return s
 }
 
+// group returns the name of group id, or "" when it has none here.
 func (c *idNames) group(id uint32) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -9,8 +9,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
-	"github.com/restic/chunker"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/tree"
 )
@@ -93,39 +94,57 @@ func withStdin(paths []string, stdin string) []string {
 	return out
 }
 
-// addStdin puts the stdin file into the path trie of walkRoot.
-func (b *backup) addStdin(root *pathTrie) {
-	n := root
-	parts := strings.Split(strings.TrimPrefix(b.stdinPath, "/"), "/")
-	for i, c := range parts {
-		if n.children[c] == nil {
-			n.children[c] = &pathTrie{children: map[string]*pathTrie{}}
-		}
-		n = n.children[c]
-		if i == len(parts)-1 {
-			n.stdin = b.stdinFut
-		}
-	}
+// stdinStream is the stdin file of one backup (BackupOptions.Stdin): where
+// it goes in the snapshot, the future of its node (resolved once the
+// stream was read, or failed) and what Finish reported.
+type stdinStream struct {
+	opts    *StdinFile
+	path    string    // absolute, in the snapshot (StdinPath)
+	fut     *future   // its node, once read
+	dir     tree.Node // a missing directory on the way to it, without a name (virtualDir)
+	started bool      // set on the walking goroutine by startStdin
+	reading sync.WaitGroup
+	source  *repo.StdinSource // set once the stream was read to its end
+}
+
+// newStdinStream returns the stream of s, stored at path; the virtual
+// directories on the way to it belong to the user running the backup and
+// have the backup's start as mtime.
+func newStdinStream(s *StdinFile, path string, names *idNames, start time.Time) *stdinStream {
+	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
+	return &stdinStream{opts: s, path: path, fut: newFuture(tree.Node{}),
+		dir: tree.Node{Kind: tree.Dir, Mode: 0o700, UID: uid, GID: gid,
+			User: names.user(uid), Group: names.group(gid), MTime: start.UnixNano(), CTime: start.UnixNano()}}
 }
 
 // virtualDir is the node of a directory on the way to the stdin file that
 // does not exist here.
-func (b *backup) virtualDir(name string) tree.Node {
-	return tree.Node{Name: name, Kind: tree.Dir, Mode: 0o700, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
-		User: b.names.user(uint32(os.Getuid())), Group: b.names.group(uint32(os.Getgid())), MTime: b.start.UnixNano(), CTime: b.start.UnixNano()}
+func (s *stdinStream) virtualDir(name string) tree.Node {
+	n := s.dir
+	n.Name = name
+	return n
+}
+
+// wait waits until the stream's reader ended, if it was started; a nil
+// stream has none.
+func (s *stdinStream) wait() {
+	if s != nil {
+		s.reading.Wait()
+	}
 }
 
 // startStdin opens the stdin stream (once) and reads it on a goroutine of
 // the backup's group; the stdin future is resolved when it is read.
 func (b *backup) startStdin(ctx context.Context) {
-	if b.stdinFut == nil || b.stdinStarted {
+	s := b.stdin
+	if s == nil || s.started {
 		return
 	}
-	b.stdinStarted = true
-	b.stdinWG.Add(1)
+	s.started = true
+	s.reading.Add(1)
 	b.group.Go(func() (err error) {
-		defer b.stdinWG.Done()
-		defer close(b.stdinFut.done)
+		defer s.reading.Done()
+		defer close(s.fut.done)
 		defer recoverTo(&err, "reading the stdin stream")
 		return b.readStdin(ctx)
 	})
@@ -133,39 +152,39 @@ func (b *backup) startStdin(ctx context.Context) {
 
 // waitStdin waits until the stdin stream was read (InWindow).
 func (b *backup) waitStdin(ctx context.Context) error {
-	if b.stdinFut == nil {
+	if b.stdin == nil {
 		return nil
 	}
 	select {
-	case <-b.stdinFut.done:
+	case <-b.stdin.fut.done:
 		return nil
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
 }
 
+// readStdin opens the stream, reads and saves it to its end and resolves
+// the stdin file's node. Errors are fatal: without the whole stream there
+// is no snapshot.
 func (b *backup) readStdin(ctx context.Context) error {
-	s := b.opts.Stdin
-	n := &b.stdinFut.node
+	s := b.stdin
+	n := &s.fut.node
 	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
 	openedAt := b.opts.Now()
 	opened := openedAt.UnixNano()
-	*n = tree.Node{Name: filepath.Base(b.stdinPath), Kind: tree.File, Mode: 0o600, UID: uid, GID: gid, Links: 1,
+	*n = tree.Node{Name: filepath.Base(s.path), Kind: tree.File, Mode: 0o600, UID: uid, GID: gid, Links: 1,
 		User: b.names.user(uid), Group: b.names.group(gid), MTime: opened, CTime: opened}
-	r, err := s.Open(ctx)
+	r, err := s.opts.Open(ctx)
 	if err != nil {
-		return fmt.Errorf("stdin file %s: %w", b.stdinPath, err)
+		return fmt.Errorf("stdin file %s: %w", s.path, err)
 	}
-	if b.parentRoot != nil && b.parentNode(ctx, b.parentRoot, b.stdinPath) != nil {
-		b.filesChanged.Add(1)
+	if b.parentRoot != nil && b.walker.parentNode(ctx, b.parentRoot, s.path) != nil {
+		b.counts.filesChanged.Add(1)
 	} else {
-		b.filesNew.Add(1)
+		b.counts.filesNew.Add(1)
 	}
-	profile := b.profileFor(b.stdinPath)
-	ck := chunker.NewWithBoundaries(nil, b.pol, profile.Min, profile.Max)
-	content, read, rerr := b.chunkReader(ctx, r, profile, ck)
-	b.bytesRead.Add(read)
-	src, ferr := s.Finish(rerr)
+	content, rerr := b.files.readStream(ctx, s.path, r)
+	src, ferr := s.opts.Finish(rerr)
 	if rerr != nil && (ctx.Err() != nil || isRepoError(rerr) || isPanic(rerr)) {
 		return rerr
 	}
@@ -173,43 +192,28 @@ func (b *backup) readStdin(ctx context.Context) error {
 		return ferr
 	}
 	if rerr != nil { // Finish did not see a problem in a failed read: still no snapshot
-		return fmt.Errorf("stdin file %s: read the stream: %w", b.stdinPath, rerr)
+		return fmt.Errorf("stdin file %s: read the stream: %w", s.path, rerr)
 	}
-	var total uint64
-	for _, e := range content {
-		total += e.Length
-	}
+	total := contentSize(content)
 	n.Content, n.Size = content, total
-	b.doneFiles.Add(1)
-	b.totalBytes.Add(int64(total))
+	b.counts.doneFiles.Add(1)
+	b.counts.totalBytes.Add(int64(total))
 	if src == nil {
 		src = &repo.StdinSource{}
 	}
-	src.Path, src.Bytes, src.InWindow = b.stdinPath, int64(total), s.InWindow
+	src.Path, src.Bytes, src.InWindow = s.path, int64(total), s.opts.InWindow
 	if src.Started.IsZero() {
 		src.Started = openedAt
 	}
 	n.MTime, n.CTime = src.Started.UnixNano(), src.Started.UnixNano() // the command's start
-	b.stdinSource = src
+	s.source = src
 	if total == 0 {
 		what := "the stream"
 		if len(src.Command) > 0 {
 			what = "the command"
 		}
-		b.addProblem(repo.Problem{Path: b.stdinPath, Kind: repo.ProblemWarning,
+		b.problems.add(repo.Problem{Path: s.path, Kind: repo.ProblemWarning,
 			Error: what + " ended cleanly but wrote nothing: the file is empty (check that the dump has data)"})
 	}
 	return nil
-}
-
-// profileFor returns the chunk profile of the file at path: "db" when its
-// base name matches a db glob, else "default".
-func (b *backup) profileFor(path string) repo.ChunkProfile {
-	base := filepath.Base(path)
-	for _, g := range b.dbGlobs {
-		if ok, _ := filepath.Match(g, base); ok {
-			return b.profiles["db"]
-		}
-	}
-	return b.profiles["default"]
 }
