@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/restic/chunker"
+	"github.com/stasisbackup/stasis/internal/exclude"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/tree"
@@ -481,16 +482,6 @@ func (e repoError) Unwrap() error { return e.err }
 func isRepoError(err error) bool { var r repoError; return errors.As(err, &r) }
 
 // excluded reports whether the absolute path p matches one of the
-// Excludes globs, by its base name or as a whole.
-func (b *backup) excluded(p string) bool {
-	base := filepath.Base(p)
-	for _, g := range b.opts.Excludes {
-		if ok, _ := filepath.Match(g, base); ok {
-			return true
-		}
-		if ok, _ := filepath.Match(g, p); ok {
-			return true
-		}
-	}
-	return false
-}
+// Excludes globs, by its base name or as a whole (package exclude: the
+// quiesce's choice of files to hold still uses the same matcher).
+func (b *backup) excluded(p string) bool { return exclude.Match(b.opts.Excludes, p) }
