@@ -146,9 +146,13 @@ func freshTarget(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	syscall.Sync()
+	syncFS()
 	return nil
 }
+
+// syncFS is sync(2); tests that must not flush the whole machine's dirty
+// pages replace it.
+var syncFS = syscall.Sync
 
 // dropCaches writes dirty pages and empties the page cache (root only).
 func dropCaches() error {
