@@ -202,12 +202,7 @@ func TestMedian(t *testing.T) {
 // TestRunStasisOnly runs the whole side-by-side flow on a tiny workload with
 // stasis built from this module, and the peers that are installed.
 func TestRunStasisOnly(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds stasis")
-	}
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("go toolchain not on PATH: needed to build stasis")
-	}
+	skipUnlessLong(t, "builds stasis")
 	work := t.TempDir()
 	var out, errs bytes.Buffer
 	code := run(t.Context(), []string{"run", "--work", work, "--db-size", "512KiB", "--files", "40", "--runs", "1", "--tools", "stasis"}, &out, &errs)
@@ -221,5 +216,17 @@ func TestRunStasisOnly(t *testing.T) {
 	}
 	if code := run(t.Context(), []string{"run", "--tools", "nosuch", "--work", work}, &out, &errs); code != 1 {
 		t.Errorf("unknown tool: exit %d, want 1", code)
+	}
+}
+
+// skipUnlessLong skips a test that builds stasis (why says what else it
+// does) under -short or without the go toolchain.
+func skipUnlessLong(t *testing.T, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip(why)
+	}
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("go toolchain not on PATH: needed to build stasis")
 	}
 }

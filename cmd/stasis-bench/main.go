@@ -122,7 +122,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "stasis-bench: --runs must be at least 1")
 		return 2
 	}
-	if cmd == "fill-index" {
+	if cmd == "fill-index" { // internal: run by scale in a child process, in its --work as given
 		return exitCode(runFillIndex(ctx, o, stdout), stderr)
 	}
 	if o.work, err = filepath.Abs(o.work); err != nil {
@@ -143,17 +143,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runProfile(ctx, o, stdout, log)
 	case "s3":
 		err = runS3(ctx, o, stdout, log)
-	case "fill-index": // internal: run by scale in a child process
-		err = runFillIndex(ctx, o, stdout)
 	default:
 		fmt.Fprintf(stderr, "stasis-bench: unknown command %q: use run, scale, profile or s3\n", cmd)
 		return 2
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "stasis-bench: %v\n", err)
-		return 1
-	}
-	return 0
+	return exitCode(err, stderr)
 }
 
 func (o options) workload() Workload {

@@ -25,6 +25,7 @@ type Sample struct {
 	RChar     int64         // bytes through read(2)-family calls, cached or not (/proc/<pid>/io rchar)
 	ReadBytes int64         // bytes fetched from the block layer (/proc/<pid>/io read_bytes)
 	Growth    int64         // repository growth in bytes (du), when the scenario writes one
+	Size      int64         // repository size in bytes after the command (s3), -1 when not taken
 }
 
 // measure runs cmd to completion and returns its cost. The child's
@@ -124,6 +125,35 @@ func diskUsage(dir string) (int64, error) {
 	return total, nil
 }
 
+// measureCold is measure after emptying the page cache when --cold asks
+// for it.
+func measureCold(o options, cmd *exec.Cmd) (Sample, error) {
+	if o.cold {
+		if err := dropCaches(); err != nil {
+			return Sample{}, err
+		}
+	}
+	return measure(cmd)
+}
+
+// freshTarget makes dir an empty directory to restore into. It lets the
+// file system finish deleting what dir held (journal, discard) before the
+// clock starts, so that no tool pays for another's cleanup.
+func freshTarget(dir string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	syncFS()
+	return nil
+}
+
+// syncFS is sync(2); tests that must not flush the whole machine's dirty
+// pages replace it.
+var syncFS = syscall.Sync
+
 // dropCaches writes dirty pages and empties the page cache (root only).
 func dropCaches() error {
 	unix.Sync()
@@ -157,5 +187,6 @@ func median(ss []Sample) Sample {
 		RChar:     pick(func(s Sample) int64 { return s.RChar }),
 		ReadBytes: pick(func(s Sample) int64 { return s.ReadBytes }),
 		Growth:    pick(func(s Sample) int64 { return s.Growth }),
+		Size:      pick(func(s Sample) int64 { return s.Size }),
 	}
 }

@@ -34,23 +34,28 @@ func openRepoCache(ctx context.Context, dir, cacheDir string) (*repo.Repository,
 	return repo.Open(ctx, st, repo.OpenOptions{CacheDir: cacheDir, Password: func(context.Context) ([]byte, error) { return []byte("stasis-bench"), nil }})
 }
 
+// readyStasis generates the workload (or reuses it), reads it once and
+// builds stasis: the start of scale and profile.
+func readyStasis(ctx context.Context, o options) (Workload, string, error) {
+	w := o.workload()
+	if _, err := w.Generate(); err != nil {
+		return w, "", err
+	}
+	if _, err := warm(w.Root); err != nil {
+		return w, "", err
+	}
+	bin, err := buildStasis(ctx, o)
+	return w, bin, err
+}
+
 // runProfile takes a full (initial) backup of the workload in process, under
 // the CPU profiler, and prints `go tool pprof -top` of it.
 func runProfile(ctx context.Context, o options, stdout io.Writer, log func(string, ...any)) error {
-	w := o.workload()
-	if _, err := w.Generate(); err != nil {
-		return err
-	}
-	if _, err := warm(w.Root); err != nil {
-		return err
-	}
-	bin, err := buildStasis(ctx, o)
+	w, bin, err := readyStasis(ctx, o)
 	if err != nil {
 		return err
 	}
-	t := newStasis(ctx, bin, o.work, o.encrypt)
-	t.Repo = filepath.Join(o.work, "repo-profile")
-	t.Env = append(t.Env, "STASIS_REPO="+t.Repo)
+	t := stasisAt(ctx, bin, o.work, filepath.Join(o.work, "repo-profile"), "", o.encrypt)
 	if err := t.Reset(ctx); err != nil {
 		return err
 	}

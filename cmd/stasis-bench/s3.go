@@ -9,9 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -30,236 +28,229 @@ var s3Scenarios = []string{scInitial, scUnchanged, scRestore}
 // s3Bucket is the bucket every S3 repository of a run gets a prefix in.
 const s3Bucket = "stasis-bench"
 
+// s3Columns are the figures of s3's tables.
+var s3Columns = append(costColumns[:len(costColumns):len(costColumns)],
+	column{head: "repository MiB", format: "%.2f", value: func(s Sample) float64 { return float64(s.Size) / (1 << 20) },
+		absent: func(_ string, m Sample) bool { return m.Size < 0 }},
+)
+
 // s3Backend is where one table's repositories live.
 type s3Backend struct {
 	name string // "local" or "s3"
 	desc string // for the table's heading
 }
 
-// s3Sample is a Sample and the repository size after the command (-1 for a
-// restore).
-type s3Sample struct {
-	Sample
-	Size int64
+// s3Run is one run of the s3 subcommand: the server, the tools and every
+// sample taken of them.
+type s3Run struct {
+	o      options
+	w      Workload
+	base   string // the work directory of the run
+	srv    *backendtest.SeaweedServer
+	log    func(string, ...any)
+	picks  []pick
+	notes  []toolNote         // a tool's first setup's
+	all    map[string]results // by backend name
+	resets int                // S3 repositories made: the prefixes are numbered
 }
 
-// s3Results holds every sample of one backend: scenario → tool → runs.
-type s3Results map[string]map[string][]s3Sample
-
-func (r s3Results) add(sc, tool string, s s3Sample) {
-	if r[sc] == nil {
-		r[sc] = map[string][]s3Sample{}
-	}
-	r[sc][tool] = append(r[sc][tool], s)
-}
-
-func runS3(ctx context.Context, o options, stdout io.Writer, log func(string, ...any)) (err error) {
-	w := o.workload()
-	base := filepath.Join(o.work, "s3")
-	var names, missing []string
-	var stasisBin, resticBin string
-	for _, name := range strings.Split(o.tools, ",") {
-		switch name = strings.TrimSpace(name); name {
-		case "stasis":
-			if stasisBin, err = buildStasis(ctx, o); err != nil {
-				return err
-			}
-			names = append(names, name)
-		case "restic":
-			if resticBin, err = exec.LookPath("restic"); err != nil {
-				missing = append(missing, "restic (not on PATH: `apt-get install restic`)")
-			} else {
-				names = append(names, name)
-			}
-		case "borg":
-			// No S3 backend: not part of this comparison (see the notes).
-		default:
-			return fmt.Errorf("--tools: unknown tool %q (stasis, restic)", name)
-		}
-	}
-	for _, m := range missing {
-		log("peer missing, continuing without it: %s", m)
-	}
-	if len(names) == 0 {
-		return fmt.Errorf("no tool to run (s3 runs stasis and restic)")
-	}
-
-	start := time.Now()
-	loadBefore := loadAvg()
-	total, err := readyWorkload(w, start, log)
+func runS3(ctx context.Context, o options, stdout io.Writer, log func(string, ...any)) error {
+	o.encrypt = true // both tools encrypt: stasis with a password
+	picks, missing, err := pickTools(ctx, o, true, log)
 	if err != nil {
 		return err
 	}
+	if len(picks) == 0 {
+		return fmt.Errorf("no tool to run (s3 runs %s)", andList(toolNames(true)))
+	}
+	r := &s3Run{o: o, w: o.workload(), base: filepath.Join(o.work, "s3"), log: log, picks: picks, all: map[string]results{}}
 
+	start := time.Now()
+	loadBefore := loadAvg()
+	total, err := readyWorkload(r.w, start, log)
+	if err != nil {
+		return err
+	}
 	weedBin, _, err := backendtest.WeedBinary()
 	if err != nil {
 		return fmt.Errorf("SeaweedFS: %w", err)
 	}
-	srv, err := backendtest.StartSeaweed(1)
-	if err != nil {
+	if r.srv, err = startS3Server(ctx, log); err != nil {
 		return err
 	}
 	// Stopped on every return, an error or a cancelled context (Ctrl-C,
 	// SIGTERM: main's context) included. Should the harness die without
 	// it, weed gets SIGKILL (Pdeathsig) and the next start removes its
 	// directory.
-	defer srv.Stop()
-	log("SeaweedFS S3 on %s (data in %s), ready after %s", srv.Endpoint, srv.Dir, srv.Startup.Round(time.Millisecond))
-	if err := srv.Client().MakeBucket(ctx, s3Bucket, minio.MakeBucketOptions{Region: backendtest.SeaweedRegion}); err != nil {
-		return fmt.Errorf("SeaweedFS: create bucket %s: %w", s3Bucket, err)
-	}
+	defer r.srv.Stop()
 
-	if err := os.MkdirAll(base, 0o755); err != nil {
+	if err := os.MkdirAll(r.base, 0o755); err != nil {
 		return err
 	}
 	backends := []s3Backend{
-		{"local", fmt.Sprintf("local directory (%s)", disk(base))},
-		{"s3", fmt.Sprintf("SeaweedFS S3 on loopback (`s3:http://%s/%s/PREFIX`, data on %s)", srv.Endpoint, s3Bucket, disk(srv.Dir))},
+		{"local", fmt.Sprintf("local directory (%s)", disk(r.base))},
+		{"s3", fmt.Sprintf("SeaweedFS S3 on loopback (`s3:http://%s/%s/PREFIX`, data on %s)", r.srv.Endpoint, s3Bucket, disk(r.srv.Dir))},
 	}
-	versions := map[string]string{}
-	settings := map[string]string{}
-	all := map[string]s3Results{}
-	resets := 0
 	for _, be := range backends {
-		res := s3Results{}
-		all[be.name] = res
-		var tools []*Tool
-		for _, name := range names {
-			dir := filepath.Join(base, be.name)
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return err
-			}
-			var t *Tool
-			if name == "stasis" {
-				t = newStasis(ctx, stasisBin, dir, true)
-				cache := filepath.Join(dir, "cache-stasis")
-				t.Scratch = append(t.Scratch, cache)
-				t.Env = append(t.Env, "STASIS_CACHE_DIR="+cache)
-				t.Settings = strings.Replace(t.Settings, "no cache", "local cache in the work directory (STASIS_CACHE_DIR; not counted in the repository size)", 1)
-			} else {
-				t = newRestic(resticBin, dir)
-				t.Settings = strings.Replace(t.Settings, "not counted in growth", "RESTIC_CACHE_DIR in the work directory; not counted in the repository size", 1)
-			}
-			if _, ok := versions[name]; !ok {
-				versions[name] = t.Version(ctx, "version")
-				settings[name] = t.Settings
-			}
-			tools = append(tools, t)
-		}
-		for r := 0; r < o.runs; r++ {
-			for _, t := range tools {
-				name := t.Name
-				// size is the repository's size: du of the directory, or
-				// the sum of the object sizes under the prefix.
-				var size func() (int64, error)
-				if be.name == "local" {
-					if err := t.Reset(ctx); err != nil {
-						return err
-					}
-					size = func() (int64, error) { return diskUsage(t.Repo) }
-				} else {
-					resets++
-					prefix := fmt.Sprintf("%s-%d", name, resets)
-					tg, err := srv.Target(s3Bucket, prefix)
-					if err != nil {
-						return err
-					}
-					if err := resetS3(ctx, t, tg); err != nil {
-						return err
-					}
-					size = func() (int64, error) { return objectBytes(ctx, srv.Client(), s3Bucket, prefix+"/") }
-				}
-				measureOne := func(sc string, cmd *exec.Cmd, repoSize bool) error {
-					if o.cold {
-						if err := dropCaches(); err != nil {
-							return err
-						}
-					}
-					s, err := measure(cmd)
-					if err != nil {
-						return fmt.Errorf("%s, %s, %s: %w", be.name, sc, t.Name, err)
-					}
-					ss := s3Sample{Sample: s, Size: -1}
-					if repoSize {
-						if ss.Size, err = size(); err != nil {
-							return err
-						}
-					}
-					repo := "—"
-					if repoSize {
-						repo = mib(ss.Size)
-					}
-					log("%-5s %-26s %-6s wall %6.2fs cpu %6.2fs rss %7s repo %9s", be.name, sc, t.Name, s.Wall.Seconds(), s.CPU.Seconds(), mib(s.MaxRSS), repo)
-					res.add(sc, t.Name, ss)
-					return nil
-				}
-				if err := measureOne(scInitial, t.Backup(ctx, w.Root), true); err != nil {
-					return err
-				}
-				if err := measureOne(scUnchanged, t.Backup(ctx, w.Root), true); err != nil {
-					return err
-				}
-				target := filepath.Join(base, "restore-"+t.Name)
-				if err := os.RemoveAll(target); err != nil {
-					return err
-				}
-				if err := os.MkdirAll(target, 0o755); err != nil {
-					return err
-				}
-				syscall.Sync() // as in run: no tool pays for another's cleanup
-				if err := measureOne(scRestore, t.Restore(ctx, target, ""), false); err != nil {
-					return err
-				}
-				if err := verifyRestore(w.Root, filepath.Join(target, w.Root), false); err != nil {
-					return fmt.Errorf("%s: %s by %s is wrong: %w", be.name, scRestore, t.Name, err)
-				}
-				if err := os.RemoveAll(target); err != nil {
-					return err
-				}
-			}
+		if err := r.measureBackend(ctx, be); err != nil {
+			return err
 		}
 	}
 	log("done in %s", time.Since(start).Round(time.Second))
+	weed := fmt.Sprintf("%s, `%s`", weedVersion(ctx, weedBin), filepath.Base(weedBin))
+	return o.publish(stdout, r.report(total, loadBefore, weed, missing, backends))
+}
 
-	var rep bytes.Buffer
-	fmt.Fprintf(&rep, "Command: `%s`\n\n", commandLine())
-	fmt.Fprintf(&rep, "Machine: %s; work directory on %s. Go %s.\n\n", machine(), disk(o.work), strings.TrimPrefix(runtimeVersion(), "go"))
-	fmt.Fprintf(&rep, "Workload (seed %d): X500.db %s (%d pages of 4 KiB), transaction log %s, %d small LDIF/config files; %s in all.\n\n",
-		w.Seed, mib(w.DBSize), w.pages(), mib(w.LogSize), w.Files, mib(total))
-	cache := "warm (the tree was read once before the first run; the repositories were just written)"
-	if o.cold {
-		cache = "cold (`echo 3 > /proc/sys/vm/drop_caches` before every measured command)"
+// startS3Server starts the SeaweedFS of the run, with the bucket s3Bucket.
+// The caller stops it.
+func startS3Server(ctx context.Context, log func(string, ...any)) (*backendtest.SeaweedServer, error) {
+	srv, err := backendtest.StartSeaweed(1)
+	if err != nil {
+		return nil, err
 	}
-	fmt.Fprintf(&rep, "Every run of a tool starts from a fresh, empty repository (local: a new directory; S3: a new prefix in bucket %s) and an empty client cache, "+
-		"then takes the initial backup, the re-backup with nothing changed and the full restore (into an empty directory, checked against the tree). "+
-		"Page cache: %s. Median of %d runs per figure. Load average (1, 5, 15 min) before: %s; after: %s "+
-		"(above the number of CPUs, other processes competed for them: wall times are inflated, CPU times much less so).\n\n",
-		s3Bucket, cache, o.runs, loadBefore, loadAvg())
-	for _, name := range names {
-		fmt.Fprintf(&rep, "- %s (%s): %s\n", name, versions[name], settings[name])
+	log("SeaweedFS S3 on %s (data in %s), ready after %s", srv.Endpoint, srv.Dir, srv.Startup.Round(time.Millisecond))
+	if err := srv.Client().MakeBucket(ctx, s3Bucket, minio.MakeBucketOptions{Region: backendtest.SeaweedRegion}); err != nil {
+		srv.Stop()
+		return nil, fmt.Errorf("SeaweedFS: create bucket %s: %w", s3Bucket, err)
 	}
-	for _, m := range missing {
-		fmt.Fprintf(&rep, "- missing, not run: %s\n", m)
+	return srv, nil
+}
+
+// measureBackend sets the tools up on backend be and measures each of
+// them --runs times through the scenarios.
+func (r *s3Run) measureBackend(ctx context.Context, be s3Backend) error {
+	res := results{}
+	r.all[be.name] = res
+	dir := filepath.Join(r.base, be.name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
 	}
-	fmt.Fprintf(&rep, "- SeaweedFS (%s, `%s`): `weed server` with master, one volume server, filer and S3 gateway in one process on 127.0.0.1, started for this run and stopped after it; "+
-		"the tools get AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION=%s. Its CPU time and memory are not in the figures (it is not a child of the measured command).\n",
-		weedVersion(ctx, weedBin), filepath.Base(weedBin), backendtest.SeaweedRegion)
-	fmt.Fprintf(&rep, "- borg is not compared here: it has no S3 backend.\n")
-	fmt.Fprintf(&rep, "\nRepository size: local, du of the repository directory (allocated blocks, directories included: restic's 256 data/ subdirectories "+
-		"alone take about 1 MiB on ext4, which shows on a small workload); S3, the sum of the object sizes under the prefix (ListObjects). "+
-		"The client caches are not counted. Both tools keep their caches between the commands of a run: the re-backup and the restore read them.\n\n")
-	fmt.Fprintf(&rep, "Peak RSS of the harness itself: %s (a child's ru_maxrss starts at its parent's peak on Linux, so no figure below can be smaller).\n", mib(selfPeakRSS()))
-	for _, be := range backends {
-		fmt.Fprintf(&rep, "\n### %s\n\n", be.desc)
-		writeS3Table(&rep, all[be.name], names)
+	var tools []*Tool
+	for _, p := range r.picks {
+		t := p.tool(ctx, dir, r.o)
+		if !slices.ContainsFunc(r.notes, func(n toolNote) bool { return n.name == t.Name }) {
+			r.notes = append(r.notes, toolNote{t.Name, t.Version(ctx), t.S3Settings})
+		}
+		tools = append(tools, t)
 	}
-	stdout.Write(rep.Bytes())
-	if o.out != "" {
-		if err := os.WriteFile(o.out, rep.Bytes(), 0o644); err != nil {
-			return fmt.Errorf("write report: %w", err)
+	for run := 0; run < r.o.runs; run++ {
+		for _, t := range tools {
+			if err := r.measureTool(ctx, be, t, res); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// measureTool takes one run of t on be: a fresh repository, the initial
+// backup, the re-backup and the full restore (checked).
+func (r *s3Run) measureTool(ctx context.Context, be s3Backend, t *Tool, res results) error {
+	size, err := r.reset(ctx, be, t)
+	if err != nil {
+		return err
+	}
+	if err := r.measure(be, scInitial, t, t.Backup(ctx, r.w.Root), size, res); err != nil {
+		return err
+	}
+	if err := r.measure(be, scUnchanged, t, t.Backup(ctx, r.w.Root), size, res); err != nil {
+		return err
+	}
+	target := filepath.Join(r.base, "restore-"+t.Name)
+	if err := freshTarget(target); err != nil {
+		return err
+	}
+	if err := r.measure(be, scRestore, t, t.Restore(ctx, target, ""), nil, res); err != nil {
+		return err
+	}
+	if err := verifyRestore(r.w.Root, filepath.Join(target, r.w.Root), false); err != nil {
+		return fmt.Errorf("%s: %s by %s is wrong: %w", be.name, scRestore, t.Name, err)
+	}
+	return os.RemoveAll(target)
+}
+
+// reset gives t a fresh, empty repository on be and returns how to take its
+// size: du of the directory, or the sum of the object sizes under the
+// prefix.
+func (r *s3Run) reset(ctx context.Context, be s3Backend, t *Tool) (size func() (int64, error), err error) {
+	if be.name == "local" {
+		if err := t.Reset(ctx); err != nil {
+			return nil, err
+		}
+		return func() (int64, error) { return diskUsage(t.Repo) }, nil
+	}
+	r.resets++
+	prefix := fmt.Sprintf("%s-%d", t.Name, r.resets)
+	tg, err := r.srv.Target(s3Bucket, prefix)
+	if err != nil {
+		return nil, err
+	}
+	if err := resetS3(ctx, t, tg); err != nil {
+		return nil, err
+	}
+	return func() (int64, error) { return objectBytes(ctx, r.srv.Client(), s3Bucket, prefix+"/") }, nil
+}
+
+// measure runs cmd, scenario sc of t on be, and records its sample with the
+// repository's size after it (size; nil for none).
+func (r *s3Run) measure(be s3Backend, sc string, t *Tool, cmd *exec.Cmd, size func() (int64, error), res results) error {
+	s, err := measureCold(r.o, cmd)
+	if err != nil {
+		return fmt.Errorf("%s, %s, %s: %w", be.name, sc, t.Name, err)
+	}
+	s.Size = -1
+	repo := "—"
+	if size != nil {
+		if s.Size, err = size(); err != nil {
+			return err
+		}
+		repo = mib(s.Size)
+	}
+	r.log("%-5s %-26s %-6s wall %6.2fs cpu %6.2fs rss %7s repo %9s", be.name, sc, t.Name, s.Wall.Seconds(), s.CPU.Seconds(), mib(s.MaxRSS), repo)
+	res.add(sc, t.Name, s)
+	return nil
+}
+
+// report is the markdown report of the run: the setting, then a table per
+// backend. weed describes the SeaweedFS binary.
+func (r *s3Run) report(total int64, loadBefore, weed string, missing []string, backends []s3Backend) []byte {
+	var rep bytes.Buffer
+	writeHeader(&rep, r.o)
+	fmt.Fprintf(&rep, "%s\n\n", r.w.describe(total))
+	fmt.Fprintf(&rep, "Every run of a tool starts from a fresh, empty repository (local: a new directory; S3: a new prefix in bucket %s) and an empty client cache, "+
+		"then takes the initial backup, the re-backup with nothing changed and the full restore (into an empty directory, checked against the tree). ", s3Bucket)
+	rep.WriteString(pageCacheNote(r.o, loadBefore))
+	writeToolNotes(&rep, r.notes, missing)
+	fmt.Fprintf(&rep, "- SeaweedFS (%s): `weed server` with master, one volume server, filer and S3 gateway in one process on 127.0.0.1, started for this run and stopped after it; "+
+		"the tools get AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION=%s. Its CPU time and memory are not in the figures (it is not a child of the measured command).\n",
+		weed, backendtest.SeaweedRegion)
+	for _, p := range peers {
+		if !p.s3 {
+			fmt.Fprintf(&rep, "- %s is not compared here: it has no S3 backend.\n", p.name)
+		}
+	}
+	fmt.Fprintf(&rep, "\nRepository size: local, du of the repository directory (allocated blocks, directories included: restic's 256 data/ subdirectories "+
+		"alone take about 1 MiB on ext4, which shows on a small workload); S3, the sum of the object sizes under the prefix (ListObjects). "+
+		"The client caches are not counted. Both tools keep their caches between the commands of a run: the re-backup and the restore read them.\n\n")
+	fmt.Fprintf(&rep, "%s\n", harnessRSS())
+	var names []string
+	for _, p := range r.picks {
+		names = append(names, p.name)
+	}
+	for _, be := range backends {
+		fmt.Fprintf(&rep, "\n### %s\n\n", be.desc)
+		writeComparison(&rep, r.all[be.name], s3Scenarios, names, s3Columns)
+		fmt.Fprintln(&rep, "\nIn parentheses: stasis ÷ restic (below 1: stasis is faster or smaller). Repository: its size after the command.")
+	}
+	return rep.Bytes()
+}
+
+// andList joins names as "a, b and c".
+func andList(names []string) string {
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
 }
 
 // resetS3 points t at the (fresh, empty) S3 target tg, empties its caches
@@ -301,61 +292,4 @@ func weedVersion(ctx context.Context, bin string) string {
 		return "unknown (" + err.Error() + ")"
 	}
 	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
-}
-
-// writeS3Table prints one backend's markdown table; restic's cells show its
-// figure and, in parentheses, stasis ÷ restic.
-func writeS3Table(w io.Writer, res s3Results, names []string) {
-	fmt.Fprintln(w, "| scenario | tool | wall s | CPU s (user+sys) | peak RSS MiB | repository MiB |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|")
-	for _, sc := range s3Scenarios {
-		base, haveBase := res[sc]["stasis"]
-		var b s3Sample
-		if haveBase {
-			b = medianS3(base)
-		}
-		for _, name := range names {
-			ss, ok := res[sc][name]
-			if !ok {
-				continue
-			}
-			m := medianS3(ss)
-			cell := func(v, bv float64, format string) string {
-				s := fmt.Sprintf(format, v)
-				if haveBase && name != "stasis" && v > 0 {
-					s += fmt.Sprintf(" (%.2f)", bv/v)
-				}
-				return s
-			}
-			size := "—"
-			if m.Size >= 0 {
-				size = cell(float64(m.Size)/(1<<20), float64(b.Size)/(1<<20), "%.2f")
-			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", sc, name,
-				cell(m.Wall.Seconds(), b.Wall.Seconds(), "%.2f"),
-				cell(m.CPU.Seconds(), b.CPU.Seconds(), "%.2f"),
-				cell(float64(m.MaxRSS)/(1<<20), float64(b.MaxRSS)/(1<<20), "%.0f"),
-				size)
-		}
-	}
-	fmt.Fprintln(w, "\nIn parentheses: stasis ÷ restic (below 1: stasis is faster or smaller). Repository: its size after the command.")
-}
-
-// medianS3 is median with the repository size's median too.
-func medianS3(ss []s3Sample) s3Sample {
-	plain := make([]Sample, len(ss))
-	sizes := make([]int64, len(ss))
-	for i, s := range ss {
-		plain[i], sizes[i] = s.Sample, s.Size
-	}
-	sort.Slice(sizes, func(i, j int) bool { return sizes[i] < sizes[j] })
-	m := s3Sample{Sample: median(plain)}
-	switch {
-	case len(sizes) == 0:
-	case len(sizes)%2 == 1:
-		m.Size = sizes[len(sizes)/2]
-	default:
-		m.Size = (sizes[len(sizes)/2-1] + sizes[len(sizes)/2]) / 2
-	}
-	return m
 }

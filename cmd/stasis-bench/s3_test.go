@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os/exec"
 	"strings"
 	"testing"
 
@@ -13,12 +12,7 @@ import (
 // from this module, on a local directory and on a SeaweedFS the run starts
 // (skipped without a weed binary).
 func TestS3StasisOnly(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds stasis and starts SeaweedFS")
-	}
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("go toolchain not on PATH: needed to build stasis")
-	}
+	skipUnlessLong(t, "builds stasis and starts SeaweedFS")
 	if _, explicit, err := backendtest.WeedBinary(); err != nil {
 		if explicit {
 			t.Fatal(err)

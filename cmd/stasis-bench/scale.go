@@ -106,29 +106,41 @@ func lookupRate(ix *index.Index, ids []blob.ID, workers int) (rate float64, foun
 // with the same backup into one whose index holds o.chunks synthetic
 // entries, and reports the bbolt lookup rate of the large index.
 func runScale(ctx context.Context, o options, stdout io.Writer, log func(string, ...any)) error {
-	w := o.workload()
-	if _, err := w.Generate(); err != nil {
-		return err
-	}
-	if _, err := warm(w.Root); err != nil {
-		return err
-	}
-	bin, err := buildStasis(ctx, o)
+	w, bin, err := readyStasis(ctx, o)
 	if err != nil {
 		return err
 	}
 	dir := filepath.Join(o.work, "scale")
 	os.RemoveAll(dir)
 	tplEmpty, tplBig := filepath.Join(dir, "tpl-empty"), filepath.Join(dir, "tpl-big")
-	t := newStasis(ctx, bin, dir, o.encrypt)
-	t.Repo = tplEmpty
-	t.Env = append(t.Env, "STASIS_REPO="+tplEmpty, "STASIS_CACHE_DIR="+tplEmpty+".cache")
-	if err := t.Reset(ctx); err != nil {
+	lookups, err := makeScaleTemplates(ctx, o, bin, dir, tplEmpty, tplBig, log)
+	if err != nil {
 		return err
 	}
-	// Same config (polynomial, keys) for both: copy the empty repository.
-	if out, err := exec.CommandContext(ctx, "cp", "-a", tplEmpty, tplBig).CombinedOutput(); err != nil {
-		return fmt.Errorf("copy repository: %w: %s", err, out)
+	kinds := []scaleKind{{"empty", tplEmpty}, {fmt.Sprintf("%d chunks", o.chunks), tplBig}}
+	res, err := scaleBackups(ctx, o, w, bin, dir, kinds, log)
+	if err != nil {
+		return err
+	}
+	writeScaleReport(stdout, o, w, kinds, res, lookups)
+	return nil
+}
+
+// scaleKind is one of the repositories scale backs up into, copied afresh
+// from its template for every backup.
+type scaleKind struct{ name, tpl string }
+
+// makeScaleTemplates creates the empty repository tplEmpty and its copy
+// tplBig (same config: polynomial, keys), whose index it fills with
+// o.chunks synthetic entries. It returns what the filling child printed:
+// the fill time and the lookup rates.
+func makeScaleTemplates(ctx context.Context, o options, bin, dir, tplEmpty, tplBig string, log func(string, ...any)) (lookups []byte, err error) {
+	t := stasisAt(ctx, bin, dir, tplEmpty, tplEmpty+".cache", o.encrypt)
+	if err := t.Reset(ctx); err != nil {
+		return nil, err
+	}
+	if err := copyTree(ctx, tplEmpty, tplBig); err != nil {
+		return nil, err
 	}
 	os.MkdirAll(tplBig+".cache", 0o700)
 	// Fill and time lookups in a child process: a child's ru_maxrss starts
@@ -137,67 +149,84 @@ func runScale(ctx context.Context, o options, stdout io.Writer, log func(string,
 	log("filling %s with %d synthetic index entries (child process)", tplBig, o.chunks)
 	self, err := os.Executable()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var fillOut bytes.Buffer
 	fc := exec.CommandContext(ctx, self, "fill-index", "--work", tplBig, "--chunks", fmt.Sprint(o.chunks), "--seed", fmt.Sprint(o.seed))
 	fc.Stdout, fc.Stderr = &fillOut, os.Stderr
 	if err := fc.Run(); err != nil {
-		return fmt.Errorf("fill index: %w", err)
+		return nil, fmt.Errorf("fill index: %w", err)
 	}
 	log("%s", bytes.TrimSpace(fillOut.Bytes()))
+	return fillOut.Bytes(), nil
+}
 
-	ixSize := func(d string) int64 {
-		m, _ := filepath.Glob(filepath.Join(d+".cache", "*", "index.db"))
-		if len(m) == 0 {
-			return 0
-		}
-		st, err := os.Stat(m[0])
-		if err != nil {
-			return 0
-		}
-		return st.Size()
-	}
+// scaleBackups measures --runs backups of the workload into a fresh copy of
+// each kind's repository: kind name → samples.
+func scaleBackups(ctx context.Context, o options, w Workload, bin, dir string, kinds []scaleKind, log func(string, ...any)) (map[string][]Sample, error) {
 	res := map[string][]Sample{}
-	kinds := []struct{ name, tpl string }{{"empty", tplEmpty}, {fmt.Sprintf("%d chunks", o.chunks), tplBig}}
+	work := filepath.Join(dir, "repo")
 	for run := 0; run < o.runs; run++ {
 		for _, k := range kinds {
-			work := filepath.Join(dir, "repo")
 			os.RemoveAll(work)
 			os.RemoveAll(work + ".cache")
 			for _, d := range []string{"", ".cache"} {
-				if out, err := exec.CommandContext(ctx, "cp", "-a", k.tpl+d, work+d).CombinedOutput(); err != nil {
-					return fmt.Errorf("copy repository: %w: %s", err, out)
+				if err := copyTree(ctx, k.tpl+d, work+d); err != nil {
+					return nil, err
 				}
 			}
-			bt := newStasis(ctx, bin, dir, o.encrypt)
-			bt.Repo = work
-			bt.Env = append(bt.Env, "STASIS_REPO="+work, "STASIS_CACHE_DIR="+work+".cache")
+			bt := stasisAt(ctx, bin, dir, work, work+".cache", o.encrypt)
 			s, err := measure(bt.Backup(ctx, w.Root))
 			if err != nil {
-				return fmt.Errorf("scale backup into %s repository: %w", k.name, err)
+				return nil, fmt.Errorf("scale backup into %s repository: %w", k.name, err)
 			}
 			log("backup into %-16s wall %6.2fs cpu %6.2fs rss %s", k.name, s.Wall.Seconds(), s.CPU.Seconds(), mib(s.MaxRSS))
 			res[k.name] = append(res[k.name], s)
 		}
 	}
-	os.RemoveAll(filepath.Join(dir, "repo"))
-	os.RemoveAll(filepath.Join(dir, "repo.cache"))
+	os.RemoveAll(work)
+	os.RemoveAll(work + ".cache")
+	return res, nil
+}
 
+// writeScaleReport prints scale's report: the setting, the table of
+// backups and the lookup rates.
+func writeScaleReport(stdout io.Writer, o options, w Workload, kinds []scaleKind, res map[string][]Sample, lookups []byte) {
 	fmt.Fprintf(stdout, "Command: `%s`\n\nMachine: %s. Workload: as above (X500.db %s, %d files, seed %d). Page cache warm; median of %d runs.\n\n",
 		commandLine(), machine(), mib(w.DBSize), w.Files, w.Seed, o.runs)
 	fmt.Fprintf(stdout, "The large repository is the empty one (same config) with index files naming %d synthetic data-blob entries "+
 		"(random 32-byte ids in id order, 1,000 per fake pack, 100 packs per index file, in a child process) and a client cache "+
-		"built from them (cache index.db %s, plus its filter). No pack files back them: the backup only looks them up.\n\n", o.chunks, mib(ixSize(tplBig)))
+		"built from them (cache index.db %s, plus its filter). No pack files back them: the backup only looks them up.\n\n", o.chunks, mib(cacheIndexSize(kinds[1].tpl)))
 	fmt.Fprintln(stdout, "| repository | cache index.db MiB | backup wall s | CPU s | peak RSS MiB | RSS vs empty |")
 	fmt.Fprintln(stdout, "|---|---:|---:|---:|---:|---:|")
 	base := median(res[kinds[0].name])
 	for _, k := range kinds {
 		m := median(res[k.name])
-		fmt.Fprintf(stdout, "| %s | %.1f | %.2f | %.2f | %.0f | %+.0f%% |\n", k.name, float64(ixSize(k.tpl))/(1<<20),
+		fmt.Fprintf(stdout, "| %s | %.1f | %.2f | %.2f | %.0f | %+.0f%% |\n", k.name, float64(cacheIndexSize(k.tpl))/(1<<20),
 			m.Wall.Seconds(), m.CPU.Seconds(), float64(m.MaxRSS)/(1<<20), 100*(float64(m.MaxRSS)/float64(base.MaxRSS)-1))
 	}
-	fmt.Fprintf(stdout, "\nbbolt lookup rate of the large index (index.Has, one read transaction per lookup, 1,048,576 lookups):\n\n%s", fillOut.String())
+	fmt.Fprintf(stdout, "\nbbolt lookup rate of the large index (index.Has, one read transaction per lookup, 1,048,576 lookups):\n\n%s", lookups)
+}
+
+// cacheIndexSize is the size of the cache's index.db of the repository
+// repo (its cache in repo.cache), 0 when there is none.
+func cacheIndexSize(repo string) int64 {
+	m, _ := filepath.Glob(filepath.Join(repo+".cache", "*", "index.db"))
+	if len(m) == 0 {
+		return 0
+	}
+	st, err := os.Stat(m[0])
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// copyTree copies the repository (or cache) from to to, with `cp -a`.
+func copyTree(ctx context.Context, from, to string) error {
+	if out, err := exec.CommandContext(ctx, "cp", "-a", from, to).CombinedOutput(); err != nil {
+		return fmt.Errorf("copy repository: %w: %s", err, out)
+	}
 	return nil
 }
 

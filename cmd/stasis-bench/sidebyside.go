@@ -8,10 +8,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
 )
+
+// The run subcommand: stasis and its peers side by side through the
+// scenarios, on the work directory's file system.
 
 // Scenario names, in the order they run and are reported.
 const (
@@ -24,307 +25,171 @@ const (
 
 var scenarios = []string{scInitial, scUnchanged, scDaily, scRestore, scSingle}
 
-// results holds every sample: scenario → tool → runs.
-type results map[string]map[string][]Sample
+// sideBySideColumns are the figures of run's table.
+var sideBySideColumns = append(costColumns[:len(costColumns):len(costColumns)],
+	column{head: "read MiB (rchar)", format: "%.0f", value: func(s Sample) float64 { return float64(s.RChar) / (1 << 20) }},
+	column{head: "repo growth MiB", format: "%.2f", value: func(s Sample) float64 { return float64(s.Growth) / (1 << 20) },
+		absent: func(sc string, _ Sample) bool { return sc == scRestore || sc == scSingle }},
+)
 
-func (r results) add(sc, tool string, s Sample) {
-	if r[sc] == nil {
-		r[sc] = map[string][]Sample{}
-	}
-	r[sc][tool] = append(r[sc][tool], s)
+// sideBySide is one run of the run subcommand: the tools and every sample
+// taken of them.
+type sideBySide struct {
+	o     options
+	w     Workload
+	tools []*Tool
+	notes []toolNote
+	res   results
+	log   func(string, ...any)
 }
 
 func runSideBySide(ctx context.Context, o options, stdout io.Writer, log func(string, ...any)) error {
-	w := o.workload()
-	var tools []*Tool
-	var missing []string
-	for _, name := range strings.Split(o.tools, ",") {
-		switch strings.TrimSpace(name) {
-		case "stasis":
-			bin, err := buildStasis(ctx, o)
-			if err != nil {
-				return err
-			}
-			tools = append(tools, newStasis(ctx, bin, o.work, o.encrypt))
-		case "restic":
-			if bin, err := exec.LookPath("restic"); err != nil {
-				missing = append(missing, "restic (not on PATH: `apt-get install restic`)")
-			} else {
-				tools = append(tools, newRestic(bin, o.work))
-			}
-		case "borg":
-			if bin, err := exec.LookPath("borg"); err != nil {
-				missing = append(missing, "borg (not on PATH: `apt-get install borgbackup`)")
-			} else {
-				tools = append(tools, newBorg(bin, o.work, o.borgComp))
-			}
-		default:
-			return fmt.Errorf("--tools: unknown tool %q (stasis, restic, borg)", name)
-		}
+	picks, missing, err := pickTools(ctx, o, false, log)
+	if err != nil {
+		return err
 	}
-	for _, m := range missing {
-		log("peer missing, continuing without it: %s", m)
-	}
-	if len(tools) == 0 {
+	if len(picks) == 0 {
 		return fmt.Errorf("no tool to run")
 	}
-	versions := map[string]string{}
-	for _, t := range tools {
-		switch t.Name {
-		case "stasis":
-			versions[t.Name] = t.Version(ctx, "version")
-		case "restic":
-			versions[t.Name] = t.Version(ctx, "version")
-		case "borg":
-			versions[t.Name] = t.Version(ctx, "--version")
-		}
+	b := &sideBySide{o: o, w: o.workload(), res: results{}, log: log}
+	for _, p := range picks {
+		t := p.tool(ctx, o.work, o)
+		b.tools = append(b.tools, t)
+		b.notes = append(b.notes, toolNote{t.Name, t.Version(ctx), t.Settings})
 	}
 
 	start := time.Now()
 	loadBefore := loadAvg()
-	total, err := readyWorkload(w, start, log)
+	total, err := readyWorkload(b.w, start, log)
 	if err != nil {
 		return err
 	}
-
-	res := results{}
-	measureOne := func(sc string, t *Tool, cmd *exec.Cmd, repoGrowth bool) error {
-		var before int64
-		if repoGrowth {
-			var err error
-			if before, err = diskUsage(t.Repo); err != nil {
-				return err
-			}
-		}
-		if o.cold {
-			if err := dropCaches(); err != nil {
-				return err
-			}
-		}
-		s, err := measure(cmd)
-		if err != nil {
-			return fmt.Errorf("%s, %s: %w", sc, t.Name, err)
-		}
-		if repoGrowth {
-			after, err := diskUsage(t.Repo)
-			if err != nil {
-				return err
-			}
-			s.Growth = after - before
-		}
-		log("%-30s %-6s wall %6.2fs cpu %6.2fs rss %7s read %9s growth %9s", sc, t.Name, s.Wall.Seconds(), s.CPU.Seconds(), mib(s.MaxRSS), mib(s.RChar), mib(s.Growth))
-		res.add(sc, t.Name, s)
-		return nil
+	change, err := b.backups(ctx)
+	if err != nil {
+		return err
 	}
+	if err := b.restores(ctx); err != nil {
+		return err
+	}
+	log("done in %s", time.Since(start).Round(time.Second))
+	return o.publish(stdout, b.report(total, change, loadBefore, missing))
+}
 
-	for r := 0; r < o.runs; r++ {
-		for _, t := range tools {
+// backups measures the backup scenarios: every tool's initial backup into
+// a fresh repository, then the re-backups with nothing changed, then a
+// daily change (one per run) and the backups after it. It returns the
+// last daily change.
+func (b *sideBySide) backups(ctx context.Context) (Change, error) {
+	for r := 0; r < b.o.runs; r++ {
+		for _, t := range b.tools {
 			if err := t.Reset(ctx); err != nil {
-				return err
+				return Change{}, err
 			}
-			if err := measureOne(scInitial, t, t.Backup(ctx, w.Root), true); err != nil {
-				return err
+			if err := b.measure(scInitial, t, t.Backup(ctx, b.w.Root), true); err != nil {
+				return Change{}, err
 			}
 		}
 	}
-	for r := 0; r < o.runs; r++ {
-		for _, t := range tools {
-			if err := measureOne(scUnchanged, t, t.Backup(ctx, w.Root), true); err != nil {
-				return err
+	for r := 0; r < b.o.runs; r++ {
+		for _, t := range b.tools {
+			if err := b.measure(scUnchanged, t, t.Backup(ctx, b.w.Root), true); err != nil {
+				return Change{}, err
 			}
 		}
 	}
 	var change Change
-	for r := 0; r < o.runs; r++ {
-		if change, err = w.DailyChange(r + 1); err != nil {
-			return err
+	for r := 0; r < b.o.runs; r++ {
+		var err error
+		if change, err = b.w.DailyChange(r + 1); err != nil {
+			return change, err
 		}
-		for _, t := range tools {
-			if err := measureOne(scDaily, t, t.Backup(ctx, w.Root), true); err != nil {
-				return err
+		for _, t := range b.tools {
+			if err := b.measure(scDaily, t, t.Backup(ctx, b.w.Root), true); err != nil {
+				return change, err
 			}
 		}
 	}
+	return change, nil
+}
+
+// restores measures the full and the single-file restore of the latest
+// snapshot, each into an empty directory, and checks what the last run
+// restored.
+func (b *sideBySide) restores(ctx context.Context) error {
 	for _, sc := range []string{scRestore, scSingle} {
 		only := ""
 		if sc == scSingle {
-			only = w.DBPath()
+			only = b.w.DBPath()
 		}
-		for r := 0; r < o.runs; r++ {
-			for _, t := range tools {
-				target := filepath.Join(o.work, "restore-"+t.Name)
-				if err := os.RemoveAll(target); err != nil {
+		for r := 0; r < b.o.runs; r++ {
+			for _, t := range b.tools {
+				target := b.restoreTarget(t)
+				if err := freshTarget(target); err != nil {
 					return err
 				}
-				if err := os.MkdirAll(target, 0o755); err != nil {
+				if err := b.measure(sc, t, t.Restore(ctx, target, only), false); err != nil {
 					return err
 				}
-				// Let the file system finish deleting the previous restore
-				// (journal, discard) before the clock starts, so that no tool
-				// pays for another's cleanup.
-				syscall.Sync()
-				if err := measureOne(sc, t, t.Restore(ctx, target, only), false); err != nil {
-					return err
-				}
-				if r == o.runs-1 {
-					if err := verifyRestore(w.Root, filepath.Join(target, w.Root), only != ""); err != nil {
+				if r == b.o.runs-1 {
+					if err := verifyRestore(b.w.Root, filepath.Join(target, b.w.Root), only != ""); err != nil {
 						return fmt.Errorf("%s by %s is wrong: %w", sc, t.Name, err)
 					}
 				}
 			}
 		}
 	}
-	for _, t := range tools {
-		os.RemoveAll(filepath.Join(o.work, "restore-"+t.Name))
-	}
-	log("done in %s", time.Since(start).Round(time.Second))
-
-	var rep bytes.Buffer
-	fmt.Fprintf(&rep, "Command: `%s`\n\n", commandLine())
-	fmt.Fprintf(&rep, "Machine: %s; work directory on %s. Go %s.\n\n", machine(), disk(o.work), strings.TrimPrefix(runtimeVersion(), "go"))
-	fmt.Fprintf(&rep, "Workload (seed %d): X500.db %s (%d pages of 4 KiB), transaction log %s, %d small LDIF/config files; %s in all. ",
-		w.Seed, mib(w.DBSize), w.pages(), mib(w.LogSize), w.Files, mib(total))
-	fmt.Fprintf(&rep, "Daily change: %d page writes in %d runs of 1-16 pages, %d pages appended, %s of log, %d new files.\n\n",
-		change.PagesRewritten, change.Runs, change.PagesAppended, mib(change.LogAppended), change.FilesAdded)
-	cache := "warm (the tree was read once before the first run; the repositories were just written)"
-	if o.cold {
-		cache = "cold (`echo 3 > /proc/sys/vm/drop_caches` before every measured command)"
-	}
-	fmt.Fprintf(&rep, "Page cache: %s. Median of %d runs per figure. Load average (1, 5, 15 min) before: %s; after: %s "+
-		"(above the number of CPUs, other processes competed for them: wall times are inflated, CPU times much less so).\n\n",
-		cache, o.runs, loadBefore, loadAvg())
-	for _, t := range tools {
-		fmt.Fprintf(&rep, "- %s (%s): %s\n", t.Name, versions[t.Name], t.Settings)
-	}
-	for _, m := range missing {
-		fmt.Fprintf(&rep, "- missing, not run: %s\n", m)
-	}
-	fmt.Fprintf(&rep, "\nPeak RSS of the harness itself: %s (a child's ru_maxrss starts at its parent's peak on Linux, so no figure below can be smaller).\n\n", mib(selfPeakRSS()))
-	writeTable(&rep, res, tools)
-	stdout.Write(rep.Bytes())
-	if o.out != "" {
-		if err := os.WriteFile(o.out, rep.Bytes(), 0o644); err != nil {
-			return fmt.Errorf("write report: %w", err)
-		}
+	for _, t := range b.tools {
+		os.RemoveAll(b.restoreTarget(t))
 	}
 	return nil
 }
 
-// writeTable prints one markdown table; a peer's cell shows its figure and,
-// in parentheses, stasis ÷ peer.
-func writeTable(w io.Writer, res results, tools []*Tool) {
-	fmt.Fprintln(w, "| scenario | tool | wall s | CPU s (user+sys) | peak RSS MiB | read MiB (rchar) | repo growth MiB |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|")
-	for _, sc := range scenarios {
-		base, haveBase := res[sc]["stasis"]
-		var b Sample
-		if haveBase {
-			b = median(base)
-		}
-		for _, t := range tools {
-			ss, ok := res[sc][t.Name]
-			if !ok {
-				continue
-			}
-			m := median(ss)
-			cell := func(v, bv float64, format string) string {
-				s := fmt.Sprintf(format, v)
-				if haveBase && t.Name != "stasis" && v > 0 {
-					s += fmt.Sprintf(" (%.2f)", bv/v)
-				}
-				return s
-			}
-			growth := "—"
-			if sc != scRestore && sc != scSingle {
-				growth = cell(float64(m.Growth)/(1<<20), float64(b.Growth)/(1<<20), "%.2f")
-			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", sc, t.Name,
-				cell(m.Wall.Seconds(), b.Wall.Seconds(), "%.2f"),
-				cell(m.CPU.Seconds(), b.CPU.Seconds(), "%.2f"),
-				cell(float64(m.MaxRSS)/(1<<20), float64(b.MaxRSS)/(1<<20), "%.0f"),
-				cell(float64(m.RChar)/(1<<20), float64(b.RChar)/(1<<20), "%.0f"),
-				growth)
-		}
-	}
-	fmt.Fprintln(w, "\nIn parentheses: stasis ÷ peer (below 1: stasis is faster, smaller or reads less).")
+// restoreTarget is the directory t restores into.
+func (b *sideBySide) restoreTarget(t *Tool) string {
+	return filepath.Join(b.o.work, "restore-"+t.Name)
 }
 
-// verifyRestore compares the restored tree (or only X500.db) with the source.
-func verifyRestore(src, dst string, onlyDB bool) error {
-	if onlyDB {
-		return sameFile(filepath.Join(src, "X500.db"), filepath.Join(dst, "X500.db"))
-	}
-	n := 0
-	err := filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
+// measure runs cmd, scenario sc of t, and records its sample; growth: the
+// command writes to the repository, whose growth is part of the sample.
+func (b *sideBySide) measure(sc string, t *Tool, cmd *exec.Cmd, growth bool) error {
+	var before int64
+	if growth {
+		var err error
+		if before, err = diskUsage(t.Repo); err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(src, p)
-		n++
-		return sameFile(p, filepath.Join(dst, rel))
-	})
+	}
+	s, err := measureCold(b.o, cmd)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s, %s: %w", sc, t.Name, err)
 	}
-	m := 0
-	filepath.WalkDir(dst, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			m++
+	if growth {
+		after, err := diskUsage(t.Repo)
+		if err != nil {
+			return err
 		}
-		return nil
-	})
-	if m != n {
-		return fmt.Errorf("restored %d files, the source has %d", m, n)
+		s.Growth = after - before
 	}
+	b.log("%-30s %-6s wall %6.2fs cpu %6.2fs rss %7s read %9s growth %9s", sc, t.Name, s.Wall.Seconds(), s.CPU.Seconds(), mib(s.MaxRSS), mib(s.RChar), mib(s.Growth))
+	b.res.add(sc, t.Name, s)
 	return nil
 }
 
-func sameFile(a, b string) error {
-	fa, err := os.Open(a)
-	if err != nil {
-		return err
+// report is the markdown report of the run: the setting, then one table.
+func (b *sideBySide) report(total int64, change Change, loadBefore string, missing []string) []byte {
+	var rep bytes.Buffer
+	writeHeader(&rep, b.o)
+	fmt.Fprintf(&rep, "%s ", b.w.describe(total))
+	fmt.Fprintf(&rep, "Daily change: %d page writes in %d runs of 1-16 pages, %d pages appended, %s of log, %d new files.\n\n",
+		change.PagesRewritten, change.Runs, change.PagesAppended, mib(change.LogAppended), change.FilesAdded)
+	rep.WriteString(pageCacheNote(b.o, loadBefore))
+	writeToolNotes(&rep, b.notes, missing)
+	fmt.Fprintf(&rep, "\n%s\n\n", harnessRSS())
+	var names []string
+	for _, t := range b.tools {
+		names = append(names, t.Name)
 	}
-	defer fa.Close()
-	fb, err := os.Open(b)
-	if err != nil {
-		return fmt.Errorf("restored file missing: %w", err)
-	}
-	defer fb.Close()
-	ba, bb := make([]byte, 1<<20), make([]byte, 1<<20)
-	for off := int64(0); ; {
-		na, ea := io.ReadFull(fa, ba)
-		nb, _ := io.ReadFull(fb, bb)
-		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
-			return fmt.Errorf("%s differs from %s near offset %d", b, a, off)
-		}
-		if ea != nil {
-			return nil
-		}
-		off += int64(na)
-	}
-}
-
-func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
-
-func commandLine() string {
-	return "stasis-bench " + strings.Join(os.Args[1:], " ")
-}
-
-// readyWorkload generates the workload (or reuses it) and reads it once so
-// that every tool meets the same warm page cache; it returns its size.
-func readyWorkload(w Workload, start time.Time, log func(string, ...any)) (int64, error) {
-	log("generating workload in %s (X500.db %s, log %s, %d files, seed %d)", w.Root, mib(w.DBSize), mib(w.LogSize), w.Files, w.Seed)
-	reused, err := w.Generate()
-	if err != nil {
-		return 0, err
-	}
-	if reused {
-		log("workload reused (same parameters)")
-	}
-	total, err := warm(w.Root)
-	if err != nil {
-		return 0, fmt.Errorf("read workload: %w", err)
-	}
-	log("workload: %s in %d files, ready after %s", mib(total), w.Files+2, time.Since(start).Round(time.Second))
-	return total, nil
+	writeComparison(&rep, b.res, scenarios, names, sideBySideColumns)
+	fmt.Fprintln(&rep, "\nIn parentheses: stasis ÷ peer (below 1: stasis is faster, smaller or reads less).")
+	return rep.Bytes()
 }

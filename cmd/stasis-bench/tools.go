@@ -17,8 +17,12 @@ type Tool struct {
 	Repo     string   // repository directory (its du is the repository size)
 	Scratch  []string // caches and homes removed with the repository
 	Env      []string
-	Settings string // compression, encryption and caches, for the notes
+	Settings string // compression, encryption and caches, for the notes of run
+	// S3Settings is Settings for the notes of s3, which reports the
+	// repository's size rather than its growth.
+	S3Settings string
 
+	versionArgs []string // the arguments that print its version
 	initArgs    []string
 	backupArgs  func(n int) []string // n: the backup's sequence number
 	restoreArgs func(n int, target, only string) []string
@@ -78,8 +82,8 @@ func (t *Tool) Restore(ctx context.Context, target, only string) *exec.Cmd {
 }
 
 // Version asks the tool for its version line.
-func (t *Tool) Version(ctx context.Context, args ...string) string {
-	out, err := t.command(ctx, "", args...).Output()
+func (t *Tool) Version(ctx context.Context) string {
+	out, err := t.command(ctx, "", t.versionArgs...).Output()
 	if err != nil {
 		return "unknown (" + err.Error() + ")"
 	}
@@ -93,6 +97,7 @@ func newStasis(ctx context.Context, bin, work string, encrypt bool) *Tool {
 	cache := filepath.Join(work, "cache-stasis")
 	t := &Tool{Name: "stasis", Bin: bin, Repo: filepath.Join(work, "repo-stasis"), Scratch: []string{cache},
 		Env: []string{"STASIS_PASSWORD=stasis-bench", "STASIS_REPO=" + filepath.Join(work, "repo-stasis"), "STASIS_CACHE_DIR=" + cache}}
+	t.versionArgs = []string{"version"}
 	t.initArgs = []string{"init"}
 	help, _ := t.command(ctx, "", "init", "--help").CombinedOutput()
 	switch {
@@ -104,6 +109,7 @@ func newStasis(ctx context.Context, bin, work string, encrypt bool) *Tool {
 	default:
 		t.Settings = "zstd level 2 per blob (repository default); this stasis has no encryption; client cache in the work directory (not counted in growth)"
 	}
+	t.S3Settings = t.Settings
 	t.backupArgs = func(int) []string { return []string{"backup"} }
 	t.restoreArgs = func(_ int, target, only string) []string {
 		a := []string{"restore", "latest", "--target", target}
@@ -124,7 +130,9 @@ func newRestic(bin, work string) *Tool {
 	t := &Tool{Name: "restic", Bin: bin, Repo: filepath.Join(work, "repo-restic"), Scratch: []string{cache},
 		Env: []string{"RESTIC_REPOSITORY=" + filepath.Join(work, "repo-restic"), "RESTIC_PASSWORD_FILE=" + pass,
 			"RESTIC_CACHE_DIR=" + cache},
-		Settings: "repository version 2, `--compression auto` (its default: zstd, fastest level), AES-256-CTR + Poly1305 encryption (always on), local cache (not counted in growth)"}
+		Settings:   "repository version 2, `--compression auto` (its default: zstd, fastest level), AES-256-CTR + Poly1305 encryption (always on), local cache (not counted in growth)",
+		S3Settings: "repository version 2, `--compression auto` (its default: zstd, fastest level), AES-256-CTR + Poly1305 encryption (always on), local cache (RESTIC_CACHE_DIR in the work directory; not counted in the repository size)"}
+	t.versionArgs = []string{"version"}
 	t.initArgs = []string{"init", "--repository-version", "2"}
 	t.backupArgs = func(int) []string { return []string{"backup", "--quiet", "--host", "bench"} }
 	t.restoreArgs = func(_ int, target, only string) []string {
@@ -146,6 +154,7 @@ func newBorg(bin, work, compression string) *Tool {
 		Env: []string{"BORG_REPO=" + repo, "BORG_BASE_DIR=" + base, "BORG_PASSPHRASE=",
 			"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK=yes"},
 		Settings: fmt.Sprintf("`--encryption none`, `--compression %s` (borg's default is lz4), files and chunks cache under BORG_BASE_DIR (not counted in growth)", compression)}
+	t.versionArgs = []string{"--version"}
 	t.initArgs = []string{"init", "--encryption", "none"}
 	t.backupArgs = func(n int) []string {
 		return []string{"create", "--compression", compression, fmt.Sprintf("::run-%03d", n)}
@@ -156,6 +165,18 @@ func newBorg(bin, work, compression string) *Tool {
 			a = append(a, strings.TrimPrefix(only, "/"))
 		}
 		return a
+	}
+	return t
+}
+
+// stasisAt sets up stasis (newStasis) with its repository at repo and, when
+// cache is not "", its client cache at cache.
+func stasisAt(ctx context.Context, bin, work, repo, cache string, encrypt bool) *Tool {
+	t := newStasis(ctx, bin, work, encrypt)
+	t.Repo = repo
+	t.Env = append(t.Env, "STASIS_REPO="+repo)
+	if cache != "" {
+		t.Env = append(t.Env, "STASIS_CACHE_DIR="+cache)
 	}
 	return t
 }

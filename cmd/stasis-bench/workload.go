@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
 )
@@ -158,76 +159,8 @@ func (w Workload) DailyChange(day int) (Change, error) {
 	os.Remove(w.stampPath())
 	rng := rand.New(rand.NewSource(w.Seed*7919 + int64(day)))
 	var c Change
-	f, err := os.OpenFile(w.DBPath(), os.O_RDWR, 0)
-	if err != nil {
-		return c, fmt.Errorf("daily change: %w", err)
-	}
-	defer f.Close()
-	buf := make([]byte, zdb.PageSize)
-	if _, err := f.ReadAt(buf, 0); err != nil {
-		return c, fmt.Errorf("daily change: read header of %s: %w", w.DBPath(), err)
-	}
-	h, err := zdb.DecodeHeader(buf)
-	if err != nil {
-		return c, fmt.Errorf("daily change: %s: %w", w.DBPath(), err)
-	}
-	txID := uint64(day) << 32
-	var sum int64
-	last := -1
-	var sb strings.Builder
-	target := max(1, h.Pages/100)
-	for c.PagesRewritten < target {
-		run := min(1+rng.Intn(16), target-c.PagesRewritten, h.Pages)
-		start := 1 + rng.Intn(h.Pages-run+1)
-		for n := start; n < start+run; n++ {
-			p, err := readPage(f, buf, n)
-			if err != nil {
-				return c, fmt.Errorf("daily change: %s: %w", w.DBPath(), err)
-			}
-			txID++
-			d := rng.Int63n(2001) - 1000
-			sum += d
-			p.TxID, p.Balance = txID, p.Balance+d
-			sb.Reset()
-			zdb.Records(&sb, w.Seed+int64(day)*1_000_033+int64(c.PagesRewritten), n)
-			p.Body = []byte(sb.String())
-			zdb.EncodePage(buf, p)
-			if _, err := f.WriteAt(buf, int64(n)*zdb.PageSize); err != nil {
-				return c, fmt.Errorf("daily change: write %s page %d: %w", w.DBPath(), n, err)
-			}
-			last = n
-			c.PagesRewritten++
-		}
-		c.Runs++
-	}
-	// Give the last page written the opposite of the sum of all deltas.
-	p, err := readPage(f, buf, last)
-	if err != nil {
-		return c, fmt.Errorf("daily change: %s: %w", w.DBPath(), err)
-	}
-	p.Balance -= sum
-	zdb.EncodePage(buf, p)
-	if _, err := f.WriteAt(buf, int64(last)*zdb.PageSize); err != nil {
-		return c, fmt.Errorf("daily change: write %s page %d: %w", w.DBPath(), last, err)
-	}
-	// Append 64 pages with zero balance, then the header with the new count.
-	for i := 1; i <= 64; i++ {
-		n := h.Pages + i
-		sb.Reset()
-		zdb.Records(&sb, w.Seed, n)
-		zdb.EncodePage(buf, zdb.Page{Number: n, Body: []byte(sb.String())})
-		if _, err := f.WriteAt(buf, int64(n)*zdb.PageSize); err != nil {
-			return c, fmt.Errorf("daily change: append to %s: %w", w.DBPath(), err)
-		}
-	}
-	c.PagesAppended = 64
-	h.Pages += 64
-	zdb.EncodeHeader(buf, h)
-	if _, err := f.WriteAt(buf, 0); err != nil {
-		return c, fmt.Errorf("daily change: write header of %s: %w", w.DBPath(), err)
-	}
-	if err := f.Close(); err != nil {
-		return c, fmt.Errorf("daily change: %s: %w", w.DBPath(), err)
+	if err := w.changeDB(day, rng, &c); err != nil {
+		return c, err
 	}
 	if err := appendLog(w.LogPath(), rng, uint64(day)<<32, 1<<20); err != nil {
 		return c, err
@@ -240,6 +173,130 @@ func (w Workload) DailyChange(day int) (Change, error) {
 	}
 	c.FilesAdded = 50
 	return c, nil
+}
+
+// changeDB is the database's part of day's change, counted in c.
+func (w Workload) changeDB(day int, rng *rand.Rand, c *Change) error {
+	f, err := os.OpenFile(w.DBPath(), os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("daily change: %w", err)
+	}
+	defer f.Close()
+	db := dbFile{f: f, path: w.DBPath(), buf: make([]byte, zdb.PageSize)}
+	if _, err := f.ReadAt(db.buf, 0); err != nil {
+		return fmt.Errorf("daily change: read header of %s: %w", db.path, err)
+	}
+	h, err := zdb.DecodeHeader(db.buf)
+	if err != nil {
+		return fmt.Errorf("daily change: %s: %w", db.path, err)
+	}
+	last, sum, err := w.rewriteRuns(db, h, day, rng, c)
+	if err != nil {
+		return err
+	}
+	// Give the last page written the opposite of the sum of all deltas.
+	p, err := db.read(last)
+	if err != nil {
+		return err
+	}
+	p.Balance -= sum
+	if err := db.write(p); err != nil {
+		return err
+	}
+	if err := w.appendPages(db, &h, 64); err != nil {
+		return err
+	}
+	c.PagesAppended = 64
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("daily change: %s: %w", db.path, err)
+	}
+	return nil
+}
+
+// rewriteRuns rewrites 1% of the pages of the database (h its header) in
+// runs of 1..16 adjacent pages: a new transaction id, balance and record
+// text. It returns the last page written and the sum of the changes to the
+// balances.
+func (w Workload) rewriteRuns(db dbFile, h zdb.Header, day int, rng *rand.Rand, c *Change) (last int, sum int64, err error) {
+	txID := uint64(day) << 32
+	last = -1
+	var sb strings.Builder
+	target := max(1, h.Pages/100)
+	for c.PagesRewritten < target {
+		run := min(1+rng.Intn(16), target-c.PagesRewritten, h.Pages)
+		start := 1 + rng.Intn(h.Pages-run+1)
+		for n := start; n < start+run; n++ {
+			p, err := db.read(n)
+			if err != nil {
+				return last, sum, err
+			}
+			txID++
+			d := rng.Int63n(2001) - 1000
+			sum += d
+			p.TxID, p.Balance = txID, p.Balance+d
+			sb.Reset()
+			zdb.Records(&sb, w.Seed+int64(day)*1_000_033+int64(c.PagesRewritten), n)
+			p.Body = []byte(sb.String())
+			if err := db.write(p); err != nil {
+				return last, sum, err
+			}
+			last = n
+			c.PagesRewritten++
+		}
+		c.Runs++
+	}
+	return last, sum, nil
+}
+
+// appendPages appends n pages with zero balance to the database, then
+// writes the header h with the new count.
+func (w Workload) appendPages(db dbFile, h *zdb.Header, n int) error {
+	var sb strings.Builder
+	for i := 1; i <= n; i++ {
+		sb.Reset()
+		zdb.Records(&sb, w.Seed, h.Pages+i)
+		if err := db.put(zdb.Page{Number: h.Pages + i, Body: []byte(sb.String())}); err != nil {
+			return fmt.Errorf("daily change: append to %s: %w", db.path, err)
+		}
+	}
+	h.Pages += n
+	zdb.EncodeHeader(db.buf, *h)
+	if _, err := db.f.WriteAt(db.buf, 0); err != nil {
+		return fmt.Errorf("daily change: write header of %s: %w", db.path, err)
+	}
+	return nil
+}
+
+// dbFile is the database file of a daily change, read and written a page
+// at a time through buf.
+type dbFile struct {
+	f    *os.File
+	path string
+	buf  []byte
+}
+
+// read reads and decodes page n.
+func (db dbFile) read(n int) (zdb.Page, error) {
+	p, err := readPage(db.f, db.buf, n)
+	if err != nil {
+		return p, fmt.Errorf("daily change: %s: %w", db.path, err)
+	}
+	return p, nil
+}
+
+// write encodes and writes page p in its place.
+func (db dbFile) write(p zdb.Page) error {
+	if err := db.put(p); err != nil {
+		return fmt.Errorf("daily change: write %s page %d: %w", db.path, p.Number, err)
+	}
+	return nil
+}
+
+// put is write with the error unwrapped.
+func (db dbFile) put(p zdb.Page) error {
+	zdb.EncodePage(db.buf, p)
+	_, err := db.f.WriteAt(db.buf, int64(p.Number)*zdb.PageSize)
+	return err
 }
 
 func readPage(f *os.File, buf []byte, n int) (zdb.Page, error) {
@@ -272,4 +329,23 @@ func warm(root string) (int64, error) {
 		return err
 	})
 	return total, err
+}
+
+// readyWorkload generates the workload (or reuses it) and reads it once so
+// that every tool meets the same warm page cache; it returns its size.
+func readyWorkload(w Workload, start time.Time, log func(string, ...any)) (int64, error) {
+	log("generating workload in %s (X500.db %s, log %s, %d files, seed %d)", w.Root, mib(w.DBSize), mib(w.LogSize), w.Files, w.Seed)
+	reused, err := w.Generate()
+	if err != nil {
+		return 0, err
+	}
+	if reused {
+		log("workload reused (same parameters)")
+	}
+	total, err := warm(w.Root)
+	if err != nil {
+		return 0, fmt.Errorf("read workload: %w", err)
+	}
+	log("workload: %s in %d files, ready after %s", mib(total), w.Files+2, time.Since(start).Round(time.Second))
+	return total, nil
 }

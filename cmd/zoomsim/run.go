@@ -160,6 +160,7 @@ func (s *service) close() error {
 // loop runs transactions and applies pause/resume requests between them.
 func (s *service) loop(ctx context.Context) error {
 	for {
+		// Requests first, without waiting.
 		select {
 		case <-ctx.Done():
 			return nil
@@ -171,13 +172,8 @@ func (s *service) loop(ctx context.Context) error {
 		default:
 		}
 		if s.paused.Load() {
-			select {
-			case <-ctx.Done():
-				return nil
-			case r := <-s.reqs:
-				if err := s.handle(r); err != nil {
-					return err
-				}
+			if stop, err := s.await(ctx, nil); stop || err != nil {
+				return err
 			}
 			continue
 		}
@@ -189,16 +185,26 @@ func (s *service) loop(ctx context.Context) error {
 		}
 		if s.interval > 0 {
 			t := time.NewTimer(s.interval)
-			select {
-			case <-ctx.Done():
-			case <-t.C:
-			case r := <-s.reqs:
-				if err := s.handle(r); err != nil {
-					return err
-				}
-			}
+			// An ended context is seen at the top of the loop.
+			_, err := s.await(ctx, t.C)
 			t.Stop()
+			if err != nil {
+				return err
+			}
 		}
+	}
+}
+
+// await waits for the context to end (stop), a control request (handled;
+// its error returned) or timer to fire (nil: never).
+func (s *service) await(ctx context.Context, timer <-chan time.Time) (stop bool, err error) {
+	select {
+	case <-ctx.Done():
+		return true, nil
+	case r := <-s.reqs:
+		return false, s.handle(r)
+	case <-timer:
+		return false, nil
 	}
 }
 

@@ -299,11 +299,18 @@ func (v *view) newest() time.Time {
 
 // Getattr of the root.
 func (f *FS) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	return f.viewAttr(ctx, out, func(v *view) { dirAttr(&out.Attr, 1, v.newest()) })
+}
+
+// viewAttr answers Getattr of a node whose attributes come from the list
+// of snapshots (fill sets them): valid for a short while, as snapshots come
+// and go.
+func (f *FS) viewAttr(ctx context.Context, out *fuse.AttrOut, fill func(v *view)) syscall.Errno {
 	v, err := f.snapshots(ctx, false)
 	if err != nil {
 		return f.fail("list snapshots", err)
 	}
-	dirAttr(&out.Attr, 1, v.newest())
+	fill(v)
 	out.SetTimeout(dynamicTimeout)
 	return 0
 }
@@ -375,13 +382,7 @@ var (
 )
 
 func (d *snapshotsDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	v, err := d.fsys.snapshots(ctx, false)
-	if err != nil {
-		return d.fsys.fail("list snapshots", err)
-	}
-	dirAttr(&out.Attr, inoSnapshots, v.newest())
-	out.SetTimeout(dynamicTimeout)
-	return 0
+	return d.fsys.viewAttr(ctx, out, func(v *view) { dirAttr(&out.Attr, inoSnapshots, v.newest()) })
 }
 
 func (d *snapshotsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -453,9 +454,7 @@ func (f *FS) lookupSnapshot(ctx context.Context, parent *fs.Inode, v *view, name
 	ino := snapshotSeed(viewName, sn)
 	meta := tree.Node{Kind: tree.Dir, Mode: 0o555, Links: 2, MTime: sn.Time.UnixNano(), CTime: sn.Time.UnixNano(), Subtree: sn.Tree}
 	d := &dirNode{entry: entry{fsys: f, sn: sn, seed: ino, path: "/", meta: meta}}
-	d.attr(&out.Attr, ino)
-	out.SetEntryTimeout(staticTimeout)
-	out.SetAttrTimeout(staticTimeout)
+	d.answerLookup(out, ino)
 	return parent.NewInode(ctx, d, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
 }
 
@@ -502,13 +501,7 @@ func (l *latestLink) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (l *latestLink) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	v, err := l.fsys.snapshots(ctx, false)
-	if err != nil {
-		return l.fsys.fail("list snapshots", err)
-	}
-	linkAttr(&out.Attr, l.StableAttr().Ino, l.target(v), v.newest())
-	out.SetTimeout(dynamicTimeout)
-	return 0
+	return l.fsys.viewAttr(ctx, out, func(v *view) { linkAttr(&out.Attr, l.StableAttr().Ino, l.target(v), v.newest()) })
 }
 
 // hostsDir is hosts/: one directory per host.
@@ -524,13 +517,7 @@ var (
 )
 
 func (d *hostsDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	v, err := d.fsys.snapshots(ctx, false)
-	if err != nil {
-		return d.fsys.fail("list snapshots", err)
-	}
-	dirAttr(&out.Attr, inoHosts, v.newest())
-	out.SetTimeout(dynamicTimeout)
-	return 0
+	return d.fsys.viewAttr(ctx, out, func(v *view) { dirAttr(&out.Attr, inoHosts, v.newest()) })
 }
 
 func hostIno(host string) uint64 { return hashIno("host", host) }
@@ -580,17 +567,13 @@ var (
 func (d *hostDir) viewName() string { return "hosts/" + d.host }
 
 func (d *hostDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	v, err := d.fsys.snapshots(ctx, false)
-	if err != nil {
-		return d.fsys.fail("list snapshots", err)
-	}
-	mtime := time.Unix(0, 0)
-	if idx := v.byHost[d.host]; len(idx) > 0 {
-		mtime = v.list[idx[len(idx)-1]].Time
-	}
-	dirAttr(&out.Attr, hostIno(d.host), mtime)
-	out.SetTimeout(dynamicTimeout)
-	return 0
+	return d.fsys.viewAttr(ctx, out, func(v *view) {
+		mtime := time.Unix(0, 0)
+		if idx := v.byHost[d.host]; len(idx) > 0 {
+			mtime = v.list[idx[len(idx)-1]].Time
+		}
+		dirAttr(&out.Attr, hostIno(d.host), mtime)
+	})
 }
 
 func (d *hostDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {

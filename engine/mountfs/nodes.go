@@ -73,6 +73,26 @@ func fuseDev(rdev uint64) uint32 {
 	return (minor & 0xff) | (major&0xfff)<<8 | (minor&^0xff)<<12
 }
 
+// snapshotNode is a node inside a snapshot (dirNode, fileNode).
+type snapshotNode interface{ snapshotEntry() *entry }
+
+func (e *entry) snapshotEntry() *entry { return e }
+
+// answerLookup fills a lookup's answer for the node with inode number ino:
+// its attributes, valid for as long as a snapshot (never changes).
+func (e *entry) answerLookup(out *fuse.EntryOut, ino uint64) {
+	e.attr(&out.Attr, ino)
+	out.SetEntryTimeout(staticTimeout)
+	out.SetAttrTimeout(staticTimeout)
+}
+
+// getattr answers Getattr of the node with inode number ino.
+func (e *entry) getattr(out *fuse.AttrOut, ino uint64) syscall.Errno {
+	e.attr(&out.Attr, ino)
+	out.SetTimeout(staticTimeout)
+	return 0
+}
+
 func (e *entry) attr(out *fuse.Attr, ino uint64) {
 	n := &e.meta
 	out.Ino = ino
@@ -112,9 +132,7 @@ func storedBytes(n *tree.Node) uint64 {
 func (f *FS) newChild(ctx context.Context, parent *fs.Inode, pe *entry, n *tree.Node, out *fuse.EntryOut) *fs.Inode {
 	ce := entry{fsys: f, sn: pe.sn, seed: pe.seed, path: path.Join(pe.path, n.Name), meta: *n}
 	ino := childIno(pe.seed, ce.path, n)
-	ce.attr(&out.Attr, ino)
-	out.SetEntryTimeout(staticTimeout)
-	out.SetAttrTimeout(staticTimeout)
+	ce.answerLookup(out, ino)
 	var node fs.InodeEmbedder
 	if n.Kind == tree.Dir {
 		node = &dirNode{entry: ce}
@@ -132,15 +150,14 @@ type dirNode struct {
 }
 
 var (
+	_ snapshotNode     = (*dirNode)(nil)
 	_ fs.NodeLookuper  = (*dirNode)(nil)
 	_ fs.NodeReaddirer = (*dirNode)(nil)
 	_ fs.NodeGetattrer = (*dirNode)(nil)
 )
 
 func (d *dirNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	d.attr(&out.Attr, d.StableAttr().Ino)
-	out.SetTimeout(staticTimeout)
-	return 0
+	return d.getattr(out, d.StableAttr().Ino)
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -148,17 +165,8 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	// again): answer from its node instead of making a new one to throw
 	// away.
 	if ch := d.GetChild(name); ch != nil {
-		var e *entry
-		switch op := ch.Operations().(type) {
-		case *dirNode:
-			e = &op.entry
-		case *fileNode:
-			e = &op.entry
-		}
-		if e != nil {
-			e.attr(&out.Attr, ch.StableAttr().Ino)
-			out.SetEntryTimeout(staticTimeout)
-			out.SetAttrTimeout(staticTimeout)
+		if sn, ok := ch.Operations().(snapshotNode); ok {
+			sn.snapshotEntry().answerLookup(out, ch.StableAttr().Ino)
 			return ch, 0
 		}
 	}
@@ -210,6 +218,7 @@ type fileNode struct {
 }
 
 var (
+	_ snapshotNode      = (*fileNode)(nil)
 	_ fs.NodeGetattrer  = (*fileNode)(nil)
 	_ fs.NodeOpener     = (*fileNode)(nil)
 	_ fs.NodeReader     = (*fileNode)(nil)
@@ -218,9 +227,14 @@ var (
 )
 
 func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.attr(&out.Attr, n.StableAttr().Ino)
-	out.SetTimeout(staticTimeout)
-	return 0
+	return n.getattr(out, n.StableAttr().Ino)
+}
+
+// extentOffsets returns where each extent of the file starts (offsets),
+// computed on first use.
+func (n *fileNode) extentOffsets() []uint64 {
+	n.offsOnce.Do(func() { n.offs = offsets(n.meta.Content) })
+	return n.offs
 }
 
 func (n *fileNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
@@ -256,8 +270,7 @@ func (n *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		return fuse.ReadResultData(nil), 0
 	}
 	dest = dest[:min(uint64(len(dest)), size-uint64(off))]
-	n.offsOnce.Do(func() { n.offs = offsets(n.meta.Content) })
-	if err := n.fsys.readAt(ctx, n.meta.Content, n.offs, dest, uint64(off)); err != nil {
+	if err := n.fsys.readAt(ctx, n.meta.Content, n.extentOffsets(), dest, uint64(off)); err != nil {
 		return nil, n.fsys.fail(n.name(), err)
 	}
 	return fuse.ReadResultData(dest), 0
@@ -273,8 +286,7 @@ func (n *fileNode) Lseek(ctx context.Context, fh fs.FileHandle, off uint64, when
 	if off >= n.meta.Size {
 		return 0, syscall.ENXIO
 	}
-	n.offsOnce.Do(func() { n.offs = offsets(n.meta.Content) })
-	pos, found, err := n.fsys.seek(ctx, n.meta.Content, n.offs, off, whence == unix.SEEK_DATA)
+	pos, found, err := n.fsys.seek(ctx, n.meta.Content, n.extentOffsets(), off, whence == unix.SEEK_DATA)
 	switch {
 	case err != nil:
 		return 0, n.fsys.fail(n.name(), err)

@@ -253,6 +253,29 @@ func startSeaweed(bin string, volumes int) (*SeaweedServer, error) {
 
 var errExited = errors.New("weed exited")
 
+// weedPorts are the loopback ports of one server: the master, the first
+// volume server, the filer and the S3 gateway (each with its gRPC port),
+// and the ports of the further volume servers.
+type weedPorts struct {
+	master, masterGrpc, volume, volumeGrpc, filer, filerGrpc, s3, s3Grpc int
+	volumes                                                              [][2]int // port, gRPC port of volume server 2, 3, ...
+}
+
+// freeWeedPorts picks the ports of a server with the given number of
+// volume servers.
+func freeWeedPorts(volumes int) (weedPorts, error) {
+	ports, err := freePorts(8 + 2*(volumes-1))
+	if err != nil {
+		return weedPorts{}, err
+	}
+	p := weedPorts{master: ports[0], masterGrpc: ports[1], volume: ports[2], volumeGrpc: ports[3],
+		filer: ports[4], filerGrpc: ports[5], s3: ports[6], s3Grpc: ports[7]}
+	for i := 1; i < volumes; i++ {
+		p.volumes = append(p.volumes, [2]int{ports[8+2*(i-1)], ports[9+2*(i-1)]})
+	}
+	return p, nil
+}
+
 func tryStartSeaweed(bin string, volumes int) (s *SeaweedServer, err error) {
 	begin := time.Now()
 	removeStale()
@@ -266,93 +289,29 @@ func tryStartSeaweed(bin string, volumes int) (s *SeaweedServer, err error) {
 			s.Stop()
 		}
 	}()
-	ports, err := freePorts(8 + 2*(volumes-1))
+	ports, err := freeWeedPorts(volumes)
 	if err != nil {
 		return nil, err
 	}
-	master, masterGrpc, volume, volumeGrpc, filer, filerGrpc, s3p, s3Grpc := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7]
-	s.Endpoint = "127.0.0.1:" + strconv.Itoa(s3p)
-	s.MasterURL = "http://127.0.0.1:" + strconv.Itoa(master)
-
-	cfg, err := json.Marshal(map[string]any{"identities": []any{map[string]any{
-		"name":        "stasis",
-		"credentials": []any{map[string]string{"accessKey": SeaweedAccessKey, "secretKey": SeaweedSecretKey}},
-		"actions":     []string{"Admin", "Read", "List", "Tagging", "Write"},
-	}}})
+	s.Endpoint = "127.0.0.1:" + strconv.Itoa(ports.s3)
+	s.MasterURL = "http://127.0.0.1:" + strconv.Itoa(ports.master)
+	cfgPath, err := writeSeaweedConfig(dir)
 	if err != nil {
-		return nil, err
-	}
-	cfgPath := filepath.Join(dir, "s3.json")
-	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
-		return nil, err
-	}
-	// Every bucket is a collection, and the master grows a collection by
-	// 7 volumes at a time by default; one (of one or two copies) is enough
-	// here and leaves room for many buckets. The allocation deferral is
-	// for rebuilt masters. An empty security.toml here shadows any in
-	// ~/.seaweedfs or /etc/seaweedfs.
-	masterToml := "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 1\ncopy_3 = 1\ncopy_other = 1\nallocation_deferral = \"0s\"\n"
-	if err := os.WriteFile(filepath.Join(dir, "master.toml"), []byte(masterToml), 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "security.toml"), nil, 0o600); err != nil {
 		return nil, err
 	}
 	data := filepath.Join(dir, "data")
 	if err := os.Mkdir(data, 0o700); err != nil {
 		return nil, err
 	}
-	itoa := strconv.Itoa
-	args := []string{"-config_dir", dir, "server",
-		"-dir", data, "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
-		"-master.port", itoa(master), "-master.port.grpc", itoa(masterGrpc),
-		// Small volumes, many slots: every bucket is a collection with
-		// volumes of its own.
-		"-master.volumeSizeLimitMB", "64", "-volume.max", "100",
-		"-volume.port", itoa(volume), "-volume.port.grpc", itoa(volumeGrpc), "-volume.preStopSeconds", "0",
-		"-filer", "-filer.port", itoa(filer), "-filer.port.grpc", itoa(filerGrpc),
-		"-s3", "-s3.port", itoa(s3p), "-s3.port.grpc", itoa(s3Grpc), "-s3.config", cfgPath,
-		"-s3.port.iceberg", "0", "-s3.port.lance", "0",
-	}
-	// weed puts its local sockets in /tmp, named by port.
-	s.sockets = []string{
-		fmt.Sprintf("/tmp/seaweedfs-master-grpc-%d.sock", masterGrpc),
-		fmt.Sprintf("/tmp/seaweedfs-volume-grpc-%d.sock", volumeGrpc),
-		fmt.Sprintf("/tmp/seaweedfs-filer-grpc-%d.sock", filerGrpc),
-		fmt.Sprintf("/tmp/seaweedfs-filer-%d.sock", filer),
-		fmt.Sprintf("/tmp/seaweedfs-s3-%d.sock", s3p),
-		fmt.Sprintf("/tmp/seaweedfs-s3-grpc-%d.sock", s3Grpc),
-	}
-	owner := strconv.Itoa(os.Getpid()) + "\n" + strings.Join(s.sockets, "\n") + "\n"
-	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(owner), 0o600); err != nil {
+	if err := s.writeOwner(ports); err != nil {
 		return nil, err
 	}
-	if volumes > 1 {
-		// Every volume has a copy on two servers (of the same rack), so
-		// every write goes to two and reads to either.
-		args = append(args, "-master.defaultReplication", "001")
-	}
-	if err := s.spawn(bin, filepath.Join(dir, "server.log"), args); err != nil {
+	if err := s.spawn(bin, filepath.Join(dir, "server.log"), serverArgs(dir, data, cfgPath, ports, volumes)); err != nil {
 		return nil, err
 	}
-	for i := 1; i < volumes; i++ {
-		vdir := filepath.Join(dir, "data"+itoa(i+1))
-		if err := os.Mkdir(vdir, 0o700); err != nil {
-			return nil, err
-		}
-		port, grpcPort := ports[8+2*(i-1)], ports[9+2*(i-1)]
-		vargs := []string{"-config_dir", dir, "volume",
-			"-dir", vdir, "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
-			"-port", itoa(port), "-port.grpc", itoa(grpcPort), "-max", "100", "-preStopSeconds", "0",
-			// host:port.grpcPort, as the grpc port is not port+10000
-			"-master", fmt.Sprintf("127.0.0.1:%d.%d", master, masterGrpc),
-		}
-		s.sockets = append(s.sockets, fmt.Sprintf("/tmp/seaweedfs-volume-grpc-%d.sock", grpcPort))
-		if err := s.spawn(bin, filepath.Join(dir, fmt.Sprintf("volume%d.log", i+1)), vargs); err != nil {
-			return nil, err
-		}
+	if err := s.spawnVolumes(bin, ports); err != nil {
+		return nil, err
 	}
-
 	client, err := minio.New(s.Endpoint, &minio.Options{
 		Creds:      credentials.NewStaticV4(SeaweedAccessKey, SeaweedSecretKey, ""),
 		Region:     SeaweedRegion,
@@ -367,6 +326,99 @@ func tryStartSeaweed(bin string, volumes int) (s *SeaweedServer, err error) {
 	}
 	s.Startup = time.Since(begin)
 	return s, nil
+}
+
+// writeSeaweedConfig writes the server's configuration into dir and
+// returns the path of the S3 gateway's (the harness's identity).
+func writeSeaweedConfig(dir string) (s3Config string, err error) {
+	cfg, err := json.Marshal(map[string]any{"identities": []any{map[string]any{
+		"name":        "stasis",
+		"credentials": []any{map[string]string{"accessKey": SeaweedAccessKey, "secretKey": SeaweedSecretKey}},
+		"actions":     []string{"Admin", "Read", "List", "Tagging", "Write"},
+	}}})
+	if err != nil {
+		return "", err
+	}
+	cfgPath := filepath.Join(dir, "s3.json")
+	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
+		return "", err
+	}
+	// Every bucket is a collection, and the master grows a collection by
+	// 7 volumes at a time by default; one (of one or two copies) is enough
+	// here and leaves room for many buckets. The allocation deferral is
+	// for rebuilt masters. An empty security.toml here shadows any in
+	// ~/.seaweedfs or /etc/seaweedfs.
+	masterToml := "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 1\ncopy_3 = 1\ncopy_other = 1\nallocation_deferral = \"0s\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "master.toml"), []byte(masterToml), 0o600); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "security.toml"), nil, 0o600); err != nil {
+		return "", err
+	}
+	return cfgPath, nil
+}
+
+// serverArgs are the arguments of `weed server`: master, the first volume
+// server, filer and S3 gateway in one process, data in data.
+func serverArgs(dir, data, cfgPath string, p weedPorts, volumes int) []string {
+	itoa := strconv.Itoa
+	args := []string{"-config_dir", dir, "server",
+		"-dir", data, "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
+		"-master.port", itoa(p.master), "-master.port.grpc", itoa(p.masterGrpc),
+		// Small volumes, many slots: every bucket is a collection with
+		// volumes of its own.
+		"-master.volumeSizeLimitMB", "64", "-volume.max", "100",
+		"-volume.port", itoa(p.volume), "-volume.port.grpc", itoa(p.volumeGrpc), "-volume.preStopSeconds", "0",
+		"-filer", "-filer.port", itoa(p.filer), "-filer.port.grpc", itoa(p.filerGrpc),
+		"-s3", "-s3.port", itoa(p.s3), "-s3.port.grpc", itoa(p.s3Grpc), "-s3.config", cfgPath,
+		"-s3.port.iceberg", "0", "-s3.port.lance", "0",
+	}
+	if volumes > 1 {
+		// Every volume has a copy on two servers (of the same rack), so
+		// every write goes to two and reads to either.
+		args = append(args, "-master.defaultReplication", "001")
+	}
+	return args
+}
+
+// writeOwner records the server's sockets (weed puts its local sockets in
+// /tmp, named by port) and writes the owner file.
+func (s *SeaweedServer) writeOwner(p weedPorts) error {
+	s.sockets = []string{
+		fmt.Sprintf("/tmp/seaweedfs-master-grpc-%d.sock", p.masterGrpc),
+		fmt.Sprintf("/tmp/seaweedfs-volume-grpc-%d.sock", p.volumeGrpc),
+		fmt.Sprintf("/tmp/seaweedfs-filer-grpc-%d.sock", p.filerGrpc),
+		fmt.Sprintf("/tmp/seaweedfs-filer-%d.sock", p.filer),
+		fmt.Sprintf("/tmp/seaweedfs-s3-%d.sock", p.s3),
+		fmt.Sprintf("/tmp/seaweedfs-s3-grpc-%d.sock", p.s3Grpc),
+	}
+	owner := strconv.Itoa(os.Getpid()) + "\n" + strings.Join(s.sockets, "\n") + "\n"
+	return os.WriteFile(filepath.Join(s.Dir, ownerFile), []byte(owner), 0o600)
+}
+
+// spawnVolumes starts the volume servers after the first, each a `weed
+// volume` process with a data directory of its own.
+func (s *SeaweedServer) spawnVolumes(bin string, p weedPorts) error {
+	itoa := strconv.Itoa
+	for i, vp := range p.volumes {
+		n := i + 2 // the server's number; the first is in `weed server`
+		vdir := filepath.Join(s.Dir, "data"+itoa(n))
+		if err := os.Mkdir(vdir, 0o700); err != nil {
+			return err
+		}
+		port, grpcPort := vp[0], vp[1]
+		vargs := []string{"-config_dir", s.Dir, "volume",
+			"-dir", vdir, "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
+			"-port", itoa(port), "-port.grpc", itoa(grpcPort), "-max", "100", "-preStopSeconds", "0",
+			// host:port.grpcPort, as the grpc port is not port+10000
+			"-master", fmt.Sprintf("127.0.0.1:%d.%d", p.master, p.masterGrpc),
+		}
+		s.sockets = append(s.sockets, fmt.Sprintf("/tmp/seaweedfs-volume-grpc-%d.sock", grpcPort))
+		if err := s.spawn(bin, filepath.Join(s.Dir, fmt.Sprintf("volume%d.log", n)), vargs); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ownerFile in a server's directory holds the pid of the test binary that
