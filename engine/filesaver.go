@@ -94,6 +94,9 @@ func (s *fileSaver) linkTo(ctx context.Context, p string, f *future) bool {
 			return
 		}
 		f.node.Content, f.node.Size, f.node.Flags, f.node.Error = first.node.Content, first.node.Size, first.node.Flags, first.node.Error
+		// The progress scanner counted this name as a file of its size.
+		s.counts.doneFiles.Add(1)
+		s.counts.doneBytes.Add(int64(f.node.Size))
 	}()
 	return true
 }

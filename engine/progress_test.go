@@ -60,3 +60,22 @@ func (r *scanWaitRepo) SaveTree(ctx context.Context, t *tree.Tree) (blob.ID, rep
 	}
 	return r.Repository.SaveTree(ctx, t)
 }
+
+// Every name of a hard-linked file counts as done, as the scanner counts
+// it: the last report reaches the totals.
+func TestProgressReachesTotalsWithHardLinks(t *testing.T) {
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "a"), make([]byte, 3000), 0o644)
+	os.Link(filepath.Join(src, "a"), filepath.Join(src, "b"))
+	os.Link(filepath.Join(src, "a"), filepath.Join(src, "c"))
+	os.WriteFile(filepath.Join(src, "d"), make([]byte, 700), 0o644)
+	var last engine.Progress
+	_, err := engine.Backup(ctx, enginetest.NewRepo(t), engine.BackupOptions{Paths: []string{src}, Now: clock(day1),
+		ProgressEvery: time.Millisecond, Progress: func(p engine.Progress) { last = p }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !last.ScanDone || last.TotalFiles != 4 || last.TotalBytes != 9700 || last.Files != last.TotalFiles || last.Bytes != last.TotalBytes {
+		t.Errorf("last progress %+v; want 4 of 4 files, 9700 of 9700 bytes", last)
+	}
+}
