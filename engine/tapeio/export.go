@@ -15,12 +15,9 @@ package tapeio
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
-	"strings"
-	"time"
 
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/tape"
@@ -59,7 +56,7 @@ type ExportResult struct {
 }
 
 // Export writes the repository r to new volumes on dev and records their
-// catalogs in the repository (repo.TapeDir), also when it fails part way:
+// catalogs in the repository (CatalogDir), also when it fails part way:
 // the volumes completed so far are then recorded. The caller holds a shared
 // repository lock.
 func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOptions) (*ExportResult, error) {
@@ -105,11 +102,7 @@ func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOp
 	cats, werr := tape.WriteSet(ctx, dev, wo, members, earlier)
 	for _, c := range cats {
 		res.SetID = c.SetID
-		data, err := json.Marshal(c)
-		if err != nil {
-			return res, err
-		}
-		if err := r.SaveTapeCatalog(ctx, c.SetID, c.Volume, append(data, '\n')); err != nil {
+		if err := recordCatalog(ctx, r, c); err != nil {
 			return res, fmt.Errorf("%w (the volumes were written; record the catalogs again by exporting anew with --new-set)", err)
 		}
 		res.Catalogs = append(res.Catalogs, c)
@@ -286,41 +279,4 @@ func neededPacks(ctx context.Context, r *repo.Repository, sn *repo.Snapshot) ([]
 	}
 	sort.Strings(out)
 	return out, nil
-}
-
-// RecordedSets returns the catalogs recorded in the repository, by set id,
-// ordered by volume. A catalog file that does not decode is an error naming
-// it.
-func RecordedSets(ctx context.Context, r *repo.Repository) (map[string][]tape.Catalog, error) {
-	files, err := r.TapeCatalogs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	sets := map[string][]tape.Catalog{}
-	for _, f := range files {
-		c, err := tape.DecodeCatalog(f.Data)
-		if err != nil {
-			return nil, fmt.Errorf("recorded tape catalog of set %s volume %d: %w", f.SetID, f.Volume, err)
-		}
-		if c.SetID != f.SetID || c.Volume != f.Volume {
-			return nil, fmt.Errorf("recorded tape catalog %s/%06d.json holds volume %d of set %s: %w", f.SetID, f.Volume, c.Volume, c.SetID, tape.ErrCorrupt)
-		}
-		sets[c.SetID] = append(sets[c.SetID], c)
-	}
-	return sets, nil
-}
-
-// CurrentSet returns the id of the set written to last (by catalog time,
-// then volume number), or "" when none is recorded.
-func CurrentSet(sets map[string][]tape.Catalog) string {
-	var best string
-	var bestTime time.Time
-	for id, cats := range sets {
-		for _, c := range cats {
-			if best == "" || c.Time.After(bestTime) || (c.Time.Equal(bestTime) && strings.Compare(id, best) > 0) {
-				best, bestTime = id, c.Time
-			}
-		}
-	}
-	return best
 }

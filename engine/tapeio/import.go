@@ -2,7 +2,6 @@ package tapeio
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -54,7 +53,7 @@ var ErrImportIncomplete = errors.New("tape import is incomplete")
 // Import builds a repository in storage st (which must not hold one) from the
 // volume files paths, given in any order: it writes every intact member in
 // volume order (a later copy of a name replaces an earlier one), records
-// the set's catalogs under repo.TapeDir, and rebuilds the index. Missing
+// the set's catalogs under CatalogDir, and rebuilds the index. Missing
 // volumes and damaged members are listed in the result, and the error then
 // matches ErrImportIncomplete; whatever was intact is imported.
 func Import(ctx context.Context, st repo.Storage, paths []string, o ImportOptions) (*ImportResult, error) {
@@ -95,11 +94,11 @@ func Import(ctx context.Context, st repo.Storage, paths []string, o ImportOption
 		}
 		logf("reading volume %d (%s)", seq, v.Path)
 		rep, err := readVolume(ctx, v, o.Read, ref, func(e tape.Entry, r io.Reader) error {
-			if !repo.ValidFileName(e.Name) {
+			if !repoFile(e.Name) {
 				return nil // reported as not in the catalog, or skipped
 			}
 			var n int64
-			err := repo.ImportFile(ctx, st, e.Name, func(w io.Writer) error {
+			err := importFile(ctx, st, e.Name, func(w io.Writer) error {
 				var err error
 				n, err = io.Copy(w, r)
 				return err
@@ -134,12 +133,12 @@ func Import(ctx context.Context, st repo.Storage, paths []string, o ImportOption
 	}
 	res.MissingVolumes, res.MissingMembers = set.Missing, set.MissingMembers()
 	for seq, c := range set.Catalogs {
-		data, err := json.Marshal(c)
+		data, err := encodeCatalog(c)
 		if err != nil {
 			return res, err
 		}
-		name := fmt.Sprintf("%s/%s/%06d.json", repo.TapeDir, c.SetID, seq)
-		if err := repo.ImportFile(ctx, st, name, func(w io.Writer) error { _, err := w.Write(append(data, '\n')); return err }); err != nil {
+		name := fmt.Sprintf("%s/%s/%06d.json", CatalogDir, c.SetID, seq)
+		if err := importFile(ctx, st, name, func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
 			return res, fmt.Errorf("tape import: %w", err)
 		}
 	}

@@ -162,7 +162,7 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 				return nil
 			}
 			var n int64
-			err := repo.ImportFile(ctx, st, e.Name, func(w io.Writer) error {
+			err := importFile(ctx, st, e.Name, func(w io.Writer) error {
 				var err error
 				n, err = io.Copy(w, r)
 				return err
