@@ -334,7 +334,7 @@ func (a *app) tapeImportCommand() *cobra.Command {
 			}
 			prog := a.startProgress("tape import", "members", a.stderr) // progress.go; stderr: stdout's line has no message_type
 			ro.Progress = prog.Counts()
-			res, err := tapeio.Import(ctx, st, paths, tapeio.ImportOptions{Read: ro, Log: prog.logWriter(a.logWriter()),
+			res, err := tapeio.Import(ctx, st, paths, tapeio.ImportOptions{Read: ro, Log: a.logger(prog.logWriter(a.stderr)),
 				Open: repo.OpenOptions{Password: a.repoPassword(dir), CacheDir: a.cacheDir}})
 			prog.done()
 			if res == nil {
@@ -409,7 +409,7 @@ volumes). A damaged member costs only the files whose data is in it.`,
 			o.Open = repo.OpenOptions{Password: a.repoPassword("on tape")}
 			prog := a.startProgress("tape restore", "files", a.stdout) // progress.go
 			o.Restore.Progress = prog.Counts()
-			o.Log = prog.logWriter(a.logWriter())
+			o.Log = a.logger(prog.logWriter(a.stderr))
 			start := time.Now()
 			res, err := tapeio.Restore(ctx, paths, o)
 			prog.done()

@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"path"
 	"regexp"
 	"sort"
@@ -55,23 +54,6 @@ func parseCatalogFileName(name string) (setID string, volume int, ok bool) {
 		return "", 0, false
 	}
 	return parts[1], vol, true
-}
-
-// repoFile reports whether name is a file that belongs in a repository
-// directory, which Import and Restore write: one of the repository's own
-// (repo.ValidFileName) or a recorded tape catalog.
-func repoFile(name string) bool {
-	_, _, isCatalog := parseCatalogFileName(name)
-	return repo.ValidFileName(name) || isCatalog
-}
-
-// importFile stores repository file name in st, filled by write; a name
-// that is not a repository file (repoFile) is an error.
-func importFile(ctx context.Context, st repo.Storage, name string, write func(w io.Writer) error) error {
-	if !repoFile(name) {
-		return fmt.Errorf("import %s: not a repository file name", name)
-	}
-	return repo.ImportFile(ctx, st, name, write)
 }
 
 // encodeCatalog returns the bytes of a recorded catalog file of c.
