@@ -46,6 +46,19 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
+// parseBlockSize reads a --block-size value: "" is zero (the default
+// size), else a multiple of 512 bytes up to 1G.
+func parseBlockSize(s string) (int, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := parseSize(s)
+	if err != nil || n == 0 || n%tape.TarBlock != 0 || n > 1<<30 {
+		return 0, usagef("--block-size %q: use a multiple of 512 bytes", s)
+	}
+	return int(n), nil
+}
+
 // tapeFlags are the volume-reading flags of list, verify, import, restore.
 type tapeFlags struct {
 	devices   []string
@@ -57,16 +70,16 @@ func (f *tapeFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.blockSize, "block-size", "", "read in blocks of this size (default 256K; a multiple of the size written, for a tape drive)")
 }
 
-func (f *tapeFlags) read() (tapeio.ReadOptions, error) {
+// volumes returns the read options the flags give and the volume files to
+// read (paths).
+func (f *tapeFlags) volumes() (tapeio.ReadOptions, []string, error) {
 	var o tapeio.ReadOptions
-	if f.blockSize != "" {
-		n, err := parseSize(f.blockSize)
-		if err != nil || n == 0 || n%tape.TarBlock != 0 || n > 1<<30 {
-			return o, usagef("--block-size %q: use a multiple of 512 bytes", f.blockSize)
-		}
-		o.BlockSize = int(n)
+	var err error
+	if o.BlockSize, err = parseBlockSize(f.blockSize); err != nil {
+		return o, nil, err
 	}
-	return o, nil
+	paths, err := f.paths()
+	return o, paths, err
 }
 
 // paths expands the --device values: a path with a % verb is the series of
@@ -95,12 +108,66 @@ func (f *tapeFlags) paths() ([]string, error) {
 	return out, nil
 }
 
+// volumeCommand returns a tape command that takes no arguments and reads
+// the volumes given with --device: run gets the read options and the volume
+// files of the tapeFlags.
+func volumeCommand(use, short, long string, run func(c *cobra.Command, ro tapeio.ReadOptions, paths []string) error) *cobra.Command {
+	var tf tapeFlags
+	c := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long,
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, args []string) error {
+			ro, paths, err := tf.volumes()
+			if err != nil {
+				return err
+			}
+			return run(c, ro, paths)
+		},
+	}
+	tf.add(c)
+	return c
+}
+
+// exportFlags are the flags of tape export.
+type exportFlags struct {
+	o                     tapeio.ExportOptions
+	dev                   tape.PathDevice
+	blockSize, volumeSize string
+}
+
+func (f *exportFlags) add(c *cobra.Command) {
+	fs := c.Flags()
+	fs.StringVarP(&f.dev.Path, "device", "d", "", "volume file (with %d: one file per volume) or tape device")
+	fs.StringVar(&f.dev.ChangeVolume, "change-volume", "", "command run before each volume after the first (like tar -F)")
+	fs.StringVar(&f.o.Write.Label, "label", "", "free text stored in every volume label")
+	fs.StringVar(&f.blockSize, "block-size", "", "size of every write (default 256K)")
+	fs.StringVar(&f.volumeSize, "volume-size", "", "capacity of a volume (default: until end of media)")
+	fs.BoolVar(&f.o.Incremental, "incremental", false, "write only packs and snapshots not yet on the current set")
+	fs.BoolVar(&f.o.NewSet, "new-set", false, "start a new tape set")
+}
+
+// options returns the export options and the device the flags give.
+func (f *exportFlags) options() (tapeio.ExportOptions, *tape.PathDevice, error) {
+	o, dev := f.o, f.dev
+	if dev.Path == "" {
+		return o, nil, usagef("tape export: --device PATH is required")
+	}
+	var err error
+	if o.Write.BlockSize, err = parseBlockSize(f.blockSize); err != nil {
+		return o, nil, err
+	}
+	if f.volumeSize != "" {
+		if o.Write.VolumeSize, err = parseSize(f.volumeSize); err != nil {
+			return o, nil, usageError{err}
+		}
+	}
+	return o, &dev, nil
+}
+
 func (a *app) tapeExportCommand() *cobra.Command {
-	var (
-		o                     tapeio.ExportOptions
-		dev                   tape.PathDevice
-		blockSize, volumeSize string
-	)
+	var f exportFlags
 	c := &cobra.Command{
 		Use:   "export --device PATH [--label TEXT] [--volume-size SIZE] [--incremental] [--new-set]",
 		Short: "Write the repository (packs, snapshots, config, keys) to tape volumes",
@@ -113,21 +180,9 @@ catalogs are recorded in the repository under tape/.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
-			if dev.Path == "" {
-				return usagef("tape export: --device PATH is required")
-			}
-			var err error
-			if blockSize != "" {
-				n, err := parseSize(blockSize)
-				if err != nil || n == 0 || n%tape.TarBlock != 0 || n > 1<<30 {
-					return usagef("--block-size %q: use a multiple of 512 bytes", blockSize)
-				}
-				o.Write.BlockSize = int(n)
-			}
-			if volumeSize != "" {
-				if o.Write.VolumeSize, err = parseSize(volumeSize); err != nil {
-					return usageError{err}
-				}
+			o, dev, err := f.options()
+			if err != nil {
+				return err
 			}
 			return a.withRepo(ctx, func(r *repo.Repository) error {
 				prog := a.startProgress("tape export", "members", a.stdout) // progress.go
@@ -143,23 +198,16 @@ catalogs are recorded in the repository under tape/.`,
 				}
 				dev.Stdout, dev.Stderr = prog.logWriter(a.stderr), prog.logWriter(a.stderr) // --change-volume's output
 				start := time.Now()
-				res, err := tapeio.Export(ctx, r, &dev, o)
+				res, err := tapeio.Export(ctx, r, dev, o)
 				prog.done()
 				if res != nil {
-					a.exportSummary(res, &dev, time.Since(start))
+					a.exportSummary(res, dev, time.Since(start))
 				}
 				return err
 			})
 		},
 	}
-	f := c.Flags()
-	f.StringVarP(&dev.Path, "device", "d", "", "volume file (with %d: one file per volume) or tape device")
-	f.StringVar(&dev.ChangeVolume, "change-volume", "", "command run before each volume after the first (like tar -F)")
-	f.StringVar(&o.Write.Label, "label", "", "free text stored in every volume label")
-	f.StringVar(&blockSize, "block-size", "", "size of every write (default 256K)")
-	f.StringVar(&volumeSize, "volume-size", "", "capacity of a volume (default: until end of media)")
-	f.BoolVar(&o.Incremental, "incremental", false, "write only packs and snapshots not yet on the current set")
-	f.BoolVar(&o.NewSet, "new-set", false, "start a new tape set")
+	f.add(c)
 	return c
 }
 
@@ -193,20 +241,8 @@ func (a *app) exportSummary(res *tapeio.ExportResult, dev *tape.PathDevice, d ti
 }
 
 func (a *app) tapeListCommand() *cobra.Command {
-	var tf tapeFlags
-	c := &cobra.Command{
-		Use:   "list --device PATH",
-		Short: "Show the label and members of a volume, from the volume alone",
-		Args:  exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
-			ro, err := tf.read()
-			if err != nil {
-				return err
-			}
-			paths, err := tf.paths()
-			if err != nil {
-				return err
-			}
+	return volumeCommand("list --device PATH", "Show the label and members of a volume, from the volume alone", "",
+		func(c *cobra.Command, ro tapeio.ReadOptions, paths []string) error {
 			for _, p := range paths {
 				f, err := os.Open(p)
 				if err != nil {
@@ -234,31 +270,16 @@ func (a *app) tapeListCommand() *cobra.Command {
 				fmt.Fprintln(a.stdout)
 			}
 			return nil
-		},
-	}
-	tf.add(c)
-	return c
+		})
 }
 
 func (a *app) tapeVerifyCommand() *cobra.Command {
-	var tf tapeFlags
-	c := &cobra.Command{
-		Use:   "verify --device PATH... [--repo DIR]",
-		Short: "Read volumes back and check every member against the catalogs",
-		Long: `Checks every member's size and BLAKE3 against the volume's own catalog, the
+	return volumeCommand("verify --device PATH... [--repo DIR]", "Read volumes back and check every member against the catalogs",
+		`Checks every member's size and BLAKE3 against the volume's own catalog, the
 copies carried by the other volumes given, and, with --repo, the catalog the
 repository recorded when it wrote the volume. Exits 1 naming every bad member.`,
-		Args: exactArgs(0, "no arguments"),
-		RunE: func(c *cobra.Command, args []string) error {
+		func(c *cobra.Command, ro tapeio.ReadOptions, paths []string) error {
 			ctx := c.Context()
-			ro, err := tf.read()
-			if err != nil {
-				return err
-			}
-			paths, err := tf.paths()
-			if err != nil {
-				return err
-			}
 			recorded := map[string][]tape.Catalog{}
 			if a.repoDir != "" {
 				err := a.withRepo(ctx, func(r *repo.Repository) (err error) {
@@ -296,10 +317,7 @@ repository recorded when it wrote the volume. Exits 1 naming every bad member.`,
 				return exitError{exitFatal, fmt.Errorf("tape verify: %d of %d volumes are bad", bad, len(reports))}
 			}
 			return nil
-		},
-	}
-	tf.add(c)
-	return c
+		})
 }
 
 func (a *app) tapeImportCommand() *cobra.Command {
@@ -314,11 +332,7 @@ func (a *app) tapeImportCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ro, err := tf.read()
-			if err != nil {
-				return err
-			}
-			paths, err := tf.paths()
+			ro, paths, err := tf.volumes()
 			if err != nil {
 				return err
 			}
@@ -329,7 +343,7 @@ func (a *app) tapeImportCommand() *cobra.Command {
 			}
 			prog := a.startProgress("tape import", "members", a.stderr) // progress.go; stderr: stdout's line has no message_type
 			ro.Progress = prog.Counts()
-			res, err := tapeio.Import(ctx, st, paths, tapeio.ImportOptions{Read: ro, Log: prog.logWriter(a.logWriter()),
+			res, err := tapeio.Import(ctx, st, paths, tapeio.ImportOptions{Read: ro, Log: a.logger(prog.logWriter(a.stderr)),
 				Open: repo.OpenOptions{Password: a.repoPassword(dir), CacheDir: a.cacheDir}})
 			prog.done()
 			if res == nil {
@@ -363,12 +377,50 @@ func (a *app) tapeImportCommand() *cobra.Command {
 	return c
 }
 
+// restoreFlags are the flags of tape restore.
+type restoreFlags struct {
+	tf tapeFlags
+	at string
+	o  tapeio.RestoreOptions
+}
+
+func (f *restoreFlags) add(c *cobra.Command) {
+	f.tf.add(c)
+	fs := c.Flags()
+	fs.StringVar(&f.at, "at", "", "restore the newest snapshot at or before TIME")
+	fs.StringVarP(&f.o.Restore.Target, "target", "t", "", "directory to restore into")
+	fs.StringArrayVarP(&f.o.Restore.Includes, "include", "i", nil, "restore only this snapshot path and below (repeatable)")
+	fs.BoolVar(&f.o.Restore.Overwrite, "overwrite", false, "allow a non-empty target and replace files in it")
+	fs.StringVar(&f.o.SpoolDir, "spool-dir", "", "directory for the temporary spool of needed packs (default $TMPDIR)")
+}
+
+// options returns the restore options the flags and args (the snapshot)
+// give, and the volume files to read.
+func (f *restoreFlags) options(args []string) (tapeio.RestoreOptions, []string, error) {
+	o := f.o
+	if (len(args) == 1) == (f.at != "") || len(args) > 1 {
+		return o, nil, usagef("tape restore: give exactly one of a snapshot ID, \"latest\" or --at TIME")
+	}
+	if o.Restore.Target == "" {
+		return o, nil, usagef("tape restore: --target DIR is required")
+	}
+	if f.at != "" {
+		t, err := parseTime(f.at)
+		if err != nil {
+			return o, nil, usageError{err}
+		}
+		o.At = t
+	} else {
+		o.Snapshot = args[0]
+	}
+	var paths []string
+	var err error
+	o.Read, paths, err = f.tf.volumes()
+	return o, paths, err
+}
+
 func (a *app) tapeRestoreCommand() *cobra.Command {
-	var (
-		tf tapeFlags
-		at string
-		o  tapeio.RestoreOptions
-	)
+	var f restoreFlags
 	c := &cobra.Command{
 		Use:   "restore --device PATH... (ID|latest|--at TIME) --target DIR",
 		Short: "Restore a snapshot straight from tape volumes, without a repository",
@@ -377,73 +429,54 @@ once, keeping the needed packs in a temporary spool directory (--spool-dir,
 default $TMPDIR). Needs the repository password (the key files are on the
 volumes). A damaged member costs only the files whose data is in it.`,
 		RunE: func(c *cobra.Command, args []string) error {
-			ctx := c.Context()
-			if (len(args) == 1) == (at != "") || len(args) > 1 {
-				return usagef("tape restore: give exactly one of a snapshot ID, \"latest\" or --at TIME")
-			}
-			if o.Restore.Target == "" {
-				return usagef("tape restore: --target DIR is required")
-			}
-			if at != "" {
-				t, err := parseTime(at)
-				if err != nil {
-					return usageError{err}
-				}
-				o.At = t
-			} else {
-				o.Snapshot = args[0]
-			}
-			var err error
-			if o.Read, err = tf.read(); err != nil {
-				return err
-			}
-			paths, err := tf.paths()
+			o, paths, err := f.options(args)
 			if err != nil {
 				return err
 			}
 			o.Open = repo.OpenOptions{Password: a.repoPassword("on tape")}
 			prog := a.startProgress("tape restore", "files", a.stdout) // progress.go
 			o.Restore.Progress = prog.Counts()
-			o.Log = prog.logWriter(a.logWriter())
+			o.Log = a.logger(prog.logWriter(a.stderr))
 			start := time.Now()
-			res, err := tapeio.Restore(ctx, paths, o)
+			res, err := tapeio.Restore(c.Context(), paths, o)
 			prog.done()
-			if res == nil || res.RestoreResult == nil {
-				if res != nil {
-					for _, p := range res.Bad {
-						fmt.Fprintf(a.stderr, "bad member %s\n", p)
-					}
-				}
-				return err
-			}
-			if a.json {
-				writeJSONLine(a.stdout, map[string]any{"message_type": "summary", "snapshot_id": res.SnapshotID, "target": o.Restore.Target,
-					"volumes_read": res.VolumesRead, "missing_volumes": res.MissingVolumes, "bad_members": res.Bad,
-					"files": res.Files, "dirs": res.Dirs, "others": res.Others, "bytes": res.RestoreResult.Bytes,
-					"duration_seconds": time.Since(start).Seconds(), "problems": res.Problems})
-			} else {
-				fmt.Fprintf(a.stdout, "restored snapshot %.8s (%s) from volumes %v to %s: %d files, %d dirs, %d other entries, %s in %s\n",
-					res.SnapshotID, res.SnapshotTime.Local().Format("2006-01-02 15:04:05"), res.VolumesRead, o.Restore.Target,
-					res.Files, res.Dirs, res.Others, humanBytes(res.RestoreResult.Bytes), humanDuration(time.Since(start)))
-			}
-			if err != nil {
-				for _, p := range res.Bad {
-					fmt.Fprintf(a.stderr, "bad member %s\n", p)
-				}
-				printProblems(a.stderr, "entries were not restored cleanly", res.Problems)
-				if errors.Is(err, engine.ErrRestoreIncomplete) {
-					return exitError{exitFatal, err}
-				}
-			}
-			return err
+			return a.tapeRestoreReport(res, o.Restore.Target, time.Since(start), err)
 		},
 	}
-	tf.add(c)
-	f := c.Flags()
-	f.StringVar(&at, "at", "", "restore the newest snapshot at or before TIME")
-	f.StringVarP(&o.Restore.Target, "target", "t", "", "directory to restore into")
-	f.StringArrayVarP(&o.Restore.Includes, "include", "i", nil, "restore only this snapshot path and below (repeatable)")
-	f.BoolVar(&o.Restore.Overwrite, "overwrite", false, "allow a non-empty target and replace files in it")
-	f.StringVar(&o.SpoolDir, "spool-dir", "", "directory for the temporary spool of needed packs (default $TMPDIR)")
+	f.add(c)
 	return c
+}
+
+// tapeRestoreReport prints the outcome of tapeio.Restore (res, err) into
+// target, which took d, and returns the command's error.
+func (a *app) tapeRestoreReport(res *tapeio.RestoreResult, target string, d time.Duration, err error) error {
+	printBad := func() {
+		for _, p := range res.Bad {
+			fmt.Fprintf(a.stderr, "bad member %s\n", p)
+		}
+	}
+	if res == nil || res.RestoreResult == nil {
+		if res != nil {
+			printBad()
+		}
+		return err
+	}
+	if a.json {
+		writeJSONLine(a.stdout, map[string]any{"message_type": "summary", "snapshot_id": res.SnapshotID, "target": target,
+			"volumes_read": res.VolumesRead, "missing_volumes": res.MissingVolumes, "bad_members": res.Bad,
+			"files": res.Files, "dirs": res.Dirs, "others": res.Others, "bytes": res.RestoreResult.Bytes,
+			"duration_seconds": d.Seconds(), "problems": res.Problems})
+	} else {
+		fmt.Fprintf(a.stdout, "restored snapshot %.8s (%s) from volumes %v to %s: %d files, %d dirs, %d other entries, %s in %s\n",
+			res.SnapshotID, res.SnapshotTime.Local().Format("2006-01-02 15:04:05"), res.VolumesRead, target,
+			res.Files, res.Dirs, res.Others, humanBytes(res.RestoreResult.Bytes), humanDuration(d))
+	}
+	if err != nil {
+		printBad()
+		printProblems(a.stderr, "entries were not restored cleanly", res.Problems)
+		if errors.Is(err, engine.ErrRestoreIncomplete) {
+			return exitError{exitFatal, err}
+		}
+	}
+	return err
 }

@@ -198,26 +198,19 @@ func scan(ctx context.Context, r io.Reader, opts ReadOptions, fn MemberFunc) (*V
 	if err != nil {
 		return nil, nil, err
 	}
-	v := &Volume{Label: l}
-	ref := map[string]Entry{}
-	dropped := map[string]bool{}
+	sc := &scanner{tr: tr, l: l, v: &Volume{Label: l}, fn: fn, ref: map[string]Entry{}, dropped: map[string]bool{}, buf: make([]byte, 64<<10)}
 	if c := opts.Catalog; c != nil {
 		for _, d := range c.Dropped {
-			dropped[d.Name] = true
+			sc.dropped[d.Name] = true
 		}
 		if c.SetID != l.SetID || c.Volume != l.Volume {
 			return nil, nil, fmt.Errorf("reference catalog is of volume %d of set %s, the volume is %d of set %s",
 				c.Volume, c.SetID, l.Volume, l.SetID)
 		}
 		for _, e := range c.Members {
-			ref[e.Name] = e
+			sc.ref[e.Name] = e
 		}
 	}
-	var problems []Problem
-	truncate := func(in string, err error) {
-		v.Truncated, v.TruncatedIn, v.TruncatedBy = true, in, err.Error()
-	}
-	buf := make([]byte, 64<<10)
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, nil, err
@@ -230,62 +223,100 @@ func scan(ctx context.Context, r io.Reader, opts ReadOptions, fn MemberFunc) (*V
 			if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, tar.ErrHeader) {
 				return nil, nil, fmt.Errorf("volume %d: read tar header: %w", l.Volume, err)
 			}
-			truncate("", err)
+			sc.truncate("", err)
 			break
 		}
-		name := hdr.Name
-		if seq, ok := catalogSeq(name); ok {
-			data, err := readAll(tr, maxCatalogSize)
-			if errors.Is(err, io.ErrUnexpectedEOF) {
-				truncate(name, err)
-				break
-			}
-			var c Catalog
-			if err == nil {
-				c, err = DecodeCatalog(data)
-			}
-			switch {
-			case err != nil:
-				problems = append(problems, Problem{name, fmt.Sprintf("cannot decode: %v", err)})
-			case c.SetID != l.SetID || c.Volume != seq || seq > l.Volume:
-				problems = append(problems, Problem{name, fmt.Sprintf("catalog of volume %d of set %s on volume %d of set %s",
-					c.Volume, c.SetID, l.Volume, l.SetID)})
-			case seq == l.Volume:
-				v.Catalog = &c
-			default:
-				v.Earlier = append(v.Earlier, c)
-			}
-			continue
+		var end bool
+		if seq, ok := catalogSeq(hdr.Name); ok {
+			end = sc.catalog(hdr.Name, seq)
+		} else if end, err = sc.payload(hdr); err != nil {
+			return nil, nil, err
 		}
-		if err := ValidName(name); err != nil || hdr.Typeflag != tar.TypeReg {
-			problems = append(problems, Problem{name, fmt.Sprintf("not a payload member (type %q, %v); skipped", hdr.Typeflag, err)})
-			continue
-		}
-		hr := &hashReader{r: tr, h: blake3.New(), size: hdr.Size, name: name}
-		e := Entry{Name: name, Size: hdr.Size, Volume: l.Volume}
-		if re, ok := ref[name]; ok {
-			hr.want = &re
-			e.BLAKE3 = re.BLAKE3
-		}
-		if fn != nil && !dropped[name] {
-			if err := fn(e, hr); err != nil && !errors.Is(err, ErrChecksum) && !errors.Is(err, io.ErrUnexpectedEOF) {
-				return nil, nil, fmt.Errorf("volume %d: member %s: %w", l.Volume, name, err)
-			}
-		}
-		for hr.err == nil {
-			hr.Read(buf)
-		}
-		if errors.Is(hr.err, io.ErrUnexpectedEOF) {
-			truncate(name, hr.err)
+		if end {
 			break
 		}
-		if hr.err != io.EOF && !errors.Is(hr.err, ErrChecksum) {
-			return nil, nil, fmt.Errorf("volume %d: read member %s: %w", l.Volume, name, hr.err)
-		}
-		e.Size, e.BLAKE3 = hr.n, hex.EncodeToString(hr.h.Sum(nil))
-		v.Seen = append(v.Seen, e)
 	}
-	return v, problems, nil
+	return sc.v, sc.problems, nil
+}
+
+// scanner is the state of scan, reading the members of one volume.
+type scanner struct {
+	tr       *tar.Reader
+	l        Label
+	v        *Volume
+	fn       MemberFunc
+	ref      map[string]Entry // the members of the reference catalog
+	dropped  map[string]bool  // the members it lists as dropped
+	problems []Problem
+	buf      []byte
+}
+
+// truncate records that the volume ends early, in member in, by err.
+func (sc *scanner) truncate(in string, err error) {
+	sc.v.Truncated, sc.v.TruncatedIn, sc.v.TruncatedBy = true, in, err.Error()
+}
+
+// catalog reads catalog member name, of volume seq: the volume's own or a
+// copy of an earlier one. It reports end when the volume is truncated in it.
+func (sc *scanner) catalog(name string, seq int) (end bool) {
+	l := sc.l
+	data, err := readAll(sc.tr, maxCatalogSize)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		sc.truncate(name, err)
+		return true
+	}
+	var c Catalog
+	if err == nil {
+		c, err = DecodeCatalog(data)
+	}
+	switch {
+	case err != nil:
+		sc.problems = append(sc.problems, Problem{name, fmt.Sprintf("cannot decode: %v", err)})
+	case c.SetID != l.SetID || c.Volume != seq || seq > l.Volume:
+		sc.problems = append(sc.problems, Problem{name, fmt.Sprintf("catalog of volume %d of set %s on volume %d of set %s",
+			c.Volume, c.SetID, l.Volume, l.SetID)})
+	case seq == l.Volume:
+		sc.v.Catalog = &c
+	default:
+		sc.v.Earlier = append(sc.v.Earlier, c)
+	}
+	return false
+}
+
+// payload passes payload member hdr to fn (unless the reference catalog
+// lists it as dropped), reads what fn left and records what was seen. It
+// reports end when the volume is truncated in it; the error is one of fn's
+// that stops the scan, or a failure to read.
+func (sc *scanner) payload(hdr *tar.Header) (end bool, err error) {
+	name, vol := hdr.Name, sc.l.Volume
+	if err := ValidName(name); err != nil || hdr.Typeflag != tar.TypeReg {
+		sc.problems = append(sc.problems, Problem{name, fmt.Sprintf("not a payload member (type %q, %v); skipped", hdr.Typeflag, err)})
+		return false, nil
+	}
+	hr := &hashReader{r: sc.tr, h: blake3.New(), size: hdr.Size, name: name}
+	e := Entry{Name: name, Size: hdr.Size, Volume: vol}
+	if re, ok := sc.ref[name]; ok {
+		hr.want = &re
+		e.BLAKE3 = re.BLAKE3
+	}
+	if sc.fn != nil && !sc.dropped[name] {
+		if err := sc.fn(e, hr); err != nil && !errors.Is(err, ErrChecksum) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			return false, fmt.Errorf("volume %d: member %s: %w", vol, name, err)
+		}
+	}
+	for hr.err == nil {
+		hr.Read(sc.buf)
+	}
+	if errors.Is(hr.err, io.ErrUnexpectedEOF) {
+		sc.truncate(name, hr.err)
+		return true, nil
+	}
+	if hr.err != io.EOF && !errors.Is(hr.err, ErrChecksum) {
+		return false, fmt.Errorf("volume %d: read member %s: %w", vol, name, hr.err)
+	}
+	e.Size, e.BLAKE3 = hr.n, hex.EncodeToString(hr.h.Sum(nil))
+	sc.v.Seen = append(sc.v.Seen, e)
+	return false, nil
 }
 
 // hashReader hashes a member as it is read and checks it at its end.

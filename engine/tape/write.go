@@ -82,18 +82,58 @@ type WriteOptions struct {
 // On error, the catalogs of the volumes completed so far are returned with
 // it; the volume being written is incomplete.
 func WriteSet(ctx context.Context, dev Device, opts WriteOptions, members []Member, earlier []Catalog) ([]Catalog, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := checkMembers(members, earlier); err != nil {
+		return nil, err
+	}
+	prior, next, err := continueSet(&opts, earlier)
+	if err != nil {
+		return nil, err
+	}
+	now := opts.Now().UTC().Truncate(time.Second)
+	if err := checkFit(&opts, members, next, now); err != nil {
+		return nil, err
+	}
+
+	queue := members
+	var out []Catalog
+	for len(out) == 0 || len(queue) > 0 || out[len(out)-1].Truncated {
+		seq := next
+		next++
+		cat, err := writeVolume(ctx, dev, &opts, seq, now, queue, prior)
+		if err != nil {
+			return out, err
+		}
+		queue = queue[len(cat.Members):]
+		out = append(out, cat)
+		prior = append(prior, cat)
+	}
+	return out, nil
+}
+
+// setDefaults fills in the zero options and checks the sizes.
+func (opts *WriteOptions) setDefaults() error {
 	if opts.BlockSize == 0 {
 		opts.BlockSize = DefaultBlockSize
 	}
 	if opts.BlockSize < 0 || opts.BlockSize%TarBlock != 0 {
-		return nil, fmt.Errorf("block size %d is not a positive multiple of %d", opts.BlockSize, TarBlock)
+		return fmt.Errorf("block size %d is not a positive multiple of %d", opts.BlockSize, TarBlock)
 	}
 	if opts.VolumeSize < 0 {
-		return nil, fmt.Errorf("negative volume size %d", opts.VolumeSize)
+		return fmt.Errorf("negative volume size %d", opts.VolumeSize)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	return nil
+}
+
+// checkMembers checks the members to write: valid names, each given once,
+// with a size and an opener, and needing only earlier members or members of
+// the earlier catalogs.
+func checkMembers(members []Member, earlier []Catalog) error {
 	seen := make(map[string]bool, len(members))
 	given := make(map[string]bool, len(members))
 	for _, c := range earlier {
@@ -104,86 +144,98 @@ func WriteSet(ctx context.Context, dev Device, opts WriteOptions, members []Memb
 	for _, m := range members {
 		for _, d := range m.Needs {
 			if !seen[d] {
-				return nil, fmt.Errorf("member %q needs %q, which is neither an earlier member nor on an earlier volume: %w", m.Name, d, ErrInvalidName)
+				return fmt.Errorf("member %q needs %q, which is neither an earlier member nor on an earlier volume: %w", m.Name, d, ErrInvalidName)
 			}
 		}
 		if err := ValidName(m.Name); err != nil {
-			return nil, err
+			return err
 		}
 		if given[m.Name] {
-			return nil, fmt.Errorf("member %q given twice: %w", m.Name, ErrInvalidName)
+			return fmt.Errorf("member %q given twice: %w", m.Name, ErrInvalidName)
 		}
 		seen[m.Name], given[m.Name] = true, true
 		if m.Size < 0 || m.Open == nil {
-			return nil, fmt.Errorf("member %q: negative size or no Open function", m.Name)
+			return fmt.Errorf("member %q: negative size or no Open function", m.Name)
 		}
 	}
-	prior := append([]Catalog(nil), earlier...)
+	return nil
+}
+
+// continueSet returns the earlier catalogs ordered by volume and the number
+// of the next volume, and sets opts.SetID: the earlier catalogs' set, or a
+// new random id for a new set. The earlier catalogs must all belong to
+// opts.SetID (when it is given) and hold each volume once.
+func continueSet(opts *WriteOptions, earlier []Catalog) (prior []Catalog, next int, err error) {
+	prior = append([]Catalog(nil), earlier...)
 	sort.Slice(prior, func(i, j int) bool { return prior[i].Volume < prior[j].Volume })
-	next := 1
+	next = 1
 	for i, c := range prior {
 		if opts.SetID == "" {
 			opts.SetID = c.SetID
 		}
 		if c.SetID != opts.SetID {
-			return nil, fmt.Errorf("earlier catalog of volume %d belongs to set %s, not %s: %w", c.Volume, c.SetID, opts.SetID, ErrCorrupt)
+			return nil, 0, fmt.Errorf("earlier catalog of volume %d belongs to set %s, not %s: %w", c.Volume, c.SetID, opts.SetID, ErrCorrupt)
 		}
 		if i > 0 && prior[i-1].Volume == c.Volume {
-			return nil, fmt.Errorf("earlier catalogs hold volume %d twice: %w", c.Volume, ErrCorrupt)
+			return nil, 0, fmt.Errorf("earlier catalogs hold volume %d twice: %w", c.Volume, ErrCorrupt)
 		}
 		next = c.Volume + 1
 	}
 	if opts.SetID == "" {
 		var b [16]byte
 		if _, err := rand.Read(b[:]); err != nil {
-			return nil, fmt.Errorf("new set id: %w", err)
+			return nil, 0, fmt.Errorf("new set id: %w", err)
 		}
 		opts.SetID = hex.EncodeToString(b[:])
 	}
-	now := opts.Now().UTC().Truncate(time.Second)
-	if opts.VolumeSize > 0 {
-		for _, m := range members {
-			v := &volWriter{opts: &opts, seq: next, now: now}
-			need := v.metaFootprint(LabelName, len(encodeJSON(v.label()))) + v.payloadFootprint(m) + v.catalogFootprint(1, v.entrySize(m)) + 2*TarBlock
-			if roundUp(need, int64(opts.BlockSize)) > opts.VolumeSize {
-				return nil, fmt.Errorf("member %s (%d bytes) needs a volume of at least %d bytes, volume size is %d: %w",
-					m.Name, m.Size, roundUp(need, int64(opts.BlockSize)), opts.VolumeSize, ErrMemberTooLarge)
-			}
-		}
-	}
+	return prior, next, nil
+}
 
-	queue := members
-	var out []Catalog
-	for len(out) == 0 || len(queue) > 0 || out[len(out)-1].Truncated {
-		seq := next
-		next++
-		w, err := dev.OpenWrite(ctx, seq)
-		if err != nil {
-			return out, fmt.Errorf("volume %d: %w", seq, err)
-		}
-		v := &volWriter{opts: &opts, seq: seq, now: now, bw: newBlockWriter(w, opts.BlockSize)}
-		cat, err := v.write(ctx, queue, prior)
-		cerr := w.Close()
-		if err != nil {
-			return out, err
-		}
-		if cerr != nil && !v.hitEOM {
-			return out, fmt.Errorf("close volume %d: %w", seq, cerr)
-		}
-		n := len(cat.Members)
-		if n == 0 && (len(queue) > 0 || cat.Truncated) {
-			what := "the volume label, catalog copies and catalog"
-			if len(queue) > 0 {
-				what = fmt.Sprintf("member %s (%d bytes)", queue[0].Name, queue[0].Size)
-			}
-			return out, fmt.Errorf("volume %d: end of media before %s fit on a volume holding nothing else: the medium is too small: %w",
-				seq, what, ErrMemberTooLarge)
-		}
-		queue = queue[n:]
-		out = append(out, cat)
-		prior = append(prior, cat)
+// checkFit fails with ErrMemberTooLarge, before anything is written, when
+// opts.VolumeSize is set and a member does not fit on a volume of its own
+// (volume next, written at now, with its label and catalog).
+func checkFit(opts *WriteOptions, members []Member, next int, now time.Time) error {
+	if opts.VolumeSize <= 0 {
+		return nil
 	}
-	return out, nil
+	for _, m := range members {
+		v := &volWriter{opts: opts, seq: next, now: now}
+		need := v.metaFootprint(LabelName, len(encodeJSON(v.label()))) + v.payloadFootprint(m) + v.catalogFootprint(1, v.entrySize(m)) + 2*TarBlock
+		if roundUp(need, int64(opts.BlockSize)) > opts.VolumeSize {
+			return fmt.Errorf("member %s (%d bytes) needs a volume of at least %d bytes, volume size is %d: %w",
+				m.Name, m.Size, roundUp(need, int64(opts.BlockSize)), opts.VolumeSize, ErrMemberTooLarge)
+		}
+	}
+	return nil
+}
+
+// writeVolume writes volume seq on dev: copies of the prior catalogs and as
+// many of queue as fit. The returned catalog lists the members written, the
+// first len(cat.Members) of queue. A volume holding no member although
+// queue is not empty (or was cut short) is ErrMemberTooLarge.
+func writeVolume(ctx context.Context, dev Device, opts *WriteOptions, seq int, now time.Time, queue []Member, prior []Catalog) (Catalog, error) {
+	w, err := dev.OpenWrite(ctx, seq)
+	if err != nil {
+		return Catalog{}, fmt.Errorf("volume %d: %w", seq, err)
+	}
+	v := &volWriter{opts: opts, seq: seq, now: now, bw: newBlockWriter(w, opts.BlockSize)}
+	cat, err := v.write(ctx, queue, prior)
+	cerr := w.Close()
+	if err != nil {
+		return Catalog{}, err
+	}
+	if cerr != nil && !v.hitEOM {
+		return Catalog{}, fmt.Errorf("close volume %d: %w", seq, cerr)
+	}
+	if len(cat.Members) == 0 && (len(queue) > 0 || cat.Truncated) {
+		what := "the volume label, catalog copies and catalog"
+		if len(queue) > 0 {
+			what = fmt.Sprintf("member %s (%d bytes)", queue[0].Name, queue[0].Size)
+		}
+		return Catalog{}, fmt.Errorf("volume %d: end of media before %s fit on a volume holding nothing else: the medium is too small: %w",
+			seq, what, ErrMemberTooLarge)
+	}
+	return cat, nil
 }
 
 // span kinds

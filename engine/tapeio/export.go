@@ -15,12 +15,10 @@ package tapeio
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
-	"strings"
-	"time"
 
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/tape"
@@ -59,7 +57,7 @@ type ExportResult struct {
 }
 
 // Export writes the repository r to new volumes on dev and records their
-// catalogs in the repository (repo.TapeDir), also when it fails part way:
+// catalogs in the repository (CatalogDir), also when it fails part way:
 // the volumes completed so far are then recorded. The caller holds a shared
 // repository lock.
 func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOptions) (*ExportResult, error) {
@@ -105,11 +103,7 @@ func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOp
 	cats, werr := tape.WriteSet(ctx, dev, wo, members, earlier)
 	for _, c := range cats {
 		res.SetID = c.SetID
-		data, err := json.Marshal(c)
-		if err != nil {
-			return res, err
-		}
-		if err := r.SaveTapeCatalog(ctx, c.SetID, c.Volume, append(data, '\n')); err != nil {
+		if err := recordCatalog(ctx, r, c); err != nil {
 			return res, fmt.Errorf("%w (the volumes were written; record the catalogs again by exporting anew with --new-set)", err)
 		}
 		res.Catalogs = append(res.Catalogs, c)
@@ -129,20 +123,7 @@ func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOp
 // left out (config and keys are always written: they are small and keys
 // change).
 func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool) ([]tape.Member, int, error) {
-	member := func(name string, size int64) tape.Member {
-		return tape.Member{Name: name, Size: size, Open: func(ctx context.Context) (io.ReadCloser, error) {
-			return r.OpenObject(ctx, name)
-		}}
-	}
-	sized := func(name string) (tape.Member, error) {
-		size, err := r.ObjectSize(ctx, name)
-		if err != nil {
-			return tape.Member{}, fmt.Errorf("tape export: %w", err)
-		}
-		return member(name, size), nil
-	}
-	var packs, out []tape.Member
-	skipped := 0
+	l := &memberList{r: r, skip: skip, havePack: map[string]bool{}}
 	// Snapshots first, then packs: every pack a listed snapshot needs was
 	// stored before the snapshot, so a backup committing meanwhile cannot
 	// make a listed snapshot's pack look missing.
@@ -150,75 +131,26 @@ func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool
 	if err != nil {
 		return nil, 0, fmt.Errorf("tape export: %w", err)
 	}
-	havePack := map[string]bool{}
-	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
-		name := repo.PackName(id)
-		havePack[name] = true
-		if skip[name] {
-			skipped++
-			return nil
-		}
-		packs = append(packs, member(name, size))
-		return nil
-	}, nil)
-	if err != nil {
-		return nil, 0, fmt.Errorf("tape export: list packs: %w", err)
+	if err := l.addPacks(ctx); err != nil {
+		return nil, 0, err
 	}
-	sort.Slice(packs, func(i, j int) bool { return packs[i].Name < packs[j].Name })
-	out = append(out, packs...)
-
 	if len(bad) > 0 {
 		return nil, 0, fmt.Errorf("tape export: %d snapshot records cannot be read (first: %v); run `stasis check` and `stasis repair index`", len(bad), bad[0])
 	}
 	for _, sn := range snaps {
-		name := repo.SnapshotName(sn.ID)
-		if skip[name] {
-			skipped++
-			continue
-		}
-		m, err := sized(name)
-		if err != nil {
+		if err := l.addSnapshot(ctx, sn); err != nil {
 			return nil, 0, err
 		}
-		m.Time = sn.Time
-		if m.Needs, err = neededPacks(ctx, r, sn); err != nil {
-			return nil, 0, err
-		}
-		for _, p := range m.Needs {
-			if havePack[p] {
-				continue
-			}
-			// Not listed: an object store's listing may lag behind a
-			// backup that just committed. Ask for the object itself.
-			size, err := r.ObjectSize(ctx, p)
-			if err != nil {
-				return nil, 0, fmt.Errorf("tape export: snapshot %s needs %s, which is not in the repository (%v); run `stasis check`", sn.ID.Short(), p, err)
-			}
-			havePack[p] = true
-			if !skip[p] {
-				out = append(out, member(p, size))
-			}
-		}
-		out = append(out, m)
 	}
-	m, err := sized("config")
-	if err != nil {
+	if err := l.addFiles(ctx, []string{"config"}, false); err != nil {
 		return nil, 0, err
 	}
-	out = append(out, m)
 	keys, err := r.KeyNames(ctx)
 	if err != nil {
 		return nil, 0, fmt.Errorf("tape export: %w", err)
 	}
-	for _, name := range keys {
-		if !repo.ValidFileName(name) {
-			continue
-		}
-		m, err := sized(name)
-		if err != nil {
-			return nil, 0, err
-		}
-		out = append(out, m)
+	if err := l.addFiles(ctx, slices.DeleteFunc(keys, func(name string) bool { return !repo.ValidFileName(name) }), false); err != nil {
+		return nil, 0, err
 	}
 	// Compression dictionaries are needed to decode blobs; they are
 	// immutable and content-addressed like packs, so an incremental export
@@ -227,18 +159,109 @@ func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool
 	if err != nil {
 		return nil, 0, fmt.Errorf("tape export: list compression dictionaries: %w", err)
 	}
-	for _, name := range dicts {
-		if skip[name] {
-			skipped++
+	if err := l.addFiles(ctx, dicts, true); err != nil {
+		return nil, 0, err
+	}
+	return l.out, l.skipped, nil
+}
+
+// memberList collects the members of an export, in order.
+type memberList struct {
+	r        *repo.Repository
+	skip     map[string]bool // names already on the set
+	out      []tape.Member
+	skipped  int             // names left out because they are in skip
+	havePack map[string]bool // pack file names known to be stored
+}
+
+// member returns the member of repository file name, of size bytes.
+func (l *memberList) member(name string, size int64) tape.Member {
+	return tape.Member{Name: name, Size: size, Open: func(ctx context.Context) (io.ReadCloser, error) {
+		return l.r.OpenObject(ctx, name)
+	}}
+}
+
+// sized returns the member of repository file name, asking for its size.
+func (l *memberList) sized(ctx context.Context, name string) (tape.Member, error) {
+	size, err := l.r.ObjectSize(ctx, name)
+	if err != nil {
+		return tape.Member{}, fmt.Errorf("tape export: %w", err)
+	}
+	return l.member(name, size), nil
+}
+
+// addPacks adds every pack file that is not in skip, sorted by name.
+func (l *memberList) addPacks(ctx context.Context) error {
+	var packs []tape.Member
+	err := l.r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+		name := repo.PackName(id)
+		l.havePack[name] = true
+		if l.skip[name] {
+			l.skipped++
+			return nil
+		}
+		packs = append(packs, l.member(name, size))
+		return nil
+	}, nil)
+	if err != nil {
+		return fmt.Errorf("tape export: list packs: %w", err)
+	}
+	sort.Slice(packs, func(i, j int) bool { return packs[i].Name < packs[j].Name })
+	l.out = append(l.out, packs...)
+	return nil
+}
+
+// addSnapshot adds the snapshot file of sn, unless it is in skip, with its
+// time and the packs it needs as its note; a needed pack the pack listing
+// did not show is added before it.
+func (l *memberList) addSnapshot(ctx context.Context, sn *repo.Snapshot) error {
+	name := repo.SnapshotName(sn.ID)
+	if l.skip[name] {
+		l.skipped++
+		return nil
+	}
+	m, err := l.sized(ctx, name)
+	if err != nil {
+		return err
+	}
+	m.Time = sn.Time
+	if m.Needs, err = neededPacks(ctx, l.r, sn); err != nil {
+		return err
+	}
+	for _, p := range m.Needs {
+		if l.havePack[p] {
 			continue
 		}
-		m, err := sized(name)
+		// Not listed: an object store's listing may lag behind a
+		// backup that just committed. Ask for the object itself.
+		size, err := l.r.ObjectSize(ctx, p)
 		if err != nil {
-			return nil, 0, err
+			return fmt.Errorf("tape export: snapshot %s needs %s, which is not in the repository (%v); run `stasis check`", sn.ID.Short(), p, err)
 		}
-		out = append(out, m)
+		l.havePack[p] = true
+		if !l.skip[p] {
+			l.out = append(l.out, l.member(p, size))
+		}
 	}
-	return out, skipped, nil
+	l.out = append(l.out, m)
+	return nil
+}
+
+// addFiles adds the repository files names, leaving out those in skip when
+// skippable.
+func (l *memberList) addFiles(ctx context.Context, names []string, skippable bool) error {
+	for _, name := range names {
+		if skippable && l.skip[name] {
+			l.skipped++
+			continue
+		}
+		m, err := l.sized(ctx, name)
+		if err != nil {
+			return err
+		}
+		l.out = append(l.out, m)
+	}
+	return nil
 }
 
 // neededPacks returns the sorted pack file names holding the trees and
@@ -286,41 +309,4 @@ func neededPacks(ctx context.Context, r *repo.Repository, sn *repo.Snapshot) ([]
 	}
 	sort.Strings(out)
 	return out, nil
-}
-
-// RecordedSets returns the catalogs recorded in the repository, by set id,
-// ordered by volume. A catalog file that does not decode is an error naming
-// it.
-func RecordedSets(ctx context.Context, r *repo.Repository) (map[string][]tape.Catalog, error) {
-	files, err := r.TapeCatalogs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	sets := map[string][]tape.Catalog{}
-	for _, f := range files {
-		c, err := tape.DecodeCatalog(f.Data)
-		if err != nil {
-			return nil, fmt.Errorf("recorded tape catalog of set %s volume %d: %w", f.SetID, f.Volume, err)
-		}
-		if c.SetID != f.SetID || c.Volume != f.Volume {
-			return nil, fmt.Errorf("recorded tape catalog %s/%06d.json holds volume %d of set %s: %w", f.SetID, f.Volume, c.Volume, c.SetID, tape.ErrCorrupt)
-		}
-		sets[c.SetID] = append(sets[c.SetID], c)
-	}
-	return sets, nil
-}
-
-// CurrentSet returns the id of the set written to last (by catalog time,
-// then volume number), or "" when none is recorded.
-func CurrentSet(sets map[string][]tape.Catalog) string {
-	var best string
-	var bestTime time.Time
-	for id, cats := range sets {
-		for _, c := range cats {
-			if best == "" || c.Time.After(bestTime) || (c.Time.Equal(bestTime) && strings.Compare(id, best) > 0) {
-				best, bestTime = id, c.Time
-			}
-		}
-	}
-	return best
 }

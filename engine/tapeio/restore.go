@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -32,8 +33,9 @@ type RestoreOptions struct {
 	SpoolDir string
 	// Restore says where and what to restore.
 	Restore engine.RestoreOptions
-	// Log, when set, receives one line per volume read.
-	Log io.Writer
+	// Log, when set, receives one record per volume read and one when the
+	// restore starts; nil logs nothing.
+	Log *slog.Logger
 }
 
 // RestoreResult says what Restore did.
@@ -69,27 +71,15 @@ var errEnough = errors.New("every needed member was read")
 // every chunk. A damaged or missing member costs only the files whose data
 // is in it: every other file is restored, and the result names the rest.
 func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreResult, error) {
-	logf := func(format string, args ...any) {
-		if o.Log != nil {
-			fmt.Fprintf(o.Log, format+"\n", args...)
-		}
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	vols, err := openHeads(ctx, paths, o.Read)
+	set, err := openSet(ctx, paths, o.Read)
 	if err != nil {
 		return nil, fmt.Errorf("tape restore: %w", err)
 	}
-	known := catalogs(ctx, vols)
-	heads := make([]*tape.Volume, len(vols))
-	bySeq := map[int]*VolumeFile{}
-	for i, v := range vols {
-		heads[i] = v.Head
-		bySeq[v.Head.Label.Volume] = v
-	}
-	set, err := tape.MergeCatalogs(heads...)
-	if err != nil {
-		return nil, fmt.Errorf("tape restore: %w", err)
-	}
-	snapEntry, note, err := pickSnapshot(set, known, o)
+	snapEntry, note, err := pickSnapshot(set.index, set.known, o)
 	if err != nil {
 		return nil, fmt.Errorf("tape restore: %w", err)
 	}
@@ -97,44 +87,7 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 	if note.Time != nil {
 		res.SnapshotTime = *note.Time
 	}
-
-	// What is needed, and where: the latest copy of each name.
-	where := map[string]tape.Entry{}
-	for _, e := range set.Members {
-		where[e.Name] = e
-	}
-	need := map[string]int{} // name → volume
-	wanted := append([]string{snapEntry.Name, "config"}, note.Needs...)
-	for _, e := range set.Members {
-		if strings.HasPrefix(e.Name, "keys/") || strings.HasPrefix(e.Name, "dicts/") {
-			wanted = append(wanted, e.Name)
-		}
-	}
-	perVolume := map[int]int{}
-	for _, name := range wanted {
-		e, ok := where[name]
-		if !ok {
-			res.Bad = append(res.Bad, tape.Problem{Name: name, Problem: "on no volume of the set"})
-			continue
-		}
-		need[name] = e.Volume
-		perVolume[e.Volume]++
-	}
-	for seq := range perVolume {
-		res.VolumesNeeded = append(res.VolumesNeeded, seq)
-		if bySeq[seq] == nil {
-			res.MissingVolumes = append(res.MissingVolumes, seq)
-		}
-	}
-	sort.Ints(res.VolumesNeeded)
-	sort.Ints(res.MissingVolumes)
-	for _, seq := range res.MissingVolumes {
-		for name, v := range need {
-			if v == seq {
-				res.Bad = append(res.Bad, tape.Problem{Name: name, Problem: fmt.Sprintf("on volume %d, which was not given", seq)})
-			}
-		}
-	}
+	plan := planRestore(set, snapEntry, note, res)
 
 	spool, err := os.MkdirTemp(o.SpoolDir, "stasis-tape-restore-")
 	if err != nil {
@@ -146,55 +99,9 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 		return res, fmt.Errorf("tape restore: %w", err)
 	}
 	for _, seq := range res.VolumesNeeded {
-		v := bySeq[seq]
-		if v == nil {
-			continue
-		}
-		var ref *tape.Catalog
-		if c, ok := known[seq]; ok {
-			ref = &c
-		}
-		logf("reading volume %d (%s): %d members needed", seq, v.Path, perVolume[seq])
-		left := perVolume[seq]
-		got := map[string]bool{}
-		rep, err := readVolume(ctx, v, o.Read, ref, func(e tape.Entry, r io.Reader) error {
-			if need[e.Name] != seq || got[e.Name] {
-				return nil
-			}
-			var n int64
-			err := repo.ImportFile(ctx, st, e.Name, func(w io.Writer) error {
-				var err error
-				n, err = io.Copy(w, r)
-				return err
-			})
-			if err != nil {
-				return err // ErrChecksum, ErrUnexpectedEOF: reported below
-			}
-			got[e.Name] = true
-			res.Members++
-			res.Bytes += n
-			if left--; left == 0 && ref != nil {
-				return errEnough
-			}
-			return nil
-		})
-		if rep == nil && !errors.Is(err, errEnough) {
-			return res, fmt.Errorf("tape restore: volume %d (%s): %w", seq, v.Path, err)
-		}
-		res.VolumesRead = append(res.VolumesRead, seq)
-		bad := map[string]string{}
-		if rep != nil {
-			for _, p := range rep.Bad {
-				bad[p.Name] = p.Problem
-			}
-		}
-		for name, vs := range need {
-			if vs == seq && !got[name] {
-				why := bad[name]
-				if why == "" {
-					why = "not found intact on the volume"
-				}
-				res.Bad = append(res.Bad, tape.Problem{Name: name, Problem: fmt.Sprintf("volume %d: %s", seq, why)})
+		if v := set.bySeq[seq]; v != nil {
+			if err := spoolVolume(ctx, st, v, set.known, plan, o.Read, log, res); err != nil {
+				return res, err
 			}
 		}
 	}
@@ -204,28 +111,86 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 			return res, fmt.Errorf("tape restore: %s of snapshot %s could not be read from the volumes: %s", name, res.SnapshotID, problems(res.Bad))
 		}
 	}
+	return res, restoreFromSpool(ctx, st, spool, o, log, res)
+}
 
+// spoolVolume reads volume v once, storing in st the members the plan needs
+// from it, and stops after the last of them when its catalog is known. It
+// counts what it spooled in res and adds to res.Bad the needed members it
+// did not find intact; the error is for a volume that cannot be read.
+func spoolVolume(ctx context.Context, st repo.Storage, v *VolumeFile, known map[int]tape.Catalog, plan restorePlan, o ReadOptions, log *slog.Logger, res *RestoreResult) error {
+	seq := v.Head.Label.Volume
+	var ref *tape.Catalog
+	if c, ok := known[seq]; ok {
+		ref = &c
+	}
+	log.Info(fmt.Sprintf("reading volume %d (%s): %d members needed", seq, v.Path, plan.perVolume[seq]),
+		"volume", seq, "path", v.Path, "members", plan.perVolume[seq])
+	left := plan.perVolume[seq]
+	got := map[string]bool{}
+	rep, err := readVolume(ctx, v, o, ref, func(e tape.Entry, r io.Reader) error {
+		if plan.need[e.Name] != seq || got[e.Name] {
+			return nil
+		}
+		n, err := importMember(ctx, st, e.Name, r)
+		if err != nil {
+			return err // ErrChecksum, ErrUnexpectedEOF: reported below
+		}
+		got[e.Name] = true
+		res.Members++
+		res.Bytes += n
+		if left--; left == 0 && ref != nil {
+			return errEnough
+		}
+		return nil
+	})
+	if rep == nil && !errors.Is(err, errEnough) {
+		return fmt.Errorf("tape restore: volume %d (%s): %w", seq, v.Path, err)
+	}
+	res.VolumesRead = append(res.VolumesRead, seq)
+	bad := map[string]string{}
+	if rep != nil {
+		for _, p := range rep.Bad {
+			bad[p.Name] = p.Problem
+		}
+	}
+	for name, vs := range plan.need {
+		if vs == seq && !got[name] {
+			why := bad[name]
+			if why == "" {
+				why = "not found intact on the volume"
+			}
+			res.Bad = append(res.Bad, tape.Problem{Name: name, Problem: fmt.Sprintf("volume %d: %s", seq, why)})
+		}
+	}
+	return nil
+}
+
+// restoreFromSpool opens the spooled repository files in st (the spool
+// directory's repo), indexes the spooled packs and restores the snapshot
+// res names, setting res.RestoreResult.
+func restoreFromSpool(ctx context.Context, st repo.Storage, spool string, o RestoreOptions, log *slog.Logger, res *RestoreResult) error {
 	oo := o.Open
 	oo.Exclusive = true                         // the spool is this command's alone
 	oo.CacheDir = filepath.Join(spool, "cache") // not the cache of the repository the tapes came from
 	r, err := repo.Open(ctx, st, oo)
 	if err != nil {
-		return res, fmt.Errorf("tape restore: open the spooled repository files: %w", err)
+		return fmt.Errorf("tape restore: open the spooled repository files: %w", err)
 	}
 	defer r.Close()
 	if _, err := r.RebuildIndex(ctx, repo.RebuildOptions{}); err != nil {
-		return res, fmt.Errorf("tape restore: index the spooled packs: %w", err)
+		return fmt.Errorf("tape restore: index the spooled packs: %w", err)
 	}
 	sn, err := r.FindSnapshot(ctx, res.SnapshotID, repo.SnapshotFilter{})
 	if err != nil {
-		return res, fmt.Errorf("tape restore: %w", err)
+		return fmt.Errorf("tape restore: %w", err)
 	}
-	logf("restoring snapshot %s to %s", sn.ID.Short(), o.Restore.Target)
+	log.Info(fmt.Sprintf("restoring snapshot %s to %s", sn.ID.Short(), o.Restore.Target), "snapshot", sn.ID.String(), "target", o.Restore.Target)
 	res.RestoreResult, err = engine.Restore(ctx, r, sn, o.Restore)
 	if err == nil && len(res.Bad) > 0 {
 		err = fmt.Errorf("tape restore: %d needed members were damaged or missing (%s): %w", len(res.Bad), problems(res.Bad), engine.ErrRestoreIncomplete)
 	}
-	return res, err
+	return err
 }
 
 func problems(ps []tape.Problem) string {
@@ -237,55 +202,4 @@ func problems(ps []tape.Problem) string {
 		return "no damaged members known"
 	}
 	return strings.Join(s, "; ")
-}
-
-// pickSnapshot finds the snapshot member asked for, with its note.
-func pickSnapshot(set *tape.SetIndex, known map[int]tape.Catalog, o RestoreOptions) (tape.Entry, tape.Note, error) {
-	type cand struct {
-		e tape.Entry
-		n tape.Note
-	}
-	var cands []cand
-	for _, e := range set.Members {
-		if !strings.HasPrefix(e.Name, "snapshots/") {
-			continue
-		}
-		c := known[e.Volume]
-		n, _ := c.Note(e.Name)
-		cands = append(cands, cand{e, n})
-	}
-	if len(cands) == 0 {
-		return tape.Entry{}, tape.Note{}, fmt.Errorf("no snapshot is listed in the catalogs of the volumes given; give the last volume of the set")
-	}
-	if o.At.IsZero() && o.Snapshot != "latest" {
-		var match []cand
-		for _, c := range cands {
-			if strings.HasPrefix(strings.TrimPrefix(c.e.Name, "snapshots/"), o.Snapshot) {
-				match = append(match, c)
-			}
-		}
-		switch {
-		case o.Snapshot == "" || len(match) == 0:
-			return tape.Entry{}, tape.Note{}, fmt.Errorf("snapshot %q: %w on the volumes given", o.Snapshot, repo.ErrSnapshotNotFound)
-		case len(match) > 1:
-			return tape.Entry{}, tape.Note{}, fmt.Errorf("snapshot %q is ambiguous (%d snapshots match); give more digits", o.Snapshot, len(match))
-		}
-		return match[0].e, match[0].n, nil
-	}
-	var best *cand
-	for i, c := range cands {
-		if c.n.Time == nil {
-			return tape.Entry{}, tape.Note{}, fmt.Errorf("the catalog has no time for %s: give the snapshot id", c.e.Name)
-		}
-		if !o.At.IsZero() && c.n.Time.After(o.At) {
-			continue
-		}
-		if best == nil || !c.n.Time.Before(*best.n.Time) {
-			best = &cands[i]
-		}
-	}
-	if best == nil {
-		return tape.Entry{}, tape.Note{}, fmt.Errorf("no snapshot at or before %s on the volumes given: %w", o.At.Format(time.RFC3339), repo.ErrSnapshotNotFound)
-	}
-	return best.e, best.n, nil
 }
