@@ -1,6 +1,7 @@
 package quiesce
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -175,18 +176,70 @@ func (s *Stream) supervise(ctx context.Context) {
 }
 
 // killGroup sends SIGTERM to the process group pgid, SIGKILL after grace,
-// and returns the result of the leader's Wait, read from exited.
+// and returns the result of the leader's Wait, read from exited, once the
+// rest of the group is gone too (see groupGone).
 func killGroup(pgid int, exited <-chan error, grace time.Duration) error {
 	_ = syscall.Kill(-pgid, syscall.SIGTERM)
 	kill := time.NewTimer(grace)
 	defer kill.Stop()
+	var err error
 	select {
-	case err := <-exited:
-		return err
+	case err = <-exited:
+		if !groupGone(pgid, grace) {
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			groupGone(pgid, grace)
+		}
 	case <-kill.C:
 		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		return <-exited
+		err = <-exited
+		groupGone(pgid, grace)
 	}
+	return err
+}
+
+// groupGone waits up to limit for the last live process of group pgid to
+// go (a signalled process dies when it next runs, not when kill returns)
+// and reports whether it went. Zombies do not count: a killed member whose
+// new parent does not reap it is gone all the same.
+func groupGone(pgid int, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for groupAlive(pgid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond) // polling the kernel: no event says a group emptied
+	}
+	return true
+}
+
+// groupAlive reports whether a process of group pgid that is not a zombie
+// exists, from /proc/PID/stat ("PID (COMM) STATE PPID PGRP ...").
+func groupAlive(pgid int) bool {
+	if syscall.Kill(-pgid, 0) != nil {
+		return false // no member at all
+	}
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return true // cannot tell: assume it lives (the caller's wait is bounded)
+	}
+	for _, d := range dirs {
+		if d.Name()[0] < '0' || d.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:])) // STATE PPID PGRP ...
+		if len(f) >= 3 && f[0] != "Z" && f[0] != "X" && f[2] == strconv.Itoa(pgid) {
+			return true
+		}
+	}
+	return false
 }
 
 // Wait waits for the command to end and returns what it did. The error
