@@ -94,12 +94,43 @@ type staging struct {
 // filesystem has room for copies of files. Messages about leftovers and
 // fallbacks are returned as warnings.
 func prepareStaging(parent string, private bool, mode Freeze, files []string, log io.Writer) (s *staging, warnings []string, err error) {
-	parent, err = filepath.Abs(parent)
+	if parent, err = checkStagingParent(parent, private); err != nil {
+		return nil, nil, err
+	}
+	s, warnings, err = makeRunDir(parent, mode, log)
 	if err != nil {
-		return nil, nil, fmt.Errorf("staging directory: %w", err)
+		return nil, warnings, err
+	}
+	defer func(prepared *staging) {
+		if err != nil {
+			prepared.remove()
+		}
+	}(s)
+
+	if s.mode == FreezeReflink {
+		if why := cloneProbe(s.dir, files); why != nil {
+			warnings = append(warnings, fmt.Sprintf("freeze reflink: %v; falling back to copy (use XFS or btrfs, with --staging on the same filesystem as the data)", why))
+			s.mode = FreezeCopy
+		}
+	}
+	if s.mode == FreezeCopy {
+		if err := checkRoom(parent, s.dir, files); err != nil {
+			return nil, warnings, err
+		}
+	}
+	return s, warnings, nil
+}
+
+// checkStagingParent creates the staging directory parent when missing and
+// checks it: a directory, and when private (the default one, which holds
+// plaintext copies) ours and mode 0700. It returns parent made absolute.
+func checkStagingParent(parent string, private bool) (string, error) {
+	parent, err := filepath.Abs(parent)
+	if err != nil {
+		return "", fmt.Errorf("staging directory: %w", err)
 	}
 	if err := os.MkdirAll(parent, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("create staging directory: %w (set --staging to a writable directory)", err)
+		return "", fmt.Errorf("create staging directory: %w (set --staging to a writable directory)", err)
 	}
 	stat := os.Stat // a --staging given may be a symlink
 	if private {
@@ -107,27 +138,30 @@ func prepareStaging(parent string, private bool, mode Freeze, files []string, lo
 	}
 	fi, err := stat(parent)
 	if err != nil {
-		return nil, nil, fmt.Errorf("staging directory: %w", err)
+		return "", fmt.Errorf("staging directory: %w", err)
 	}
 	if !fi.IsDir() {
-		return nil, nil, fmt.Errorf("staging directory %s is not a directory (set --staging to a writable directory)", parent)
+		return "", fmt.Errorf("staging directory %s is not a directory (set --staging to a writable directory)", parent)
 	}
 	if private {
 		st := fi.Sys().(*syscall.Stat_t)
 		if int(st.Uid) != os.Geteuid() {
-			return nil, nil, fmt.Errorf("staging directory %s belongs to uid %d, not to this user (uid %d): it would hold plaintext copies, so remove it and let stasis create it, or give --staging",
+			return "", fmt.Errorf("staging directory %s belongs to uid %d, not to this user (uid %d): it would hold plaintext copies, so remove it and let stasis create it, or give --staging",
 				parent, st.Uid, os.Geteuid())
 		}
 		if fi.Mode().Perm()&0o077 != 0 {
 			if err := os.Chmod(parent, 0o700); err != nil {
-				return nil, nil, fmt.Errorf("staging directory %s: make it private: %w", parent, err)
+				return "", fmt.Errorf("staging directory %s: make it private: %w", parent, err)
 			}
 		}
 	}
+	return parent, nil
+}
 
-	// Hold the parent's lock while cleaning up and creating our directory,
-	// so that no other run takes our fresh, not yet locked directory for a
-	// leftover.
+// makeRunDir removes the directories of dead runs from parent and makes and
+// locks this run's directory, holding parent's lock meanwhile so that no
+// other run takes the fresh, not yet locked directory for a leftover.
+func makeRunDir(parent string, mode Freeze, log io.Writer) (*staging, []string, error) {
 	pl, err := os.Open(parent)
 	if err != nil {
 		return nil, nil, fmt.Errorf("staging directory: %w", err)
@@ -136,7 +170,7 @@ func prepareStaging(parent string, private bool, mode Freeze, files []string, lo
 	if err := unix.Flock(int(pl.Fd()), unix.LOCK_EX); err != nil {
 		return nil, nil, fmt.Errorf("lock staging directory %s: %w", parent, err)
 	}
-	warnings = removeLeftovers(parent, log)
+	warnings := removeLeftovers(parent, log)
 	dir, err := os.MkdirTemp(parent, stagePrefix)
 	if err != nil {
 		return nil, warnings, fmt.Errorf("create staging directory: %w (set --staging to a writable directory)", err)
@@ -152,37 +186,28 @@ func prepareStaging(parent string, private bool, mode Freeze, files []string, lo
 		os.RemoveAll(dir)
 		return nil, warnings, fmt.Errorf("lock staging directory %s: %w", dir, err)
 	}
-	s = &staging{dir: dir, lock: lock, mode: mode}
-	defer func(prepared *staging) {
-		if err != nil {
-			prepared.remove()
-		}
-	}(s)
+	return &staging{dir: dir, lock: lock, mode: mode}, warnings, nil
+}
 
-	if s.mode == FreezeReflink {
-		if why := cloneProbe(dir, files); why != nil {
-			warnings = append(warnings, fmt.Sprintf("freeze reflink: %v; falling back to copy (use XFS or btrfs, with --staging on the same filesystem as the data)", why))
-			s.mode = FreezeCopy
+// checkRoom fails when the filesystem of dir has less room than the copies
+// of files need (their allocated bytes: holes are not copied).
+func checkRoom(parent, dir string, files []string) error {
+	var need int64
+	for _, f := range files {
+		var st syscall.Stat_t
+		if err := syscall.Stat(f, &st); err == nil {
+			need += st.Blocks * 512
 		}
 	}
-	if s.mode == FreezeCopy {
-		var need int64
-		for _, f := range files {
-			var st syscall.Stat_t
-			if err := syscall.Stat(f, &st); err == nil {
-				need += st.Blocks * 512 // allocated bytes: holes are not copied
-			}
-		}
-		var fs unix.Statfs_t
-		if err := unix.Statfs(dir, &fs); err != nil {
-			return nil, warnings, fmt.Errorf("staging directory %s: %w", dir, err)
-		}
-		if avail := int64(fs.Bavail) * fs.Bsize; need > avail {
-			return nil, warnings, fmt.Errorf("staging directory %s: its filesystem has %d bytes free, the copies of the %d quiesced files need %d: give --staging on a filesystem with room, or use --freeze stop",
-				parent, avail, len(files), need)
-		}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return fmt.Errorf("staging directory %s: %w", dir, err)
 	}
-	return s, warnings, nil
+	if avail := int64(fs.Bavail) * fs.Bsize; need > avail {
+		return fmt.Errorf("staging directory %s: its filesystem has %d bytes free, the copies of the %d quiesced files need %d: give --staging on a filesystem with room, or use --freeze stop",
+			parent, avail, len(files), need)
+	}
+	return nil
 }
 
 // remove deletes the run's directory and releases its lock.
