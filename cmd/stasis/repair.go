@@ -29,6 +29,8 @@ unless --forget. See docs/damage.md.`,
 	return c
 }
 
+// logWriter is the writer of a command's log lines: stderr, or nil with
+// --json.
 func (a *app) logWriter() io.Writer {
 	if a.json {
 		return nil
@@ -49,7 +51,7 @@ func (a *app) repairIndexCommand() *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			o.Log = a.logWriter()
+			o.Log = a.logger(a.stderr)
 			rep, err := r.RebuildIndex(c.Context(), o)
 			if err != nil {
 				return err
@@ -94,7 +96,7 @@ func (a *app) repairSnapshotsCommand() *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			o.Log = a.logWriter()
+			o.Log = a.logger(a.stderr)
 			rep, err := engine.RepairSnapshots(c.Context(), r, o)
 			if rep != nil && a.json {
 				writeJSON(a.stdout, rep)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/tape"
 	"github.com/stasisbackup/stasis/repo"
 )
@@ -154,7 +155,7 @@ func Import(ctx context.Context, st repo.Storage, paths []string, o ImportOption
 		return res, fmt.Errorf("tape import: open the imported repository: %w", err)
 	}
 	defer r.Close()
-	res.Rebuild, err = r.RebuildIndex(ctx, repo.RebuildOptions{ReadData: len(res.Unverified) > 0, Log: o.Log})
+	res.Rebuild, err = r.RebuildIndex(ctx, repo.RebuildOptions{ReadData: len(res.Unverified) > 0, Log: engine.LineLogger(o.Log)})
 	if err != nil {
 		return res, fmt.Errorf("tape import: rebuild the index: %w", err)
 	}
