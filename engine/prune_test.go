@@ -164,7 +164,7 @@ func TestForgetAndPruneGiveSpaceBackAndKeepTheRest(t *testing.T) {
 	if len(rep.Removed) != 4 || len(rep.Decisions) != 6 {
 		t.Fatalf("removed %d of %d, want 4 of 6", len(rep.Removed), len(rep.Decisions))
 	}
-	dry, err := engine.Prune(ctx, f.r, engine.PruneOptions{DryRun: true, MaxUnused: 0.000001})
+	dry, err := engine.Prune(ctx, f.r, engine.PruneOptions{DryRun: true, MaxUnused: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
