@@ -113,7 +113,7 @@ type backup struct {
 	repo     BackupRepo
 	opts     BackupOptions
 	pol      chunker.Pol
-	profiles map[string]repo.ChunkProfile
+	profiles map[repo.ProfileName]repo.ChunkProfile
 	dbGlobs  []string
 	names    *idNames
 	start    time.Time

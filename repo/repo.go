@@ -273,7 +273,7 @@ func open(ctx context.Context, b backend.Storage, cfg Config, mk *crypto.MasterK
 	}
 	r.comp.Store(c)
 	r.dictProblems = problems
-	r.sampler.done = c.dictID != 0 || cfg.Compression != "zstd"
+	r.sampler.done = c.dictID != 0 || cfg.Compression != CompressionZstd
 	r.packs = newPackReader(b)
 	for _, t := range []blob.Type{blob.Data, blob.Tree} {
 		r.packers[t] = newPacker(r, t)
@@ -405,7 +405,7 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 	}()
 	stored, storage := data, pack.Raw
 	var buf []byte
-	if r.cfg.Compression == "zstd" {
+	if r.cfg.Compression == CompressionZstd {
 		c := r.comp.Load()
 		if c.dictID == 0 && t == blob.Data {
 			if err := r.sampleForDict(ctx, data); err != nil {
