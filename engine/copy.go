@@ -72,6 +72,22 @@ type CopiedSnapshot struct {
 	BlobsRead   int64 // blobs read from the source (the rest were known)
 }
 
+// CopySourceError is Copy's error when a data blob of file File of
+// snapshot Snapshot cannot be read from the source repository (at Source):
+// the source is damaged.
+type CopySourceError struct {
+	Snapshot blob.ID
+	File     string
+	Source   string
+	Err      error
+}
+
+func (e *CopySourceError) Error() string {
+	return fmt.Sprintf("copy snapshot %s: file %s: %v", e.Snapshot.Short(), e.File, e.Err)
+}
+
+func (e *CopySourceError) Unwrap() error { return e.Err }
+
 // CopyResult lists the snapshots Copy dealt with, in the order it did.
 type CopyResult struct {
 	Snapshots []CopiedSnapshot
@@ -455,8 +471,7 @@ func (c *copier) copyBlobs(ctx context.Context, sn *repo.Snapshot, owner map[blo
 		id := ids[i]
 		data, err := c.src.LoadBlob(ctx, id, bufs[w])
 		if err != nil {
-			return fmt.Errorf("copy snapshot %s: file %s: %w (run `stasis check --read-data` on %s)",
-				sn.ID.Short(), owner[id], err, c.src.Location())
+			return &CopySourceError{Snapshot: sn.ID, File: owner[id], Source: c.src.Location(), Err: err}
 		}
 		bufs[w] = data
 		c.read.Add(1)

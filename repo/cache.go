@@ -26,11 +26,12 @@ import (
 )
 
 // DefaultCacheDir returns the cache directory of the repository with the
-// given id: $XDG_CACHE_HOME/stasis/<id>, or ~/.cache/stasis/<id>.
+// given id: $XDG_CACHE_HOME/stasis/<id>, or ~/.cache/stasis/<id>. It fails
+// with a *CacheDirError when the user has no cache directory.
 func DefaultCacheDir(repoID string) (string, error) {
 	base, err := os.UserCacheDir()
 	if err != nil {
-		return "", fmt.Errorf("find a cache directory (set --cache-dir or STASIS_CACHE_DIR): %w", err)
+		return "", &CacheDirError{Err: err}
 	}
 	return filepath.Join(base, "stasis", repoID), nil
 }
@@ -68,7 +69,7 @@ func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Du
 // that a damaged one does not stop the repair that replaces it.
 func (r *Repository) openIndexMode(ctx context.Context, exclusive bool, wait time.Duration, skip bool) (*index.Index, error) {
 	if err := os.MkdirAll(r.cacheDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create cache directory %s: %w (choose another with --cache-dir or STASIS_CACHE_DIR)", r.cacheDir, err)
+		return nil, &CacheDirError{Dir: r.cacheDir, Err: err}
 	}
 	sizes, names, err := r.listKnownIndexFiles(ctx)
 	if err != nil {
