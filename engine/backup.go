@@ -253,7 +253,7 @@ func (b *backup) loadParent(ctx context.Context) error {
 
 // buildParts builds the parts of the pipeline (see backup) and wires them
 // together.
-func (b *backup) buildParts(pol chunker.Pol, profiles map[string]repo.ChunkProfile) {
+func (b *backup) buildParts(pol chunker.Pol, profiles map[repo.ProfileName]repo.ChunkProfile) {
 	b.blobs = newBlobSaver(b.repo, &b.counts, 2*b.opts.Savers)
 	b.blobs.usable = b.usable
 	if b.verify != nil {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -18,8 +18,8 @@ import (
 // CheckOptions tune Check.
 type CheckOptions struct {
 	ReadData bool // read every pack, verify its hash, header and every blob
-	// Log, when set, receives one line per phase.
-	Log io.Writer
+	// Log, when set, receives one record per phase.
+	Log *slog.Logger
 	// Progress, when set, counts the packs read with ReadData and their
 	// bytes; its totals are the packs to read, set before the first.
 	Progress *Counts
@@ -42,11 +42,7 @@ func (r *CheckReport) OK() bool { return len(r.Errors) == 0 }
 // re-hashed. Damage is named by pack, blob, snapshot and file path.
 func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckReport, error) {
 	rep := &CheckReport{}
-	logf := func(format string, args ...any) {
-		if o.Log != nil {
-			fmt.Fprintf(o.Log, format+"\n", args...)
-		}
-	}
+	log := orDiscard(o.Log)
 	// Snapshots first: listing them brings this view up to the index files
 	// they need (a backup stores those before its snapshot), so the packs
 	// listed next include every pack of every snapshot checked below.
@@ -54,100 +50,37 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 	if err != nil {
 		return nil, err
 	}
-	logf("checking index files")
+	log.Info("checking index files")
 	if err := checkIndexFiles(ctx, r, rep); err != nil {
 		return nil, err
 	}
-	logf("checking packs")
-	onDisk := map[blob.ID]int64{}
-	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
-		onDisk[id] = size
-		return nil
-	}, func(name string) {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: not a pack file name", name))
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list packs: %w", err)
-	}
-	damaged := map[blob.ID]string{} // blob → why
-	missing := map[blob.ID]bool{}   // packs whose blobs cannot be read
-	var toRead, toReadBytes int64   // the packs ReadData reads
-	err = r.EachPack(func(id blob.ID, info repo.PackInfo) error {
-		rep.Packs++
-		size, ok := onDisk[id]
-		delete(onDisk, id)
-		switch {
-		case !ok:
-			missing[id] = true
-			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s is missing (its blobs are lost; restore the file from a copy or tape)", id))
-		case uint64(size) != info.Size:
-			missing[id] = true
-			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s has %d bytes, the index says %d (truncated or overwritten)", id, size, info.Size))
-		default:
-			toRead++
-			toReadBytes += int64(info.Size)
-		}
-		return nil
-	})
+	log.Info("checking packs")
+	packs, err := checkPackFiles(ctx, r, rep)
 	if err != nil {
 		return nil, err
 	}
-	for id := range onDisk {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("pack %s is in no index file (left by an interrupted backup, or written by a backup still running; `stasis prune` removes it, `stasis repair index` adopts it)", id))
-	}
 	rep.Errors = append(rep.Errors, r.DictProblems()...)
 	if !o.ReadData {
-		// Pack headers are cheap to read (the tail of each file): compare
-		// them with the index (with ReadData, readPack does this).
-		var present []blob.ID
-		r.EachPack(func(id blob.ID, _ repo.PackInfo) error {
-			if !missing[id] {
-				present = append(present, id)
-			}
-			return nil
-		})
-		for _, id := range present {
-			entries, _, err := r.ReadPackHeader(ctx, id)
-			if err != nil {
-				missing[id] = true
-				rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: header: %v", id, err))
-				continue
-			}
-			msgs, err := r.CheckIndexEntries(ctx, id, entries)
-			if err != nil {
-				return nil, err
-			}
-			rep.Errors = append(rep.Errors, msgs...)
+		if err := checkPackHeaders(ctx, r, packs.missing, rep); err != nil {
+			return nil, err
 		}
 	}
-	if len(missing) > 0 {
+	damaged := map[blob.ID]string{} // blob → why
+	if len(packs.missing) > 0 {
 		r.EachBlob(func(id blob.ID, loc repo.Location) error {
-			if missing[loc.Pack] {
+			if packs.missing[loc.Pack] {
 				damaged[id] = fmt.Sprintf("in damaged pack %s", loc.Pack.Short())
 			}
 			return nil
 		})
 	}
-
 	if o.ReadData {
-		logf("reading all packs")
-		o.Progress.SetTotals(toRead, toReadBytes)
-		err := r.EachPack(func(id blob.ID, info repo.PackInfo) error {
-			if missing[id] {
-				return nil
-			}
-			for bid, why := range readPack(ctx, r, id, rep) {
-				damaged[bid] = why
-			}
-			o.Progress.Add(1, int64(info.Size))
-			return ctx.Err()
-		})
-		if err != nil {
+		log.Info("reading all packs")
+		if err := readPacks(ctx, r, packs, o.Progress, damaged, rep); err != nil {
 			return nil, err
 		}
 	}
-
-	logf("checking snapshots")
+	log.Info("checking snapshots")
 	for _, e := range bad {
 		rep.Errors = append(rep.Errors, e.Error())
 	}
@@ -161,6 +94,98 @@ func Check(ctx context.Context, r *repo.Repository, o CheckOptions) (*CheckRepor
 		checkTree(ctx, r, sn, "/", sn.Tree, seen, damaged, rep)
 	}
 	return rep, nil
+}
+
+// checkedPacks is what checkPackFiles found of the indexed packs.
+type checkedPacks struct {
+	missing             map[blob.ID]bool // packs whose blobs cannot be read (gone, or of the wrong size)
+	toRead, toReadBytes int64            // the packs ReadData reads
+}
+
+// checkPackFiles compares the pack files on disk with the index: an
+// indexed pack that is gone or has another size is an error (and missing),
+// a pack file no index names or a file that is not named like a pack is a
+// warning. It counts the indexed packs in rep.
+func checkPackFiles(ctx context.Context, r *repo.Repository, rep *CheckReport) (*checkedPacks, error) {
+	onDisk := map[blob.ID]int64{}
+	err := r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+		onDisk[id] = size
+		return nil
+	}, func(name string) {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: not a pack file name", name))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list packs: %w", err)
+	}
+	c := &checkedPacks{missing: map[blob.ID]bool{}}
+	err = r.EachPack(func(id blob.ID, info repo.PackInfo) error {
+		rep.Packs++
+		size, ok := onDisk[id]
+		delete(onDisk, id)
+		switch {
+		case !ok:
+			c.missing[id] = true
+			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s is missing (its blobs are lost; restore the file from a copy or tape)", id))
+		case uint64(size) != info.Size:
+			c.missing[id] = true
+			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s has %d bytes, the index says %d (truncated or overwritten)", id, size, info.Size))
+		default:
+			c.toRead++
+			c.toReadBytes += int64(info.Size)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for id := range onDisk {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("pack %s is in no index file (left by an interrupted backup, or written by a backup still running; `stasis prune` removes it, `stasis repair index` adopts it)", id))
+	}
+	return c, nil
+}
+
+// checkPackHeaders compares the header of every pack that is not missing
+// with the index; a pack whose header cannot be read is added to missing.
+// Pack headers are cheap to read (the tail of each file); with ReadData,
+// readPack does this.
+func checkPackHeaders(ctx context.Context, r *repo.Repository, missing map[blob.ID]bool, rep *CheckReport) error {
+	var present []blob.ID
+	r.EachPack(func(id blob.ID, _ repo.PackInfo) error {
+		if !missing[id] {
+			present = append(present, id)
+		}
+		return nil
+	})
+	for _, id := range present {
+		entries, _, err := r.ReadPackHeader(ctx, id)
+		if err != nil {
+			missing[id] = true
+			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: header: %v", id, err))
+			continue
+		}
+		msgs, err := r.CheckIndexEntries(ctx, id, entries)
+		if err != nil {
+			return err
+		}
+		rep.Errors = append(rep.Errors, msgs...)
+	}
+	return nil
+}
+
+// readPacks reads every pack that is not missing (readPack) and adds the
+// blobs found damaged to damaged, counting the packs in progress.
+func readPacks(ctx context.Context, r *repo.Repository, packs *checkedPacks, progress *Counts, damaged map[blob.ID]string, rep *CheckReport) error {
+	progress.SetTotals(packs.toRead, packs.toReadBytes)
+	return r.EachPack(func(id blob.ID, info repo.PackInfo) error {
+		if packs.missing[id] {
+			return nil
+		}
+		for bid, why := range readPack(ctx, r, id, rep) {
+			damaged[bid] = why
+		}
+		progress.Add(1, int64(info.Size))
+		return ctx.Err()
+	})
 }
 
 // readPack verifies one pack and returns its damaged blobs.

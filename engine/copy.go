@@ -72,6 +72,22 @@ type CopiedSnapshot struct {
 	BlobsRead   int64 // blobs read from the source (the rest were known)
 }
 
+// CopySourceError is Copy's error when a data blob of file File of
+// snapshot Snapshot cannot be read from the source repository (at Source):
+// the source is damaged.
+type CopySourceError struct {
+	Snapshot blob.ID
+	File     string
+	Source   string
+	Err      error
+}
+
+func (e *CopySourceError) Error() string {
+	return fmt.Sprintf("copy snapshot %s: file %s: %v", e.Snapshot.Short(), e.File, e.Err)
+}
+
+func (e *CopySourceError) Unwrap() error { return e.Err }
+
 // CopyResult lists the snapshots Copy dealt with, in the order it did.
 type CopyResult struct {
 	Snapshots []CopiedSnapshot
@@ -262,48 +278,103 @@ func (c *copier) copyTree(ctx context.Context, sn *repo.Snapshot, dir string, id
 	if d, ok := c.trees.get(id); ok {
 		return d, nil
 	}
-	if h != nil && h.src == id {
-		// Unchanged since the snapshot an earlier copy made: that copy's
-		// tree is this one's, if the destination still holds it.
-		if ok, err := c.dst.HasBlob(h.dst); err != nil {
-			return blob.ID{}, fmt.Errorf("look up tree %s in destination %s: %w", h.dst.Short(), c.dst.Location(), err)
-		} else if ok {
-			c.trees.put(id, h.dst)
-			return h.dst, nil
-		}
+	if d, ok, err := c.hintedCopy(id, h); err != nil || ok {
+		return d, err
 	}
 	t, err := c.src.LoadTree(ctx, id)
 	if err != nil {
 		return blob.ID{}, fmt.Errorf("copy snapshot %s: directory %s: %w", sn.ID.Short(), dir, err)
 	}
-	var hs, hd *tree.Tree
-	if h != nil {
-		// A hint that cannot be read only costs reading.
-		if hs, err = c.src.LoadTree(ctx, h.src); err == nil {
-			if hd, err = c.dst.LoadTree(ctx, h.dst); err != nil {
-				hs = nil
-			}
-		}
+	hs, hd := c.loadHint(ctx, h)
+	owner, want, err := c.copyNodes(ctx, sn, dir, t, hs, hd)
+	if err != nil {
+		return blob.ID{}, err
 	}
-	var want []blob.ID            // data blobs to read, hash and store
-	owner := map[blob.ID]string{} // the file of each, for messages
+	if err := c.copyBlobs(ctx, sn, owner, want); err != nil {
+		return blob.ID{}, err
+	}
+	files, bytes, err := c.mapContent(ctx, sn, dir, t)
+	if err != nil {
+		return blob.ID{}, err
+	}
+	d, res, err := c.dst.SaveTree(ctx, t)
+	if err != nil {
+		return blob.ID{}, fmt.Errorf("copy snapshot %s: save tree of %s to %s: %w", sn.ID.Short(), dir, c.dst.Location(), err)
+	}
+	if res.Added {
+		c.added.Add(1)
+	}
+	c.stored.Add(int64(res.Stored))
+	c.trees.put(id, d)
+	c.opts.Progress.Add(files, bytes)
+	return d, nil
+}
+
+// hintedCopy returns the destination tree an earlier copy made of source
+// tree id, when h says id is unchanged since that copy's snapshot and the
+// destination still holds it.
+func (c *copier) hintedCopy(id blob.ID, h *treeHint) (blob.ID, bool, error) {
+	if h == nil || h.src != id {
+		return blob.ID{}, false, nil
+	}
+	ok, err := c.dst.HasBlob(h.dst)
+	if err != nil {
+		return blob.ID{}, false, fmt.Errorf("look up tree %s in destination %s: %w", h.dst.Short(), c.dst.Location(), err)
+	}
+	if ok {
+		c.trees.put(id, h.dst)
+	}
+	return h.dst, ok, nil
+}
+
+// loadHint loads the hint's source and destination trees; both are nil
+// when there is no hint or either cannot be read (which only costs
+// reading).
+func (c *copier) loadHint(ctx context.Context, h *treeHint) (hs, hd *tree.Tree) {
+	if h == nil {
+		return nil, nil
+	}
+	hs, err := c.src.LoadTree(ctx, h.src)
+	if err != nil {
+		return nil, nil
+	}
+	if hd, err = c.dst.LoadTree(ctx, h.dst); err != nil {
+		return nil, nil
+	}
+	return hs, hd
+}
+
+// subHint returns the hint for subdirectory name of a directory whose hint
+// trees are hs and hd (nil when there is none, or name is no directory in
+// both).
+func subHint(hs, hd *tree.Tree, name string) *treeHint {
+	if hs == nil {
+		return nil
+	}
+	if a, b := hs.Find(name), hd.Find(name); a != nil && b != nil && a.Kind == tree.Dir && b.Kind == tree.Dir {
+		return &treeHint{src: a.Subtree, dst: b.Subtree}
+	}
+	return nil
+}
+
+// copyNodes copies the subdirectories of t (directory dir) into the
+// destination, setting their new subtree ids in t, and returns the data
+// blobs of t's files that are still to be copied (want, each once) with a
+// file that holds each (owner, for messages). Blob mappings of files found
+// in the hint trees hs and hd are learnt first.
+func (c *copier) copyNodes(ctx context.Context, sn *repo.Snapshot, dir string, t *tree.Tree, hs, hd *tree.Tree) (owner map[blob.ID]string, want []blob.ID, err error) {
+	owner = map[blob.ID]string{}
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
 		p := path.Join(dir, n.Name)
 		switch n.Kind {
 		case tree.Dir:
-			var sub *treeHint
-			if hs != nil {
-				if a, b := hs.Find(n.Name), hd.Find(n.Name); a != nil && b != nil && a.Kind == tree.Dir && b.Kind == tree.Dir {
-					sub = &treeHint{src: a.Subtree, dst: b.Subtree}
-				}
-			}
-			if n.Subtree, err = c.copyTree(ctx, sn, p, n.Subtree, sub); err != nil {
-				return blob.ID{}, err
+			if n.Subtree, err = c.copyTree(ctx, sn, p, n.Subtree, subHint(hs, hd, n.Name)); err != nil {
+				return nil, nil, err
 			}
 		case tree.File:
 			if n.ContentError != "" {
-				return blob.ID{}, fmt.Errorf("copy snapshot %s: file %s: its content cannot be read from the source: %s (run `stasis check` on %s)",
+				return nil, nil, fmt.Errorf("copy snapshot %s: file %s: its content cannot be read from the source: %s (run `stasis check` on %s)",
 					sn.ID.Short(), p, n.ContentError, c.src.Location())
 			}
 			if hs != nil {
@@ -320,10 +391,15 @@ func (c *copier) copyTree(ctx context.Context, sn *repo.Snapshot, dir string, id
 			}
 		}
 	}
-	if err := c.copyBlobs(ctx, sn, owner, want); err != nil {
-		return blob.ID{}, err
-	}
-	var files, bytes int64
+	return owner, want, nil
+}
+
+// mapContent replaces the source ids of the file extents of t (directory
+// dir) by the destination's, copying again a blob that fell out of the
+// cache of mappings, and drops the source's extent-list ids (SaveTree
+// writes the destination's lists). It returns the files of t and their
+// bytes.
+func (c *copier) mapContent(ctx context.Context, sn *repo.Snapshot, dir string, t *tree.Tree) (files, bytes int64, err error) {
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
 		if n.Kind == tree.File {
@@ -339,7 +415,7 @@ func (c *copier) copyTree(ctx context.Context, sn *repo.Snapshot, dir string, id
 			if !ok {
 				// Evicted from a full cache since it was copied: map it again.
 				if err := c.copyBlobs(ctx, sn, map[blob.ID]string{e.ID: path.Join(dir, n.Name)}, []blob.ID{e.ID}); err != nil {
-					return blob.ID{}, err
+					return 0, 0, err
 				}
 				d, _ = c.blobs.get(e.ID)
 			}
@@ -347,17 +423,7 @@ func (c *copier) copyTree(ctx context.Context, sn *repo.Snapshot, dir string, id
 		}
 		n.Lists = nil
 	}
-	d, res, err := c.dst.SaveTree(ctx, t)
-	if err != nil {
-		return blob.ID{}, fmt.Errorf("copy snapshot %s: save tree of %s to %s: %w", sn.ID.Short(), dir, c.dst.Location(), err)
-	}
-	if res.Added {
-		c.added.Add(1)
-	}
-	c.stored.Add(int64(res.Stored))
-	c.trees.put(id, d)
-	c.opts.Progress.Add(files, bytes)
-	return d, nil
+	return files, bytes, nil
 }
 
 // learn takes the blob mapping of file n from an earlier copy of it: a is
@@ -405,8 +471,7 @@ func (c *copier) copyBlobs(ctx context.Context, sn *repo.Snapshot, owner map[blo
 		id := ids[i]
 		data, err := c.src.LoadBlob(ctx, id, bufs[w])
 		if err != nil {
-			return fmt.Errorf("copy snapshot %s: file %s: %w (run `stasis check --read-data` on %s)",
-				sn.ID.Short(), owner[id], err, c.src.Location())
+			return &CopySourceError{Snapshot: sn.ID, File: owner[id], Source: c.src.Location(), Err: err}
 		}
 		bufs[w] = data
 		c.read.Add(1)

@@ -17,6 +17,7 @@ import (
 	"github.com/stasisbackup/stasis/internal/enginetest"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/backend"
+	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/crypto"
 	"github.com/stasisbackup/stasis/repo/tree"
 )
@@ -322,5 +323,26 @@ func TestCopyDamagedSource(t *testing.T) {
 	t.Logf("copy of a damaged source: %v", err)
 	if list, _, _ := dst.Snapshots(ctx); len(list) != 0 {
 		t.Errorf("the destination got %d snapshots", len(list))
+	}
+}
+
+// A directory's hint leads to the same subdirectory in both hint trees,
+// and to nothing when either lacks it or holds something else by that
+// name.
+func TestCopySubHint(t *testing.T) {
+	var a, b, c, d blob.ID
+	a[0], b[0], c[0], d[0] = 1, 2, 3, 4
+	hs := &tree.Tree{Nodes: []tree.Node{{Name: "both", Kind: tree.Dir, Subtree: a}, {Name: "file", Kind: tree.File}, {Name: "only-src", Kind: tree.Dir, Subtree: c}}}
+	hd := &tree.Tree{Nodes: []tree.Node{{Name: "both", Kind: tree.Dir, Subtree: b}, {Name: "file", Kind: tree.Dir, Subtree: d}}}
+	if src, dst, ok := engine.SubHint(hs, hd, "both"); !ok || src != a || dst != b {
+		t.Errorf("hint of both: %v %s %s, want %s %s", ok, src.Short(), dst.Short(), a.Short(), b.Short())
+	}
+	for _, name := range []string{"file", "only-src", "neither"} {
+		if _, _, ok := engine.SubHint(hs, hd, name); ok {
+			t.Errorf("hint of %s, want none", name)
+		}
+	}
+	if _, _, ok := engine.SubHint(nil, nil, "both"); ok {
+		t.Error("hint without hint trees")
 	}
 }

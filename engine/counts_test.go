@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -148,7 +149,7 @@ func TestProgressPruneReachesTotals(t *testing.T) {
 	}
 	var p engine.Counts
 	log := &phaseLog{p: &p}
-	rep, err := engine.Prune(ctx, f.r, engine.PruneOptions{MaxUnused: 0.000001, Log: log, Progress: &p})
+	rep, err := engine.Prune(ctx, f.r, engine.PruneOptions{MaxUnused: 0.000001, Log: slog.New(slog.NewTextHandler(log, nil)), Progress: &p})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,9 +35,9 @@ type fileSaver struct {
 	onPanic func(where string)
 
 	pol      chunker.Pol
-	profiles map[string]repo.ChunkProfile // "default" and "db"
-	dbGlobs  []string                     // base names chunked with "db"
-	retries  int                          // re-reads of a file that changed while read
+	profiles map[repo.ProfileName]repo.ChunkProfile // "default" and "db"
+	dbGlobs  []string                               // base names chunked with "db"
+	retries  int                                    // re-reads of a file that changed while read
 	// parentCutoff: a parent's file with mtime at or after this (ns) is re-read.
 	parentCutoff int64
 
@@ -248,10 +248,10 @@ func (s *fileSaver) profileFor(path string) repo.ChunkProfile {
 	base := filepath.Base(path)
 	for _, g := range s.dbGlobs {
 		if ok, _ := filepath.Match(g, base); ok {
-			return s.profiles["db"]
+			return s.profiles[repo.ProfileNameDB]
 		}
 	}
-	return s.profiles["default"]
+	return s.profiles[repo.ProfileNameDefault]
 }
 
 // contentSize returns the length of a file of extents.

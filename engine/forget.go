@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -31,6 +32,9 @@ type ForgetReport struct {
 	Removed   []blob.ID
 }
 
+// ErrNoKeepRule is matched when Forget is given a policy without a rule.
+var ErrNoKeepRule = errors.New("no keep rule given")
+
 // Forget applies a retention policy: it decides for every snapshot (of
 // Host, when set) whether to keep it, refuses with an error matching
 // retention.ErrRemovesAll when a group would lose every snapshot (nothing
@@ -39,7 +43,7 @@ type ForgetReport struct {
 // an exclusive lock. The report is returned also with the guard's error.
 func Forget(ctx context.Context, r *repo.Repository, o ForgetOptions) (*ForgetReport, error) {
 	if o.Policy.Empty() {
-		return nil, fmt.Errorf("forget: no keep rule given; pass at least one --keep-* flag")
+		return nil, fmt.Errorf("forget: %w", ErrNoKeepRule)
 	}
 	if err := o.Policy.Validate(); err != nil {
 		return nil, fmt.Errorf("forget: %w", err)

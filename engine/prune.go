@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"path/filepath"
 	"sort"
 
@@ -22,8 +22,8 @@ type PruneOptions struct {
 	// Packs with no live blob are always deleted. Default 10; 100 never
 	// repacks.
 	MaxUnused float64
-	// Log, when set, receives one line per phase.
-	Log io.Writer
+	// Log, when set, receives one record per phase.
+	Log *slog.Logger
 	// Progress, when set, counts each phase: "marking" (files are the
 	// snapshots walked, of all), "repacking" (the packs repacked and their
 	// sizes, of those to repack) and "deleting" (the packs deleted, counted
@@ -76,11 +76,7 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 			return nil, fmt.Errorf("prune: %w", err)
 		}
 	}
-	logf := func(format string, args ...any) {
-		if o.Log != nil {
-			fmt.Fprintf(o.Log, format+"\n", args...)
-		}
-	}
+	log := orDiscard(o.Log)
 	rep := &PruneReport{}
 	live, err := r.NewBlobSet()
 	if err != nil {
@@ -88,27 +84,116 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 	}
 	defer live.Close()
 
-	logf("marking live blobs")
-	snaps, bad, err := r.Snapshots(ctx)
+	log.Info("marking live blobs")
+	if err := markLive(ctx, r, live, o.Progress, rep); err != nil {
+		return nil, err
+	}
+	log.Info("finding unused data")
+	plan, err := planPrune(ctx, r, live, o.MaxUnused, rep)
 	if err != nil {
 		return nil, err
 	}
-	if len(bad) > 0 {
-		return nil, fmt.Errorf("%w: %v; run `stasis repair snapshots`", ErrPruneUnsafe, bad[0])
+	if o.DryRun {
+		rep.PackBytesAfter = plan.keptBytes() + rep.BytesRepacked
+		rep.BytesFreed = rep.PackBytesBefore - rep.PackBytesAfter
+		return rep, nil
 	}
-	o.Progress.StartPhase("marking", int64(len(snaps)), 0)
+	tmp, err := r.RemoveTemp(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.TempFilesRemove = len(tmp)
+	if err := plan.repackPacks(ctx, r, live, log, o.Progress, rep); err != nil {
+		return nil, err
+	}
+	if err := plan.deletePacks(ctx, r, log, o.Progress); err != nil {
+		return nil, err
+	}
+	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error { rep.PackBytesAfter += size; return nil }, nil)
+	if err != nil {
+		return nil, err
+	}
+	rep.BytesFreed = rep.PackBytesBefore - rep.PackBytesAfter
+	return rep, nil
+}
+
+// markLive adds every blob a snapshot references to live, and counts the
+// snapshots and live blobs in rep. A snapshot record that does not decode
+// stops it (ErrPruneUnsafe), as does anything markTree cannot walk.
+func markLive(ctx context.Context, r *repo.Repository, live *repo.BlobSet, progress *Counts, rep *PruneReport) error {
+	snaps, bad, err := r.Snapshots(ctx)
+	if err != nil {
+		return err
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: %v; run `stasis repair snapshots`", ErrPruneUnsafe, bad[0])
+	}
+	progress.StartPhase("marking", int64(len(snaps)), 0)
 	for _, sn := range snaps {
 		rep.Snapshots++
 		if err := markTree(ctx, r, live, sn, "/", sn.Tree); err != nil {
-			return nil, err
+			return err
 		}
-		o.Progress.Add(1, 0)
+		progress.Add(1, 0)
 	}
 	rep.LiveBlobs = live.Len()
+	return nil
+}
 
-	logf("finding unused data")
+// prunePlan is what Prune deletes and repacks, found by planPrune.
+type prunePlan struct {
+	use      map[blob.ID]*packUse // every indexed pack
+	del      []blob.ID            // packs with no live blob, and packs no index names; sorted
+	repack   []blob.ID            // packs more than MaxUnused unused; sorted
+	diskSize map[blob.ID]int64    // packs on disk the index does not know
+}
+
+// planPrune sorts the packs into those to delete, those to repack and the
+// rest, from the live blobs, and fills the counts of rep that do not depend
+// on doing it (what is deleted, repacked, and the pack bytes before).
+func planPrune(ctx context.Context, r *repo.Repository, live *repo.BlobSet, maxUnused float64, rep *PruneReport) (*prunePlan, error) {
+	use, err := packUsage(r, live, rep)
+	if err != nil {
+		return nil, err
+	}
+	p := &prunePlan{use: use, diskSize: map[blob.ID]int64{}}
+	for id, u := range use {
+		rep.PackBytesBefore += int64(u.size)
+		switch {
+		case u.live == 0:
+			p.del = append(p.del, id)
+		case u.mostlyUnused(maxUnused):
+			p.repack = append(p.repack, id)
+		}
+	}
+	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+		if use[id] == nil {
+			p.del = append(p.del, id)
+			p.diskSize[id] = size
+			rep.PacksUnindexed++
+			rep.PackBytesBefore += size
+		}
+		return nil
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	sortIDs(p.del)
+	sortIDs(p.repack)
+	rep.PacksDeleted = len(p.del) - rep.PacksUnindexed
+	rep.PacksRepacked = len(p.repack)
+	for _, id := range p.repack {
+		rep.BytesRepacked += use[id].liveBytes
+	}
+	return p, nil
+}
+
+// packUsage counts, for every indexed pack, its blobs and bytes and how
+// many of them are live; rep.BlobsRemoved counts the index entries of
+// blobs that are not.
+func packUsage(r *repo.Repository, live *repo.BlobSet, rep *PruneReport) (map[blob.ID]*packUse, error) {
 	use := map[blob.ID]*packUse{}
-	err = r.EachPack(func(id blob.ID, info repo.PackInfo) error {
+	err := r.EachPack(func(id blob.ID, info repo.PackInfo) error {
 		use[id] = &packUse{size: info.Size, count: info.Count}
 		return nil
 	})
@@ -137,96 +222,75 @@ func Prune(ctx context.Context, r *repo.Repository, o PruneOptions) (*PruneRepor
 	if err != nil {
 		return nil, err
 	}
-	var del, repack []blob.ID
-	diskSize := map[blob.ID]int64{} // packs on disk the index does not know
-	for id, u := range use {
-		rep.PackBytesBefore += int64(u.size)
-		// Unused: indexed blobs no snapshot needs, plus copies of blobs
-		// that are indexed in another pack (estimated from the size).
-		unused := u.bytes - u.liveBytes
-		if u.blobs < int(u.count) {
-			unused += max(0, int64(u.size)-repo.PackOverhead(int(u.count))-u.bytes)
-		}
-		switch {
-		case u.live == 0:
-			del = append(del, id)
-		case unused > 0 && float64(unused)*100 > o.MaxUnused*float64(u.size):
-			repack = append(repack, id)
-		}
-	}
-	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
-		if use[id] == nil {
-			del = append(del, id)
-			diskSize[id] = size
-			rep.PacksUnindexed++
-			rep.PackBytesBefore += size
-		}
-		return nil
-	}, nil)
-	if err != nil {
-		return nil, err
-	}
-	sortIDs(del)
-	sortIDs(repack)
-	rep.PacksDeleted = len(del) - rep.PacksUnindexed
-	rep.PacksRepacked = len(repack)
-	for _, id := range repack {
-		rep.BytesRepacked += use[id].liveBytes
-	}
-	if o.DryRun {
-		var keep int64
-		for id, u := range use {
-			if !contains(del, id) && !contains(repack, id) {
-				keep += int64(u.size)
-			}
-		}
-		rep.PackBytesAfter = keep + rep.BytesRepacked
-		rep.BytesFreed = rep.PackBytesBefore - rep.PackBytesAfter
-		return rep, nil
-	}
+	return use, nil
+}
 
-	tmp, err := r.RemoveTemp(ctx)
+// mostlyUnused reports whether more than maxUnused percent of the pack is
+// unused: indexed blobs no snapshot needs, plus copies of blobs that are
+// indexed in another pack (estimated from the size).
+func (u *packUse) mostlyUnused(maxUnused float64) bool {
+	unused := u.bytes - u.liveBytes
+	if u.blobs < int(u.count) {
+		unused += max(0, int64(u.size)-repo.PackOverhead(int(u.count))-u.bytes)
+	}
+	return unused > 0 && float64(unused)*100 > maxUnused*float64(u.size)
+}
+
+// size returns the size of pack id, indexed or not.
+func (p *prunePlan) size(id blob.ID) int64 {
+	if u := p.use[id]; u != nil {
+		return int64(u.size)
+	}
+	return p.diskSize[id]
+}
+
+// keptBytes is the size of the indexed packs the plan neither deletes nor
+// repacks.
+func (p *prunePlan) keptBytes() int64 {
+	var keep int64
+	for id, u := range p.use {
+		if !contains(p.del, id) && !contains(p.repack, id) {
+			keep += int64(u.size)
+		}
+	}
+	return keep
+}
+
+// repackPacks copies the live blobs of the packs to repack into new packs
+// (written and indexed before the old ones are deleted).
+func (p *prunePlan) repackPacks(ctx context.Context, r *repo.Repository, live *repo.BlobSet, log *slog.Logger, progress *Counts, rep *PruneReport) error {
+	if len(p.repack) == 0 {
+		return nil
+	}
+	log.Info(fmt.Sprintf("repacking %d packs", len(p.repack)), "packs", len(p.repack))
+	var total int64
+	for _, id := range p.repack {
+		total += p.size(id)
+	}
+	progress.StartPhase("repacking", int64(len(p.repack)), total)
+	st, err := r.Repack(ctx, p.repack, live.Has, func(id blob.ID) { progress.Add(1, p.size(id)) })
 	if err != nil {
-		return nil, err
+		return err
 	}
-	rep.TempFilesRemove = len(tmp)
-	packSize := func(id blob.ID) int64 {
-		if u := use[id]; u != nil {
-			return int64(u.size)
-		}
-		return diskSize[id]
-	}
-	if len(repack) > 0 {
-		logf("repacking %d packs", len(repack))
-		var total int64
-		for _, id := range repack {
-			total += packSize(id)
-		}
-		o.Progress.StartPhase("repacking", int64(len(repack)), total)
-		st, err := r.Repack(ctx, repack, live.Has, func(id blob.ID) { o.Progress.Add(1, packSize(id)) })
-		if err != nil {
-			return nil, err
-		}
-		rep.PacksWritten = len(st.NewPacks)
-		rep.BytesRepacked = st.Bytes
-	}
-	logf("deleting %d packs", len(del)+len(repack))
-	gone := append(append([]blob.ID{}, del...), repack...)
+	rep.PacksWritten = len(st.NewPacks)
+	rep.BytesRepacked = st.Bytes
+	return nil
+}
+
+// deletePacks deletes the packs to delete and the repacked ones.
+func (p *prunePlan) deletePacks(ctx context.Context, r *repo.Repository, log *slog.Logger, progress *Counts) error {
+	gone := append(append([]blob.ID{}, p.del...), p.repack...)
+	log.Info(fmt.Sprintf("deleting %d packs", len(gone)), "packs", len(gone))
 	var goneBytes int64
 	for _, id := range gone {
-		goneBytes += packSize(id)
+		goneBytes += p.size(id)
 	}
-	o.Progress.StartPhase("deleting", int64(len(gone)), goneBytes)
+	progress.StartPhase("deleting", int64(len(gone)), goneBytes)
 	if _, err := r.DeletePacks(ctx, gone); err != nil {
-		return nil, err
+		return err
 	}
-	o.Progress.Add(int64(len(gone)), goneBytes)
-	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error { rep.PackBytesAfter += size; return nil }, nil)
-	if err != nil {
-		return nil, err
-	}
-	rep.BytesFreed = rep.PackBytesBefore - rep.PackBytesAfter
-	return rep, nil
+	progress.Add(int64(len(gone)), goneBytes)
+	return nil
 }
 
 func liveName(s *repo.BlobSet) string { return s.Path() }

@@ -16,6 +16,7 @@ import (
 	"github.com/stasisbackup/stasis/internal/enginetest"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
+	"github.com/stasisbackup/stasis/repo/tree"
 )
 
 // fixture is a small-pack repository and a source directory whose content
@@ -294,5 +295,114 @@ func TestModel(t *testing.T) {
 				f.verify(id, model[id])
 			}
 		})
+	}
+}
+
+// liveBlobs returns every blob the snapshots of r reference: their trees,
+// extent lists and chunks.
+func liveBlobs(t *testing.T, r *repo.Repository) map[blob.ID]bool {
+	t.Helper()
+	snaps, _, err := r.Snapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := map[blob.ID]bool{}
+	for _, sn := range snaps {
+		live[sn.Tree] = true
+		err := engine.Walk(ctx, r, sn, "/", func(_ string, n *tree.Node) error {
+			if n.Kind == tree.Dir {
+				live[n.Subtree] = true
+			}
+			for _, id := range n.Lists {
+				live[id] = true
+			}
+			for _, e := range n.Content {
+				if !e.Hole {
+					live[e.ID] = true
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return live
+}
+
+// Prune's plan, alone: after a forget, it deletes exactly the packs that
+// hold no blob a snapshot references and repacks only packs with one; with
+// every snapshot kept and MaxUnused 100 it plans nothing. A dry run
+// reports the same plan.
+func TestPrunePlan(t *testing.T) {
+	f := newFixture(t, 21)
+	for i := 0; i < 6; i++ {
+		f.mutate()
+		f.backup()
+	}
+	if del, repack, err := engine.PlanPrune(ctx, f.r, 100); err != nil || len(del) != 0 || len(repack) != 0 {
+		t.Fatalf("plan with every snapshot kept: delete %d, repack %d packs (%v); want none", len(del), len(repack), err)
+	}
+	if _, err := engine.Forget(ctx, f.r, engine.ForgetOptions{Policy: retention.Policy{Last: 2}, Now: f.now.Add(1)}); err != nil {
+		t.Fatal(err)
+	}
+	del, repack, err := engine.PlanPrune(ctx, f.r, 0.000001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(del) == 0 || len(repack) == 0 {
+		t.Fatalf("plan after forgetting 4 of 6 snapshots deletes %d and repacks %d packs; the test needs both", len(del), len(repack))
+	}
+	live := liveBlobs(t, f.r)
+	liveIn := map[blob.ID]int{}
+	if err := f.r.EachBlob(func(id blob.ID, loc repo.Location) error {
+		if live[id] {
+			liveIn[loc.Pack]++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range del {
+		if liveIn[id] > 0 {
+			t.Errorf("plan deletes pack %s, which holds %d live blobs", id.Short(), liveIn[id])
+		}
+	}
+	for _, id := range repack {
+		if liveIn[id] == 0 {
+			t.Errorf("plan repacks pack %s, which holds no live blob", id.Short())
+		}
+	}
+	rep, err := engine.Prune(ctx, f.r, engine.PruneOptions{DryRun: true, MaxUnused: 0.000001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.PacksDeleted+rep.PacksUnindexed != len(del) || rep.PacksRepacked != len(repack) {
+		t.Errorf("dry run deletes %d+%d and repacks %d packs; the plan %d and %d", rep.PacksDeleted, rep.PacksUnindexed, rep.PacksRepacked, len(del), len(repack))
+	}
+}
+
+// A pack is repacked when more than MaxUnused percent of it is unused:
+// blobs no snapshot needs, and the bytes of blobs indexed elsewhere.
+func TestPruneMostlyUnused(t *testing.T) {
+	overhead := repo.PackOverhead(4)
+	for _, c := range []struct {
+		name             string
+		size             uint64
+		count            uint32
+		blobs, live      int
+		bytes, liveBytes int64
+		maxUnused        float64
+		want             bool
+	}{
+		{"all live", 1000 + uint64(overhead), 4, 4, 4, 1000, 1000, 10, false},
+		{"a quarter unused", 1000 + uint64(overhead), 4, 4, 3, 1000, 750, 10, true},
+		{"a quarter unused, 30% allowed", 1000 + uint64(overhead), 4, 4, 3, 1000, 750, 30, false},
+		{"a copy indexed elsewhere", 1000 + uint64(overhead), 4, 3, 3, 750, 750, 10, true},
+		{"100 never repacks", 1000 + uint64(overhead), 4, 4, 1, 1000, 10, 100, false},
+	} {
+		if got := engine.MostlyUnused(c.size, c.count, c.blobs, c.live, c.bytes, c.liveBytes, c.maxUnused); got != c.want {
+			t.Errorf("%s: mostly unused %v, want %v", c.name, got, c.want)
+		}
 	}
 }

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
+	"log/slog"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -21,8 +21,8 @@ type RepairSnapshotsOptions struct {
 	Forget bool
 	// DryRun reports the damage and changes nothing.
 	DryRun bool
-	// Log, when set, receives one line per repaired snapshot.
-	Log io.Writer
+	// Log, when set, receives one record per repaired snapshot.
+	Log *slog.Logger
 }
 
 // RepairedSnapshot is a snapshot that referenced missing data.
@@ -46,9 +46,6 @@ type RepairSnapshotsReport struct {
 	Files []string
 }
 
-// damagedKind is the Problem kind of files that repair marked damaged.
-const damagedKind = repo.ProblemDamaged
-
 // RepairSnapshots makes every snapshot restorable again, as far as the data
 // allows. A snapshot file that does not decode is rewritten from the
 // index's copy when that one is intact, else moved to damaged/. A snapshot
@@ -61,11 +58,7 @@ const damagedKind = repo.ProblemDamaged
 // Run `repair index` first when packs were lost or corrupted. The caller
 // must hold an exclusive lock.
 func RepairSnapshots(ctx context.Context, r *repo.Repository, o RepairSnapshotsOptions) (*RepairSnapshotsReport, error) {
-	logf := func(format string, args ...any) {
-		if o.Log != nil {
-			fmt.Fprintf(o.Log, format+"\n", args...)
-		}
-	}
+	log := orDiscard(o.Log)
 	rep := &RepairSnapshotsReport{}
 	if err := repairSnapshotFiles(ctx, r, o.DryRun, rep); err != nil {
 		return rep, err
@@ -110,7 +103,7 @@ func RepairSnapshots(ctx context.Context, r *repo.Repository, o RepairSnapshotsO
 			nsn.Tags = append(append([]string{}, sn.Tags...), "repaired")
 			nsn.Summary.Problems = append([]repo.Problem{}, sn.Summary.Problems...)
 			for _, p := range rw.damaged {
-				nsn.Summary.Problems = append(nsn.Summary.Problems, repo.Problem{Path: p, Kind: damagedKind,
+				nsn.Summary.Problems = append(nsn.Summary.Problems, repo.Problem{Path: p, Kind: repo.ProblemDamaged,
 					Error: fmt.Sprintf("data lost from the repository; marked by `stasis repair snapshots` of snapshot %s", sn.ID.Short())})
 			}
 			id, err := r.SaveSnapshot(ctx, &nsn)
@@ -124,7 +117,8 @@ func RepairSnapshots(ctx context.Context, r *repo.Repository, o RepairSnapshotsO
 				}
 				rs.Forgot = true
 			}
-			logf("snapshot %s: %d damaged paths; repaired copy %s", sn.ID.Short(), len(rw.damaged), id.Short())
+			log.Info(fmt.Sprintf("snapshot %s: %d damaged paths; repaired copy %s", sn.ID.Short(), len(rw.damaged), id.Short()),
+				"snapshot", sn.ID.String(), "damaged", len(rw.damaged), "repaired", id.String())
 		}
 		rep.Repaired = append(rep.Repaired, rs)
 	}

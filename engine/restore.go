@@ -168,7 +168,7 @@ func prepareTarget(target string, overwrite bool) error {
 		return fmt.Errorf("restore target %s: %w", target, err)
 	}
 	if len(ents) > 0 && !overwrite {
-		return fmt.Errorf("%s: %w (choose an empty directory, or give --overwrite to replace files in it)", target, ErrTargetNotEmpty)
+		return fmt.Errorf("%s: %w", target, ErrTargetNotEmpty)
 	}
 	return nil
 }

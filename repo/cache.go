@@ -26,11 +26,12 @@ import (
 )
 
 // DefaultCacheDir returns the cache directory of the repository with the
-// given id: $XDG_CACHE_HOME/stasis/<id>, or ~/.cache/stasis/<id>.
+// given id: $XDG_CACHE_HOME/stasis/<id>, or ~/.cache/stasis/<id>. It fails
+// with a *CacheDirError when the user has no cache directory.
 func DefaultCacheDir(repoID string) (string, error) {
 	base, err := os.UserCacheDir()
 	if err != nil {
-		return "", fmt.Errorf("find a cache directory (set --cache-dir or STASIS_CACHE_DIR): %w", err)
+		return "", &CacheDirError{Err: err}
 	}
 	return filepath.Join(base, "stasis", repoID), nil
 }
@@ -68,23 +69,12 @@ func (r *Repository) openIndex(ctx context.Context, exclusive bool, wait time.Du
 // that a damaged one does not stop the repair that replaces it.
 func (r *Repository) openIndexMode(ctx context.Context, exclusive bool, wait time.Duration, skip bool) (*index.Index, error) {
 	if err := os.MkdirAll(r.cacheDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create cache directory %s: %w (choose another with --cache-dir or STASIS_CACHE_DIR)", r.cacheDir, err)
+		return nil, &CacheDirError{Dir: r.cacheDir, Err: err}
 	}
-	sizes, err := r.indexFileSizes(ctx)
+	sizes, names, err := r.listKnownIndexFiles(ctx)
 	if err != nil {
 		return nil, err
 	}
-	names := make([]string, 0, len(sizes))
-	for n := range sizes {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	r.knownMu.Lock()
-	r.known = make(map[string]bool, len(names))
-	for _, n := range names {
-		r.known[n] = true // mergeIndexFiles brings the view up to these
-	}
-	r.knownMu.Unlock()
 	p := filepath.Join(r.cacheDir, cacheFile)
 	if wait <= 0 {
 		wait = DefaultMergeWait
@@ -99,14 +89,48 @@ func (r *Repository) openIndexMode(ctx context.Context, exclusive bool, wait tim
 	ix, err := r.openCacheFile(p, index.Options{Timeout: try})
 	switch {
 	case err == nil:
-		if !exclusive && r.fewUnmerged(ix, sizes) {
-			// Not worth a merge (it rewrites pages all over a large cache
-			// file): keep the few new entries in memory, like a sharer.
-			if err := ix.Close(); err != nil {
-				return nil, fmt.Errorf("close index cache %s: %w", p, err)
-			}
-			break
+		ix, err = r.mergeWritable(ctx, p, ix, exclusive, sizes, names)
+		if err != nil || ix != nil {
+			return ix, err
 		}
+	case errors.Is(err, index.ErrBusy) && !exclusive:
+		// Another command on this host has the file; share it.
+	default:
+		return nil, err
+	}
+	return r.openShared(ctx, p, names, wait)
+}
+
+// listKnownIndexFiles lists the repository's index files, with their sizes
+// and as sorted names, and records them as the ones this Repository's view
+// is brought up to (mergeIndexFiles does that).
+func (r *Repository) listKnownIndexFiles(ctx context.Context) (map[string]int64, []string, error) {
+	sizes, err := r.indexFileSizes(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	names := make([]string, 0, len(sizes))
+	for n := range sizes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	r.knownMu.Lock()
+	r.known = make(map[string]bool, len(names))
+	for _, n := range names {
+		r.known[n] = true
+	}
+	r.knownMu.Unlock()
+	return sizes, names, nil
+}
+
+// mergeWritable merges the index files names into the cache file ix at p,
+// open for writing. An exclusive command keeps ix: it is returned open.
+// Otherwise ix is closed and nil returned, for the command to share the
+// file read-only; the merge is then left out when the files it lacks are
+// few (fewUnmerged: a merge rewrites pages all over a large cache file, so
+// the few new entries are kept in memory, like a sharer does).
+func (r *Repository) mergeWritable(ctx context.Context, p string, ix *index.Index, exclusive bool, sizes map[string]int64, names []string) (*index.Index, error) {
+	if exclusive || !r.fewUnmerged(ix, sizes) {
 		if err := r.mergeIndexFiles(ctx, ix, names); err != nil {
 			ix.Close()
 			return nil, err
@@ -114,15 +138,19 @@ func (r *Repository) openIndexMode(ctx context.Context, exclusive bool, wait tim
 		if exclusive {
 			return ix, nil
 		}
-		if err := ix.Close(); err != nil {
-			return nil, fmt.Errorf("close index cache %s: %w", p, err)
-		}
-	case errors.Is(err, index.ErrBusy) && !exclusive:
-		// Another command on this host has the file; share it.
-	default:
-		return nil, err
 	}
-	ix, err = index.Open(p, []byte(r.cfg.ID), index.Options{ReadOnly: true, Timeout: wait})
+	if err := ix.Close(); err != nil {
+		return nil, fmt.Errorf("close index cache %s: %w", p, err)
+	}
+	return nil, nil
+}
+
+// openShared opens the cache file at p read-only, beside other commands of
+// this host, with the index files names it does not hold in memory. When
+// the file is damaged, or holds an index file the repository no longer has
+// (also after listing again), the command builds a private one instead.
+func (r *Repository) openShared(ctx context.Context, p string, names []string, wait time.Duration) (*index.Index, error) {
+	ix, err := index.Open(p, []byte(r.cfg.ID), index.Options{ReadOnly: true, Timeout: wait})
 	if errors.Is(err, index.ErrDamaged) || errors.Is(err, index.ErrMismatch) {
 		// Damaged while another command holds it: build a private one;
 		// the next command that gets the file for writing replaces it.

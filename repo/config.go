@@ -30,6 +30,34 @@ var (
 	ProfileDB      = ChunkProfile{Min: 4 << 10, Max: 64 << 10, AvgBits: 14}
 )
 
+// ProfileName names a chunk profile: a key of Config.Profiles, stored in
+// the config file as is.
+type ProfileName string
+
+// The chunk profiles every repository has.
+const (
+	// ProfileNameDefault chunks ordinary files (ProfileDefault at init).
+	ProfileNameDefault ProfileName = "default"
+	// ProfileNameDB chunks files whose base name matches a glob of
+	// Config.DBGlobs (ProfileDB at init).
+	ProfileNameDB ProfileName = "db"
+)
+
+// profileNames are the profiles a config must have.
+var profileNames = []ProfileName{ProfileNameDefault, ProfileNameDB}
+
+// Compression names how a repository compresses blobs (Config.Compression),
+// stored in the config file as is.
+type Compression string
+
+// The compressions a config may name.
+const (
+	// CompressionZstd compresses blobs with zstd (at Config.CompressionLevel).
+	CompressionZstd Compression = "zstd"
+	// CompressionNone stores blobs uncompressed.
+	CompressionNone Compression = "none"
+)
+
 // Config is the repository's `config` file (JSON). It is written once, by init.
 //
 // In an encrypted repository (Encrypted true) the file holds no secret: the
@@ -38,19 +66,19 @@ var (
 // fills ChunkerPolynomial in the Config it returns once the password opened a
 // key file; IDKey stays empty there.
 type Config struct {
-	Format            string                  `json:"format"` // always "stasis-config"
-	Version           int                     `json:"version"`
-	ID                string                  `json:"id"` // 32 hex digits
-	Created           time.Time               `json:"created"`
-	Encrypted         bool                    `json:"encrypted"`
-	Secrets           []byte                  `json:"secrets,omitempty"`            // encrypted only: sealed configSecrets (base64)
-	ChunkerPolynomial string                  `json:"chunker_polynomial,omitempty"` // hex; plain repositories only in the file
-	IDKey             string                  `json:"id_key,omitempty"`             // 64 hex digits: the BLAKE3 key for blob ids; plain repositories only
-	Profiles          map[string]ChunkProfile `json:"profiles"`
-	DBGlobs           []string                `json:"db_globs"` // files chunked with profile "db"
-	Compression       string                  `json:"compression"`
-	CompressionLevel  int                     `json:"compression_level"` // zstd encoder level (1 fastest .. 4 best)
-	PackSize          int64                   `json:"pack_size"`         // target pack size in bytes
+	Format            string                       `json:"format"` // always "stasis-config"
+	Version           int                          `json:"version"`
+	ID                string                       `json:"id"` // 32 hex digits
+	Created           time.Time                    `json:"created"`
+	Encrypted         bool                         `json:"encrypted"`
+	Secrets           []byte                       `json:"secrets,omitempty"`            // encrypted only: sealed configSecrets (base64)
+	ChunkerPolynomial string                       `json:"chunker_polynomial,omitempty"` // hex; plain repositories only in the file
+	IDKey             string                       `json:"id_key,omitempty"`             // 64 hex digits: the BLAKE3 key for blob ids; plain repositories only
+	Profiles          map[ProfileName]ChunkProfile `json:"profiles"`
+	DBGlobs           []string                     `json:"db_globs"` // files chunked with profile ProfileNameDB
+	Compression       Compression                  `json:"compression"`
+	CompressionLevel  int                          `json:"compression_level"` // zstd encoder level (1 fastest .. 4 best)
+	PackSize          int64                        `json:"pack_size"`         // target pack size in bytes
 }
 
 const configFormat = "stasis-config"
@@ -102,8 +130,8 @@ func newConfig(o InitOptions) (Config, error) {
 		Format: configFormat, Version: FormatVersion, ID: hex.EncodeToString(id),
 		Created: o.Now, ChunkerPolynomial: strconv.FormatUint(uint64(pol), 16),
 		IDKey:    hex.EncodeToString(key),
-		Profiles: map[string]ChunkProfile{"default": ProfileDefault, "db": ProfileDB},
-		DBGlobs:  o.DBGlobs, Compression: "zstd", CompressionLevel: 2, PackSize: o.PackSize,
+		Profiles: map[ProfileName]ChunkProfile{ProfileNameDefault: ProfileDefault, ProfileNameDB: ProfileDB},
+		DBGlobs:  o.DBGlobs, Compression: CompressionZstd, CompressionLevel: 2, PackSize: o.PackSize,
 		Encrypted: !o.InsecureNoPassword,
 	}
 	if c.Created.IsZero() {
@@ -171,7 +199,7 @@ func (c Config) validatePublic() error {
 	if len(c.ID) != 32 {
 		return fmt.Errorf("config: id %q is not 32 hex digits", c.ID)
 	}
-	for _, name := range []string{"default", "db"} {
+	for _, name := range profileNames {
 		p, ok := c.Profiles[name]
 		if !ok {
 			return fmt.Errorf("config: chunk profile %q missing", name)
@@ -180,7 +208,7 @@ func (c Config) validatePublic() error {
 			return fmt.Errorf("config: chunk profile %q has bad bounds %+v", name, p)
 		}
 	}
-	if c.Compression != "zstd" && c.Compression != "none" {
+	if c.Compression != CompressionZstd && c.Compression != CompressionNone {
 		return fmt.Errorf("config: unknown compression %q", c.Compression)
 	}
 	if c.PackSize < 1<<16 || c.PackSize > 1<<30 {

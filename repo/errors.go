@@ -2,8 +2,10 @@ package repo
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/stasisbackup/stasis/repo/backend"
+	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
 // Sentinel errors of the repository, matched with errors.Is.
@@ -24,4 +26,55 @@ var (
 	ErrTooLarge = backend.ErrTooLarge
 	// ErrCorruptSnapshot: a snapshot file does not decode or hash to its name.
 	ErrCorruptSnapshot = errors.New("corrupt snapshot file")
+	// ErrInitNoPassword: Init was given neither a password nor
+	// InsecureNoPassword. It matches crypto.ErrNoPassword too.
+	ErrInitNoPassword = fmt.Errorf("%w", crypto.ErrNoPassword)
 )
+
+// The error types below carry what a command line needs to say what to do
+// next (the CLI adds that: this package names no command-line flag).
+
+// NoRepositoryError is Open's error when the storage at Location holds no
+// repository; it matches ErrNoRepository.
+type NoRepositoryError struct {
+	Location string
+}
+
+func (e *NoRepositoryError) Error() string { return e.Location + ": " + ErrNoRepository.Error() }
+
+// Is reports whether target is ErrNoRepository.
+func (e *NoRepositoryError) Is(target error) bool { return target == ErrNoRepository }
+
+// CacheDirError is the error when this client's cache directory cannot be
+// found (Dir empty: there is no user cache directory) or created (Dir).
+type CacheDirError struct {
+	Dir string
+	Err error
+}
+
+func (e *CacheDirError) Error() string {
+	if e.Dir == "" {
+		return "find a cache directory: " + e.Err.Error()
+	}
+	return fmt.Sprintf("create cache directory %s: %v", e.Dir, e.Err)
+}
+
+func (e *CacheDirError) Unwrap() error { return e.Err }
+
+// RepackError is Repack's error when the header of a pack to repack
+// (Blob false) or one of its live blobs (Blob true) cannot be read: the
+// pack is damaged, and nothing was deleted.
+type RepackError struct {
+	Pack string // the pack's id, as the message names it
+	Blob bool
+	Err  error
+}
+
+func (e *RepackError) Error() string {
+	if e.Blob {
+		return fmt.Sprintf("repack %s: %v; nothing was deleted", e.Pack, e.Err)
+	}
+	return fmt.Sprintf("repack %s: %v", e.Pack, e.Err)
+}
+
+func (e *RepackError) Unwrap() error { return e.Err }

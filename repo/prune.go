@@ -135,8 +135,8 @@ type RepackStats struct {
 // read, verified and stored again (so compression and encryption apply as
 // for a new blob). After the new packs are durable the index points those
 // blobs at them. The old packs are left in place; delete them with
-// DeletePacks. A blob that cannot be read fails the repack before anything
-// is deleted. The caller must hold an exclusive lock: Repack must be the
+// DeletePacks. A pack header or blob that cannot be read fails the repack
+// (a *RepackError) before anything is deleted. The caller must hold an exclusive lock: Repack must be the
 // only writer. done, when not nil, is called on Repack's goroutine after
 // the live blobs of each pack were copied (for progress).
 func (r *Repository) Repack(ctx context.Context, packs []blob.ID, keep func(blob.ID) (bool, error), done func(pack blob.ID)) (RepackStats, error) {
@@ -149,7 +149,7 @@ func (r *Repository) Repack(ctx context.Context, packs []blob.ID, keep func(blob
 	for _, pid := range packs {
 		entries, _, err := r.ReadPackHeader(ctx, pid)
 		if err != nil {
-			return st, fmt.Errorf("repack %s: %w (run `stasis check --read-data`)", pid, err)
+			return st, &RepackError{Pack: pid.String(), Err: err}
 		}
 		for _, e := range entries {
 			if err := ctx.Err(); err != nil {
@@ -176,7 +176,7 @@ func (r *Repository) Repack(ctx context.Context, packs []blob.ID, keep func(blob
 			}
 			buf, err = r.ReadBlobAt(ctx, e.ID, loc, buf)
 			if err != nil {
-				return st, fmt.Errorf("repack %s: %w; nothing was deleted (run `stasis check --read-data`, then `stasis repair`)", pid.Short(), err)
+				return st, &RepackError{Pack: pid.Short(), Blob: true, Err: err}
 			}
 			res, err := r.storeBlob(ctx, loc.Type, e.ID, buf)
 			if err != nil {

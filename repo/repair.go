@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path"
 	"sort"
@@ -151,8 +152,8 @@ type RebuildOptions struct {
 	// ReadData reads every pack whole: a pack whose bytes do not hash to its
 	// name has its intact blobs copied to new packs and is moved to damaged/.
 	ReadData bool
-	// Log, when set, receives one line per damaged pack and per phase.
-	Log io.Writer
+	// Log, when set, receives one record per damaged pack and per phase.
+	Log *slog.Logger
 }
 
 // DamagedPack is a pack that RebuildIndex could not use as it was.
@@ -193,10 +194,9 @@ type DroppedBlob struct {
 // stored, so a crash leaves a repository in which every pack is still
 // indexed (run it again). The caller holds an exclusive lock.
 func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*RebuildReport, error) {
-	logf := func(format string, args ...any) {
-		if o.Log != nil {
-			fmt.Fprintf(o.Log, format+"\n", args...)
-		}
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	// Read no index file: one may be damaged, and all are replaced.
 	if err := r.writableIndex(ctx, true); err != nil {
@@ -206,32 +206,88 @@ func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*Rebui
 	if err != nil {
 		return nil, err
 	}
-	oldIndex := r.indexOfPacks(ctx, old, logf)
+	oldIndex := r.indexOfPacks(ctx, old, log)
 	if err := r.idx.Reset(); err != nil {
 		return nil, fmt.Errorf("rebuild index: reset the cache: %w", err)
 	}
 	rep := &RebuildReport{}
-	logf("reading pack headers")
-	var bad []DamagedPack
-	var batch []index.IndexedPack
-	written := map[string]bool{}
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
+	log.Info("reading pack headers")
+	w := &indexWriter{r: r, written: map[string]bool{}}
+	bad, err := r.indexPackHeaders(ctx, w, o.ReadData, log, rep)
+	if err != nil {
+		return nil, fmt.Errorf("rebuild index: %w", err)
+	}
+	// Salvage intact blobs of damaged packs, then take them out of use.
+	for i := range bad {
+		if err := r.retireDamagedPack(ctx, &bad[i], oldIndex[bad[i].ID], log); err != nil {
+			return nil, err
 		}
-		name, err := r.SaveIndexFile(ctx, batch)
-		if err != nil {
-			return err
+	}
+	rep.Damaged = bad
+	if o.ReadData {
+		// Their blobs are out of the index now.
+		if rep.Dicts, err = r.moveDamagedDicts(ctx); err != nil {
+			return nil, fmt.Errorf("rebuild index: %w", err)
 		}
-		if err := r.idx.AddFile(name, batch); err != nil {
-			return fmt.Errorf("record index file %s in the cache: %w", name, err)
+		for _, m := range rep.Dicts {
+			log.Info(m)
 		}
-		written[name] = true
-		r.markKnown(name)
-		batch = nil
+	}
+	defer r.deg.reset()
+	if err := r.removeOldIndexFiles(ctx, old, w.written); err != nil {
+		return nil, err
+	}
+	ids, _, err := r.SnapshotIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.Snapshots = len(ids)
+	return rep, nil
+}
+
+// indexWriter stores the packs RebuildIndex indexes in new index files of
+// packsPerIndexFile packs each, and records them in the cache.
+type indexWriter struct {
+	r       *Repository
+	batch   []index.IndexedPack
+	written map[string]bool // the index files stored
+}
+
+// add adds a pack, storing an index file when the batch is full.
+func (w *indexWriter) add(ctx context.Context, p index.IndexedPack) error {
+	w.batch = append(w.batch, p)
+	if len(w.batch) >= packsPerIndexFile {
+		return w.flush(ctx)
+	}
+	return nil
+}
+
+// flush stores the packs added since the last index file in a new one.
+func (w *indexWriter) flush(ctx context.Context) error {
+	if len(w.batch) == 0 {
 		return nil
 	}
-	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
+	name, err := w.r.SaveIndexFile(ctx, w.batch)
+	if err != nil {
+		return err
+	}
+	if err := w.r.idx.AddFile(name, w.batch); err != nil {
+		return fmt.Errorf("record index file %s in the cache: %w", name, err)
+	}
+	w.written[name] = true
+	w.r.markKnown(name)
+	w.batch = nil
+	return nil
+}
+
+// indexPackHeaders reads the header of every pack file (with readData the
+// whole pack, verifyPack) and indexes the pack through w. It returns the
+// packs that cannot be indexed as they are: a header that does not decode,
+// or with readData bytes that do not hash to the pack's name. Blobs of
+// intact packs that do not decode are left out (rep.Dropped).
+func (r *Repository) indexPackHeaders(ctx context.Context, w *indexWriter, readData bool, log *slog.Logger, rep *RebuildReport) ([]DamagedPack, error) {
+	var bad []DamagedPack
+	err := r.EachPackFile(ctx, func(id blob.ID, size int64) error {
 		entries, _, err := r.ReadPackHeader(ctx, id)
 		if err != nil {
 			if errors.Is(err, pack.ErrCorrupt) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
@@ -240,7 +296,7 @@ func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*Rebui
 			}
 			return err
 		}
-		if o.ReadData {
+		if readData {
 			d, ok, dropped, err := r.verifyPack(ctx, id, entries)
 			if err != nil {
 				return err
@@ -251,62 +307,57 @@ func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*Rebui
 			if len(dropped) > 0 {
 				entries = keepDecodable(entries, dropped)
 				rep.Dropped = append(rep.Dropped, dropped...)
-				logf("pack %s: %d blobs do not decode (first: %s): left out of the index", id, len(dropped), dropped[0].Problem)
+				log.Info(fmt.Sprintf("pack %s: %d blobs do not decode (first: %s): left out of the index", id, len(dropped), dropped[0].Problem),
+					"pack", id.String(), "dropped", len(dropped))
 			}
 		}
-		batch = append(batch, index.IndexedPack{ID: id, Size: uint64(size), Entries: entries})
 		rep.Packs++
 		rep.Blobs += len(entries)
-		if len(batch) >= packsPerIndexFile {
-			return flush()
-		}
-		return nil
+		return w.add(ctx, index.IndexedPack{ID: id, Size: uint64(size), Entries: entries})
 	}, nil)
 	if err == nil {
-		err = flush()
+		err = w.flush(ctx)
 	}
+	return bad, err
+}
+
+// retireDamagedPack salvages the intact blobs of damaged pack d (found
+// through its header or known, the entries of an old index file) into new
+// packs, stores them, and moves the pack to damaged/, filling in d.
+func (r *Repository) retireDamagedPack(ctx context.Context, d *DamagedPack, known []pack.Entry, log *slog.Logger) error {
+	saved, lost, err := r.salvage(ctx, d.ID, known)
 	if err != nil {
-		return nil, fmt.Errorf("rebuild index: %w", err)
+		return err
 	}
-	// Salvage intact blobs of damaged packs, then take them out of use.
-	for i := range bad {
-		d := &bad[i]
-		saved, lost, err := r.salvage(ctx, d.ID, oldIndex[d.ID])
-		if err != nil {
-			return nil, err
-		}
-		d.Salvaged = saved
-		if lost >= 0 {
-			d.Lost = lost
-		}
-		if err := r.Flush(ctx); err != nil {
-			return nil, fmt.Errorf("rebuild index: %w", err)
-		}
-		to, err := r.MoveToDamaged(ctx, PackName(d.ID))
-		if err != nil {
-			return nil, err
-		}
-		d.MovedTo = to
-		lostMsg := "the number lost is unknown (no header and no old index entry)"
-		if d.Lost >= 0 {
-			lostMsg = fmt.Sprintf("%d lost", d.Lost)
-		}
-		logf("pack %s: %s: moved to %s (%d blobs salvaged, %s)", d.ID, d.Problem, to, d.Salvaged, lostMsg)
+	d.Salvaged = saved
+	if lost >= 0 {
+		d.Lost = lost
 	}
-	rep.Damaged = bad
-	if o.ReadData {
-		// Their blobs are out of the index now.
-		if rep.Dicts, err = r.moveDamagedDicts(ctx); err != nil {
-			return nil, fmt.Errorf("rebuild index: %w", err)
-		}
-		for _, m := range rep.Dicts {
-			logf("%s", m)
-		}
+	if err := r.Flush(ctx); err != nil {
+		return fmt.Errorf("rebuild index: %w", err)
 	}
-	defer r.deg.reset()
+	to, err := r.MoveToDamaged(ctx, PackName(d.ID))
+	if err != nil {
+		return err
+	}
+	d.MovedTo = to
+	lostMsg := "the number lost is unknown (no header and no old index entry)"
+	if d.Lost >= 0 {
+		lostMsg = fmt.Sprintf("%d lost", d.Lost)
+	}
+	log.Info(fmt.Sprintf("pack %s: %s: moved to %s (%d blobs salvaged, %s)", d.ID, d.Problem, to, d.Salvaged, lostMsg),
+		"pack", d.ID.String(), "moved_to", to, "salvaged", d.Salvaged, "lost", d.Lost)
+	return nil
+}
+
+// removeOldIndexFiles deletes the index files of old that RebuildIndex did
+// not write (written) from the repository and the cache, and the index of
+// an older stasis. Index files that other clients stored meanwhile (listed
+// now, not in old) are kept.
+func (r *Repository) removeOldIndexFiles(ctx context.Context, old []string, written map[string]bool) error {
 	now, err := r.IndexFiles(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	isNew := map[string]bool{}
 	for _, n := range now {
@@ -324,37 +375,32 @@ func (r *Repository) RebuildIndex(ctx context.Context, o RebuildOptions) (*Rebui
 			continue
 		}
 		if err := r.st.Delete(ctx, n); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("rebuild index: delete old index file %s: %w", n, err)
+			return fmt.Errorf("rebuild index: delete old index file %s: %w", n, err)
 		}
 		gone = append(gone, n)
 	}
 	if err := r.idx.RemoveFiles(gone); err != nil {
-		return nil, err
+		return err
 	}
 	// The index of an older stasis in the repository is replaced now.
 	for _, n := range []string{legacyIndex, legacyIndex + ".old"} {
 		if err := r.st.Delete(ctx, n); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("rebuild index: remove the old %s: %w", n, err)
+			return fmt.Errorf("rebuild index: remove the old %s: %w", n, err)
 		}
 	}
-	ids, _, err := r.SnapshotIDs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	rep.Snapshots = len(ids)
-	return rep, nil
+	return nil
 }
 
 // indexOfPacks reads the old index files into a map from pack to its
 // entries, for salvaging packs whose header is lost. Unreadable index
 // files are logged and skipped (the packs' own headers are the truth; this
 // is only a second source).
-func (r *Repository) indexOfPacks(ctx context.Context, names []string, logf func(string, ...any)) map[blob.ID][]pack.Entry {
+func (r *Repository) indexOfPacks(ctx context.Context, names []string, log *slog.Logger) map[blob.ID][]pack.Entry {
 	m := map[blob.ID][]pack.Entry{}
 	for _, n := range names {
 		packs, err := r.LoadIndexFile(ctx, n)
 		if err != nil {
-			logf("old %v: not used for salvage", err)
+			log.Info(fmt.Sprintf("old %v: not used for salvage", err), "index_file", n)
 			continue
 		}
 		for _, p := range packs {

@@ -128,7 +128,7 @@ type OpenOptions struct {
 func Init(ctx context.Context, st backend.Storage, o InitOptions, oo OpenOptions) (*Repository, error) {
 	dir := st.Location()
 	if !o.InsecureNoPassword && len(o.Password) == 0 {
-		return nil, fmt.Errorf("init %s: %w (or create an unencrypted repository on purpose with --insecure-no-password)", dir, crypto.ErrNoPassword)
+		return nil, fmt.Errorf("init %s: %w", dir, ErrInitNoPassword)
 	}
 	cfg, err := newConfig(o)
 	if err != nil {
@@ -176,14 +176,14 @@ func Init(ctx context.Context, st backend.Storage, o InitOptions, oo OpenOptions
 	return open(ctx, b, cfg, mk, keyID, oo)
 }
 
-// Open opens the repository in st. It fails with ErrNoRepository when there
-// is none.
+// Open opens the repository in st. It fails with a *NoRepositoryError,
+// matching ErrNoRepository, when there is none.
 func Open(ctx context.Context, st backend.Storage, o OpenOptions) (*Repository, error) {
 	b := st
 	dir := st.Location()
 	data, err := backend.ReadAll(ctx, b, "config", maxConfigSize)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%s: %w (create one with `stasis init --repo %s`)", dir, ErrNoRepository, dir)
+		return nil, &NoRepositoryError{Location: dir}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read config of %s: %w", dir, err)
@@ -273,7 +273,7 @@ func open(ctx context.Context, b backend.Storage, cfg Config, mk *crypto.MasterK
 	}
 	r.comp.Store(c)
 	r.dictProblems = problems
-	r.sampler.done = c.dictID != 0 || cfg.Compression != "zstd"
+	r.sampler.done = c.dictID != 0 || cfg.Compression != CompressionZstd
 	r.packs = newPackReader(b)
 	for _, t := range []blob.Type{blob.Data, blob.Tree} {
 		r.packers[t] = newPacker(r, t)
@@ -405,7 +405,7 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 	}()
 	stored, storage := data, pack.Raw
 	var buf []byte
-	if r.cfg.Compression == "zstd" {
+	if r.cfg.Compression == CompressionZstd {
 		c := r.comp.Load()
 		if c.dictID == 0 && t == blob.Data {
 			if err := r.sampleForDict(ctx, data); err != nil {

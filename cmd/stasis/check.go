@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
@@ -20,10 +19,7 @@ func (a *app) checkCommand() *cobra.Command {
 			if readData {
 				prog = a.startProgress("check", "packs", a.stderr)
 			}
-			var log io.Writer
-			if !a.json {
-				log = prog.logWriter(a.stderr)
-			}
+			log := a.logger(prog.logWriter(a.stderr))
 			rep, err := engine.Check(c.Context(), r, engine.CheckOptions{ReadData: readData, Log: log, Progress: prog.Counts()})
 			prog.done()
 			if err != nil {

@@ -98,7 +98,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	code := exitCode(err)
 	if !errors.Is(err, errReported) {
-		fmt.Fprintf(stderr, "stasis: %v\n", err)
+		fmt.Fprintf(stderr, "stasis: %v\n", withHints(err))
 	}
 	if code == exitUsage {
 		fmt.Fprintln(stderr, "Run `stasis help` for usage.")

@@ -46,7 +46,7 @@ func notifyJSON(rec *backupRun, repoLoc string) map[string]any {
 	}
 	m["exit_code"] = rec.exitCode
 	if rec.err != nil {
-		m["error"] = rec.err.Error()
+		m["error"] = withHints(rec.err).Error()
 	}
 	m["repository"] = redactLocation(repoLoc)
 	m["host"] = rec.host

@@ -48,9 +48,7 @@ func (a *app) runPrune(ctx context.Context, r *repo.Repository, o engine.PruneOp
 	prog := a.startProgress("prune", "packs", a.stderr) // progress.go; stderr: stdout is one JSON document
 	o.Progress = prog.Counts()
 	prog.setPhaseUnits(map[string]string{"marking": "snapshots"})
-	if !a.json {
-		o.Log = prog.logWriter(a.stderr)
-	}
+	o.Log = a.logger(prog.logWriter(a.stderr))
 	rep, err := engine.Prune(ctx, r, o)
 	prog.done()
 	if err != nil || a.json {

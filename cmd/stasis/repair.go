@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
@@ -29,13 +28,6 @@ unless --forget. See docs/damage.md.`,
 	return c
 }
 
-func (a *app) logWriter() io.Writer {
-	if a.json {
-		return nil
-	}
-	return a.stderr
-}
-
 func (a *app) repairIndexCommand() *cobra.Command {
 	var o repo.RebuildOptions
 	c := &cobra.Command{
@@ -46,7 +38,7 @@ func (a *app) repairIndexCommand() *cobra.Command {
 			a.skipIndexFiles = true // the repository opens without its index files: a damaged one must not stop its repair
 		},
 		RunE: a.exclusive(a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
-			o.Log = a.logWriter()
+			o.Log = a.logger(a.stderr)
 			rep, err := r.RebuildIndex(c.Context(), o)
 			if err != nil {
 				return err
@@ -86,7 +78,7 @@ func (a *app) repairSnapshotsCommand() *cobra.Command {
 		Short: "Rewrite snapshots that reference missing data, marking the affected files",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: a.exclusive(a.runWithRepo(func(c *cobra.Command, args []string, r *repo.Repository) error {
-			o.Log = a.logWriter()
+			o.Log = a.logger(a.stderr)
 			rep, err := engine.RepairSnapshots(c.Context(), r, o)
 			if rep != nil && a.json {
 				writeJSON(a.stdout, rep)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 
 	"github.com/stasisbackup/stasis/engine/tape"
 	"github.com/stasisbackup/stasis/repo"
@@ -191,26 +190,9 @@ func rebuildIndex(ctx context.Context, st repo.Storage, o ImportOptions, log *sl
 		return nil, fmt.Errorf("tape import: open the imported repository: %w", err)
 	}
 	defer r.Close()
-	var lines io.Writer // repo.RebuildOptions.Log is a writer of lines
-	if o.Log != nil {
-		lines = logLines{log}
-	}
-	rep, err := r.RebuildIndex(ctx, repo.RebuildOptions{ReadData: readData, Log: lines})
+	rep, err := r.RebuildIndex(ctx, repo.RebuildOptions{ReadData: readData, Log: log})
 	if err != nil {
 		return nil, fmt.Errorf("tape import: rebuild the index: %w", err)
 	}
 	return rep, nil
-}
-
-// logLines passes every line written to it to a logger, as an Info record
-// whose message is the line.
-type logLines struct{ log *slog.Logger }
-
-func (l logLines) Write(p []byte) (int, error) {
-	for _, line := range strings.SplitAfter(string(p), "\n") {
-		if line = strings.TrimSuffix(line, "\n"); line != "" {
-			l.log.Info(line)
-		}
-	}
-	return len(p), nil
 }
