@@ -24,8 +24,7 @@ var ErrWrongPassword = errors.New("wrong password")
 // ErrNoPassword means no password was given for an encrypted repository
 // (the CLI: no password source was set and there is no terminal to ask on).
 // Its message lists the CLI's sources.
-var ErrNoPassword = errors.New("no password given: use --password-file FILE (or STASIS_PASSWORD_FILE" +
-	"=FILE), --password-command CMD, or STASIS_PASSWORD=PASSWORD, or run on a terminal to be asked")
+var ErrNoPassword = errors.New("no password given")
 
 // Key file format constants.
 const (
