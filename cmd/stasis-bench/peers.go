@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 )
 
@@ -19,12 +21,34 @@ type peer struct {
 	setup func(ctx context.Context, bin, work string, o options) *Tool
 }
 
-// peers are the programs --tools can name besides stasis.
+// peers are the programs --tools can name besides stasis: Debian's restic
+// and borg from PATH, and restic 0.18.1 and kopia 0.21.1 built from the Go
+// module proxy into the peer cache (see peerCache).
 var peers = []peer{
 	{name: "restic", binary: "restic", install: "apt-get install restic", s3: true,
-		setup: func(_ context.Context, bin, work string, _ options) *Tool { return newRestic(bin, work) }},
+		setup: func(_ context.Context, bin, work string, _ options) *Tool { return newRestic("restic", bin, work) }},
 	{name: "borg", binary: "borg", install: "apt-get install borgbackup",
 		setup: func(_ context.Context, bin, work string, o options) *Tool { return newBorg(bin, work, o.borgComp) }},
+	{name: "restic-0.18.1", binary: filepath.Join(peerCache(), "restic-0.18.1"), install: "bash cmd/stasis-bench/peers/build", s3: true,
+		setup: func(_ context.Context, bin, work string, _ options) *Tool {
+			return newRestic("restic-0.18.1", bin, work)
+		}},
+	{name: "kopia-0.21.1", binary: filepath.Join(peerCache(), "kopia-0.21.1"), install: "bash cmd/stasis-bench/peers/build",
+		setup: func(_ context.Context, bin, work string, _ options) *Tool { return newKopia("kopia-0.21.1", bin, work) }},
+}
+
+// peerCache is where cmd/stasis-bench/peers/build puts the peers it builds:
+// $STASIS_BENCH_PEERS, else $XDG_CACHE_HOME/stasis-bench, else
+// ~/.cache/stasis-bench.
+func peerCache() string {
+	if d := os.Getenv("STASIS_BENCH_PEERS"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "stasis-bench")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "stasis-bench")
 }
 
 // setupStasis is the setup of stasis (which is built, not looked up).

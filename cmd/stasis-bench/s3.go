@@ -23,7 +23,10 @@ import (
 
 // s3Scenarios are the scenarios of the s3 subcommand, in the order they run
 // and are reported.
-var s3Scenarios = []string{scInitial, scUnchanged, scRestore}
+var s3Scenarios = []string{scInitial, scUnchanged, scS3Restore}
+
+// scS3Restore is s3's full restore (into an emptied directory).
+const scS3Restore = "full restore"
 
 // s3Bucket is the bucket every S3 repository of a run gets a prefix in.
 const s3Bucket = "stasis-bench"
@@ -160,11 +163,11 @@ func (r *s3Run) measureTool(ctx context.Context, be s3Backend, t *Tool, res resu
 	if err := freshTarget(target); err != nil {
 		return err
 	}
-	if err := r.measure(be, scRestore, t, t.Restore(ctx, target, ""), nil, res); err != nil {
+	if err := r.measure(be, scS3Restore, t, t.Restore(ctx, target, ""), nil, res); err != nil {
 		return err
 	}
 	if err := verifyRestore(r.w.Root, filepath.Join(target, r.w.Root), false); err != nil {
-		return fmt.Errorf("%s: %s by %s is wrong: %w", be.name, scRestore, t.Name, err)
+		return fmt.Errorf("%s: %s by %s is wrong: %w", be.name, scS3Restore, t.Name, err)
 	}
 	return os.RemoveAll(target)
 }
@@ -226,7 +229,7 @@ func (r *s3Run) report(total int64, loadBefore, weed string, missing []string, b
 		weed, backendtest.SeaweedRegion)
 	for _, p := range peers {
 		if !p.s3 {
-			fmt.Fprintf(&rep, "- %s is not compared here: it has no S3 backend.\n", p.name)
+			fmt.Fprintf(&rep, "- %s is not compared here: the harness runs it on local directories only.\n", p.name)
 		}
 	}
 	fmt.Fprintf(&rep, "\nRepository size: local, du of the repository directory (allocated blocks, directories included: restic's 256 data/ subdirectories "+

@@ -22,12 +22,17 @@ type Tool struct {
 	// repository's size rather than its growth.
 	S3Settings string
 
-	versionArgs []string // the arguments that print its version
-	initArgs    []string
+	versionArgs []string             // the arguments that print its version
+	initArgs    []string             // creates the repository
+	setupArgs   [][]string           // commands run after initArgs (kopia's global policy)
+	source      string               // the path of the last backup
 	backupArgs  func(n int) []string // n: the backup's sequence number
 	restoreArgs func(n int, target, only string) []string
 	restoreDir  bool // the restore runs with the target as working directory (borg extract)
-	backups     int
+	// restoreParents: the restore writes to TARGET/PATH and needs the
+	// directories above it (kopia restore PATH TARGET/PATH).
+	restoreParents bool
+	backups        int
 }
 
 func (t *Tool) command(ctx context.Context, dir string, args ...string) *exec.Cmd {
@@ -58,9 +63,11 @@ func (t *Tool) initFresh(ctx context.Context) error {
 		}
 	}
 	t.backups = 0
-	out, err := t.command(ctx, "", t.initArgs...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: init repository %s: %w\n%s", t.Name, t.Repo, err, tail(string(out), 2000))
+	for _, args := range append([][]string{t.initArgs}, t.setupArgs...) {
+		out, err := t.command(ctx, "", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: init repository %s (%s): %w\n%s", t.Name, t.Repo, strings.Join(args, " "), err, tail(string(out), 2000))
+		}
 	}
 	return nil
 }
@@ -68,6 +75,7 @@ func (t *Tool) initFresh(ctx context.Context) error {
 // Backup returns the command of the next backup of path.
 func (t *Tool) Backup(ctx context.Context, path string) *exec.Cmd {
 	t.backups++
+	t.source = path
 	return t.command(ctx, "", append(t.backupArgs(t.backups), path)...)
 }
 
@@ -77,6 +85,13 @@ func (t *Tool) Restore(ctx context.Context, target, only string) *exec.Cmd {
 	dir := ""
 	if t.restoreDir {
 		dir = target
+	}
+	if t.restoreParents {
+		what := t.source
+		if only != "" {
+			what = only
+		}
+		os.MkdirAll(filepath.Join(target, filepath.Dir(what)), 0o755) // a failure shows in the restore's own error
 	}
 	return t.command(ctx, dir, t.restoreArgs(t.backups, target, only)...)
 }
@@ -121,14 +136,16 @@ func newStasis(ctx context.Context, bin, work string, encrypt bool) *Tool {
 	return t
 }
 
-// newRestic sets up restic: repository format 2 (compression), password
-// file (restic always encrypts), cache in the work directory.
-func newRestic(bin, work string) *Tool {
+// newRestic sets up restic, called name (its repository and cache are
+// named after it): repository format 2 (compression), password file (restic
+// always encrypts), cache in the work directory.
+func newRestic(name, bin, work string) *Tool {
 	pass := filepath.Join(work, "restic-password")
 	os.WriteFile(pass, []byte("stasis-bench\n"), 0o600)
-	cache := filepath.Join(work, "cache-restic")
-	t := &Tool{Name: "restic", Bin: bin, Repo: filepath.Join(work, "repo-restic"), Scratch: []string{cache},
-		Env: []string{"RESTIC_REPOSITORY=" + filepath.Join(work, "repo-restic"), "RESTIC_PASSWORD_FILE=" + pass,
+	cache := filepath.Join(work, "cache-"+name)
+	repo := filepath.Join(work, "repo-"+name)
+	t := &Tool{Name: name, Bin: bin, Repo: repo, Scratch: []string{cache},
+		Env: []string{"RESTIC_REPOSITORY=" + repo, "RESTIC_PASSWORD_FILE=" + pass,
 			"RESTIC_CACHE_DIR=" + cache},
 		Settings:   "repository version 2, `--compression auto` (its default: zstd, fastest level), AES-256-CTR + Poly1305 encryption (always on), local cache (not counted in growth)",
 		S3Settings: "repository version 2, `--compression auto` (its default: zstd, fastest level), AES-256-CTR + Poly1305 encryption (always on), local cache (RESTIC_CACHE_DIR in the work directory; not counted in the repository size)"}
@@ -141,6 +158,33 @@ func newRestic(bin, work string) *Tool {
 			a = append(a, "--include", only)
 		}
 		return a
+	}
+	return t
+}
+
+// newKopia sets up kopia, called name: a filesystem repository, encrypted
+// (always; the password from KOPIA_PASSWORD), compression zstd-fastest set
+// as the global policy, config, cache and logs in the work directory, no
+// update check. A restore of a path restores the latest snapshot holding it
+// (kopia restore PATH TARGET), into TARGET/PATH as the other tools do.
+func newKopia(name, bin, work string) *Tool {
+	home := filepath.Join(work, "home-"+name)
+	repo := filepath.Join(work, "repo-"+name)
+	t := &Tool{Name: name, Bin: bin, Repo: repo, Scratch: []string{home}, restoreParents: true,
+		Env: []string{"KOPIA_PASSWORD=stasis-bench", "KOPIA_CONFIG_PATH=" + filepath.Join(home, "repository.config"),
+			"KOPIA_CACHE_DIRECTORY=" + filepath.Join(home, "cache"), "KOPIA_LOG_DIR=" + filepath.Join(home, "logs"),
+			"KOPIA_CHECK_FOR_UPDATES=false"},
+		Settings: "filesystem repository, `--compression zstd-fastest` (global policy; kopia's default is none), AES-256-GCM encryption (always on), cache and logs in the work directory (not counted in growth)"}
+	t.versionArgs = []string{"--version"}
+	t.initArgs = []string{"repository", "create", "filesystem", "--path", repo}
+	t.setupArgs = [][]string{{"policy", "set", "--global", "--compression", "zstd-fastest"}}
+	t.backupArgs = func(int) []string { return []string{"snapshot", "create"} }
+	t.restoreArgs = func(_ int, target, only string) []string {
+		src := t.source
+		if only != "" {
+			src = only
+		}
+		return []string{"restore", src, filepath.Join(target, src)}
 	}
 	return t
 }
