@@ -21,6 +21,7 @@ import (
 	"testing"
 
 	"github.com/stasisbackup/stasis/cmd/stasis/internal/profile"
+	"github.com/stasisbackup/stasis/internal/loopfs"
 	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
@@ -107,7 +108,7 @@ func TestServiceSlapd(t *testing.T) {
 			base := t.TempDir()
 			switch freeze { // mounted before slapd starts: unmounted after it stops
 			case "reflink":
-				base = loopXFS(t, 320<<20)
+				base = loopfs.Reflink(t, "service test", 320<<20)
 			case "snapshot":
 				_, base = snapLoopBtrfs(t, 320<<20) // a subvolume
 			}
@@ -351,7 +352,7 @@ func TestServicePostgres(t *testing.T) {
 		})
 	})
 	t.Run("reflink", func(t *testing.T) {
-		mnt := loopXFS(t, 320<<20) // mounted before postgres starts: unmounted after it stops
+		mnt := loopfs.Reflink(t, "service test", 320<<20) // mounted before postgres starts: unmounted after it stops
 		for d := mnt; strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
 			os.Chmod(d, 0o755) // the test's temp dirs: postgres must enter them
 		}
