@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/stasisbackup/stasis/engine"
-	"github.com/stasisbackup/stasis/internal/lock"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/crypto"
 )
@@ -106,7 +105,8 @@ set of AWS_* credentials serves both).`,
 }
 
 // openSource opens copy's source repository under a shared lock of its
-// own. release unlocks and closes it. A lost source lock stops the command
+// own (takeLock, as lockRepo locks the destination). release unlocks and
+// closes it. A lost source lock stops the command
 // like a lost destination lock.
 func (a *app) openSource(ctx context.Context, from fromRepo) (*repo.Repository, func(), error) {
 	st, err := repo.OpenStorage(ctx, from.loc)
@@ -119,29 +119,9 @@ func (a *app) openSource(ctx context.Context, from fromRepo) (*repo.Repository, 
 	} else if !ok {
 		return nil, nil, fmt.Errorf("source %s (--from-repo): %w", dir, repo.ErrNoRepository)
 	}
-	cmd := a.locking.cmd
-	if cmd == "" {
-		cmd = "stasis copy"
-	}
-	l, err := lock.Acquire(ctx, st, false, lock.Options{RetryFor: a.locking.retry, StaleAfter: a.locking.staleAfter, Log: a.stderr, Command: cmd + " (source)"})
+	_, unlock, err := a.takeLock(ctx, st, false, dir)
 	if err != nil {
-		return nil, nil, fmt.Errorf("source %s: %w", dir, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-l.Done():
-			if a.cancel != nil {
-				a.cancel(fmt.Errorf("source %s: %w", dir, lockLostError(l)))
-			}
-		case <-done:
-		}
-	}()
-	unlock := func() {
-		close(done)
-		if err := l.Release(); err != nil {
-			fmt.Fprintf(a.stderr, "stasis: source %s: %v\n", dir, err)
-		}
+		return nil, nil, err
 	}
 	cacheDir := from.cacheDir
 	if cacheDir == "" {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
+	"github.com/stasisbackup/stasis/internal/loopfs"
 )
 
 // snapLoopBtrfs mounts a fresh btrfs image of size bytes on a loop device,
@@ -24,37 +25,7 @@ import (
 // subvolume; it skips, saying why, without root, btrfs-progs or loop devices.
 func snapLoopBtrfs(t testing.TB, size int64) (mnt, svc string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("freeze snapshot needs root to mount a btrfs image on a loop device")
-	}
-	for _, tool := range []string{"mkfs.btrfs", "btrfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("freeze snapshot test needs %s (Debian btrfs-progs)", tool)
-		}
-	}
-	tmp := t.TempDir()
-	img := filepath.Join(tmp, "btrfs.img")
-	mnt = filepath.Join(tmp, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, size); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.btrfs", "-q", "-f", img).CombinedOutput(); err != nil {
-		t.Skipf("mkfs.btrfs failed: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a loop device here: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
+	mnt = loopfs.Btrfs(t, "freeze snapshot test", size)
 	svc = filepath.Join(mnt, "svc")
 	if out, err := exec.Command("btrfs", "subvolume", "create", svc).CombinedOutput(); err != nil {
 		t.Fatalf("btrfs subvolume create: %v: %s", err, out)

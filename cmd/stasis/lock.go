@@ -23,9 +23,9 @@ import (
 type lockState struct {
 	retry     time.Duration // --retry-lock
 	held      *lock.Lock
-	cmd       string        // the command, recorded in the lock
-	exclusive bool          // set by a.exclusive: lockRepo takes an exclusive lock
-	released  chan struct{} // closed by releaseLock: stops the loss watcher
+	cmd       string // the command, recorded in the lock
+	exclusive bool   // set by a.exclusive: lockRepo takes an exclusive lock
+	release   func() // releases held (takeLock), called by releaseLock
 
 	// staleAfter is lock.Options.StaleAfter; 0 means the default (tests
 	// shorten it).
@@ -67,32 +67,61 @@ func (a *app) lockRepo(ctx context.Context, st repo.Storage, exclusive bool) err
 		}
 		return nil
 	}
+	l, release, err := a.takeLock(ctx, st, exclusive, "")
+	if err != nil {
+		return err
+	}
+	a.locking.held, a.locking.release = l, release
+	return nil
+}
+
+// takeLock takes a lock on st for this invocation, exclusive or shared: it
+// waits up to --retry-lock for a conflicting lock, removes stale ones (by
+// a.locking.staleAfter), logs to stderr, and records the command's name
+// (a.locking.cmd) in the lock; the lock refreshes itself until release.
+// source is "" for the repository the command works on, and the location
+// of copy's source repository for that one: then the recorded command ends
+// in " (source)" and errors begin with "source LOCATION: ".
+//
+// When the lock is lost before release, the command's context is cancelled
+// (a.cancel) with lockLostError's error. release stops watching for that and
+// releases the lock; it reports a failure to release on stderr.
+func (a *app) takeLock(ctx context.Context, st repo.Storage, exclusive bool, source string) (l *lock.Lock, release func(), err error) {
 	cmd := a.locking.cmd
 	if cmd == "" {
 		cmd = "stasis"
 	}
-	l, err := lock.Acquire(ctx, st, exclusive, lock.Options{
+	named := func(err error) error { return err }
+	if source != "" {
+		cmd += " (source)"
+		named = func(err error) error { return fmt.Errorf("source %s: %w", source, err) }
+	}
+	l, err = lock.Acquire(ctx, st, exclusive, lock.Options{
 		RetryFor:   a.locking.retry,
 		StaleAfter: a.locking.staleAfter,
 		Log:        a.stderr,
 		Command:    cmd,
 	})
 	if err != nil {
-		return err
+		return nil, nil, named(err)
 	}
-	a.locking.held = l
 	released := make(chan struct{})
-	a.locking.released = released
 	if cancel := a.cancel; cancel != nil {
 		go func() {
 			select {
 			case <-l.Done():
-				cancel(lockLostError(l))
+				cancel(named(lockLostError(l)))
 			case <-released:
 			}
 		}()
 	}
-	return nil
+	release = func() {
+		close(released)
+		if err := l.Release(); err != nil {
+			fmt.Fprintf(a.stderr, "stasis: %v\n", named(err))
+		}
+	}
+	return l, release, nil
 }
 
 // lockLost returns nil while this invocation's lock is held or if it took
@@ -119,11 +148,8 @@ func (a *app) releaseLock() {
 	if a.locking.held == nil {
 		return
 	}
-	close(a.locking.released)
-	if err := a.locking.held.Release(); err != nil {
-		fmt.Fprintf(a.stderr, "stasis: %v\n", err)
-	}
-	a.locking.held = nil
+	a.locking.release()
+	a.locking.held, a.locking.release = nil, nil
 }
 
 // exclusive wraps a RunE so that it runs under an exclusive lock: the lock

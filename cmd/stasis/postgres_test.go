@@ -7,7 +7,6 @@ package main
 // PostgreSQL refuses to run as root. Stopped at the test's end.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -52,12 +51,14 @@ func needPostgres(t testing.TB) string {
 
 // sharedDir makes a fresh directory that the user postgres can enter (as
 // t.TempDir's are 0700 root's) under parent ("" = the system's temp dir),
-// removed at the test's end.
+// removed at the test's end. A parent in the test's temp dirs is made
+// enterable too, up to the system's temp dir.
 func sharedDir(t testing.TB, parent, pattern string) string {
 	t.Helper()
 	if parent == "" {
 		parent = os.TempDir()
 	}
+	openDirsBelow(parent, os.TempDir())
 	d, err := os.MkdirTemp(parent, pattern)
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +68,26 @@ func sharedDir(t testing.TB, parent, pattern string) string {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// openDirsBelow makes dir and its parents below top (top itself excluded)
+// enterable by every user (mode 0755): the test's temp dirs and restored
+// parents of a data directory, which postgres must enter.
+func openDirsBelow(dir, top string) {
+	for d := dir; strings.HasPrefix(d, top+"/"); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+}
+
+// newPostgresW is newPostgres of a fresh cluster in data holding the
+// writer's empty table w.
+func newPostgresW(t testing.TB, bin, data string) *postgres {
+	t.Helper()
+	pg := newPostgres(t, bin, data, true)
+	if _, err := pg.psql(context.Background(), createTableW); err != nil {
+		t.Fatal(err)
+	}
+	return pg
 }
 
 // newPostgres initialises a cluster in data (which must not exist; its
@@ -156,12 +177,11 @@ esac
 // psql runs SQL on the cluster and returns its unaligned, tuples-only output.
 func (pg *postgres) psql(ctx context.Context, sql string) (string, error) {
 	cmd := exec.CommandContext(ctx, "psql", "-h", pg.sockDir, "-U", "postgres", "-d", "postgres", "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("psql %q on %s: %w: %s", sql, pg.sockDir, err, strings.TrimSpace(errb.String()))
+	out, err := runClient(cmd)
+	if err != nil {
+		return string(out), fmt.Errorf("psql %q on %s: %w", sql, pg.sockDir, err)
 	}
-	return out.String(), nil
+	return string(out), nil
 }
 
 // rows returns the numbers in table w.
@@ -171,13 +191,11 @@ func (pg *postgres) rows(t testing.TB) map[int]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := map[int]bool{}
-	for _, f := range strings.Fields(out) {
-		n, err := strconv.Atoi(f)
-		if err != nil {
-			t.Fatalf("SELECT n FROM w: %q", f)
-		}
-		m[n] = true
-	}
-	return m
+	return seqs(t, out)
+}
+
+// insert is the writer's INSERT number n (a seqWriter's add).
+func (pg *postgres) insert(ctx context.Context, n int) error {
+	_, err := pg.psql(ctx, insertSQL(n))
+	return err
 }

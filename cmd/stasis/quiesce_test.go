@@ -17,6 +17,7 @@ import (
 	"unsafe"
 
 	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
+	"github.com/stasisbackup/stasis/internal/loopfs"
 	"github.com/stasisbackup/stasis/internal/zoomsimtest"
 	"github.com/stasisbackup/stasis/repo/crypto"
 	"golang.org/x/sys/unix"
@@ -240,50 +241,8 @@ func TestQuiescedBackupStopAndCopy(t *testing.T) {
 	}
 }
 
-// loopXFS mounts a fresh XFS (or btrfs) image of size bytes on a loop
-// device and returns the mount point, or skips the test saying what is
-// missing.
-func loopXFS(t testing.TB, size int64) string {
-	t.Helper()
-	size = max(size, 320<<20) // mkfs.xfs wants 300 MB at least
-	if os.Geteuid() != 0 {
-		t.Skip("reflink needs root to mount an XFS image on a loop device")
-	}
-	var mkfs []string
-	if _, err := exec.LookPath("mkfs.xfs"); err == nil {
-		mkfs = []string{"mkfs.xfs", "-q", "-f", "-m", "reflink=1"}
-	} else if _, err := exec.LookPath("mkfs.btrfs"); err == nil {
-		mkfs = []string{"mkfs.btrfs", "-q", "-f"}
-	} else {
-		t.Skip("reflink needs mkfs.xfs (Debian xfsprogs) or mkfs.btrfs (btrfs-progs)")
-	}
-	tmp := t.TempDir()
-	img, mnt := filepath.Join(tmp, "fs.img"), filepath.Join(tmp, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, size); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(mkfs[0], append(mkfs[1:], img)...).CombinedOutput(); err != nil {
-		t.Skipf("%s failed: %v: %s", mkfs[0], err, out)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a loop device here: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
-	return mnt
-}
-
 func TestQuiescedBackupReflink(t *testing.T) {
-	mnt := loopXFS(t, 320<<20)
+	mnt := loopfs.Reflink(t, "reflink test", 320<<20)
 	// Started first so that zoomsim is stopped before the unmount.
 	e := startZoom(t, filepath.Join(mnt, "zoomserv"), 4096, "--close-on-pause")
 	args := append(e.hooks(""), "--freeze", "reflink", "--quiesce-path", "X500.db", "--quiesce-path", "X500.log", "--staging", mnt)
@@ -468,7 +427,7 @@ func BenchmarkDowntime(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/%dMiB", freeze, mib), func(b *testing.B) {
 				dir := ""
 				if freeze == "reflink" {
-					dir = filepath.Join(loopXFS(b, int64(mib)*3<<20), "zoomserv")
+					dir = filepath.Join(loopfs.Reflink(b, "reflink benchmark", int64(mib)*3<<20), "zoomserv")
 				}
 				e := startZoom(b, dir, mib<<20/zdb.PageSize, "--close-on-pause")
 				args := append(e.hooks(""), "--freeze", freeze, "--quiesce-path", "X500.db", "--quiesce-path", "X500.log")

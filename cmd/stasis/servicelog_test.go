@@ -1,13 +1,16 @@
 package main
 
 // What the real-service tests share: an event log that the test and the
-// hook processes append to, a writer of numbered records, and what the log
+// hook processes append to (and hooks that write to it), a writer of
+// numbered records (into LDAP entries or the SQL table w), and what the log
 // says about a backup's capture window.
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -49,6 +52,37 @@ func (l *eventLog) add(format string, args ...any) error {
 
 // hook returns a shell command that appends event to the log.
 func (l *eventLog) hook(event string) string { return fmt.Sprintf("echo %s >> %s", event, shq(l.path)) }
+
+// runClient runs cmd, a client of a service (ldapadd, psql, sqlite3), and
+// returns its stdout; a failure's error ends in what it wrote to stderr.
+func runClient(cmd *exec.Cmd) ([]byte, error) {
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.Bytes(), fmt.Errorf("%w: %s", err, strings.TrimSpace(errb.String()))
+	}
+	return out.Bytes(), nil
+}
+
+// serviceHooks are the quiesce and resume hooks of a service controlled by
+// a script (ctl stop|start, what systemctl is to a real one): quiesce logs
+// "quiesce" and stops it, resume logs "resume", starts it and logs
+// "resumed" once it runs.
+type serviceHooks struct{ quiesce, resume string }
+
+// stopStartHooks are the hooks of the service whose control script is ctl.
+func (l *eventLog) stopStartHooks(ctl string) serviceHooks {
+	return serviceHooks{
+		quiesce: l.hook("quiesce") + " && " + ctl + " stop",
+		resume:  l.hook("resume") + " && " + ctl + " start && " + l.hook("resumed"),
+	}
+}
+
+// backupArgs is `backup --json --repo repoDir` with the hooks, followed by
+// more.
+func (h serviceHooks) backupArgs(repoDir string, more ...string) []string {
+	return append([]string{"backup", "--json", "--repo", repoDir, "--quiesce", h.quiesce, "--resume", h.resume}, more...)
+}
 
 func (l *eventLog) lines(t testing.TB) []string {
 	t.Helper()
@@ -195,6 +229,18 @@ func readWindow(t testing.TB, lines []string, begin, end string) window {
 	return w
 }
 
+// checkLive fails t unless live (what the running service serves after
+// the backup) holds every write acknowledged before the capture; service
+// and write name them in the message ("the live server", "add").
+func (w window) checkLive(t testing.TB, live map[int]bool, service, write string) {
+	t.Helper()
+	for _, n := range w.ackedBefore {
+		if !live[n] {
+			t.Fatalf("%s lost acknowledged %s %d", service, write, n)
+		}
+	}
+}
+
 // check asserts that got (the restored entries) holds every add
 // acknowledged before the capture and none started after it.
 func (w window) check(t testing.TB, got map[int]bool) {
@@ -222,4 +268,27 @@ func (w window) check(t testing.TB, got map[int]bool) {
 	}
 	t.Logf("%d writes acknowledged before the capture, %d restored, %d failed (service stopped)",
 		len(w.ackedBefore), len(got), w.failed)
+}
+
+// seqs parses the output of `SELECT n FROM w` (one number a line) into the
+// set of the writer's numbers.
+func seqs(t testing.TB, out string) map[int]bool {
+	t.Helper()
+	m := map[int]bool{}
+	for _, f := range strings.Fields(out) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("SELECT n FROM w: %q", f)
+		}
+		m[n] = true
+	}
+	return m
+}
+
+// createTableW makes the table the writer inserts into (insertSQL).
+const createTableW = "CREATE TABLE w (n integer PRIMARY KEY, note text NOT NULL)"
+
+// insertSQL is the writer's INSERT number n into table w.
+func insertSQL(n int) string {
+	return fmt.Sprintf("INSERT INTO w VALUES (%d, 'write %d of the service test')", n, n)
 }

@@ -1,8 +1,10 @@
 package main
 
 // Real services, started by the tests, written to while the built stasis
-// binary backs them up, restored, and checked with the service's own tools.
-// OpenLDAP slapd (Debian slapd + ldap-utils; helper in slapd_test.go).
+// binary backs them up, restored, and checked with the service's own tools:
+// OpenLDAP slapd (Debian slapd + ldap-utils; helper in slapd_test.go),
+// PostgreSQL (postgresql; postgres_test.go) and SQLite (sqlite3). What the
+// tests share (event log, writer, capture window) is in servicelog_test.go.
 //
 //	go test ./cmd/stasis/ -run 'Service|Slapd' -count=1 -v
 
@@ -21,6 +23,7 @@ import (
 	"testing"
 
 	"github.com/stasisbackup/stasis/cmd/stasis/internal/profile"
+	"github.com/stasisbackup/stasis/internal/loopfs"
 	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
@@ -93,6 +96,82 @@ func (e *serviceEnv) restore(t *testing.T, repoDir, target string) string {
 	return target
 }
 
+// serviceRun is one backup of a live service: a writer adding numbered
+// records to it (logged to log) and a fresh repository.
+type serviceRun struct {
+	env     *serviceEnv
+	log     *eventLog
+	w       *seqWriter
+	repoDir string
+}
+
+// startRun starts a writer of add on a fresh event log, waits until acks
+// writes are acknowledged and makes the repository.
+func (env *serviceEnv) startRun(t *testing.T, acks int, add func(ctx context.Context, n int) error) *serviceRun {
+	t.Helper()
+	log := newEventLog(t)
+	w := startWriter(t, log, add)
+	w.waitAck(t, acks)
+	return &serviceRun{env: env, log: log, w: w, repoDir: env.initRepo(t)}
+}
+
+// backup runs the built binary with args between the events "backup"
+// (logged before it starts) and "done" (logged after it exited), fails t
+// unless it exits 0, waits until the service takes a write started after
+// stasis exited, stops the writer and returns stasis's output.
+func (r *serviceRun) backup(t *testing.T, args ...string) string {
+	t.Helper()
+	if err := r.log.add("backup"); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := r.env.stasis(t, args...)
+	if err := r.log.add("done"); err != nil {
+		t.Fatal(err)
+	}
+	if code != exitOK {
+		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
+	}
+	r.w.waitAck(t, r.w.nextSeq()) // the service runs again, or was never stopped
+	r.w.stop(t)
+	return out
+}
+
+// backupLive is backup of a service that nothing stops (a dump taken while
+// it runs); it returns the output and the capture window: from "backup" to
+// "done".
+func (r *serviceRun) backupLive(t *testing.T, args ...string) (string, window) {
+	t.Helper()
+	out := r.backup(t, args...)
+	return out, readWindow(t, r.log.lines(t), "backup", "done")
+}
+
+// backupQuiesced is backup with hooks of log.stopStartHooks: it checks that
+// the report's freeze mode is freeze, without warnings, and returns the
+// report and the capture window from "quiesce" to "resume".
+func (r *serviceRun) backupQuiesced(t *testing.T, freeze string, args ...string) (map[string]any, window) {
+	t.Helper()
+	out := r.backup(t, args...)
+	q, _ := summary(t, out)["quiesce"].(map[string]any)
+	if q["freeze"] != freeze {
+		t.Errorf("quiesce report %v, want freeze %s", q, freeze)
+	}
+	if ws, _ := q["warnings"].([]any); len(ws) != 0 {
+		t.Errorf("warnings: %v", ws)
+	}
+	return q, readWindow(t, r.log.lines(t), "quiesce", "resume")
+}
+
+// checkNoStagingLeft fails t when a staging directory of copy or reflink
+// mode is left in base/.stasis-staging or base/*/.stasis-staging.
+func checkNoStagingLeft(t *testing.T, base string) {
+	t.Helper()
+	left, _ := filepath.Glob(filepath.Join(base, ".stasis-staging", "stasis-stage-*"))
+	left2, _ := filepath.Glob(filepath.Join(base, "*", ".stasis-staging", "stasis-stage-*"))
+	if left = append(left, left2...); len(left) != 0 {
+		t.Errorf("staging directories left behind: %v", left)
+	}
+}
+
 // TestServiceSlapd backs up a running OpenLDAP server, written to by
 // ldapadd processes all along, with each freeze mode: the quiesce and resume
 // hooks stop and start slapd. Each restore is dumped with slapcat and served
@@ -107,28 +186,24 @@ func TestServiceSlapd(t *testing.T) {
 			base := t.TempDir()
 			switch freeze { // mounted before slapd starts: unmounted after it stops
 			case "reflink":
-				base = loopXFS(t, 320<<20)
+				base = loopfs.Reflink(t, "service test", 320<<20)
 			case "snapshot":
 				_, base = snapLoopBtrfs(t, 320<<20) // a subvolume
 			}
-			env.slapdBackup(t, base, freeze, func(s *slapd, log *eventLog, repoDir string) []string {
-				return []string{"backup", "--json", "--repo", repoDir,
-					"--quiesce", log.hook("quiesce") + " && " + s.ctl + " stop",
-					"--resume", log.hook("resume") + " && " + s.ctl + " start && " + log.hook("resumed"),
-					"--freeze", freeze, "--quiesce-path", "*.mdb", "--on-open", "fail", "--hook-timeout", "1m",
-					s.dir}
+			env.slapdBackup(t, base, freeze, func(s *slapd, h serviceHooks, repoDir string) []string {
+				return h.backupArgs(repoDir, "--freeze", freeze, "--quiesce-path", "*.mdb", "--on-open", "fail", "--hook-timeout", "1m", s.dir)
 			})
 		})
 	}
 	// docs/examples/openldap.toml as written, but for the repository, the
 	// paths and the hooks (systemctl and /var/lib/ldap are not this test's).
 	t.Run("profile", func(t *testing.T) {
-		env.slapdBackup(t, t.TempDir(), "copy", func(s *slapd, log *eventLog, repoDir string) []string {
+		env.slapdBackup(t, t.TempDir(), "copy", func(s *slapd, h serviceHooks, repoDir string) []string {
 			return []string{"backup", "--json", "--profile", exampleProfile(t, "openldap.toml", map[string]string{
 				"repository": strconv.Quote(repoDir),
 				"paths":      "[" + strconv.Quote(s.dir) + "]",
-				"quiesce":    strconv.Quote(log.hook("quiesce") + " && " + s.ctl + " stop"),
-				"resume":     strconv.Quote(log.hook("resume") + " && " + s.ctl + " start && " + log.hook("resumed")),
+				"quiesce":    strconv.Quote(h.quiesce),
+				"resume":     strconv.Quote(h.resume),
 			}, nil)}
 		})
 	})
@@ -144,40 +219,22 @@ func TestServiceSlapdDump(t *testing.T) {
 	needSlapd(t)
 	env := newServiceEnv(t)
 	s := newSlapd(t, filepath.Join(t.TempDir(), "slapd"), "")
-	log := newEventLog(t)
-	w := startWriter(t, log, func(ctx context.Context, n int) error {
-		_, err := s.ldap(ctx, "ldapadd", entryLDIF(n))
-		return err
-	})
-	w.waitAck(t, 20)
-	repoDir := env.initRepo(t)
+	run := env.startRun(t, 20, s.addEntry)
 	const dumpName = "/dumps/directory.ldif"
-	if err := log.add("backup"); err != nil {
-		t.Fatal(err)
-	}
-	code, out, errs := env.stasis(t, "backup", "--json", "--repo", repoDir, "--stdin-filename", dumpName, s.conf,
+	out, win := run.backupLive(t, "backup", "--json", "--repo", run.repoDir, "--stdin-filename", dumpName, s.conf,
 		"--stdin-from-command", "--", slapcatBin, "-f", s.conf, "-n", "1", "-o", "ldif-wrap=no")
-	if err := log.add("done"); err != nil {
-		t.Fatal(err)
-	}
-	if code != exitOK {
-		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
-	}
-	w.waitAck(t, w.nextSeq()) // never stopped: still taking adds
-	w.stop(t)
 	if q := summary(t, out)["quiesce"]; q != nil {
 		t.Errorf("quiesce report %v in a backup without hooks", q)
 	}
-	list := snapshots(t, repoDir)
+	list := snapshots(t, run.repoDir)
 	if len(list) != 1 {
 		t.Fatalf("%d snapshots, want 1", len(list))
 	}
 	if src, _ := list[0]["stdin"].(map[string]any); src == nil || src["exit_status"] != 0.0 || !strings.Contains(fmt.Sprint(src["command"]), "slapcat") {
 		t.Errorf("snapshot's stdin record %v, want slapcat with exit status 0", list[0]["stdin"])
 	}
-	win := readWindow(t, log.lines(t), "backup", "done")
 
-	target := env.restore(t, repoDir, "")
+	target := env.restore(t, run.repoDir, "")
 	if got, err := os.ReadFile(filepath.Join(target, s.conf)); err != nil || string(got) != slapdConf(s.dbDir, s.runDir) {
 		t.Errorf("restored slapd.conf differs from the original (%v)", err)
 	}
@@ -189,14 +246,10 @@ func TestServiceSlapdDump(t *testing.T) {
 	// slapadd loads the dump into a new database, as a restore would.
 	dir := t.TempDir()
 	db := filepath.Join(dir, "db")
-	conf := filepath.Join(dir, "slapd.conf")
 	if err := os.Mkdir(db, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(conf, []byte(slapdConf(db, t.TempDir())), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := s.tool(slapaddBin, string(dump), "-q", "-f", conf, "-n", "1"); err != nil {
+	if out, err := s.tool(slapaddBin, string(dump), "-q", "-f", offlineConf(t, db), "-n", "1"); err != nil {
 		t.Fatalf("slapadd the restored dump: %v\n%s", err, out)
 	}
 	if served := newSlapd(t, dir, db).search(t); !maps.Equal(served, entrySeqs(dump)) {
@@ -236,47 +289,21 @@ func exampleProfile(t *testing.T, name string, lines, replace map[string]string)
 }
 
 // slapdBackup starts a slapd in base/slapd and a writer, runs the built
-// binary with args(...) (a quiesced backup whose hooks log "quiesce",
-// "resume" and "resumed" and stop and start slapd), and checks the result:
-// exit 0, the service takes adds again, the report's mode is freeze, and
-// the restore (checkRestoredSlapd).
-func (env *serviceEnv) slapdBackup(t *testing.T, base, freeze string, args func(s *slapd, log *eventLog, repoDir string) []string) {
+// binary with args(...) (a quiesced backup with the hooks h, which stop and
+// start slapd), and checks the result: exit 0, the service takes adds
+// again, the report's mode is freeze, and the restore (checkRestoredSlapd).
+func (env *serviceEnv) slapdBackup(t *testing.T, base, freeze string, args func(s *slapd, h serviceHooks, repoDir string) []string) {
 	t.Helper()
 	s := newSlapd(t, filepath.Join(base, "slapd"), "")
-	log := newEventLog(t)
-	w := startWriter(t, log, func(ctx context.Context, n int) error {
-		_, err := s.ldap(ctx, "ldapadd", entryLDIF(n))
-		return err
-	})
-	w.waitAck(t, 20)
-	repoDir := env.initRepo(t)
-	code, out, errs := env.stasis(t, args(s, log, repoDir)...)
-	if code != exitOK {
-		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
-	}
-	// The service runs again: an add started after stasis exited is
-	// acknowledged.
-	w.waitAck(t, w.nextSeq())
-	w.stop(t)
-	q, _ := summary(t, out)["quiesce"].(map[string]any)
-	if q["freeze"] != freeze || q["quiesced_files"] != 2.0 { // data.mdb, lock.mdb
+	run := env.startRun(t, 20, s.addEntry)
+	q, win := run.backupQuiesced(t, freeze, args(s, run.log.stopStartHooks(s.ctl), run.repoDir)...)
+	if q["quiesced_files"] != 2.0 { // data.mdb, lock.mdb
 		t.Errorf("quiesce report %v, want freeze %s with 2 files", q, freeze)
 	}
-	if ws, _ := q["warnings"].([]any); len(ws) != 0 {
-		t.Errorf("warnings: %v", ws)
-	}
-	win := readWindow(t, log.lines(t), "quiesce", "resume")
-	live := s.search(t)
-	for _, n := range win.ackedBefore {
-		if !live[n] {
-			t.Fatalf("the live server lost acknowledged add %d", n)
-		}
-	}
-	target := env.restore(t, repoDir, "")
+	win.checkLive(t, s.search(t), "the live server", "add")
+	target := env.restore(t, run.repoDir, "")
 	checkRestoredSlapd(t, s, filepath.Join(target, s.dir), win)
-	if left, _ := filepath.Glob(filepath.Join(base, ".stasis-staging", "stasis-stage-*")); len(left) != 0 {
-		t.Errorf("staging directories left behind: %v", left)
-	}
+	checkNoStagingLeft(t, base)
 }
 
 // checkRestoredSlapd checks a restored copy of s's tree: its slapd.conf is
@@ -292,11 +319,7 @@ func checkRestoredSlapd(t *testing.T, s *slapd, restored string, win window) {
 		t.Errorf("restored slapd.conf differs from the original (%v)", err)
 	}
 	db := filepath.Join(restored, "db")
-	conf := filepath.Join(t.TempDir(), "slapd.conf") // the restored database, offline
-	if err := os.WriteFile(conf, []byte(slapdConf(db, t.TempDir())), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	dumped := entrySeqs(slapcat(t, conf))
+	dumped := entrySeqs(slapcat(t, offlineConf(t, db))) // the restored database, offline
 	win.check(t, dumped)
 	served := newSlapd(t, restored, db).search(t)
 	if !maps.Equal(served, dumped) {
@@ -318,18 +341,12 @@ func checkRestoredSlapd(t *testing.T, s *slapd, restored string, win window) {
 func TestServicePostgres(t *testing.T) {
 	bin := needPostgres(t)
 	env := newServiceEnv(t)
-	hooks := func(pg *postgres, log *eventLog) (string, string) {
-		return log.hook("quiesce") + " && " + pg.ctl + " stop",
-			log.hook("resume") + " && " + pg.ctl + " start && " + log.hook("resumed")
-	}
 	t.Run("stop", func(t *testing.T) {
-		env.postgresBackup(t, bin, "", "stop", func(pg *postgres, log *eventLog, repoDir string) []string {
-			quiesce, resume := hooks(pg, log)
-			return []string{"backup", "--json", "--repo", repoDir, "--quiesce", quiesce, "--resume", resume,
-				"--freeze", "stop", "--on-open", "fail", "--hook-timeout", "2m",
+		env.postgresBackup(t, bin, "", "stop", func(pg *postgres, h serviceHooks, repoDir string) []string {
+			return h.backupArgs(repoDir, "--freeze", "stop", "--on-open", "fail", "--hook-timeout", "2m",
 				// The running server's lock file (as in docs/examples/postgresql.toml):
 				// stop removes it, start makes a new one that a restore must not hold.
-				"--exclude", "postmaster.pid", pg.data}
+				"--exclude", "postmaster.pid", pg.data)
 		})
 	})
 	t.Run("copy", func(t *testing.T) {
@@ -337,10 +354,8 @@ func TestServicePostgres(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		env.postgresBackup(t, bin, "", "copy", func(pg *postgres, log *eventLog, repoDir string) []string {
-			quiesce, resume := hooks(pg, log)
-			args := []string{"backup", "--json", "--repo", repoDir, "--quiesce", quiesce, "--resume", resume,
-				"--freeze", "copy", "--on-open", "fail"}
+		env.postgresBackup(t, bin, "", "copy", func(pg *postgres, h serviceHooks, repoDir string) []string {
+			args := h.backupArgs(repoDir, "--freeze", "copy", "--on-open", "fail")
 			for _, g := range p.Excludes {
 				args = append(args, "--exclude", g)
 			}
@@ -351,29 +366,20 @@ func TestServicePostgres(t *testing.T) {
 		})
 	})
 	t.Run("reflink", func(t *testing.T) {
-		mnt := loopXFS(t, 320<<20) // mounted before postgres starts: unmounted after it stops
-		for d := mnt; strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
-			os.Chmod(d, 0o755) // the test's temp dirs: postgres must enter them
-		}
-		env.postgresBackup(t, bin, mnt, "reflink", func(pg *postgres, log *eventLog, repoDir string) []string {
-			quiesce, resume := hooks(pg, log)
+		mnt := loopfs.Reflink(t, "service test", 320<<20) // mounted before postgres starts: unmounted after it stops
+		env.postgresBackup(t, bin, mnt, "reflink", func(pg *postgres, h serviceHooks, repoDir string) []string {
 			return []string{"backup", "--json", "--profile", exampleProfile(t, "postgresql.toml", map[string]string{
 				"repository": strconv.Quote(repoDir),
 				"paths":      "[" + strconv.Quote(pg.data) + "]",
-				"quiesce":    strconv.Quote(quiesce),
-				"resume":     strconv.Quote(resume),
+				"quiesce":    strconv.Quote(h.quiesce),
+				"resume":     strconv.Quote(h.resume),
 			}, map[string]string{"/var/lib/postgresql": filepath.Dir(filepath.Dir(pg.data))})}
 		})
 	})
 	t.Run("snapshot", func(t *testing.T) {
 		_, svc := snapLoopBtrfs(t, 320<<20) // a subvolume; mounted before postgres starts
-		for d := svc; strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
-			os.Chmod(d, 0o755) // the test's temp dirs: postgres must enter them
-		}
-		env.postgresBackup(t, bin, svc, "snapshot", func(pg *postgres, log *eventLog, repoDir string) []string {
-			quiesce, resume := hooks(pg, log)
-			return []string{"backup", "--json", "--repo", repoDir, "--quiesce", quiesce, "--resume", resume,
-				"--freeze", "snapshot", "--on-open", "fail", "--exclude", "postmaster.pid", pg.data}
+		env.postgresBackup(t, bin, svc, "snapshot", func(pg *postgres, h serviceHooks, repoDir string) []string {
+			return h.backupArgs(repoDir, "--freeze", "snapshot", "--on-open", "fail", "--exclude", "postmaster.pid", pg.data)
 		})
 	})
 }
@@ -389,34 +395,13 @@ func TestServicePostgresDump(t *testing.T) {
 		t.Skip("needs pg_dump and pg_restore (Debian package postgresql-client)")
 	}
 	env := newServiceEnv(t)
-	pg := newPostgres(t, bin, filepath.Join(sharedDir(t, "", "stasis-pg-"), "main"), true)
-	if _, err := pg.psql(context.Background(), "CREATE TABLE w (n integer PRIMARY KEY, note text NOT NULL)"); err != nil {
-		t.Fatal(err)
-	}
-	log := newEventLog(t)
-	w := startWriter(t, log, func(ctx context.Context, n int) error {
-		_, err := pg.psql(ctx, fmt.Sprintf("INSERT INTO w VALUES (%d, 'write %d of the service test')", n, n))
-		return err
-	})
-	w.waitAck(t, 10)
-	repoDir := env.initRepo(t)
+	pg := newPostgresW(t, bin, filepath.Join(sharedDir(t, "", "stasis-pg-"), "main"))
+	run := env.startRun(t, 10, pg.insert)
 	const dumpName = "/dumps/postgres.dump"
-	if err := log.add("backup"); err != nil {
-		t.Fatal(err)
-	}
-	code, out, errs := env.stasis(t, "backup", "--json", "--repo", repoDir, "--stdin-filename", dumpName,
+	_, win := run.backupLive(t, "backup", "--json", "--repo", run.repoDir, "--stdin-filename", dumpName,
 		"--stdin-from-command", "--", "pg_dump", "-h", pg.sockDir, "-U", "postgres", "--format=custom", "postgres")
-	if err := log.add("done"); err != nil {
-		t.Fatal(err)
-	}
-	if code != exitOK {
-		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
-	}
-	w.waitAck(t, w.nextSeq())
-	w.stop(t)
-	win := readWindow(t, log.lines(t), "backup", "done")
 
-	target := env.restore(t, repoDir, "")
+	target := env.restore(t, run.repoDir, "")
 	dump := filepath.Join(target, dumpName)
 	if out, err := exec.Command("pg_restore", "--list", dump).CombinedOutput(); err != nil || !strings.Contains(string(out), "TABLE public w") {
 		t.Fatalf("pg_restore --list of the restored dump: %v\n%s", err, out)
@@ -454,42 +439,26 @@ func TestServiceSQLite(t *testing.T) {
 	}
 	sqlite := func(ctx context.Context, db string, args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, "sqlite3", append([]string{"-bail", "-cmd", ".timeout 10000", db}, args...)...)
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		if err := cmd.Run(); err != nil {
-			return out.String(), fmt.Errorf("sqlite3 %s %v: %w: %s", db, args, err, strings.TrimSpace(errb.String()))
+		out, err := runClient(cmd)
+		if err != nil {
+			return string(out), fmt.Errorf("sqlite3 %s %v: %w", db, args, err)
 		}
-		return out.String(), nil
+		return string(out), nil
 	}
-	if out, err := sqlite(context.Background(), db, "PRAGMA journal_mode=WAL; CREATE TABLE w (n integer PRIMARY KEY, note text NOT NULL);"); err != nil || strings.TrimSpace(out) != "wal" {
+	if out, err := sqlite(context.Background(), db, "PRAGMA journal_mode=WAL; "+createTableW+";"); err != nil || strings.TrimSpace(out) != "wal" {
 		t.Fatalf("create %s in WAL mode: %q, %v", db, out, err)
 	}
-	log := newEventLog(t)
-	w := startWriter(t, log, func(ctx context.Context, n int) error {
-		_, err := sqlite(ctx, db, fmt.Sprintf("INSERT INTO w VALUES (%d, 'write %d of the service test')", n, n))
+	run := env.startRun(t, 20, func(ctx context.Context, n int) error {
+		_, err := sqlite(ctx, db, insertSQL(n))
 		return err
 	})
-	w.waitAck(t, 20)
-	repoDir := env.initRepo(t)
-	prof := exampleProfile(t, "sqlite.toml", map[string]string{"repository": strconv.Quote(repoDir)}, map[string]string{"/srv/notes": dir})
-	if err := log.add("backup"); err != nil {
-		t.Fatal(err)
-	}
-	code, out, errs := env.stasis(t, "backup", "--json", "--profile", prof)
-	if err := log.add("done"); err != nil {
-		t.Fatal(err)
-	}
-	if code != exitOK {
-		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
-	}
-	w.waitAck(t, w.nextSeq()) // never stopped: still taking INSERTs
-	w.stop(t)
-	win := readWindow(t, log.lines(t), "backup", "done")
-	if list := snapshots(t, repoDir); len(list) != 1 || fmt.Sprint(list[0]["stdin"].(map[string]any)["exit_status"]) != "0" {
+	prof := exampleProfile(t, "sqlite.toml", map[string]string{"repository": strconv.Quote(run.repoDir)}, map[string]string{"/srv/notes": dir})
+	_, win := run.backupLive(t, "backup", "--json", "--profile", prof)
+	if list := snapshots(t, run.repoDir); len(list) != 1 || fmt.Sprint(list[0]["stdin"].(map[string]any)["exit_status"]) != "0" {
 		t.Fatalf("snapshots %v: want one with the dump's exit status 0", list)
 	}
 
-	target := env.restore(t, repoDir, "")
+	target := env.restore(t, run.repoDir, "")
 	if b, err := os.ReadFile(filepath.Join(target, dir, "notes.conf")); err != nil || string(b) != "listen = 127.0.0.1:8080\n" {
 		t.Errorf("restored notes.conf: %q, %v", b, err)
 	}
@@ -513,66 +482,28 @@ func TestServiceSQLite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[int]bool{}
-	for _, f := range strings.Fields(rows) {
-		n, err := strconv.Atoi(f)
-		if err != nil {
-			t.Fatalf("SELECT n FROM w: %q", f)
-		}
-		got[n] = true
-	}
-	win.check(t, got)
+	win.check(t, seqs(t, rows))
 }
 
 // postgresBackup makes a cluster in parent/stasis-pg-*/15/main (parent ""
 // = the temp dir), creates table w and starts a writer, runs the built
-// binary with args(...) (a quiesced backup whose hooks log "quiesce",
-// "resume" and "resumed" and stop and start the cluster), and checks the
-// result: exit 0, the cluster takes INSERTs again, the report's mode is
-// freeze, and the restore.
-func (env *serviceEnv) postgresBackup(t *testing.T, bin, parent, freeze string, args func(pg *postgres, log *eventLog, repoDir string) []string) {
+// binary with args(...) (a quiesced backup with the hooks h, which stop and
+// start the cluster), and checks the result: exit 0, the cluster takes
+// INSERTs again, the report's mode is freeze, and the restore.
+func (env *serviceEnv) postgresBackup(t *testing.T, bin, parent, freeze string, args func(pg *postgres, h serviceHooks, repoDir string) []string) {
 	t.Helper()
 	base := sharedDir(t, parent, "stasis-pg-")
 	if err := os.MkdirAll(filepath.Join(base, "15"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	pg := newPostgres(t, bin, filepath.Join(base, "15", "main"), true)
-	if _, err := pg.psql(context.Background(), "CREATE TABLE w (n integer PRIMARY KEY, note text NOT NULL)"); err != nil {
-		t.Fatal(err)
-	}
-	log := newEventLog(t)
-	w := startWriter(t, log, func(ctx context.Context, n int) error {
-		_, err := pg.psql(ctx, fmt.Sprintf("INSERT INTO w VALUES (%d, 'write %d of the service test')", n, n))
-		return err
-	})
-	w.waitAck(t, 10)
-	repoDir := env.initRepo(t)
-	code, out, errs := env.stasis(t, args(pg, log, repoDir)...)
-	if code != exitOK {
-		t.Fatalf("backup: exit %d\n%s%s", code, out, errs)
-	}
-	w.waitAck(t, w.nextSeq()) // the cluster runs again
-	w.stop(t)
-	q, _ := summary(t, out)["quiesce"].(map[string]any)
-	if q["freeze"] != freeze {
-		t.Errorf("quiesce report %v, want freeze %s", q, freeze)
-	}
-	if ws, _ := q["warnings"].([]any); len(ws) != 0 {
-		t.Errorf("warnings: %v", ws)
-	}
-	win := readWindow(t, log.lines(t), "quiesce", "resume")
-	live := pg.rows(t)
-	for _, n := range win.ackedBefore {
-		if !live[n] {
-			t.Fatalf("the live cluster lost acknowledged INSERT %d", n)
-		}
-	}
+	pg := newPostgresW(t, bin, filepath.Join(base, "15", "main"))
+	run := env.startRun(t, 10, pg.insert)
+	_, win := run.backupQuiesced(t, freeze, args(pg, run.log.stopStartHooks(pg.ctl), run.repoDir)...)
+	win.checkLive(t, pg.rows(t), "the live cluster", "INSERT")
 
-	target := env.restore(t, repoDir, sharedDir(t, "", "stasis-pgrestore-"))
+	target := env.restore(t, run.repoDir, sharedDir(t, "", "stasis-pgrestore-"))
 	restored := filepath.Join(target, pg.data)
-	for d := filepath.Dir(restored); d != target; d = filepath.Dir(d) {
-		os.Chmod(d, 0o755) // the restored parents of the data directory: postgres must enter them
-	}
+	openDirsBelow(filepath.Dir(restored), target) // the restored parents of the data directory
 	if _, err := os.Stat(filepath.Join(restored, "postmaster.pid")); err == nil {
 		t.Fatal("the restore holds postmaster.pid: a server would take it for a running one")
 	}
@@ -580,11 +511,7 @@ func (env *serviceEnv) postgresBackup(t *testing.T, bin, parent, freeze string, 
 		t.Fatalf("pg_checksums --check on the restored data directory: %v\n%s", err, out)
 	}
 	win.check(t, newPostgres(t, bin, restored, false).rows(t))
-	left, _ := filepath.Glob(filepath.Join(base, ".stasis-staging", "stasis-stage-*"))
-	left2, _ := filepath.Glob(filepath.Join(base, "*", ".stasis-staging", "stasis-stage-*"))
-	if left = append(left, left2...); len(left) != 0 {
-		t.Errorf("staging directories left behind: %v", left)
-	}
+	checkNoStagingLeft(t, base)
 }
 
 // TestSlapdDumpDailyDedup measures what a day's dump of a directory adds to

@@ -182,12 +182,11 @@ func (s *slapd) tool(name, stdin string, args ...string) ([]byte, error) {
 func (s *slapd) ldap(ctx context.Context, name, stdin string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, append([]string{"-x", "-H", s.uri, "-D", ldapRootDN, "-w", ldapRootPW}, args...)...)
 	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return out.Bytes(), fmt.Errorf("%s on %s: %w: %s", name, s.uri, err, strings.TrimSpace(errb.String()))
+	out, err := runClient(cmd)
+	if err != nil {
+		return out, fmt.Errorf("%s on %s: %w", name, s.uri, err)
 	}
-	return out.Bytes(), nil
+	return out, nil
 }
 
 // search returns the sequence numbers of the writer's entries that the
@@ -231,6 +230,25 @@ func slapcat(t testing.TB, conf string) []byte {
 		t.Fatalf("slapcat -f %s: no base entry in its output:\n%.2000s", conf, out.Bytes())
 	}
 	return out.Bytes()
+}
+
+// addEntry adds the writer's entry number n with ldapadd (a seqWriter's
+// add).
+func (s *slapd) addEntry(ctx context.Context, n int) error {
+	_, err := s.ldap(ctx, "ldapadd", entryLDIF(n))
+	return err
+}
+
+// offlineConf writes a slapd.conf for the database in db (slapdConf, with
+// run files in a temp dir) into a temp dir and returns it: what slapcat
+// and slapadd read to work on a database offline.
+func offlineConf(t testing.TB, db string) string {
+	t.Helper()
+	conf := filepath.Join(t.TempDir(), "slapd.conf")
+	if err := os.WriteFile(conf, []byte(slapdConf(db, t.TempDir())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return conf
 }
 
 // entryLDIF is the writer's entry number n.

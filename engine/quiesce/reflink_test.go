@@ -3,7 +3,6 @@ package quiesce
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
+	"github.com/stasisbackup/stasis/internal/loopfs"
 )
 
 // canClone reports whether the filesystem holding dir is one where FICLONE
@@ -23,52 +23,8 @@ func canClone(t *testing.T, dir string) bool {
 	return st.Type == unix.XFS_SUPER_MAGIC || st.Type == unix.BTRFS_SUPER_MAGIC
 }
 
-// loopFS makes and mounts an XFS (or else btrfs) image through a loop device
-// and returns the mount point; it skips when not root or the tools are missing.
-func loopFS(t *testing.T) string {
-	if os.Geteuid() != 0 {
-		t.Skip("reflink test needs root to mount a loop device")
-	}
-	var mkfs []string
-	var size int64
-	switch {
-	case lookPath("mkfs.xfs"):
-		mkfs, size = []string{"mkfs.xfs", "-q", "-f", "-m", "reflink=1"}, 320<<20
-	case lookPath("mkfs.btrfs"):
-		mkfs, size = []string{"mkfs.btrfs", "-q", "-f"}, 256<<20
-	default:
-		t.Skip("reflink test needs mkfs.xfs (Debian xfsprogs) or mkfs.btrfs (btrfs-progs)")
-	}
-	tmp := t.TempDir()
-	img, mnt := filepath.Join(tmp, "fs.img"), filepath.Join(tmp, "mnt")
-	os.Mkdir(mnt, 0o755)
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Truncate(size)
-	f.Close()
-	if out, err := exec.Command(mkfs[0], append(mkfs[1:], img)...).CombinedOutput(); err != nil {
-		t.Skipf("%s failed: %v: %s", mkfs[0], err, out)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a loop device here: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
-	return mnt
-}
-
-func lookPath(name string) bool {
-	_, err := exec.LookPath(name)
-	return err == nil
-}
-
 func TestReflinkOnXFSOrBtrfs(t *testing.T) {
-	mnt := loopFS(t)
+	mnt := loopfs.Reflink(t, "reflink test", 256<<20)
 	data := filepath.Join(mnt, "zoomserv")
 	os.Mkdir(data, 0o755)
 	e := setup(t, data, "--close-on-pause")

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/stasisbackup/stasis/internal/loopfs"
 )
 
 // benchDBSize is the page database's size in BenchmarkSnapshotDowntime:
@@ -25,39 +27,6 @@ func benchDBSize(b *testing.B) int64 {
 		return int64(n) << 20
 	}
 	return 1 << 30
-}
-
-// loopImage mounts a fresh image of size bytes made by mkfs (a command
-// line without the image) and returns the mount point.
-func loopImage(b *testing.B, size int64, mkfs ...string) string {
-	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("needs root to mount a loop device")
-	}
-	if !lookPath(mkfs[0]) {
-		b.Skipf("needs %s", mkfs[0])
-	}
-	tmp := b.TempDir()
-	img, mnt := filepath.Join(tmp, "fs.img"), filepath.Join(tmp, "mnt")
-	os.Mkdir(mnt, 0o755)
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.Truncate(img, size); err != nil {
-		b.Fatal(err)
-	}
-	if out, err := exec.Command(mkfs[0], append(mkfs[1:], img)...).CombinedOutput(); err != nil {
-		b.Skipf("%s failed: %v: %s", mkfs[0], err, out)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		b.Skipf("cannot mount a loop device here: %v: %s", err, out)
-	}
-	b.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			b.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
-	return mnt
 }
 
 // writePages creates a database file of size bytes of random pages, fsynced.
@@ -156,7 +125,7 @@ func BenchmarkSnapshotDowntime(b *testing.B) {
 			var extents int
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				mnt := loopImage(b, 3*size+(512<<20), c.mkfs...)
+				mnt := loopfs.Mount(b, "snapshot downtime benchmark", 3*size+(512<<20), c.mkfs...)
 				data := filepath.Join(mnt, "svc")
 				if c.freeze == FreezeSnapshot {
 					if out, err := exec.Command("btrfs", "subvolume", "create", data).CombinedOutput(); err != nil {

@@ -19,47 +19,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stasisbackup/stasis/cmd/zoomsim/zdb"
+	"github.com/stasisbackup/stasis/internal/loopfs"
 	"github.com/stasisbackup/stasis/internal/zoomsimtest"
 )
 
-// loopBtrfs makes and mounts a btrfs image of size bytes on a loop device
-// and returns the mount point; it skips, saying why, when not root or when
-// mkfs.btrfs, btrfs or loop devices are missing.
-func loopBtrfs(t testing.TB, size int64) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("freeze snapshot test needs root to mount a btrfs image on a loop device")
-	}
-	for _, tool := range []string{"mkfs.btrfs", "btrfs"} {
-		if !lookPath(tool) {
-			t.Skipf("freeze snapshot test needs %s (Debian btrfs-progs)", tool)
-		}
-	}
-	tmp := t.TempDir()
-	img, mnt := filepath.Join(tmp, "btrfs.img"), filepath.Join(tmp, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, size); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.btrfs", "-q", "-f", img).CombinedOutput(); err != nil {
-		t.Skipf("mkfs.btrfs failed: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a loop device here: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
-	return mnt
-}
-
+// btrfsCmd runs the btrfs tool with args and returns its output; it fails t
+// when the tool fails.
 func btrfsCmd(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command("btrfs", args...).CombinedOutput()
@@ -166,7 +131,7 @@ func logLastTx(t testing.TB, path string) uint64 {
 // zoomserv/X500.db (zoomsim, written continuously), logs/X500.log and a
 // nested subvolume etc/ with the config; the backup path is mnt/svc.
 func snapshotTree(t *testing.T, args ...string) (*txService, string) {
-	mnt := loopBtrfs(t, 512<<20)
+	mnt := loopfs.Btrfs(t, "freeze snapshot test", 512<<20)
 	svc := filepath.Join(mnt, "svc")
 	btrfsCmd(t, "subvolume", "create", svc)
 	btrfsCmd(t, "subvolume", "create", filepath.Join(svc, "etc"))
