@@ -265,22 +265,26 @@ func TestFileChangingWhileReadIsMarked(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "calm"), []byte("calm"), 0o644)
-	stop := make(chan struct{})
+	stop, started := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { // a writer that never stops growing the file
 		defer wg.Done()
 		f, _ := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
 		defer f.Close()
-		for {
+		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				return
 			default:
 				f.Write([]byte("y"))
+				if i == 0 {
+					close(started) // the backup starts once the file is growing
+				}
 			}
 		}
 	}()
+	<-started
 	r := enginetest.NewRepo(t)
 	sn, err := engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{dir}, Now: clock(day1), Retries: 1})
 	close(stop)

@@ -18,22 +18,30 @@ import (
 // the file busy in it, so that busy is stored marked changed-while-read.
 func backupWhileAppending(t *testing.T, r *repo.Repository, dir, busy string) *repo.Snapshot {
 	t.Helper()
-	stop := make(chan struct{})
+	stop, started := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		f, _ := os.OpenFile(busy, os.O_WRONLY|os.O_APPEND, 0)
+		f, err := os.OpenFile(busy, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			close(started)
+			return
+		}
 		defer f.Close()
-		for {
+		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				return
 			default:
 				f.Write([]byte("y"))
+				if i == 0 {
+					close(started) // the backup starts once the file is growing
+				}
 			}
 		}
 	}()
+	<-started
 	sn, err := engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{dir}, Now: clock(day1), Retries: 1})
 	close(stop)
 	wg.Wait()
@@ -50,7 +58,7 @@ func backupWhileAppending(t *testing.T, r *repo.Repository, dir, busy string) *r
 func TestDumpOfChangedFileOrSocketIsNoCleanSuccess(t *testing.T) {
 	dir := t.TempDir()
 	busy := filepath.Join(dir, "busy.db")
-	os.WriteFile(busy, bytes.Repeat([]byte("x"), 1<<20), 0o644)
+	os.WriteFile(busy, bytes.Repeat([]byte("x"), 8<<20), 0o644)
 	os.WriteFile(filepath.Join(dir, "calm"), []byte("calm"), 0o644)
 	r := enginetest.NewRepo(t)
 	sn := backupWhileAppending(t, r, dir, busy)
