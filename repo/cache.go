@@ -432,11 +432,18 @@ func blobIDOf(data []byte) blob.ID { return blob.ID(blake3.Sum256(data)) }
 // cacheSnapshot keeps a copy of a snapshot file; failures only cost a read
 // from the repository later.
 func (r *Repository) cacheSnapshot(id blob.ID, data []byte) {
-	dir := r.snapshotCacheDir()
-	if os.MkdirAll(dir, 0o700) != nil {
+	writeCacheFile(filepath.Join(r.snapshotCacheDir(), id.String()), data)
+}
+
+// writeCacheFile writes data to the cache file p (its directory made when
+// missing) under a temporary name renamed into place, so that a reader
+// never sees half a file; a failure leaves nothing behind and only costs a
+// read from the repository later.
+func writeCacheFile(p string, data []byte) {
+	if os.MkdirAll(filepath.Dir(p), 0o700) != nil {
 		return
 	}
-	f, err := os.CreateTemp(dir, ".tmp-*")
+	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
 	if err != nil {
 		return
 	}
@@ -445,7 +452,7 @@ func (r *Repository) cacheSnapshot(id blob.ID, data []byte) {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(f.Name(), filepath.Join(dir, id.String()))
+		err = os.Rename(f.Name(), p)
 	}
 	if err != nil {
 		os.Remove(f.Name())

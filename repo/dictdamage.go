@@ -272,13 +272,9 @@ func (r *Repository) ReplaceBlob(ctx context.Context, t blob.Type, id blob.ID, d
 	if err := ctx.Err(); err != nil {
 		return SaveResult{}, err
 	}
-	r.mu.Lock()
-	if _, dup := r.pending[id]; dup {
-		r.mu.Unlock()
-		return SaveResult{}, nil
+	if !r.claimPending(id) {
+		return SaveResult{}, nil // another goroutine is saving it
 	}
-	r.pending[id] = struct{}{}
-	r.mu.Unlock()
 	res, err := r.storeBlob(ctx, t, id, data)
 	if err == nil {
 		r.setVerdict(id, true)

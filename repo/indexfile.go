@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
 
 	"github.com/stasisbackup/stasis/internal/index"
@@ -240,24 +239,7 @@ func (r *Repository) indexCopy(name string, id blob.ID) []byte {
 // keepIndexCopy stores a copy of an index file in the cache; a failure
 // only costs a read from the repository later.
 func (r *Repository) keepIndexCopy(name string, data []byte) {
-	p := r.indexCopyPath(name)
-	if os.MkdirAll(filepath.Dir(p), 0o700) != nil {
-		return
-	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
-	if err != nil {
-		return
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
+	writeCacheFile(r.indexCopyPath(name), data)
 }
 
 // cleanIfSaved clears the cache's dirty mark once every pack this process

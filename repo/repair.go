@@ -5,6 +5,7 @@ package repo
 // listing the packs, and rebuilding the index files from the packs alone.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -66,20 +67,7 @@ func (o objectReaderAt) ReadAt(p []byte, off int64) (int, error) {
 // DecodePackHeader parses the header of a pack held in memory (check
 // --read-data reads whole packs).
 func (r *Repository) DecodePackHeader(data []byte) ([]pack.Entry, error) {
-	return pack.ReadHeader(bytesAt(data), int64(len(data)), r.headerOpen())
-}
-
-type bytesAt []byte
-
-func (b bytesAt) ReadAt(p []byte, off int64) (int, error) {
-	if off >= int64(len(b)) {
-		return 0, io.EOF
-	}
-	n := copy(p, b[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
+	return pack.ReadHeader(bytes.NewReader(data), int64(len(data)), r.headerOpen())
 }
 
 // EachPackFile calls fn for every object under packs/ whose name is a pack

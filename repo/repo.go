@@ -380,13 +380,9 @@ func (r *Repository) SaveBlob(ctx context.Context, t blob.Type, id blob.ID, data
 			return SaveResult{}, err
 		}
 	}
-	r.mu.Lock()
-	if _, dup := r.pending[id]; dup {
-		r.mu.Unlock()
-		return SaveResult{}, nil
+	if !r.claimPending(id) {
+		return SaveResult{}, nil // another goroutine is saving it
 	}
-	r.pending[id] = struct{}{}
-	r.mu.Unlock()
 	return r.storeBlob(ctx, t, id, data)
 }
 
@@ -434,6 +430,19 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 		return SaveResult{}, err
 	}
 	return SaveResult{Added: true, Stored: len(stored)}, nil
+}
+
+// claimPending marks id as being saved by the caller and reports whether
+// it was not already: of several goroutines saving the same new blob, one
+// stores it.
+func (r *Repository) claimPending(id blob.ID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.pending[id]; dup {
+		return false
+	}
+	r.pending[id] = struct{}{}
+	return true
 }
 
 // Flush finishes the packs being written and writes an index file naming

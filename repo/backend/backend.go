@@ -30,6 +30,7 @@
 package backend
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -149,23 +150,7 @@ func ReadAt(ctx context.Context, s Storage, name string, p []byte, off int64) er
 
 // PutBytes stores data under name.
 func PutBytes(ctx context.Context, s Storage, name string, data []byte) error {
-	return s.Put(ctx, name, bytesReaderAt(data), int64(len(data)))
-}
-
-type bytesReaderAt []byte
-
-func (b bytesReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, errors.New("negative offset")
-	}
-	if off >= int64(len(b)) {
-		return 0, io.EOF
-	}
-	n := copy(p, b[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
+	return s.Put(ctx, name, bytes.NewReader(data), int64(len(data)))
 }
 
 // ListNames returns the names of the objects under prefix, sorted.
