@@ -4,10 +4,8 @@ import (
 	"errors"
 	"strings"
 
-	"github.com/stasisbackup/stasis/cmd/stasis/internal/password"
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/repo"
-	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
 // The library packages name no command-line flag in their errors: they say
@@ -74,15 +72,6 @@ var hints = []hint{
 			return "find a cache directory", " (set --cache-dir or STASIS_CACHE_DIR)", true
 		}
 		return e.Error(), " (choose another with --cache-dir or STASIS_CACHE_DIR)", true
-	},
-	// Last: the hint above of ErrInitNoPassword (which matches
-	// ErrNoPassword too) goes after this one.
-	func(err error) (string, string, bool) {
-		if !errors.Is(err, crypto.ErrNoPassword) {
-			return "", "", false
-		}
-		return crypto.ErrNoPassword.Error(), ": use --password-file FILE (or " + password.EnvFile + "=FILE), --password-command CMD, or " +
-			password.EnvPassword + "=PASSWORD, or run on a terminal to be asked", true
 	},
 }
 

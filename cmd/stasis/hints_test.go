@@ -34,8 +34,7 @@ func TestHintsRestoreTheMessages(t *testing.T) {
 		is   error
 	}{
 		{openErr, fmt.Sprintf("%s: no stasis repository (create one with `stasis init --repo %s`)", dir, dir), repo.ErrNoRepository},
-		{initErr, fmt.Sprintf("init %s: no password given: use --password-file FILE (or STASIS_PASSWORD_FILE=FILE), --password-command CMD, "+
-			"or STASIS_PASSWORD=PASSWORD, or run on a terminal to be asked (or create an unencrypted repository on purpose with --insecure-no-password)", dir), crypto.ErrNoPassword},
+		{initErr, fmt.Sprintf("init %s: %v (or create an unencrypted repository on purpose with --insecure-no-password)", dir, crypto.ErrNoPassword), crypto.ErrNoPassword},
 		{forgetErr, "forget: no keep rule given; pass at least one --keep-* flag", engine.ErrNoKeepRule},
 		{fmt.Errorf("restore: %w", fmt.Errorf("%s: %w", "/srv/target", engine.ErrTargetNotEmpty)),
 			"restore: /srv/target: target directory is not empty (choose an empty directory, or give --overwrite to replace files in it)", engine.ErrTargetNotEmpty},
@@ -87,7 +86,8 @@ func TestHintsRestoreIntoNonEmptyTarget(t *testing.T) {
 }
 
 // With no password, the CLI names every place a password can come from
-// (the library's error says only that none was given).
+// (the library's error says only that none was given; the password policy,
+// cmd/stasis/internal/password, names the sources).
 func TestNoPasswordNamesTheSources(t *testing.T) {
 	noPasswordEnv(t)
 	dir := t.TempDir()

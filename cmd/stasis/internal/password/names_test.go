@@ -1,6 +1,7 @@
 package password
 
 import (
+	"errors"
 	"context"
 	"path/filepath"
 	"strings"
@@ -19,7 +20,7 @@ func TestSourceOtherNames(t *testing.T) {
 	if got, err := src.Read(ctx, ""); err != nil || string(got) != "source" {
 		t.Errorf("Read = %q, %v; want the source's password", got, err)
 	}
-	if _, err := (Source{Env: envMap(map[string]string{EnvPassword: "destination"}), FileEnv: "STASIS_FROM_PASSWORD_FILE", PasswordEnv: "STASIS_FROM_PASSWORD"}).Read(ctx, ""); err != crypto.ErrNoPassword {
+	if _, err := (Source{Env: envMap(map[string]string{EnvPassword: "destination"}), FileEnv: "STASIS_FROM_PASSWORD_FILE", PasswordEnv: "STASIS_FROM_PASSWORD"}).Read(ctx, ""); !errors.Is(err, crypto.ErrNoPassword) {
 		t.Errorf("the destination's STASIS_PASSWORD was used for another source: %v", err)
 	}
 	missing := filepath.Join(t.TempDir(), "nope")

@@ -92,7 +92,8 @@ func (s Source) read(ctx context.Context, prompt string, confirm bool) ([]byte, 
 	case s.Stdin != nil && term.IsTerminal(int(s.Stdin.Fd())):
 		return s.prompt(prompt, confirm)
 	}
-	return nil, crypto.ErrNoPassword
+	return nil, fmt.Errorf("%w: use %s FILE (or %s=FILE), %s CMD, or %s=PASSWORD, or run on a terminal to be asked",
+		crypto.ErrNoPassword, cmp.Or(s.FileFlag, "--password-file"), fileEnv, cmp.Or(s.CommandFlag, "--password-command"), pwEnv)
 }
 
 func readPasswordFile(name, from string) ([]byte, error) {
