@@ -1,8 +1,8 @@
 package password
 
 import (
-	"errors"
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
