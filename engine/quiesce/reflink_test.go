@@ -1,8 +1,10 @@
 package quiesce
 
 import (
+	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -67,4 +69,36 @@ func TestReflinkFallsBackToCopy(t *testing.T) {
 		t.Fatalf("report %+v: want copy with one fallback warning", rep)
 	}
 	e.wantState(t, "running")
+}
+
+// Copy mode makes a copy even where the kernel could clone: staged on the
+// data's own XFS or btrfs, the copy shares no extent with the database
+// (a clone would make the service's later writes copy-on-write, and the
+// database would fragment as with reflink mode).
+func TestCopyModeSharesNoExtentOnReflinkFilesystems(t *testing.T) {
+	mnt := loopfs.Reflink(t, "copy on a reflink filesystem test", 256<<20)
+	if _, err := exec.LookPath("filefrag"); err != nil {
+		t.Skip("needs filefrag (Debian package e2fsprogs)")
+	}
+	data := filepath.Join(mnt, "svc")
+	os.Mkdir(data, 0o755)
+	db := filepath.Join(data, "pages.db")
+	page := bytes.Repeat([]byte{0x5a}, 1<<20)
+	if err := os.WriteFile(db, bytes.Repeat(page, 16), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exec.Command("sync").Run()
+	var flags string
+	_, err := Run(context.Background(), Options{Paths: []string{data}, Freeze: FreezeCopy, Staging: filepath.Join(mnt, "staging")},
+		func(ctx context.Context, s *Stage) error {
+			out, err := exec.Command("filefrag", "-v", s.Path(db)).CombinedOutput()
+			flags = string(out)
+			return err
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(flags, "shared") {
+		t.Errorf("the staged copy shares extents with the database:\n%s", flags)
+	}
 }
