@@ -196,41 +196,103 @@ func (rs *restorer) wanted(p string) (selected, leads bool) {
 	return false, leads
 }
 
+// dirTree is a directory made by makeDirs and the tree of its entries.
+type dirTree struct {
+	src  string  // its snapshot path
+	tree blob.ID // zero for the root, whose tree restore holds
+}
+
+// walk restores the entries below dir (tree t) in two passes: every
+// directory first (makeDirs), then the files and other entries of each
+// directory in the same order (restoreEntries), files through jobs. On
+// ext4 a tree whose directories are made while their files are created
+// degrades after a deletion (each new inode scans past the inodes freed in
+// the last minute, the directories land beside them); made first, the
+// directories spread, and a restore right after `rm -rf` of the last one
+// is as fast as into a fresh directory (docs/benchmarks.md).
 func (rs *restorer) walk(ctx context.Context, dir string, t *tree.Tree, jobs chan<- restoreJob) error {
+	dirs := []dirTree{{src: dir}}
+	if err := rs.makeDirs(ctx, dir, t, &dirs); err != nil {
+		return err
+	}
+	for _, d := range dirs {
+		sub := t
+		if !d.tree.IsZero() {
+			var err error
+			if sub, err = rs.repo.LoadTree(ctx, d.tree); err != nil {
+				rs.problem(d.src, fmt.Errorf("directory contents cannot be restored: %w", err))
+				continue
+			}
+		}
+		if err := rs.restoreEntries(ctx, d.src, sub, jobs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// makeDirs makes the directories below dir (tree t) that are selected or
+// lead to a selected path, depth first, and appends each whose tree loads
+// to dirs.
+func (rs *restorer) makeDirs(ctx context.Context, dir string, t *tree.Tree, dirs *[]dirTree) error {
 	for _, n := range t.Nodes {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if n.Kind != tree.Dir {
+			continue
+		}
 		src := filepath.Join(dir, n.Name)
 		selected, leads := rs.wanted(src)
-		if !selected && !(leads && n.Kind == tree.Dir) {
+		if !selected && !leads {
 			continue
 		}
 		if selected {
 			rs.selected.Add(1)
 		}
 		dst := filepath.Join(rs.target, src)
+		if err := rs.mkdir(dst); err != nil {
+			rs.problem(src, err)
+			continue
+		}
+		rs.mu.Lock()
+		rs.dirs = append(rs.dirs, dirMeta{dst, n})
+		rs.mu.Unlock()
+		rs.ndirs.Add(1)
+		if n.Flags&tree.Unreadable != 0 {
+			rs.problem(src, fmt.Errorf("directory was unreadable at backup time: %s", n.Error))
+		}
+		sub, err := rs.repo.LoadTree(ctx, n.Subtree)
+		if err != nil {
+			rs.problem(src, fmt.Errorf("directory contents cannot be restored: %w", err))
+			continue
+		}
+		*dirs = append(*dirs, dirTree{src: src, tree: n.Subtree})
+		if err := rs.makeDirs(ctx, src, sub, dirs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restoreEntries restores the entries of directory dir (tree t) other than
+// directories: files through jobs, hard links later (rs.pending), the rest
+// at once.
+func (rs *restorer) restoreEntries(ctx context.Context, dir string, t *tree.Tree, jobs chan<- restoreJob) error {
+	for _, n := range t.Nodes {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if n.Kind == tree.Dir {
+			continue
+		}
+		src := filepath.Join(dir, n.Name)
+		if selected, _ := rs.wanted(src); !selected {
+			continue
+		}
+		rs.selected.Add(1)
+		dst := filepath.Join(rs.target, src)
 		switch n.Kind {
-		case tree.Dir:
-			if err := rs.mkdir(dst); err != nil {
-				rs.problem(src, err)
-				continue
-			}
-			rs.mu.Lock()
-			rs.dirs = append(rs.dirs, dirMeta{dst, n})
-			rs.mu.Unlock()
-			rs.ndirs.Add(1)
-			if n.Flags&tree.Unreadable != 0 {
-				rs.problem(src, fmt.Errorf("directory was unreadable at backup time: %s", n.Error))
-			}
-			sub, err := rs.repo.LoadTree(ctx, n.Subtree)
-			if err != nil {
-				rs.problem(src, fmt.Errorf("directory contents cannot be restored: %w", err))
-				continue
-			}
-			if err := rs.walk(ctx, src, sub, jobs); err != nil {
-				return err
-			}
 		case tree.File:
 			if n.Flags&tree.Unreadable != 0 {
 				rs.problem(src, fmt.Errorf("file was unreadable at backup time: %s", n.Error))
