@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -265,33 +264,8 @@ func TestFileChangingWhileReadIsMarked(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "calm"), []byte("calm"), 0o644)
-	stop, started := make(chan struct{}), make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // a writer that never stops growing the file
-		defer wg.Done()
-		f, _ := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
-		defer f.Close()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-				f.Write([]byte("y"))
-				if i == 0 {
-					close(started) // the backup starts once the file is growing
-				}
-			}
-		}
-	}()
-	<-started
 	r := enginetest.NewRepo(t)
-	sn, err := engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{dir}, Now: clock(day1), Retries: 1})
-	close(stop)
-	wg.Wait()
-	if !errors.Is(err, engine.ErrIncomplete) {
-		t.Fatalf("backup of a file being written: err = %v, want ErrIncomplete", err)
-	}
+	sn := backupWhileAppending(t, r, dir, p) // fails unless ErrIncomplete and a snapshot
 	if sn == nil || len(sn.Summary.Problems) != 1 || sn.Summary.Problems[0].Path != p || sn.Summary.Problems[0].Kind != "changed" {
 		t.Fatalf("problems = %+v, want busy.db changed", sn.Summary.Problems)
 	}

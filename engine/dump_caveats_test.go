@@ -14,8 +14,10 @@ import (
 	"github.com/stasisbackup/stasis/repo"
 )
 
-// backupWhileAppending backs up dir while a goroutine keeps appending to
-// the file busy in it, so that busy is stored marked changed-while-read.
+// backupWhileAppending backs up dir (Retries 1) while a goroutine keeps
+// appending to the file busy in it, so that busy is stored marked
+// changed-while-read; it fails t unless the backup returns ErrIncomplete
+// and a snapshot.
 func backupWhileAppending(t *testing.T, r *repo.Repository, dir, busy string) *repo.Snapshot {
 	t.Helper()
 	stop, started := make(chan struct{}), make(chan struct{})
