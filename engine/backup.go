@@ -31,6 +31,7 @@ type BackupRepo interface {
 	HasBlob(id blob.ID) (bool, error)
 	HasAllBlobs(ids []blob.ID) (bool, error)
 	SaveBlob(ctx context.Context, t blob.Type, id blob.ID, data []byte) (repo.SaveResult, error)
+	SaveFrame(ctx context.Context, t blob.Type, blobs []repo.FrameBlob) (repo.FrameResult, error)
 	SaveTree(ctx context.Context, t *tree.Tree) (blob.ID, repo.SaveResult, error)
 	LoadTree(ctx context.Context, id blob.ID) (*tree.Tree, error)
 	Flush(ctx context.Context) error
@@ -251,10 +252,19 @@ func (b *backup) loadParent(ctx context.Context) error {
 	return nil
 }
 
+// frameSize is the size of the frames the backup gathers new chunks into:
+// the repository's in version 2, 0 (a frame per chunk) in version 1.
+func frameSize(cfg repo.Config) int {
+	if cfg.Version < 2 {
+		return 0
+	}
+	return int(cfg.FrameSize)
+}
+
 // buildParts builds the parts of the pipeline (see backup) and wires them
 // together.
 func (b *backup) buildParts(pol chunker.Pol, profiles map[repo.ProfileName]repo.ChunkProfile) {
-	b.blobs = newBlobSaver(b.repo, &b.counts, 2*b.opts.Savers)
+	b.blobs = newBlobSaver(b.repo, &b.counts, 2*b.opts.Savers, frameSize(b.repo.Config()))
 	b.blobs.usable = b.usable
 	if b.verify != nil {
 		b.blobs.replace = b.verify.ReplaceBlob
@@ -287,7 +297,7 @@ func (b *backup) run(ctx context.Context, paths []string) (blob.ID, error) {
 			b.files.close()
 			workers.Wait()
 			b.stdin.wait()
-			b.blobs.close()
+			b.blobs.close(gctx)
 			savers.Wait()
 		}()
 		defer recoverTo(&err, "walking the tree")

@@ -15,6 +15,7 @@ type blobRepo interface {
 	HasBlob(id blob.ID) (bool, error)
 	HasAllBlobs(ids []blob.ID) (bool, error)
 	SaveBlob(ctx context.Context, t blob.Type, id blob.ID, data []byte) (repo.SaveResult, error)
+	SaveFrame(ctx context.Context, t blob.Type, blobs []repo.FrameBlob) (repo.FrameResult, error)
 }
 
 // blobSaver hashes the chunks of files, deduplicates them against the
@@ -40,21 +41,40 @@ type blobSaver struct {
 
 	queue chan saveJob
 	bufs  sync.Pool
+
+	// frameSize is the repository's frame size: new chunks smaller than it
+	// are gathered into frames (frameBuilder); 0 in a version 1 repository.
+	frameSize int
+	// tail gathers the last, partial frames of chunk streams (the small
+	// files of a backup, the ends of large ones) into whole frames.
+	tailMu sync.Mutex
+	tail   frameBuilder
 }
 
-// saveJob is a chunk waiting in the blob saver's queue.
+// saveJob is a chunk, or a frame of chunks, waiting in the blob saver's queue.
 type saveJob struct {
 	id      blob.ID
 	data    []byte
 	buf     *[]byte // data's buffer, back to the pool once stored
 	replace bool    // the indexed copy does not decode (dictdamage.go)
+
+	frame []pendingChunk // a frame of several chunks instead (id, data unused)
+}
+
+// pendingChunk is a new chunk held for a frame.
+type pendingChunk struct {
+	id   blob.ID
+	data []byte
+	buf  *[]byte
 }
 
 // newBlobSaver returns a blob saver whose queue holds up to queued chunks
-// (a bound on the bytes in flight), and which reuses every indexed blob.
-func newBlobSaver(r blobRepo, counts *backupCounts, queued int) *blobSaver {
-	s := &blobSaver{repo: r, counts: counts, queue: make(chan saveJob, queued),
+// or frames (a bound on the bytes in flight), and which reuses every
+// indexed blob. frameSize is the repository's (0: one chunk per frame).
+func newBlobSaver(r blobRepo, counts *backupCounts, queued, frameSize int) *blobSaver {
+	s := &blobSaver{repo: r, counts: counts, queue: make(chan saveJob, queued), frameSize: frameSize,
 		usable: func(context.Context, ...blob.ID) (bool, error) { return true, nil }}
+	s.tail.saver = s
 	s.bufs.New = func() any { b := make([]byte, 0, 64<<10); return &b } // grows to the chunk size in use
 	return s
 }
@@ -67,31 +87,112 @@ func (s *blobSaver) buffer() *[]byte { return s.bufs.Get().(*[]byte) }
 func (s *blobSaver) release(buf *[]byte) { s.bufs.Put(buf) }
 
 // save hashes data (held in buf, whose ownership passes to the saver) and
-// queues it to be stored unless the repository has it already (and may
-// reuse it). It returns the chunk's id. It blocks while the queue is full;
-// when ctx ends first it returns ctx.Err().
+// queues it to be stored on its own unless the repository has it already
+// (and may reuse it). It returns the chunk's id. It blocks while the queue
+// is full; when ctx ends first it returns ctx.Err().
 func (s *blobSaver) save(ctx context.Context, data []byte, buf *[]byte) (blob.ID, error) {
-	id := s.repo.Hash(data)
+	id, isNew, replace, err := s.lookup(ctx, data, buf)
+	if err != nil || !isNew {
+		return id, err
+	}
+	return id, s.enqueue(ctx, saveJob{id: id, data: data, buf: buf, replace: replace})
+}
+
+// lookup hashes data and reports whether it must be stored (isNew), and
+// whether in place of an indexed copy that does not decode (replace). A
+// chunk that need not be stored has its buffer released.
+func (s *blobSaver) lookup(ctx context.Context, data []byte, buf *[]byte) (id blob.ID, isNew, replace bool, err error) {
+	id = s.repo.Hash(data)
 	has, err := s.repo.HasBlob(id)
-	replace := false
 	if err == nil && has {
 		has, err = s.usable(ctx, id)
 		replace = !has
 	}
 	if err != nil {
 		s.release(buf)
-		return id, repoError{fmt.Errorf("look up chunk %s: %w", id.Short(), err)}
+		return id, false, false, repoError{fmt.Errorf("look up chunk %s: %w", id.Short(), err)}
 	}
 	if has {
 		s.release(buf)
-		return id, nil
+		return id, false, false, nil
 	}
+	return id, true, replace, nil
+}
+
+func (s *blobSaver) enqueue(ctx context.Context, j saveJob) error {
 	select {
-	case s.queue <- saveJob{id: id, data: data, buf: buf, replace: replace}:
-		return id, nil
+	case s.queue <- j:
+		return nil
 	case <-ctx.Done():
-		return id, ctx.Err()
+		return ctx.Err()
 	}
+}
+
+// newFrame returns a frame builder for one stream of chunks (a file's
+// span): the goroutine that chunks it owns the builder.
+func (s *blobSaver) newFrame() *frameBuilder { return &frameBuilder{saver: s} }
+
+// frameBuilder gathers the new chunks of one stream into frames of the
+// repository's frame size. A chunk as large as a frame, or one that
+// replaces an undecodable copy, is queued on its own.
+type frameBuilder struct {
+	saver  *blobSaver
+	chunks []pendingChunk
+	size   int
+}
+
+// save is blobSaver.save for a chunk of the builder's stream.
+func (f *frameBuilder) save(ctx context.Context, data []byte, buf *[]byte) (blob.ID, error) {
+	s := f.saver
+	id, isNew, replace, err := s.lookup(ctx, data, buf)
+	if err != nil || !isNew {
+		return id, err
+	}
+	if replace || len(data) >= s.frameSize {
+		return id, s.enqueue(ctx, saveJob{id: id, data: data, buf: buf, replace: replace})
+	}
+	f.chunks = append(f.chunks, pendingChunk{id: id, data: data, buf: buf})
+	f.size += len(data)
+	if f.size >= s.frameSize {
+		return id, f.flush(ctx)
+	}
+	return id, nil
+}
+
+// flush queues the chunks gathered so far as one frame.
+func (f *frameBuilder) flush(ctx context.Context) error {
+	if len(f.chunks) == 0 {
+		return nil
+	}
+	j := saveJob{frame: f.chunks}
+	if len(f.chunks) == 1 {
+		c := f.chunks[0]
+		j = saveJob{id: c.id, data: c.data, buf: c.buf}
+	}
+	f.chunks, f.size = nil, 0
+	return f.saver.enqueue(ctx, j)
+}
+
+// finish ends the builder's stream: its last, partial frame joins the
+// saver's shared tail frame, which is queued once it is full (or by close).
+func (f *frameBuilder) finish(ctx context.Context) error {
+	if len(f.chunks) == 0 {
+		return nil
+	}
+	s := f.saver
+	s.tailMu.Lock()
+	defer s.tailMu.Unlock()
+	for _, c := range f.chunks {
+		s.tail.chunks = append(s.tail.chunks, c)
+		s.tail.size += len(c.data)
+		if s.tail.size >= s.frameSize {
+			if err := s.tail.flush(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	f.chunks, f.size = nil, 0
+	return nil
 }
 
 // haveAll reports whether the repository has all of ids and may reuse
@@ -104,10 +205,16 @@ func (s *blobSaver) haveAll(ctx context.Context, ids []blob.ID) (bool, error) {
 	return ok, err
 }
 
-// run stores queued chunks until the queue is closed; the first failure
-// to store one ends it.
+// run stores queued chunks and frames until the queue is closed; the
+// first failure to store one ends it.
 func (s *blobSaver) run(ctx context.Context) error {
 	for job := range s.queue {
+		if job.frame != nil {
+			if err := s.storeFrame(ctx, job.frame); err != nil {
+				return err
+			}
+			continue
+		}
 		var res repo.SaveResult
 		var err error
 		if job.replace {
@@ -128,6 +235,30 @@ func (s *blobSaver) run(ctx context.Context) error {
 	return nil
 }
 
-// close says that no more chunks will be saved: run returns once the
-// queue is empty.
-func (s *blobSaver) close() { close(s.queue) }
+func (s *blobSaver) storeFrame(ctx context.Context, frame []pendingChunk) error {
+	blobs := make([]repo.FrameBlob, len(frame))
+	for i, c := range frame {
+		blobs[i] = repo.FrameBlob{ID: c.id, Data: c.data}
+	}
+	res, err := s.repo.SaveFrame(ctx, blob.Data, blobs)
+	for _, c := range frame {
+		s.bufs.Put(c.buf)
+	}
+	if err != nil {
+		return repoError{fmt.Errorf("save a frame of %d chunks from %s: %w", len(frame), frame[0].id.Short(), err)}
+	}
+	s.counts.blobsAdded.Add(int64(res.Added))
+	s.counts.bytesAdded.Add(res.AddedBytes)
+	s.counts.stored.Add(int64(res.Stored))
+	return nil
+}
+
+// close says that no more chunks will be saved: the shared tail frame is
+// queued, and run returns once the queue is empty. A tail that cannot be
+// queued (ctx ended) is dropped: the backup has failed then.
+func (s *blobSaver) close(ctx context.Context) {
+	s.tailMu.Lock()
+	s.tail.flush(ctx)
+	s.tailMu.Unlock()
+	close(s.queue)
+}

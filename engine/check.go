@@ -205,21 +205,22 @@ func readPack(ctx context.Context, r *repo.Repository, id blob.ID, rep *CheckRep
 		// Fall back to the index's view to test each blob.
 		r.EachBlob(func(bid blob.ID, loc repo.Location) error {
 			if loc.Pack == id {
-				entries = append(entries, repo.PackEntry{ID: bid, Type: loc.Type, Storage: loc.Storage, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength})
+				entries = append(entries, loc.Entry(bid))
 			}
 			return nil
 		})
 	}
+	dec := r.NewBlobDecoder()
 	for _, e := range entries {
 		loc, ok, err := r.LookupBlob(ctx, e.ID)
-		if err == nil && ok && loc.Pack == id && (loc.Offset != e.Offset || loc.Length != e.Length) {
+		if err == nil && ok && loc.Pack == id && (loc.Offset != e.Offset || loc.Length != e.Length || loc.Inner != e.Inner) {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("pack %s: index entry of blob %s disagrees with the pack header (run `stasis repair index`)", id.Short(), e.ID))
 		}
 		if e.Offset+uint64(e.Length) > uint64(len(data)) {
 			bad[e.ID] = fmt.Sprintf("cut off in pack %s", id.Short())
 			continue
 		}
-		if _, err := r.DecodeBlob(e.ID, e.Type, e.Storage, int(e.RawLength), data[e.Offset:e.Offset+uint64(e.Length)], nil); err != nil {
+		if _, err := dec.Decode(id, e, data[e.Offset:e.Offset+uint64(e.Length)], nil); err != nil {
 			undecodable(ctx, r, id, e.ID, ok && loc.Pack == id && loc.Offset == e.Offset, err, bad, rep)
 		}
 	}

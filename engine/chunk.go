@@ -107,12 +107,13 @@ func (s *fileSaver) chunkReader(ctx context.Context, rd io.Reader, profile repo.
 	var read int64
 	ck.ResetWithBoundaries(rd, s.pol, profile.Min, profile.Max)
 	ck.SetAverageBits(profile.AvgBits)
+	frame := s.blobs.newFrame()
 	for {
 		buf := s.blobs.buffer()
 		c, err := ck.Next((*buf)[:0])
 		if err == io.EOF {
 			s.blobs.release(buf)
-			return content, read, nil
+			return content, read, frame.finish(ctx)
 		}
 		if err != nil {
 			s.blobs.release(buf)
@@ -121,7 +122,7 @@ func (s *fileSaver) chunkReader(ctx context.Context, rd io.Reader, profile repo.
 		*buf = c.Data[:0]
 		read += int64(c.Length)
 		s.counts.doneBytes.Add(int64(c.Length))
-		id, err := s.blobs.save(ctx, c.Data, buf)
+		id, err := frame.save(ctx, c.Data, buf)
 		if err != nil {
 			return nil, read, err
 		}

@@ -97,7 +97,7 @@ func TestCompressionDictionary(t *testing.T) {
 	writePages(t, filepath.Join(src, "X500.db"), 1024, rng) // 4 MiB of records
 	os.WriteFile(filepath.Join(src, "tiny.conf"), []byte("port 389\n"), 0o644)
 	dir := t.TempDir() + "/repo"
-	r, err := repo.Init(ctx, enginetest.Local(dir), enginetest.InitOptions(), repo.OpenOptions{})
+	r, err := repo.Init(ctx, enginetest.Local(dir), enginetest.InitOptionsV1(), repo.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func TestDictionaryWriteFailure(t *testing.T) {
 	os.MkdirAll(src, 0o755)
 	writePages(t, filepath.Join(src, "X500.db"), 1024, rand.New(rand.NewSource(9)))
 	dir := t.TempDir() + "/repo"
-	r, err := repo.Init(ctx, enginetest.Local(dir), enginetest.InitOptions(), repo.OpenOptions{})
+	r, err := repo.Init(ctx, enginetest.Local(dir), enginetest.InitOptionsV1(), repo.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,7 +37,7 @@ func TestLostDictionaryIsNamedAvoidedAndRepaired(t *testing.T) {
 		}
 		return r
 	}
-	r, err := repo.Init(ctx, enginetest.Local(dir), enginetest.InitOptions(), opts)
+	r, err := repo.Init(ctx, enginetest.Local(dir), enginetest.InitOptionsV1(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

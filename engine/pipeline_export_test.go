@@ -135,7 +135,7 @@ func (p *Parts) SaveTree(ctx context.Context, dir string, node tree.Node, kids [
 func (p *Parts) Close() error {
 	p.b.files.close()
 	ferr := p.files.Wait()
-	p.b.blobs.close()
+	p.b.blobs.close(p.ctx)
 	berr := p.blobs.Wait()
 	p.b.trees.wait()
 	if ferr != nil {

@@ -56,7 +56,29 @@ type packUse struct {
 	size             uint64
 	count            uint32
 	blobs, live      int
-	bytes, liveBytes int64
+	bytes, liveBytes int64 // stored bytes of blobs with a frame of their own
+	// Blobs that share frames (version 2) have no stored size of their own:
+	// their plaintext bytes are counted, and the frames' stored bytes are
+	// shared out in proportion (framedStored).
+	raw, liveRaw int64
+}
+
+// framedStored estimates the stored bytes of the live blobs that share
+// frames, and of all of them: the pack's bytes that are neither overhead
+// nor single-blob frames, in proportion to plaintext.
+func (u *packUse) framedStored() (live, all int64) {
+	if u.raw == 0 {
+		return 0, 0
+	}
+	all = max(0, int64(u.size)-repo.PackOverhead(int(u.count))-u.bytes)
+	return int64(float64(all) * float64(u.liveRaw) / float64(u.raw)), all
+}
+
+// liveStored is the stored bytes of the pack's live blobs (estimated for
+// blobs that share frames).
+func (u *packUse) liveStored() int64 {
+	live, _ := u.framedStored()
+	return u.liveBytes + live
 }
 
 // Prune removes data no snapshot references. It marks the live blobs by
@@ -183,7 +205,7 @@ func planPrune(ctx context.Context, r *repo.Repository, live *repo.BlobSet, maxU
 	rep.PacksDeleted = len(p.del) - rep.PacksUnindexed
 	rep.PacksRepacked = len(p.repack)
 	for _, id := range p.repack {
-		rep.BytesRepacked += use[id].liveBytes
+		rep.BytesRepacked += use[id].liveStored()
 	}
 	return p, nil
 }
@@ -206,14 +228,23 @@ func packUsage(r *repo.Repository, live *repo.BlobSet, rep *PruneReport) (map[bl
 			return nil
 		}
 		u.blobs++
-		u.bytes += int64(loc.Length)
+		framed := loc.Storage.Framed()
+		if framed {
+			u.raw += int64(loc.RawLength)
+		} else {
+			u.bytes += int64(loc.Length)
+		}
 		ok, err := live.Has(id)
 		if err != nil {
 			return err
 		}
 		if ok {
 			u.live++
-			u.liveBytes += int64(loc.Length)
+			if framed {
+				u.liveRaw += int64(loc.RawLength)
+			} else {
+				u.liveBytes += int64(loc.Length)
+			}
 		} else {
 			rep.BlobsRemoved++
 		}
@@ -227,10 +258,13 @@ func packUsage(r *repo.Repository, live *repo.BlobSet, rep *PruneReport) (map[bl
 
 // mostlyUnused reports whether more than maxUnused percent of the pack is
 // unused: indexed blobs no snapshot needs, plus copies of blobs that are
-// indexed in another pack (estimated from the size).
+// indexed in another pack (estimated from the size; in a pack of shared
+// frames, from the plaintext of its indexed blobs).
 func (u *packUse) mostlyUnused(maxUnused float64) bool {
 	unused := u.bytes - u.liveBytes
-	if u.blobs < int(u.count) {
+	if live, all := u.framedStored(); all > 0 {
+		unused += all - live
+	} else if u.blobs < int(u.count) {
 		unused += max(0, int64(u.size)-repo.PackOverhead(int(u.count))-u.bytes)
 	}
 	return unused > 0 && float64(unused)*100 > maxUnused*float64(u.size)

@@ -38,7 +38,9 @@ func RepoStats(ctx context.Context, r *repo.Repository) (*Stats, error) {
 		if loc.Type == blob.Data {
 			st.Chunks++
 			st.UniqueBytes += int64(loc.RawLength)
-			storedData += int64(loc.Length)
+			if loc.Inner == 0 { // a frame's stored bytes, counted at its first blob
+				storedData += int64(loc.Length)
+			}
 		} else {
 			st.Trees++
 		}

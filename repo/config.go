@@ -12,8 +12,14 @@ import (
 	"github.com/stasisbackup/stasis/repo/crypto"
 )
 
-// FormatVersion is the repository format this code reads and writes.
-const FormatVersion = 1
+// FormatVersion is the repository format Init writes. Open also reads and
+// writes version 1 repositories, whose packs hold one blob per frame.
+const FormatVersion = 2
+
+// DefaultFrameSize is the frame size of a new repository: small chunks of
+// one file (and the small files of a backup) are compressed and sealed
+// together, up to this many plaintext bytes per frame.
+const DefaultFrameSize = 512 << 10
 
 // ChunkProfile sets content-defined chunk boundaries. AvgBits gives an
 // average chunk size of 2^AvgBits bytes.
@@ -79,9 +85,21 @@ type Config struct {
 	Compression       Compression                  `json:"compression"`
 	CompressionLevel  int                          `json:"compression_level"` // zstd encoder level (1 fastest .. 4 best)
 	PackSize          int64                        `json:"pack_size"`         // target pack size in bytes
+	// FrameSize is the largest plaintext of a frame of several blobs
+	// (version 2); 0 in version 1, whose frames hold one blob each.
+	FrameSize int64 `json:"frame_size,omitempty"`
 }
 
 const configFormat = "stasis-config"
+
+// Bounds of Config.FrameSize.
+const (
+	MinFrameSize = 4 << 10
+	MaxFrameSize = 4 << 20
+)
+
+// framed reports whether the repository stores several blobs per frame.
+func (c Config) framed() bool { return c.Version >= 2 && c.FrameSize > 0 }
 
 // InitOptions tune a new repository. Zero values pick the defaults; tests set
 // Polynomial and IDKey to be deterministic.
@@ -92,6 +110,11 @@ type InitOptions struct {
 	Polynomial chunker.Pol
 	IDKey      []byte
 	PackSize   int64
+	FrameSize  int64 // 0: DefaultFrameSize
+	// Version is the format version to create: 0 means FormatVersion; 1
+	// makes a repository of one blob per frame (and a compression
+	// dictionary), as stasis before frames did, for tests and comparisons.
+	Version int
 	DBGlobs    []string
 	Now        time.Time
 
@@ -132,7 +155,17 @@ func newConfig(o InitOptions) (Config, error) {
 		IDKey:    hex.EncodeToString(key),
 		Profiles: map[ProfileName]ChunkProfile{ProfileNameDefault: ProfileDefault, ProfileNameDB: ProfileDB},
 		DBGlobs:  o.DBGlobs, Compression: CompressionZstd, CompressionLevel: 2, PackSize: o.PackSize,
-		Encrypted: !o.InsecureNoPassword,
+		Encrypted: !o.InsecureNoPassword, FrameSize: o.FrameSize,
+	}
+	switch o.Version {
+	case 0, FormatVersion:
+		if c.FrameSize == 0 {
+			c.FrameSize = DefaultFrameSize
+		}
+	case 1:
+		c.Version, c.FrameSize = 1, 0
+	default:
+		return Config{}, fmt.Errorf("%w %d: this stasis creates versions 1 and %d", ErrVersion, o.Version, FormatVersion)
 	}
 	if c.Created.IsZero() {
 		c.Created = time.Now()
@@ -162,8 +195,8 @@ func DecodeConfig(b []byte) (Config, error) {
 	if c.Format != configFormat {
 		return c, fmt.Errorf("config: format %q is not %q", c.Format, configFormat)
 	}
-	if c.Version != FormatVersion {
-		return c, fmt.Errorf("config: %w %d (this stasis reads version %d; use a newer stasis)", ErrVersion, c.Version, FormatVersion)
+	if c.Version != 1 && c.Version != FormatVersion {
+		return c, fmt.Errorf("config: %w %d (this stasis reads versions 1 and %d; use a newer stasis)", ErrVersion, c.Version, FormatVersion)
 	}
 	if c.Encrypted {
 		if c.ChunkerPolynomial != "" || c.IDKey != "" {
@@ -213,6 +246,12 @@ func (c Config) validatePublic() error {
 	}
 	if c.PackSize < 1<<16 || c.PackSize > 1<<30 {
 		return fmt.Errorf("config: pack_size %d out of range", c.PackSize)
+	}
+	switch {
+	case c.Version == 1 && c.FrameSize != 0:
+		return fmt.Errorf("config: a version 1 repository has no frame_size")
+	case c.Version >= 2 && (c.FrameSize < MinFrameSize || c.FrameSize > MaxFrameSize):
+		return fmt.Errorf("config: frame_size %d out of range %d..%d", c.FrameSize, MinFrameSize, MaxFrameSize)
 	}
 	return nil
 }

@@ -24,7 +24,7 @@ func TestConfigFileFormat(t *testing.T) {
 
 const wantConfig = `{
   "format": "stasis-config",
-  "version": 1,
+  "version": 2,
   "id": "…",
   "created": "…",
   "encrypted": false,
@@ -47,6 +47,7 @@ const wantConfig = `{
   ],
   "compression": "zstd",
   "compression_level": 2,
-  "pack_size": 65536
+  "pack_size": 65536,
+  "frame_size": 524288
 }
 `

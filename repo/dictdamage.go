@@ -335,7 +335,7 @@ func (r *Repository) alternates(ctx context.Context, id blob.ID) []index.Locatio
 	for _, p := range r.unsaved.packs {
 		for _, e := range p.Entries {
 			if e.ID == id {
-				out = append(out, index.Location{Pack: p.ID, Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength})
+				out = append(out, index.LocationOf(p.ID, e))
 			}
 		}
 	}
@@ -370,7 +370,7 @@ func (r *Repository) scanAlternates(ctx context.Context) {
 				if loc, ok, err := r.idx.Lookup(e.ID); err == nil && ok && loc.Pack == p.ID && loc.Offset == e.Offset {
 					continue
 				}
-				r.deg.alt[e.ID] = append(r.deg.alt[e.ID], index.Location{Pack: p.ID, Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength})
+				r.deg.alt[e.ID] = append(r.deg.alt[e.ID], index.LocationOf(p.ID, e))
 			}
 		}
 	}

@@ -6,9 +6,12 @@ package repo
 // are immutable, named by the BLAKE3 of their bytes, and sealed in an
 // encrypted repository; see docs/format.md.
 //
-//	magic "SIDX" | version u8 (1) | packs u32
+//	magic "SIDX" | version u8 (1 or 2) | packs u32
 //	per pack: id [32] | size u64 | blobs u32 |
 //	          per blob: id [32] | type u8 | storage u8 | offset u32 | length u32 | rawLength u32
+//	                    [version 2] inner u32
+//
+// Version 2 is written when some blob shares a frame (pack.Storage.Framed).
 
 import (
 	"context"
@@ -30,10 +33,9 @@ import (
 const IndexDir = "index"
 
 const (
-	indexMagic       = "SIDX"
-	indexFileVersion = 1
-	indexEntrySize   = blob.IDSize + 1 + 1 + 4 + 4 + 4
-	indexPackSize    = blob.IDSize + 8 + 4
+	indexMagic     = "SIDX"
+	indexEntrySize = blob.IDSize + 1 + 1 + 4 + 4 + 4 // version 1; version 2 adds inner u32
+	indexPackSize  = blob.IDSize + 8 + 4
 	// maxIndexFile bounds what is read of one index file.
 	maxIndexFile = 256 << 20
 	// packsPerIndexFile is how many packs a backup covers with one index
@@ -52,14 +54,35 @@ var ErrCorruptIndexFile = errors.New("corrupt index file")
 // IndexFileName returns the name of index file id.
 func IndexFileName(id blob.ID) string { return path.Join(IndexDir, id.String()) }
 
+// indexFileVersion is the version of an index file of packs: 2 when a blob
+// of them shares a frame, 1 (readable by every stasis) otherwise.
+func indexFileVersion(packs []index.IndexedPack) byte {
+	for _, p := range packs {
+		for _, e := range p.Entries {
+			if e.Storage.Framed() {
+				return 2
+			}
+		}
+	}
+	return 1
+}
+
+func indexEntryBytes(version byte) int {
+	if version >= 2 {
+		return indexEntrySize + 4
+	}
+	return indexEntrySize
+}
+
 func encodeIndexFile(packs []index.IndexedPack) []byte {
+	version := indexFileVersion(packs)
 	n := 9
 	for _, p := range packs {
-		n += indexPackSize + len(p.Entries)*indexEntrySize
+		n += indexPackSize + len(p.Entries)*indexEntryBytes(version)
 	}
 	b := make([]byte, 0, n)
 	b = append(b, indexMagic...)
-	b = append(b, indexFileVersion)
+	b = append(b, version)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(packs)))
 	for _, p := range packs {
 		b = append(b, p.ID[:]...)
@@ -71,6 +94,9 @@ func encodeIndexFile(packs []index.IndexedPack) []byte {
 			b = binary.LittleEndian.AppendUint32(b, uint32(e.Offset))
 			b = binary.LittleEndian.AppendUint32(b, e.Length)
 			b = binary.LittleEndian.AppendUint32(b, e.RawLength)
+			if version >= 2 {
+				b = binary.LittleEndian.AppendUint32(b, e.Inner)
+			}
 		}
 	}
 	return b
@@ -82,9 +108,11 @@ func decodeIndexFile(b []byte) ([]index.IndexedPack, error) {
 	if len(b) < 9 || string(b[:4]) != indexMagic {
 		return nil, fmt.Errorf("%w: bad magic", ErrCorruptIndexFile)
 	}
-	if b[4] != indexFileVersion {
-		return nil, fmt.Errorf("%w: index file version %d", ErrVersion, b[4])
+	version := b[4]
+	if version != 1 && version != 2 {
+		return nil, fmt.Errorf("%w: index file version %d", ErrVersion, version)
 	}
+	entrySize := uint64(indexEntryBytes(version))
 	n := binary.LittleEndian.Uint32(b[5:])
 	b = b[9:]
 	if uint64(n)*indexPackSize > uint64(len(b)) {
@@ -100,7 +128,7 @@ func decodeIndexFile(b []byte) ([]index.IndexedPack, error) {
 		p.Size = binary.LittleEndian.Uint64(b[32:])
 		cnt := binary.LittleEndian.Uint32(b[40:])
 		b = b[indexPackSize:]
-		if uint64(cnt)*indexEntrySize > uint64(len(b)) {
+		if uint64(cnt)*entrySize > uint64(len(b)) {
 			return nil, fmt.Errorf("%w: pack %s claims %d blobs in %d bytes", ErrCorruptIndexFile, p.ID.Short(), cnt, len(b))
 		}
 		p.Entries = make([]pack.Entry, cnt)
@@ -111,10 +139,16 @@ func decodeIndexFile(b []byte) ([]index.IndexedPack, error) {
 			e.Offset = uint64(binary.LittleEndian.Uint32(b[34:]))
 			e.Length = binary.LittleEndian.Uint32(b[38:])
 			e.RawLength = binary.LittleEndian.Uint32(b[42:])
+			if version >= 2 {
+				e.Inner = binary.LittleEndian.Uint32(b[46:])
+			}
 			if e.Offset+uint64(e.Length) > p.Size {
 				return nil, fmt.Errorf("%w: blob %s lies beyond the end of pack %s", ErrCorruptIndexFile, e.ID.Short(), p.ID.Short())
 			}
-			b = b[indexEntrySize:]
+			if !e.Storage.Valid() || (!e.Storage.Framed() && e.Inner != 0) {
+				return nil, fmt.Errorf("%w: blob %s of pack %s has storage %s at %d in its frame", ErrCorruptIndexFile, e.ID.Short(), p.ID.Short(), e.Storage, e.Inner)
+			}
+			b = b[entrySize:]
 		}
 		packs = append(packs, p)
 	}

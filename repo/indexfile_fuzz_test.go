@@ -28,7 +28,7 @@ func maxIndexDecodeAlloc(n int) uint64 { return 4*uint64(n) + 16<<10 }
 // craftedIndex returns index file plaintext that claims packs packs (the
 // first of them claiming blobs blobs) and then holds pad zero bytes.
 func craftedIndex(packs, blobs uint32, pad int) []byte {
-	b := append([]byte(indexMagic), indexFileVersion)
+	b := append([]byte(indexMagic), 1)
 	b = binary.LittleEndian.AppendUint32(b, packs)
 	b = append(b, make([]byte, blob.IDSize)...)
 	b = binary.LittleEndian.AppendUint64(b, 1<<40)

@@ -76,6 +76,11 @@ func (p *packer) lock(ctx context.Context) error {
 func (p *packer) unlock() { <-p.mu }
 
 func (p *packer) add(ctx context.Context, id blob.ID, s pack.Storage, rawLen int, data []byte) error {
+	return p.addFrame(ctx, s, []blob.ID{id}, []uint32{uint32(rawLen)}, data)
+}
+
+// addFrame appends one stored frame of the blobs ids (see pack.Writer.AddFrame).
+func (p *packer) addFrame(ctx context.Context, s pack.Storage, ids []blob.ID, rawLens []uint32, data []byte) error {
 	if err := p.failed(); err != nil {
 		return err
 	}
@@ -89,7 +94,7 @@ func (p *packer) add(ctx context.Context, id blob.ID, s pack.Storage, rawLen int
 			return fmt.Errorf("create a pack file: %w", err)
 		}
 		bw := bufio.NewWriterSize(f, 1<<20)
-		w, err := pack.NewWriter(bw)
+		w, err := pack.NewWriter(bw, p.repo.packVersion())
 		if err != nil {
 			f.Close()
 			os.Remove(f.Name())
@@ -99,7 +104,7 @@ func (p *packer) add(ctx context.Context, id blob.ID, s pack.Storage, rawLen int
 		p.cur = &openPackFile{f: f, bw: bw, w: w}
 	}
 	cur := p.cur
-	if err := cur.w.Add(id, p.typ, s, rawLen, data); err != nil {
+	if err := cur.w.AddFrame(p.typ, s, ids, rawLens, data); err != nil {
 		p.cur = nil
 		p.unlock()
 		p.discard(cur)
@@ -211,6 +216,15 @@ func (p *packer) forget(entries []pack.Entry) {
 		delete(p.repo.pending, e.ID)
 	}
 	p.repo.mu.Unlock()
+}
+
+// packVersion is the pack format version the repository writes: 2 (frames
+// of several blobs) in a version 2 repository, 1 otherwise.
+func (r *Repository) packVersion() int {
+	if r.cfg.Version >= 2 {
+		return 2
+	}
+	return 1
 }
 
 // createTemp creates a local file to write a pack into: in the repository's

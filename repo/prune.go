@@ -20,6 +20,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/stasisbackup/stasis/internal/index"
 	"github.com/stasisbackup/stasis/internal/pack"
@@ -146,6 +147,8 @@ func (r *Repository) Repack(ctx context.Context, packs []blob.ID, keep func(blob
 		return st, fmt.Errorf("list indexed packs: %w", err)
 	}
 	var buf []byte
+	frames := &refiler{r: r, st: &st}
+	defer frames.drop()
 	for _, pid := range packs {
 		entries, _, err := r.ReadPackHeader(ctx, pid)
 		if err != nil {
@@ -176,18 +179,19 @@ func (r *Repository) Repack(ctx context.Context, packs []blob.ID, keep func(blob
 			}
 			buf, err = r.ReadBlobAt(ctx, e.ID, loc, buf)
 			if err != nil {
+				frames.drop()
 				return st, &RepackError{Pack: pid.Short(), Blob: true, Err: err}
 			}
-			res, err := r.storeBlob(ctx, loc.Type, e.ID, buf)
-			if err != nil {
+			if err := frames.add(ctx, loc.Type, e.ID, buf); err != nil {
 				return st, fmt.Errorf("repack %s: %w", pid.Short(), err)
 			}
-			st.Blobs++
-			st.Bytes += int64(res.Stored)
 		}
 		if done != nil {
 			done(pid)
 		}
+	}
+	if err := frames.flush(ctx); err != nil {
+		return st, fmt.Errorf("repack: %w", err)
 	}
 	if err := r.Flush(ctx); err != nil {
 		return st, fmt.Errorf("repack: %w", err)
@@ -343,7 +347,56 @@ func (r *Repository) RemoveTemp(ctx context.Context) ([]string, error) {
 }
 
 // PackOverhead is the size of a pack with count blobs minus their stored
-// bytes (magic, header, trailer) when the header is not sealed.
+// bytes (magic, header, trailer) when the header is not sealed (of a
+// version 2 pack; a version 1 header is 4 bytes a blob smaller).
 func PackOverhead(count int) int64 {
-	return int64(pack.MagicSize + pack.TrailerSize + 8 + count*pack.EntrySize)
+	return int64(pack.MagicSize + pack.TrailerSize + 8 + count*pack.EntrySizeV2)
+}
+
+// refiler stores the blobs Repack copies (claimed in r.pending): data blobs
+// smaller than a frame are gathered into frames again in a version 2
+// repository, the others are stored one by one.
+type refiler struct {
+	r     *Repository
+	st    *RepackStats
+	batch []FrameBlob
+	size  int
+}
+
+func (f *refiler) add(ctx context.Context, t blob.Type, id blob.ID, data []byte) error {
+	if t != blob.Data || !f.r.cfg.framed() || len(data) >= f.r.FrameSize() {
+		res, err := f.r.storeBlob(ctx, t, id, data)
+		if err == nil {
+			f.st.Blobs++
+			f.st.Bytes += int64(res.Stored)
+		}
+		return err
+	}
+	f.batch = append(f.batch, FrameBlob{ID: id, Data: slices.Clone(data)})
+	f.size += len(data)
+	if f.size >= f.r.FrameSize() {
+		return f.flush(ctx)
+	}
+	return nil
+}
+
+func (f *refiler) flush(ctx context.Context) error {
+	if len(f.batch) == 0 {
+		return nil
+	}
+	batch := f.batch
+	f.batch, f.size = nil, 0
+	stored, err := f.r.storeFrame(ctx, blob.Data, batch)
+	if err != nil {
+		return err
+	}
+	f.st.Blobs += len(batch)
+	f.st.Bytes += int64(stored)
+	return nil
+}
+
+// drop forgets blobs gathered but not stored (Repack failed).
+func (f *refiler) drop() {
+	f.r.unclaim(f.batch)
+	f.batch, f.size = nil, 0
 }

@@ -415,8 +415,9 @@ func (r *Repository) verifyPack(ctx context.Context, id blob.ID, entries []pack.
 	}
 	if blob.ID(blake3.Sum256(data)) == id {
 		var buf []byte
+		dec := r.NewBlobDecoder()
 		for _, e := range entries {
-			out, err := r.DecodeBlob(e.ID, e.Type, e.Storage, int(e.RawLength), data[e.Offset:e.Offset+uint64(e.Length)], buf)
+			out, err := dec.Decode(id, e, data[e.Offset:e.Offset+uint64(e.Length)], buf)
 			if err != nil {
 				dropped = append(dropped, DroppedBlob{ID: e.ID, Pack: id, Problem: err.Error()})
 				continue
@@ -426,8 +427,9 @@ func (r *Repository) verifyPack(ctx context.Context, id blob.ID, entries []pack.
 		return d, true, dropped, ctx.Err()
 	}
 	d = DamagedPack{ID: id, Problem: "content does not match its name (bit rot)"}
+	dec := r.NewBlobDecoder()
 	for _, e := range entries {
-		if _, err := r.DecodeBlob(e.ID, e.Type, e.Storage, int(e.RawLength), data[e.Offset:e.Offset+uint64(e.Length)], nil); err != nil {
+		if _, err := dec.Decode(id, e, data[e.Offset:e.Offset+uint64(e.Length)], nil); err != nil {
 			d.Lost++
 		}
 	}
@@ -470,7 +472,7 @@ func (r *Repository) salvage(ctx context.Context, id blob.ID, known []pack.Entry
 		} else if has {
 			continue
 		}
-		loc := index.Location{Pack: id, Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength}
+		loc := index.LocationOf(id, e)
 		buf, err = r.ReadBlobAt(ctx, e.ID, loc, buf)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -503,7 +505,7 @@ func (r *Repository) CheckIndexEntries(ctx context.Context, id blob.ID, entries 
 		if !ok || loc.Pack != id {
 			continue
 		}
-		if loc.Offset != e.Offset || loc.Length != e.Length || loc.RawLength != e.RawLength || loc.Type != e.Type || loc.Storage != e.Storage {
+		if loc.Offset != e.Offset || loc.Length != e.Length || loc.RawLength != e.RawLength || loc.Type != e.Type || loc.Storage != e.Storage || loc.Inner != e.Inner {
 			out = append(out, fmt.Sprintf("pack %s: index entry of blob %s disagrees with the pack header (run `stasis repair index`)", id.Short(), e.ID))
 		}
 	}

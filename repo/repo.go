@@ -87,9 +87,12 @@ type Repository struct {
 	sampler      dictSampler
 	dictProblems []string
 
-	hashers  sync.Pool
-	sealBufs sync.Pool // *[]byte for sealed blobs on their way into a pack
-	compBufs sync.Pool // *[]byte for compressed blobs on their way into a pack
+	hashers   sync.Pool
+	sealBufs  sync.Pool // *[]byte for sealed blobs on their way into a pack
+	compBufs  sync.Pool // *[]byte for compressed blobs on their way into a pack
+	frameBufs sync.Pool // *[]byte for the plaintext of frames being stored
+
+	frames frameCache // decoded multi-blob frames (frame.go)
 
 	mu      sync.Mutex
 	pending map[blob.ID]struct{} // blobs in packs not yet indexed
@@ -259,7 +262,7 @@ func open(ctx context.Context, b backend.Storage, cfg Config, mk *crypto.MasterK
 		}
 	}
 	r := &Repository{st: b, loc: dir, cacheDir: cacheDir, cacheWait: o.CacheWait, cfg: cfg, idKey: key, mk: mk, keyID: keyID,
-		pending: map[blob.ID]struct{}{}, packers: map[blob.Type]*packer{}}
+		pending: map[blob.ID]struct{}{}, packers: map[blob.Type]*packer{}, frames: frameCache{max: framesCached}}
 	idx, err := r.openIndexMode(ctx, o.Exclusive || o.SkipIndexFiles, o.CacheWait, o.SkipIndexFiles)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dir, err)
@@ -403,7 +406,7 @@ func (r *Repository) storeBlob(ctx context.Context, t blob.Type, id blob.ID, dat
 	var buf []byte
 	if r.cfg.Compression == CompressionZstd {
 		c := r.comp.Load()
-		if c.dictID == 0 && t == blob.Data {
+		if c.dictID == 0 && t == blob.Data && !r.cfg.framed() {
 			if err := r.sampleForDict(ctx, data); err != nil {
 				return SaveResult{}, err
 			}
@@ -488,6 +491,9 @@ func (r *Repository) LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]by
 // location's lengths come from the index, which nothing authenticates: they
 // are checked (checkBlobLength) before anything is allocated for them.
 func (r *Repository) ReadBlobAt(ctx context.Context, id blob.ID, loc index.Location, buf []byte) ([]byte, error) {
+	if loc.Storage.Framed() {
+		return r.readFramed(ctx, id, loc, buf)
+	}
 	if err := r.checkBlobLength(ctx, id, loc); err != nil {
 		return nil, err
 	}

@@ -36,6 +36,15 @@ func InitOptions() repo.InitOptions {
 	return repo.InitOptions{Polynomial: Polynomial, IDKey: IDKey, Password: []byte(Password), KDF: crypto.TestKDFParams}
 }
 
+// InitOptionsV1 is InitOptions for a version 1 repository: one blob per
+// frame, and a compression dictionary once enough data is stored (the
+// dictionary tests need one).
+func InitOptionsV1() repo.InitOptions {
+	o := InitOptions()
+	o.Version = 1
+	return o
+}
+
 // OpenOptions returns options that open a test repository with Password
 // (and the default cache directory).
 func OpenOptions() repo.OpenOptions {

@@ -39,7 +39,7 @@ func (ix *Index) addOverlay(id blob.ID, size uint64, entries []pack.Entry) error
 		if e.Offset > 1<<32-1 {
 			return fmt.Errorf("index: blob %s at offset %d: packs larger than 4 GiB are not supported", e.ID.Short(), e.Offset)
 		}
-		ix.overlay[e.ID] = Location{Pack: id, Type: e.Type, Storage: e.Storage, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength}
+		ix.overlay[e.ID] = LocationOf(id, e)
 	}
 	return nil
 }

@@ -4,14 +4,22 @@
 //
 // Layout (all integers little-endian):
 //
-//	magic    "STASISP\x01"                      8 bytes (last byte: format version)
-//	blob*    stored blob bytes, back to back
+//	magic    "STASISP" version u8                8 bytes (version 1 or 2)
+//	frame*   stored frames, back to back
 //	header   sealed(headerPlain)                 H bytes
 //	trailer  H uint32, "STASISH\x01"             12 bytes
 //
 //	headerPlain = count uint32, count × entry, crc32c(count‖entries) uint32
-//	entry       = type u8, storage u8, 0 u16, length u32, rawLength u32,
+//	entry v1    = type u8, storage u8, 0 u16, length u32, rawLength u32,
 //	              offset u64, id [32]byte        (52 bytes)
+//	entry v2    = entry v1 fields, then inner u32 (56 bytes)
+//
+// A frame is one stored unit (compressed and sealed as a whole). With
+// storage Raw or Zstd it holds exactly one blob; with FrameRaw or FrameZstd
+// it holds the plaintexts of one or more blobs back to back, and every entry
+// of the frame gives the frame's offset and stored length, its own raw
+// length and where its plaintext starts in the frame's (inner). Version 1
+// packs have single-blob frames only.
 //
 // "sealed" is the identity for an unencrypted repository; the repository may
 // pass a transform (for example an AEAD) to Finish and ReadHeader.
@@ -38,7 +46,20 @@ const (
 	Raw Storage = 0
 	// Zstd blobs are one zstd frame.
 	Zstd Storage = 1
+	// FrameRaw entries share a frame of several blobs stored as they are.
+	FrameRaw Storage = 2
+	// FrameZstd entries share one zstd frame of several blobs.
+	FrameZstd Storage = 3
 )
+
+// Framed reports whether entries of this storage share a multi-blob frame.
+func (s Storage) Framed() bool { return s == FrameRaw || s == FrameZstd }
+
+// Compressed reports whether the frame is zstd.
+func (s Storage) Compressed() bool { return s == Zstd || s == FrameZstd }
+
+// Valid reports whether s is a known storage code.
+func (s Storage) Valid() bool { return s <= FrameZstd }
 
 func (s Storage) String() string {
 	switch s {
@@ -46,6 +67,10 @@ func (s Storage) String() string {
 		return "raw"
 	case Zstd:
 		return "zstd"
+	case FrameRaw:
+		return "frame-raw"
+	case FrameZstd:
+		return "frame-zstd"
 	}
 	return fmt.Sprintf("storage(%d)", uint8(s))
 }
@@ -53,14 +78,16 @@ func (s Storage) String() string {
 // Sizes of the fixed parts of a pack.
 const (
 	MagicSize   = 8
-	EntrySize   = 52
+	EntrySize   = 52 // version 1
+	EntrySizeV2 = 56
 	TrailerSize = 12
 	// MaxHeaderSize bounds the header a reader accepts (about 1.3 million blobs).
 	MaxHeaderSize = 64 << 20
 )
 
 var (
-	magic        = [MagicSize]byte{'S', 'T', 'A', 'S', 'I', 'S', 'P', 1}
+	magicV1      = [MagicSize]byte{'S', 'T', 'A', 'S', 'I', 'S', 'P', 1}
+	magicV2      = [MagicSize]byte{'S', 'T', 'A', 'S', 'I', 'S', 'P', 2}
 	trailerMagic = [8]byte{'S', 'T', 'A', 'S', 'I', 'S', 'H', 1}
 	crcTable     = crc32.MakeTable(crc32.Castagnoli)
 )
@@ -73,10 +100,14 @@ type Entry struct {
 	ID        blob.ID
 	Type      blob.Type
 	Storage   Storage
-	Offset    uint64 // from the start of the pack file
-	Length    uint32 // stored bytes
-	RawLength uint32 // bytes after decoding
+	Offset    uint64 // of the blob's frame, from the start of the pack file
+	Length    uint32 // stored bytes of the frame
+	RawLength uint32 // the blob's bytes after decoding
+	Inner     uint32 // where the blob starts in the decoded frame (0 unless Framed)
 }
+
+// SameFrame reports whether e and o are stored in the same frame.
+func (e Entry) SameFrame(o Entry) bool { return e.Offset == o.Offset && e.Length == o.Length }
 
 // Transform seals or opens a header; nil means identity.
 type Transform func([]byte) ([]byte, error)
@@ -85,14 +116,24 @@ type Transform func([]byte) ([]byte, error)
 type Writer struct {
 	w       io.Writer
 	h       *blake3.Hasher
+	version int
 	off     uint64
 	entries []Entry
 }
 
-// NewWriter writes the pack magic to w and returns a Writer.
-func NewWriter(w io.Writer) (*Writer, error) {
-	pw := &Writer{w: w, h: blake3.New()}
-	if err := pw.write(magic[:]); err != nil {
+// NewWriter writes the magic of a pack of the given format version (1 or
+// 2; only version 2 holds multi-blob frames) to w and returns a Writer.
+func NewWriter(w io.Writer, version int) (*Writer, error) {
+	m := magicV2
+	switch version {
+	case 1:
+		m = magicV1
+	case 2:
+	default:
+		return nil, fmt.Errorf("pack format version %d: want 1 or 2", version)
+	}
+	pw := &Writer{w: w, h: blake3.New(), version: version}
+	if err := pw.write(m[:]); err != nil {
 		return nil, err
 	}
 	return pw, nil
@@ -108,13 +149,35 @@ func (w *Writer) write(b []byte) error {
 	return err
 }
 
-// Add appends one stored blob.
+// Add appends one stored blob: a frame of one blob (storage Raw or Zstd).
 func (w *Writer) Add(id blob.ID, t blob.Type, s Storage, rawLength int, data []byte) error {
-	e := Entry{ID: id, Type: t, Storage: s, Offset: w.off, Length: uint32(len(data)), RawLength: uint32(rawLength)}
-	if err := w.write(data); err != nil {
-		return fmt.Errorf("write blob %s: %w", id.Short(), err)
+	if s.Framed() {
+		return fmt.Errorf("blob %s: storage %s needs AddFrame", id.Short(), s)
 	}
-	w.entries = append(w.entries, e)
+	return w.AddFrame(t, s, []blob.ID{id}, []uint32{uint32(rawLength)}, data)
+}
+
+// AddFrame appends one stored frame holding the blobs ids, whose plaintexts
+// of rawLengths bytes lie back to back in the frame's plaintext. Storage
+// FrameRaw or FrameZstd needs a version 2 pack; Raw and Zstd hold one blob.
+func (w *Writer) AddFrame(t blob.Type, s Storage, ids []blob.ID, rawLengths []uint32, data []byte) error {
+	switch {
+	case len(ids) == 0 || len(ids) != len(rawLengths):
+		return fmt.Errorf("frame of %d ids and %d lengths", len(ids), len(rawLengths))
+	case s.Framed() && w.version < 2:
+		return fmt.Errorf("blob %s: a version %d pack holds no %s frame", ids[0].Short(), w.version, s)
+	case !s.Framed() && len(ids) != 1:
+		return fmt.Errorf("blob %s: storage %s holds one blob, not %d", ids[0].Short(), s, len(ids))
+	}
+	off := w.off
+	if err := w.write(data); err != nil {
+		return fmt.Errorf("write frame of blob %s: %w", ids[0].Short(), err)
+	}
+	var inner uint32
+	for i, id := range ids {
+		w.entries = append(w.entries, Entry{ID: id, Type: t, Storage: s, Offset: off, Length: uint32(len(data)), RawLength: rawLengths[i], Inner: inner})
+		inner += rawLengths[i]
+	}
 	return nil
 }
 
@@ -130,7 +193,7 @@ func (w *Writer) Entries() []Entry { return w.entries }
 // Finish writes the header and trailer and returns the pack's id (BLAKE3 of
 // all its bytes) and total size. seal may be nil.
 func (w *Writer) Finish(seal Transform) (blob.ID, uint64, error) {
-	hdr := EncodeHeader(w.entries)
+	hdr := EncodeHeader(w.entries, w.version)
 	if seal != nil {
 		var err error
 		if hdr, err = seal(hdr); err != nil {
@@ -154,11 +217,13 @@ func (w *Writer) Finish(seal Transform) (blob.ID, uint64, error) {
 	return id, w.off, nil
 }
 
-// EncodeHeader returns the plain header encoding of entries.
-func EncodeHeader(entries []Entry) []byte {
-	b := make([]byte, 4, 4+len(entries)*EntrySize+4)
+// EncodeHeader returns the plain header encoding of entries for a pack of
+// the given format version.
+func EncodeHeader(entries []Entry, version int) []byte {
+	size := entrySize(version)
+	b := make([]byte, 4, 4+len(entries)*size+4)
 	binary.LittleEndian.PutUint32(b, uint32(len(entries)))
-	var e [EntrySize]byte
+	var e [EntrySizeV2]byte
 	for _, en := range entries {
 		e[0] = byte(en.Type)
 		e[1] = byte(en.Storage)
@@ -167,20 +232,31 @@ func EncodeHeader(entries []Entry) []byte {
 		binary.LittleEndian.PutUint32(e[8:], en.RawLength)
 		binary.LittleEndian.PutUint64(e[12:], en.Offset)
 		copy(e[20:], en.ID[:])
-		b = append(b, e[:]...)
+		binary.LittleEndian.PutUint32(e[52:], en.Inner)
+		b = append(b, e[:size]...)
 	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 }
 
-// DecodeHeader parses a plain header. headerStart is the offset at which the
-// header begins in the pack; every blob must lie in [MagicSize, headerStart).
-func DecodeHeader(b []byte, headerStart uint64) ([]Entry, error) {
+func entrySize(version int) int {
+	if version >= 2 {
+		return EntrySizeV2
+	}
+	return EntrySize
+}
+
+// DecodeHeader parses a plain header of a pack of the given format version.
+// headerStart is the offset at which the header begins in the pack; every
+// frame must lie in [MagicSize, headerStart), frames back to back, and the
+// blobs of a frame must tile its plaintext from 0 in order.
+func DecodeHeader(b []byte, headerStart uint64, version int) ([]Entry, error) {
+	size := uint64(entrySize(version))
 	if len(b) < 8 {
 		return nil, fmt.Errorf("%w: header of %d bytes is too short", ErrCorrupt, len(b))
 	}
 	n := binary.LittleEndian.Uint32(b)
-	if uint64(len(b)) != 8+uint64(n)*EntrySize {
-		return nil, fmt.Errorf("%w: header holds %d bytes, %d entries need %d", ErrCorrupt, len(b), n, 8+uint64(n)*EntrySize)
+	if uint64(len(b)) != 8+uint64(n)*size {
+		return nil, fmt.Errorf("%w: header holds %d bytes, %d entries need %d", ErrCorrupt, len(b), n, 8+uint64(n)*size)
 	}
 	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
 	if crc32.Checksum(body, crcTable) != sum {
@@ -188,8 +264,9 @@ func DecodeHeader(b []byte, headerStart uint64) ([]Entry, error) {
 	}
 	entries := make([]Entry, n)
 	next := uint64(MagicSize)
+	var prev Entry
 	for i := range entries {
-		e := body[4+i*EntrySize : 4+(i+1)*EntrySize]
+		e := body[4+uint64(i)*size : 4+uint64(i+1)*size]
 		en := Entry{
 			Type:      blob.Type(e[0]),
 			Storage:   Storage(e[1]),
@@ -198,27 +275,49 @@ func DecodeHeader(b []byte, headerStart uint64) ([]Entry, error) {
 			Offset:    binary.LittleEndian.Uint64(e[12:]),
 		}
 		copy(en.ID[:], e[20:])
-		switch {
-		case !en.Type.Valid():
-			return nil, fmt.Errorf("%w: entry %d has unknown blob type %d", ErrCorrupt, i, e[0])
-		case en.Storage != Raw && en.Storage != Zstd:
-			return nil, fmt.Errorf("%w: entry %d has unknown storage %d", ErrCorrupt, i, e[1])
-		case en.Offset != next:
-			return nil, fmt.Errorf("%w: entry %d at offset %d, expected %d", ErrCorrupt, i, en.Offset, next)
-		case en.Offset+uint64(en.Length) > headerStart:
-			return nil, fmt.Errorf("%w: entry %d runs past the header", ErrCorrupt, i)
-		case en.Storage == Raw && en.Length < en.RawLength:
-			// An encrypted repository adds the AEAD overhead to Length;
-			// the repository checks the exact length when it opens a blob.
-			return nil, fmt.Errorf("%w: raw entry %d has length %d, less than its raw length %d", ErrCorrupt, i, en.Length, en.RawLength)
+		if version >= 2 {
+			en.Inner = binary.LittleEndian.Uint32(e[52:])
+		}
+		if err := checkEntry(i, en, prev, next, headerStart, version); err != nil {
+			return nil, err
 		}
 		next = en.Offset + uint64(en.Length)
 		entries[i] = en
+		prev = en
 	}
 	if next != headerStart {
 		return nil, fmt.Errorf("%w: %d bytes between the last blob and the header", ErrCorrupt, headerStart-next)
 	}
 	return entries, nil
+}
+
+// checkEntry checks entry i against the one before it (prev, unless i is
+// 0) and the offset the next frame must start at.
+func checkEntry(i int, en, prev Entry, next, headerStart uint64, version int) error {
+	inFrame := i > 0 && prev.Storage.Framed() && en.Storage.Framed() && en.Offset == prev.Offset
+	switch {
+	case !en.Type.Valid():
+		return fmt.Errorf("%w: entry %d has unknown blob type %d", ErrCorrupt, i, en.Type)
+	case !en.Storage.Valid():
+		return fmt.Errorf("%w: entry %d has unknown storage %d", ErrCorrupt, i, en.Storage)
+	case en.Storage.Framed() && version < 2:
+		return fmt.Errorf("%w: entry %d has storage %s in a version %d pack", ErrCorrupt, i, en.Storage, version)
+	case inFrame && (en.Length != prev.Length || en.Storage != prev.Storage || en.Type != prev.Type):
+		return fmt.Errorf("%w: entry %d disagrees with the other blobs of its frame", ErrCorrupt, i)
+	case inFrame && uint64(en.Inner) != uint64(prev.Inner)+uint64(prev.RawLength):
+		return fmt.Errorf("%w: entry %d starts at %d in its frame, expected %d", ErrCorrupt, i, en.Inner, uint64(prev.Inner)+uint64(prev.RawLength))
+	case !inFrame && en.Offset != next:
+		return fmt.Errorf("%w: entry %d at offset %d, expected %d", ErrCorrupt, i, en.Offset, next)
+	case !inFrame && en.Inner != 0:
+		return fmt.Errorf("%w: entry %d starts a frame at %d, not 0", ErrCorrupt, i, en.Inner)
+	case en.Offset+uint64(en.Length) > headerStart:
+		return fmt.Errorf("%w: entry %d runs past the header", ErrCorrupt, i)
+	case en.Storage == Raw && en.Length < en.RawLength:
+		// An encrypted repository adds the AEAD overhead to Length;
+		// the repository checks the exact length when it opens a blob.
+		return fmt.Errorf("%w: raw entry %d has length %d, less than its raw length %d", ErrCorrupt, i, en.Length, en.RawLength)
+	}
+	return nil
 }
 
 // ReadHeader reads the header of a pack of the given size. open may be nil.
@@ -230,7 +329,13 @@ func ReadHeader(r io.ReaderAt, size int64, open Transform) ([]Entry, error) {
 	if _, err := r.ReadAt(m[:], 0); err != nil {
 		return nil, fmt.Errorf("read pack magic: %w", err)
 	}
-	if m != magic {
+	version := 0
+	switch m {
+	case magicV1:
+		version = 1
+	case magicV2:
+		version = 2
+	default:
 		return nil, fmt.Errorf("%w: bad magic %q (not a stasis pack, or a newer format)", ErrCorrupt, m[:])
 	}
 	var tr [TrailerSize]byte
@@ -255,5 +360,5 @@ func ReadHeader(r io.ReaderAt, size int64, open Transform) ([]Entry, error) {
 			return nil, fmt.Errorf("%w: open header: %v", ErrCorrupt, err)
 		}
 	}
-	return DecodeHeader(hdr, uint64(start))
+	return DecodeHeader(hdr, uint64(start), version)
 }

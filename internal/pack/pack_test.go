@@ -10,8 +10,12 @@ import (
 )
 
 func buildPack(t testing.TB, n int) ([]byte, []Entry, blob.ID) {
+	return buildPackVersion(t, n, 1)
+}
+
+func buildPackVersion(t testing.TB, n, version int) ([]byte, []Entry, blob.ID) {
 	var buf bytes.Buffer
-	w, err := NewWriter(&buf)
+	w, err := NewWriter(&buf, version)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +37,13 @@ func buildPack(t testing.TB, n int) ([]byte, []Entry, blob.ID) {
 }
 
 func TestRoundTrip(t *testing.T) {
-	data, want, id := buildPack(t, 5)
+	for _, v := range []int{1, 2} {
+		data, want, id := buildPackVersion(t, 5, v)
+		checkRoundTrip(t, data, want, id)
+	}
+}
+
+func checkRoundTrip(t *testing.T, data []byte, want []Entry, id blob.ID) {
 	if blob.ID(blake3.Sum256(data)) != id {
 		t.Error("pack id is not the BLAKE3 of its bytes")
 	}
@@ -91,4 +101,94 @@ func FuzzReadHeader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// buildFramedPack writes a version 2 pack of a single blob, a frame of
+// three blobs and another single blob; it returns the bytes and the
+// plaintext of each blob.
+func buildFramedPack(t *testing.T) ([]byte, [][]byte) {
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := [][]byte{[]byte("alone"), []byte("first "), []byte("second "), []byte("third"), []byte("last")}
+	ids := make([]blob.ID, len(plain))
+	for i, p := range plain {
+		ids[i] = blob.ID(blake3.Sum256(p))
+	}
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(w.Add(ids[0], blob.Data, Raw, len(plain[0]), plain[0]))
+	frame := bytes.Join(plain[1:4], nil)
+	must(w.AddFrame(blob.Data, FrameRaw, ids[1:4], []uint32{6, 7, 5}, frame))
+	must(w.Add(ids[4], blob.Data, Raw, len(plain[4]), plain[4]))
+	if _, _, err := w.Finish(nil); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), plain
+}
+
+func TestFramesRoundTrip(t *testing.T) {
+	data, plain := buildFramedPack(t)
+	got, err := ReadHeader(bytes.NewReader(data), int64(len(data)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(plain) {
+		t.Fatalf("%d entries, want %d", len(got), len(plain))
+	}
+	for i, e := range got {
+		frame := data[e.Offset : e.Offset+uint64(e.Length)]
+		b := frame[e.Inner : e.Inner+e.RawLength]
+		if !bytes.Equal(b, plain[i]) || e.ID != blob.ID(blake3.Sum256(b)) {
+			t.Errorf("entry %d (%+v) gives %q, want %q", i, e, b, plain[i])
+		}
+	}
+	if !got[1].SameFrame(got[3]) || got[0].SameFrame(got[1]) || got[3].SameFrame(got[4]) {
+		t.Errorf("frames not told apart: %+v", got)
+	}
+}
+
+func TestFramesNeedVersion2(t *testing.T) {
+	w, err := NewWriter(new(bytes.Buffer), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.AddFrame(blob.Data, FrameZstd, []blob.ID{{1}, {2}}, []uint32{1, 1}, []byte("xy")); err == nil {
+		t.Error("a version 1 pack took a frame of several blobs")
+	}
+	if err := w.AddFrame(blob.Data, Raw, []blob.ID{{1}, {2}}, []uint32{1, 1}, []byte("xy")); err == nil {
+		t.Error("storage raw took two blobs")
+	}
+}
+
+// TestFrameDamageIsDetected rewrites entries of a framed pack's header
+// (with a valid checksum) so that they no longer describe one frame.
+func TestFrameDamageIsDetected(t *testing.T) {
+	data, _ := buildFramedPack(t)
+	entries, err := ReadHeader(bytes.NewReader(data), int64(len(data)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := uint64(len(data) - TrailerSize - (8 + len(entries)*EntrySizeV2))
+	for name, edit := range map[string]func(e []Entry){
+		"inner gap":            func(e []Entry) { e[2].Inner++ },
+		"inner at frame start": func(e []Entry) { e[1].Inner = 3 },
+		"length disagrees":     func(e []Entry) { e[2].Length-- },
+		"storage disagrees":    func(e []Entry) { e[2].Storage = FrameZstd },
+		"unknown storage":      func(e []Entry) { e[2].Storage = 9 },
+	} {
+		e := append([]Entry(nil), entries...)
+		edit(e)
+		if _, err := DecodeHeader(EncodeHeader(e, 2), start, 2); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: err = %v, want ErrCorrupt", name, err)
+		}
+		if _, err := DecodeHeader(EncodeHeader(entries, 1), uint64(len(data)), 1); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("frames in a version 1 header: err = %v, want ErrCorrupt", err)
+		}
+	}
 }
