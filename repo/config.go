@@ -115,8 +115,8 @@ type InitOptions struct {
 	// makes a repository of one blob per frame (and a compression
 	// dictionary), as stasis before frames did, for tests and comparisons.
 	Version int
-	DBGlobs    []string
-	Now        time.Time
+	DBGlobs []string
+	Now     time.Time
 
 	// Password protects the first key file of an encrypted repository.
 	Password []byte

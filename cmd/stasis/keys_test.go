@@ -274,7 +274,7 @@ func TestTamperedCiphertextNamedByCheckAndRestore(t *testing.T) {
 	t.Setenv(password.EnvPassword, "tamper password")
 	src := filepath.Join(t.TempDir(), "src")
 	os.MkdirAll(src, 0o755)
-	victim := randomBytes(3, 100<<10) // one chunk (below the default profile's minimum)
+	victim := randomBytes(3, 512<<10) // one chunk (the default profile's minimum) in a frame of its own (not below the frame size)
 	os.WriteFile(filepath.Join(src, "victim.bin"), victim, 0o600)
 	os.WriteFile(filepath.Join(src, "bystander.txt"), []byte("I am fine\n"), 0o600)
 	dir := filepath.Join(t.TempDir(), "repo")

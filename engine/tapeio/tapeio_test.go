@@ -115,7 +115,7 @@ func TestExportEndOfMediaRestores(t *testing.T) {
 // tape restore both decode blobs compressed with it.
 func TestDictionaryTravelsOnTape(t *testing.T) {
 	ctx := context.Background()
-	r := enginetest.NewRepo(t)
+	r := enginetest.NewRepoV1(t) // only version 1 repositories have dictionaries
 	src := t.TempDir()
 	var db bytes.Buffer
 	for i := 0; db.Len() < 2<<20; i++ {

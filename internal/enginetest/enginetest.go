@@ -65,8 +65,19 @@ func Local(dir string) repo.Storage { return backend.NewLocal(dir) }
 // the repository is closed and checked with ReadData; damage fails the test.
 func NewRepo(t testing.TB) *repo.Repository {
 	t.Helper()
+	return newRepo(t, InitOptions())
+}
+
+// NewRepoV1 is NewRepo for a version 1 repository (InitOptionsV1).
+func NewRepoV1(t testing.TB) *repo.Repository {
+	t.Helper()
+	return newRepo(t, InitOptionsV1())
+}
+
+func newRepo(t testing.TB, o repo.InitOptions) *repo.Repository {
+	t.Helper()
 	dir := t.TempDir()
-	r, err := repo.Init(context.Background(), backend.NewLocal(dir+"/repo"), InitOptions(), OpenOptionsIn(dir+"/cache"))
+	r, err := repo.Init(context.Background(), backend.NewLocal(dir+"/repo"), o, OpenOptionsIn(dir+"/cache"))
 	if err != nil {
 		t.Fatalf("init repository: %v", err)
 	}
