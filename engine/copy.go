@@ -29,7 +29,8 @@ type CopyDest interface {
 	Location() string
 	Hash(data []byte) blob.ID
 	HasBlob(id blob.ID) (bool, error)
-	SaveBlob(ctx context.Context, t blob.Type, id blob.ID, data []byte) (repo.SaveResult, error)
+	SaveFrame(ctx context.Context, t blob.Type, blobs []repo.FrameBlob) (repo.FrameResult, error)
+	FrameSize() int
 	SaveTree(ctx context.Context, t *tree.Tree) (blob.ID, repo.SaveResult, error)
 	LoadTree(ctx context.Context, id blob.ID) (*tree.Tree, error)
 	Flush(ctx context.Context) error
@@ -464,30 +465,58 @@ func (c *copier) learn(n, a, b *tree.Node) {
 
 // copyBlobs reads the data blobs ids from the source, hashes them with the
 // destination's key and saves those the destination lacks, on a fixed
-// number of goroutines. owner names a file of each, for messages.
+// number of goroutines, each taking runs of copyRun consecutive ids (of
+// one directory's files, in order) and saving them in frames of the
+// destination's frame size. owner names a file of each, for messages.
 func (c *copier) copyBlobs(ctx context.Context, sn *repo.Snapshot, owner map[blob.ID]string, ids []blob.ID) error {
-	bufs := make([][]byte, workers(len(ids)))
-	return parallel(ctx, len(ids), func(ctx context.Context, w, i int) error {
-		id := ids[i]
-		data, err := c.src.LoadBlob(ctx, id, bufs[w])
-		if err != nil {
-			return &CopySourceError{Snapshot: sn.ID, File: owner[id], Source: c.src.Location(), Err: err}
+	runs := (len(ids) + copyRun - 1) / copyRun
+	return parallel(ctx, runs, func(ctx context.Context, _, k int) error {
+		var frame []repo.FrameBlob
+		var src []blob.ID
+		size := 0
+		save := func() error {
+			err := c.saveFrame(ctx, sn, owner, src, frame)
+			frame, src, size = nil, nil, 0
+			return err
 		}
-		bufs[w] = data
-		c.read.Add(1)
-		d := c.dst.Hash(data)
-		res, err := c.dst.SaveBlob(ctx, blob.Data, d, data)
-		if err != nil {
-			return fmt.Errorf("copy snapshot %s: file %s: save chunk %s to %s: %w", sn.ID.Short(), owner[id], d.Short(), c.dst.Location(), err)
+		for _, id := range ids[k*copyRun : min((k+1)*copyRun, len(ids))] {
+			data, err := c.src.LoadBlob(ctx, id, nil)
+			if err != nil {
+				return &CopySourceError{Snapshot: sn.ID, File: owner[id], Source: c.src.Location(), Err: err}
+			}
+			c.read.Add(1)
+			frame = append(frame, repo.FrameBlob{ID: c.dst.Hash(data), Data: data})
+			src = append(src, id)
+			if size += len(data); size >= c.dst.FrameSize() {
+				if err := save(); err != nil {
+					return err
+				}
+			}
 		}
-		if res.Added {
-			c.added.Add(1)
-			c.addedBytes.Add(int64(len(data)))
-			c.stored.Add(int64(res.Stored))
-		}
-		c.blobs.put(id, d)
-		return nil
+		return save()
 	})
+}
+
+// copyRun is how many consecutive chunks one copy goroutine takes at once.
+const copyRun = 64
+
+// saveFrame saves the copied chunks frame (of the source chunks src) to
+// the destination and records their destination ids.
+func (c *copier) saveFrame(ctx context.Context, sn *repo.Snapshot, owner map[blob.ID]string, src []blob.ID, frame []repo.FrameBlob) error {
+	if len(frame) == 0 {
+		return nil
+	}
+	res, err := c.dst.SaveFrame(ctx, blob.Data, frame)
+	if err != nil {
+		return fmt.Errorf("copy snapshot %s: file %s: save chunk %s to %s: %w", sn.ID.Short(), owner[src[0]], frame[0].ID.Short(), c.dst.Location(), err)
+	}
+	c.added.Add(int64(res.Added))
+	c.addedBytes.Add(res.AddedBytes)
+	c.stored.Add(int64(res.Stored))
+	for i, id := range src {
+		c.blobs.put(id, frame[i].ID)
+	}
+	return nil
 }
 
 // idMap is a bounded, concurrency-safe map of source to destination blob

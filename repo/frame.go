@@ -40,7 +40,8 @@ func (r *Repository) Framed() bool { return r.cfg.framed() }
 func (r *Repository) FrameSize() int { return int(r.cfg.FrameSize) }
 
 // SaveFrame stores those of blobs that are not stored yet (and that no
-// other goroutine is storing) together in one frame, in their order; in a
+// other goroutine is storing) together in frames of about the frame size,
+// in their order (a blob as large as a frame in a frame of its own); in a
 // version 1 repository one by one. It compresses in the caller's
 // goroutine.
 func (r *Repository) SaveFrame(ctx context.Context, t blob.Type, blobs []FrameBlob) (FrameResult, error) {
@@ -73,14 +74,40 @@ func (r *Repository) SaveFrame(ctx context.Context, t blob.Type, blobs []FrameBl
 		}
 		return res, nil
 	}
-	stored, err := r.storeFrame(ctx, t, todo)
-	if err != nil {
-		return res, err
+	// Frames stay below twice the frame size whatever the caller hands
+	// over (readers refuse larger ones): a blob as large as a frame is
+	// stored alone, the others in frames closed once they reach it.
+	var frame []FrameBlob
+	size := 0
+	store := func(blobs []FrameBlob) error {
+		stored, err := r.storeFrame(ctx, t, blobs)
+		if err != nil {
+			return err
+		}
+		for _, b := range blobs {
+			res.add(b, 0)
+		}
+		res.Stored += stored
+		return nil
 	}
-	for _, b := range todo {
-		res.add(b, 0)
+	for i, b := range todo {
+		var err error
+		if len(b.Data) >= r.FrameSize() {
+			err = store(todo[i : i+1])
+		} else if frame, size = append(frame, b), size+len(b.Data); size >= r.FrameSize() {
+			err, frame, size = store(frame), nil, 0
+		}
+		if err != nil {
+			r.unclaim(frame)
+			r.unclaim(todo[i+1:])
+			return res, err
+		}
 	}
-	res.Stored = stored
+	if len(frame) > 0 {
+		if err := store(frame); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
 }
 
