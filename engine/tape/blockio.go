@@ -50,6 +50,45 @@ func (b *blockWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// readFrom reads at most limit bytes from r straight into the pending
+// block (no copy through another buffer), passes every piece read to seen
+// before it is sent, and sends each block as it fills. It returns the
+// number of bytes read, with the error of r (other than io.EOF, which ends
+// the read) as rerr and the device's as werr.
+func (b *blockWriter) readFrom(r io.Reader, limit int64, seen func([]byte)) (n int64, rerr, werr error) {
+	if b.err != nil {
+		return 0, nil, b.err
+	}
+	for n < limit {
+		if b.fill == len(b.buf) {
+			if err := b.send(); err != nil {
+				return n, nil, err
+			}
+		}
+		want := min(int64(len(b.buf)-b.fill), limit-n)
+		c, err := r.Read(b.buf[b.fill : b.fill+int(want)])
+		if c < 0 || int64(c) > want {
+			return n, fmt.Errorf("source reported %d bytes read of %d", c, want), nil
+		}
+		seen(b.buf[b.fill : b.fill+c])
+		b.fill += c
+		b.pos += int64(c)
+		n += int64(c)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return n, err, nil
+		}
+	}
+	if b.fill == len(b.buf) {
+		if err := b.send(); err != nil {
+			return n, nil, err
+		}
+	}
+	return n, nil, nil
+}
+
 // send writes the full pending block in one Write call.
 func (b *blockWriter) send() error {
 	m, err := b.w.Write(b.buf)

@@ -283,7 +283,6 @@ type volWriter struct {
 	bw     *blockWriter
 	spans  []*span
 	hitEOM bool
-	buf    []byte
 	notes  map[string]Note
 }
 
@@ -448,30 +447,17 @@ func (v *volWriter) payload(ctx context.Context, m Member) (Entry, error) {
 	if _, err := v.bw.Write(s.hdr); err != nil {
 		return Entry{}, fmt.Errorf("volume %d: write member %s: %w", v.seq, m.Name, err)
 	}
-	if v.buf == nil {
-		v.buf = make([]byte, 256<<10)
-	}
 	h := blake3.New()
-	var total int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return Entry{}, fmt.Errorf("volume %d: member %s: %w", v.seq, m.Name, err)
-		}
-		n, rerr := rc.Read(v.buf)
-		if total+int64(n) > m.Size {
-			return Entry{}, fmt.Errorf("volume %d: member %s: source is longer than its size %d", v.seq, m.Name, m.Size)
-		}
-		total += int64(n)
-		h.Write(v.buf[:n])
-		if _, err := v.bw.Write(v.buf[:n]); err != nil {
-			return Entry{}, fmt.Errorf("volume %d: write member %s: %w", v.seq, m.Name, err)
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return Entry{}, fmt.Errorf("volume %d: read member %s: %w", v.seq, m.Name, rerr)
-		}
+	total, rerr, werr := v.bw.readFrom(ctxReader{ctx, rc}, m.Size, func(p []byte) { h.Write(p) })
+	if werr != nil {
+		return Entry{}, fmt.Errorf("volume %d: write member %s: %w", v.seq, m.Name, werr)
+	}
+	if rerr != nil {
+		return Entry{}, fmt.Errorf("volume %d: read member %s: %w", v.seq, m.Name, rerr)
+	}
+	var probe [1]byte
+	if n, _ := io.ReadFull(rc, probe[:]); n > 0 && total == m.Size {
+		return Entry{}, fmt.Errorf("volume %d: member %s: source is longer than its size %d", v.seq, m.Name, m.Size)
 	}
 	if total != m.Size {
 		return Entry{}, fmt.Errorf("volume %d: member %s: source has %d bytes, its size is %d", v.seq, m.Name, total, m.Size)
@@ -482,6 +468,20 @@ func (v *volWriter) payload(ctx context.Context, m Member) (Entry, error) {
 	s.done = true
 	s.entry = Entry{Name: m.Name, Size: m.Size, BLAKE3: hex.EncodeToString(h.Sum(nil)), Volume: v.seq}
 	return s.entry, nil
+}
+
+// ctxReader fails reads once its context is done, so that a long member
+// copy stops on cancellation.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // endOfMedia handles the device's end-of-media report while the last span
