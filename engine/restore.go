@@ -71,6 +71,11 @@ type restorer struct {
 	// hard link is made only to one of them, never to a file that was at
 	// the path before (--overwrite) when the first name failed.
 	written map[string]bool
+	// dirLocks serialise the creation of files in one directory. The
+	// kernel holds a directory's lock while it allocates an inode (slow on
+	// ext4 right after a deletion, see walk); workers waiting for it in the
+	// kernel spin on the CPU (rwsem_spin_on_owner), here they sleep.
+	dirLocks map[string]*sync.Mutex
 
 	files, ndirs, others, bytes, selected atomic.Int64
 }
@@ -110,7 +115,7 @@ func Restore(ctx context.Context, r RestoreRepo, sn *repo.Snapshot, opts Restore
 		opts.Workers = 4
 	}
 	rs := &restorer{repo: r, opts: opts, target: target, isRoot: os.Geteuid() == 0, links: map[[2]uint64]string{},
-		written: map[string]bool{}}
+		written: map[string]bool{}, dirLocks: map[string]*sync.Mutex{}}
 	for _, inc := range opts.Includes {
 		rs.includes = append(rs.includes, filepath.Clean("/"+inc))
 	}
@@ -376,7 +381,21 @@ func (rs *restorer) mkdir(p string) error {
 // that is missing or fails verification leaves no file behind and is
 // reported.
 func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) []byte {
+	// A file of one chunk (most small files) has it loaded before the
+	// file is made: decoding overlaps the creation of files by others.
+	var one []byte
+	if c := j.node.Content; len(c) == 1 && !c[0].Hole {
+		var err error
+		if one, err = rs.loadChunk(ctx, c[0], 0, buf); err != nil {
+			rs.problem(j.src, err)
+			return buf
+		}
+		buf = one
+	}
+	lock := rs.dirLock(filepath.Dir(j.path))
+	lock.Lock()
 	fd, name, err := createFile(j.path)
+	lock.Unlock()
 	if err != nil {
 		rs.problem(j.src, err)
 		return buf
@@ -393,7 +412,18 @@ func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) [
 		rs.opts.Progress.Add(0, -covered.Load())
 		rs.problem(j.src, err)
 	}
-	if buf, err = rs.writeContent(ctx, fd, name, j.node.Content, buf, &covered); err != nil {
+	if one != nil {
+		err = pwriteAll(fd, one, 0)
+		if err != nil {
+			err = fmt.Errorf("write %s: %w", name, err)
+		} else {
+			covered.Add(int64(len(one)))
+			rs.opts.Progress.Add(0, int64(len(one)))
+		}
+	} else {
+		buf, err = rs.writeContent(ctx, fd, name, j.node.Content, buf, &covered)
+	}
+	if err != nil {
 		fail(err)
 		return buf
 	}
@@ -507,14 +537,11 @@ func (rs *restorer) writeContent(ctx context.Context, fd int, name string, conte
 				rs.opts.Progress.Add(0, int64(e.Length))
 				continue
 			}
-			data, err := rs.repo.LoadBlob(ctx, e.ID, buf)
+			data, err := rs.loadChunk(ctx, e, off, buf)
 			if err != nil {
-				return buf, fmt.Errorf("chunk at offset %d: %w", off, err)
+				return buf, err
 			}
 			buf = data
-			if uint64(len(data)) != e.Length {
-				return buf, fmt.Errorf("chunk %s at offset %d has %d bytes, tree says %d", e.ID.Short(), off, len(data), e.Length)
-			}
 			if err := pwriteAll(fd, data, off); err != nil {
 				return buf, fmt.Errorf("write %s: %w", name, err)
 			}
@@ -533,6 +560,31 @@ func (rs *restorer) writeContent(ctx context.Context, fd int, name string, conte
 		bufs[w], err = write(ctx, segs[i], bufs[w])
 		return err
 	})
+}
+
+// loadChunk loads (and so verifies) extent e at offset off into buf and
+// checks its length.
+func (rs *restorer) loadChunk(ctx context.Context, e tree.Extent, off int64, buf []byte) ([]byte, error) {
+	data, err := rs.repo.LoadBlob(ctx, e.ID, buf)
+	if err != nil {
+		return nil, fmt.Errorf("chunk at offset %d: %w", off, err)
+	}
+	if uint64(len(data)) != e.Length {
+		return nil, fmt.Errorf("chunk %s at offset %d has %d bytes, tree says %d", e.ID.Short(), off, len(data), e.Length)
+	}
+	return data, nil
+}
+
+// dirLock is the lock that serialises creating files in directory dir.
+func (rs *restorer) dirLock(dir string) *sync.Mutex {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	l := rs.dirLocks[dir]
+	if l == nil {
+		l = &sync.Mutex{}
+		rs.dirLocks[dir] = l
+	}
+	return l
 }
 
 // pwriteAll writes all of data at off.
