@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
@@ -69,6 +71,11 @@ type restorer struct {
 	// hard link is made only to one of them, never to a file that was at
 	// the path before (--overwrite) when the first name failed.
 	written map[string]bool
+	// dirLocks serialise the creation of files in one directory. The
+	// kernel holds a directory's lock while it allocates an inode (slow on
+	// ext4 right after a deletion, see walk); workers waiting for it in the
+	// kernel spin on the CPU (rwsem_spin_on_owner), here they sleep.
+	dirLocks map[string]*sync.Mutex
 
 	files, ndirs, others, bytes, selected atomic.Int64
 }
@@ -108,7 +115,7 @@ func Restore(ctx context.Context, r RestoreRepo, sn *repo.Snapshot, opts Restore
 		opts.Workers = 4
 	}
 	rs := &restorer{repo: r, opts: opts, target: target, isRoot: os.Geteuid() == 0, links: map[[2]uint64]string{},
-		written: map[string]bool{}}
+		written: map[string]bool{}, dirLocks: map[string]*sync.Mutex{}}
 	for _, inc := range opts.Includes {
 		rs.includes = append(rs.includes, filepath.Clean("/"+inc))
 	}
@@ -198,9 +205,15 @@ func (rs *restorer) wanted(p string) (selected, leads bool) {
 
 // dirTree is a directory made by makeDirs and the tree of its entries.
 type dirTree struct {
-	src  string  // its snapshot path
-	tree blob.ID // zero for the root, whose tree restore holds
+	src    string     // its snapshot path
+	tree   blob.ID    // zero for the root, whose tree restore holds
+	loaded *tree.Tree // the tree, kept from makeDirs within treeCacheNodes; nil: load it again
 }
+
+// treeCacheNodes bounds the entries of the trees makeDirs keeps for the
+// second pass, so a directory's tree is loaded (and verified) once, not
+// twice, unless the snapshot has more entries than this.
+const treeCacheNodes = 1 << 20
 
 // walk restores the entries below dir (tree t) in two passes: every
 // directory first (makeDirs), then the files and other entries of each
@@ -212,12 +225,15 @@ type dirTree struct {
 // is as fast as into a fresh directory (docs/benchmarks.md).
 func (rs *restorer) walk(ctx context.Context, dir string, t *tree.Tree, jobs chan<- restoreJob) error {
 	dirs := []dirTree{{src: dir}}
-	if err := rs.makeDirs(ctx, dir, t, &dirs); err != nil {
+	cached := 0
+	if err := rs.makeDirs(ctx, dir, t, &dirs, &cached); err != nil {
 		return err
 	}
 	for _, d := range dirs {
 		sub := t
-		if !d.tree.IsZero() {
+		if d.loaded != nil {
+			sub = d.loaded
+		} else if !d.tree.IsZero() {
 			var err error
 			if sub, err = rs.repo.LoadTree(ctx, d.tree); err != nil {
 				rs.problem(d.src, fmt.Errorf("directory contents cannot be restored: %w", err))
@@ -233,8 +249,9 @@ func (rs *restorer) walk(ctx context.Context, dir string, t *tree.Tree, jobs cha
 
 // makeDirs makes the directories below dir (tree t) that are selected or
 // lead to a selected path, depth first, and appends each whose tree loads
-// to dirs.
-func (rs *restorer) makeDirs(ctx context.Context, dir string, t *tree.Tree, dirs *[]dirTree) error {
+// to dirs, with the tree itself while *cached (entries kept so far) stays
+// within treeCacheNodes.
+func (rs *restorer) makeDirs(ctx context.Context, dir string, t *tree.Tree, dirs *[]dirTree, cached *int) error {
 	for _, n := range t.Nodes {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -267,8 +284,13 @@ func (rs *restorer) makeDirs(ctx context.Context, dir string, t *tree.Tree, dirs
 			rs.problem(src, fmt.Errorf("directory contents cannot be restored: %w", err))
 			continue
 		}
-		*dirs = append(*dirs, dirTree{src: src, tree: n.Subtree})
-		if err := rs.makeDirs(ctx, src, sub, dirs); err != nil {
+		d := dirTree{src: src, tree: n.Subtree}
+		if *cached+len(sub.Nodes) <= treeCacheNodes {
+			d.loaded = sub
+			*cached += len(sub.Nodes)
+		}
+		*dirs = append(*dirs, d)
+		if err := rs.makeDirs(ctx, src, sub, dirs, cached); err != nil {
 			return err
 		}
 	}
@@ -333,6 +355,13 @@ func (rs *restorer) restoreEntries(ctx context.Context, dir string, t *tree.Tree
 }
 
 func (rs *restorer) mkdir(p string) error {
+	err := unix.Mkdir(p, 0o700)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.ENOENT) {
+		return &fs.PathError{Op: "mkdir", Path: p, Err: err}
+	}
 	fi, err := os.Lstat(p)
 	if err == nil && fi.IsDir() {
 		return nil
@@ -345,45 +374,80 @@ func (rs *restorer) mkdir(p string) error {
 	return os.MkdirAll(p, 0o700)
 }
 
-// restoreFile writes one file via a temporary name. A chunk that is missing
-// or fails verification leaves no file behind and is reported.
+// restoreFile writes one file. A new path is written in place; a path
+// that already holds something (--overwrite) gets a temporary file beside
+// it, renamed over it when complete, so the old file stays until the new one
+// is whole. Owner, mode and times are set on the open descriptor. A chunk
+// that is missing or fails verification leaves no file behind and is
+// reported.
 func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) []byte {
-	dir, name := filepath.Split(j.path)
-	f, err := os.CreateTemp(dir, ".stasis-restore-*")
+	// A file of one chunk (most small files) has it loaded before the
+	// file is made: decoding overlaps the creation of files by others.
+	var one []byte
+	if c := j.node.Content; len(c) == 1 && !c[0].Hole {
+		var err error
+		if one, err = rs.loadChunk(ctx, c[0], 0, buf); err != nil {
+			rs.problem(j.src, err)
+			return buf
+		}
+		buf = one
+	}
+	lock := rs.dirLock(filepath.Dir(j.path))
+	lock.Lock()
+	fd, name, err := createFile(j.path)
+	lock.Unlock()
 	if err != nil {
 		rs.problem(j.src, err)
 		return buf
 	}
-	tmp := f.Name()
 	// covered counts the content written so far for progress; a file that
 	// fails takes its bytes back out, so that at the end progress equals
 	// the result.
 	var covered atomic.Int64
 	fail := func(err error) {
-		f.Close()
-		os.Remove(tmp)
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		os.Remove(name)
 		rs.opts.Progress.Add(0, -covered.Load())
 		rs.problem(j.src, err)
 	}
-	if buf, err = rs.writeContent(ctx, f, j.node.Content, buf, &covered); err != nil {
+	if one != nil {
+		err = pwriteAll(fd, one, 0)
+		if err != nil {
+			err = fmt.Errorf("write %s: %w", name, err)
+		} else {
+			covered.Add(int64(len(one)))
+			rs.opts.Progress.Add(0, int64(len(one)))
+		}
+	} else {
+		buf, err = rs.writeContent(ctx, fd, name, j.node.Content, buf, &covered)
+	}
+	if err != nil {
 		fail(err)
 		return buf
 	}
-	if err := f.Truncate(int64(j.node.Size)); err != nil {
+	if needsTruncate(j.node.Content, j.node.Size) {
+		if err := unix.Ftruncate(fd, int64(j.node.Size)); err != nil {
+			fail(fmt.Errorf("truncate %s: %w", name, err))
+			return buf
+		}
+	}
+	if err := rs.applyMetaFd(fd, name, &j.node); err != nil {
 		fail(err)
 		return buf
 	}
-	if err := f.Close(); err != nil {
-		fail(err)
+	err = unix.Close(fd)
+	fd = -1
+	if err != nil {
+		fail(fmt.Errorf("close %s: %w", name, err))
 		return buf
 	}
-	if err := rs.applyMeta(tmp, &j.node); err != nil {
-		fail(err)
-		return buf
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		fail(err)
-		return buf
+	if name != j.path {
+		if err := os.Rename(name, j.path); err != nil {
+			fail(err)
+			return buf
+		}
 	}
 	rs.mu.Lock()
 	rs.written[j.path] = true
@@ -397,6 +461,47 @@ func (rs *restorer) restoreFile(ctx context.Context, j restoreJob, buf []byte) [
 	return buf
 }
 
+// needsTruncate tells whether a new file written with content does not end
+// at size by itself: it ends in a hole, or the extents do not add up to size.
+func needsTruncate(content []tree.Extent, size uint64) bool {
+	if len(content) == 0 {
+		return size > 0
+	}
+	var end uint64
+	for _, e := range content {
+		end += e.Length
+	}
+	return end != size || content[len(content)-1].Hole
+}
+
+// createFile opens a new file at p for writing and returns its descriptor
+// and name. When p already exists (--overwrite) it opens a temporary file
+// in the same directory instead, whose name it returns. The descriptor is a
+// plain one (no poller, no os.File): a small file costs one openat.
+func createFile(p string) (fd int, name string, err error) {
+	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err = unix.Open(p, flags, 0o600)
+	if err == nil {
+		return fd, p, nil
+	}
+	if !errors.Is(err, unix.EEXIST) {
+		return -1, "", fmt.Errorf("create %s: %w", p, err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), ".stasis-restore-*")
+	if err != nil {
+		return -1, "", err
+	}
+	// The descriptor is taken over from f; f must not close it.
+	fd, err = unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		os.Remove(f.Name())
+		return -1, "", fmt.Errorf("dup %s: %w", f.Name(), err)
+	}
+	unix.CloseOnExec(fd)
+	return fd, f.Name(), nil
+}
+
 // bigFileSegment is the amount of a large file's content one goroutine
 // restores at a time: a large file (a database) is written by several
 // goroutines at once, each to its own range, so it does not bound a restore
@@ -406,7 +511,7 @@ const bigFileSegment = 8 << 20
 // writeContent writes extents (holes skipped) to f, verifying every chunk,
 // and adds the length of each extent done to covered and to the progress
 // counts.
-func (rs *restorer) writeContent(ctx context.Context, f *os.File, content []tree.Extent, buf []byte, covered *atomic.Int64) ([]byte, error) {
+func (rs *restorer) writeContent(ctx context.Context, fd int, name string, content []tree.Extent, buf []byte, covered *atomic.Int64) ([]byte, error) {
 	type segment struct {
 		off     int64
 		extents []tree.Extent
@@ -432,16 +537,13 @@ func (rs *restorer) writeContent(ctx context.Context, f *os.File, content []tree
 				rs.opts.Progress.Add(0, int64(e.Length))
 				continue
 			}
-			data, err := rs.repo.LoadBlob(ctx, e.ID, buf)
+			data, err := rs.loadChunk(ctx, e, off, buf)
 			if err != nil {
-				return buf, fmt.Errorf("chunk at offset %d: %w", off, err)
+				return buf, err
 			}
 			buf = data
-			if uint64(len(data)) != e.Length {
-				return buf, fmt.Errorf("chunk %s at offset %d has %d bytes, tree says %d", e.ID.Short(), off, len(data), e.Length)
-			}
-			if _, err := f.WriteAt(data, off); err != nil {
-				return buf, fmt.Errorf("write %s: %w", f.Name(), err)
+			if err := pwriteAll(fd, data, off); err != nil {
+				return buf, fmt.Errorf("write %s: %w", name, err)
 			}
 			off += int64(len(data))
 			covered.Add(int64(len(data)))
@@ -458,6 +560,49 @@ func (rs *restorer) writeContent(ctx context.Context, f *os.File, content []tree
 		bufs[w], err = write(ctx, segs[i], bufs[w])
 		return err
 	})
+}
+
+// loadChunk loads (and so verifies) extent e at offset off into buf and
+// checks its length.
+func (rs *restorer) loadChunk(ctx context.Context, e tree.Extent, off int64, buf []byte) ([]byte, error) {
+	data, err := rs.repo.LoadBlob(ctx, e.ID, buf)
+	if err != nil {
+		return nil, fmt.Errorf("chunk at offset %d: %w", off, err)
+	}
+	if uint64(len(data)) != e.Length {
+		return nil, fmt.Errorf("chunk %s at offset %d has %d bytes, tree says %d", e.ID.Short(), off, len(data), e.Length)
+	}
+	return data, nil
+}
+
+// dirLock is the lock that serialises creating files in directory dir.
+func (rs *restorer) dirLock(dir string) *sync.Mutex {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	l := rs.dirLocks[dir]
+	if l == nil {
+		l = &sync.Mutex{}
+		rs.dirLocks[dir] = l
+	}
+	return l
+}
+
+// pwriteAll writes all of data at off.
+func pwriteAll(fd int, data []byte, off int64) error {
+	for len(data) > 0 {
+		n, err := unix.Pwrite(fd, data, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrShortWrite
+		}
+		data, off = data[n:], off+int64(n)
+	}
+	return nil
 }
 
 func (rs *restorer) restoreLink(l linkJob) {
@@ -512,6 +657,38 @@ func (rs *restorer) restoreSpecial(p string, n *tree.Node) error {
 		return fmt.Errorf("create %s: %w", n.Kind, err)
 	}
 	return rs.applyMeta(p, n)
+}
+
+// applyMetaFd is applyMeta on the open file fd (named name in errors).
+func (rs *restorer) applyMetaFd(fd int, name string, n *tree.Node) error {
+	if rs.isRoot {
+		if err := unix.Fchown(fd, int(n.UID), int(n.GID)); err != nil {
+			return fmt.Errorf("chown %s: %w", name, err)
+		}
+	}
+	if err := unix.Fchmod(fd, n.Mode&0o7777); err != nil {
+		return fmt.Errorf("chmod %s: %w", name, err)
+	}
+	if err := futimens(fd, unix.NsecToTimespec(n.MTime)); err != nil {
+		return fmt.Errorf("set times of %s: %w", name, err)
+	}
+	return nil
+}
+
+// futimens sets the access and modification times of fd to t
+// (utimensat(fd, NULL, ...), which x/sys/unix does not offer).
+func futimens(fd int, t unix.Timespec) error {
+	ts := [2]unix.Timespec{t, t}
+	for {
+		_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return errno
+		}
+		return nil
+	}
 }
 
 // applyMeta sets owner (when root), mode and times, in that order (chown
