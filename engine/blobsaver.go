@@ -49,6 +49,7 @@ type blobSaver struct {
 	// files of a backup, the ends of large ones) into whole frames.
 	tailMu sync.Mutex
 	tail   frameBuilder
+	frames sync.Pool // *[]byte for pendingFrame
 }
 
 // saveJob is a chunk, or a frame of chunks, waiting in the blob saver's queue.
@@ -58,14 +59,24 @@ type saveJob struct {
 	buf     *[]byte // data's buffer, back to the pool once stored
 	replace bool    // the indexed copy does not decode (dictdamage.go)
 
-	frame []pendingChunk // a frame of several chunks instead (id, data unused)
+	frame *pendingFrame // a frame of several chunks instead (id, data unused)
 }
 
-// pendingChunk is a new chunk held for a frame.
-type pendingChunk struct {
-	id   blob.ID
-	data []byte
+// pendingFrame is new chunks gathered for one frame: their bytes back to
+// back in one buffer of the saver's frame pool (the chunks' own buffers
+// went back to their pool at once, so a frame holds no more memory than
+// its bytes).
+type pendingFrame struct {
 	buf  *[]byte
+	ids  []blob.ID
+	ends []int // where each chunk ends in *buf
+}
+
+func (p *pendingFrame) size() int {
+	if p == nil || len(p.ends) == 0 {
+		return 0
+	}
+	return p.ends[len(p.ends)-1]
 }
 
 // newBlobSaver returns a blob saver whose queue holds up to queued chunks
@@ -136,9 +147,8 @@ func (s *blobSaver) newFrame() *frameBuilder { return &frameBuilder{saver: s} }
 // repository's frame size. A chunk as large as a frame, or one that
 // replaces an undecodable copy, is queued on its own.
 type frameBuilder struct {
-	saver  *blobSaver
-	chunks []pendingChunk
-	size   int
+	saver *blobSaver
+	cur   *pendingFrame
 }
 
 // save is blobSaver.save for a chunk of the builder's stream.
@@ -151,48 +161,68 @@ func (f *frameBuilder) save(ctx context.Context, data []byte, buf *[]byte) (blob
 	if replace || len(data) >= s.frameSize {
 		return id, s.enqueue(ctx, saveJob{id: id, data: data, buf: buf, replace: replace})
 	}
-	f.chunks = append(f.chunks, pendingChunk{id: id, data: data, buf: buf})
-	f.size += len(data)
-	if f.size >= s.frameSize {
+	f.add(id, data)
+	s.release(buf)
+	if f.cur.size() >= s.frameSize {
 		return id, f.flush(ctx)
 	}
 	return id, nil
 }
 
+// add copies chunk data into the frame being gathered.
+func (f *frameBuilder) add(id blob.ID, data []byte) {
+	if f.cur == nil {
+		bp, _ := f.saver.frames.Get().(*[]byte)
+		if bp == nil {
+			b := make([]byte, 0, 2*f.saver.frameSize)
+			bp = &b
+		}
+		f.cur = &pendingFrame{buf: bp}
+	}
+	*f.cur.buf = append(*f.cur.buf, data...)
+	f.cur.ids = append(f.cur.ids, id)
+	f.cur.ends = append(f.cur.ends, len(*f.cur.buf))
+}
+
 // flush queues the chunks gathered so far as one frame.
 func (f *frameBuilder) flush(ctx context.Context) error {
-	if len(f.chunks) == 0 {
+	if f.cur == nil {
 		return nil
 	}
-	j := saveJob{frame: f.chunks}
-	if len(f.chunks) == 1 {
-		c := f.chunks[0]
-		j = saveJob{id: c.id, data: c.data, buf: c.buf}
-	}
-	f.chunks, f.size = nil, 0
+	j := saveJob{frame: f.cur}
+	f.cur = nil
 	return f.saver.enqueue(ctx, j)
 }
 
 // finish ends the builder's stream: its last, partial frame joins the
 // saver's shared tail frame, which is queued once it is full (or by close).
 func (f *frameBuilder) finish(ctx context.Context) error {
-	if len(f.chunks) == 0 {
+	p := f.cur
+	if p == nil {
 		return nil
 	}
+	f.cur = nil
 	s := f.saver
+	defer s.putFrame(p)
 	s.tailMu.Lock()
 	defer s.tailMu.Unlock()
-	for _, c := range f.chunks {
-		s.tail.chunks = append(s.tail.chunks, c)
-		s.tail.size += len(c.data)
-		if s.tail.size >= s.frameSize {
+	start := 0
+	for i, id := range p.ids {
+		s.tail.add(id, (*p.buf)[start:p.ends[i]])
+		start = p.ends[i]
+		if s.tail.cur.size() >= s.frameSize {
 			if err := s.tail.flush(ctx); err != nil {
 				return err
 			}
 		}
 	}
-	f.chunks, f.size = nil, 0
 	return nil
+}
+
+// putFrame returns a frame's buffer to the pool.
+func (s *blobSaver) putFrame(p *pendingFrame) {
+	*p.buf = (*p.buf)[:0]
+	s.frames.Put(p.buf)
 }
 
 // haveAll reports whether the repository has all of ids and may reuse
@@ -235,17 +265,17 @@ func (s *blobSaver) run(ctx context.Context) error {
 	return nil
 }
 
-func (s *blobSaver) storeFrame(ctx context.Context, frame []pendingChunk) error {
-	blobs := make([]repo.FrameBlob, len(frame))
-	for i, c := range frame {
-		blobs[i] = repo.FrameBlob{ID: c.id, Data: c.data}
+func (s *blobSaver) storeFrame(ctx context.Context, p *pendingFrame) error {
+	defer s.putFrame(p)
+	blobs := make([]repo.FrameBlob, len(p.ids))
+	start := 0
+	for i, id := range p.ids {
+		blobs[i] = repo.FrameBlob{ID: id, Data: (*p.buf)[start:p.ends[i]]}
+		start = p.ends[i]
 	}
 	res, err := s.repo.SaveFrame(ctx, blob.Data, blobs)
-	for _, c := range frame {
-		s.bufs.Put(c.buf)
-	}
 	if err != nil {
-		return repoError{fmt.Errorf("save a frame of %d chunks from %s: %w", len(frame), frame[0].id.Short(), err)}
+		return repoError{fmt.Errorf("save a frame of %d chunks from %s: %w", len(blobs), blobs[0].ID.Short(), err)}
 	}
 	s.counts.blobsAdded.Add(int64(res.Added))
 	s.counts.bytesAdded.Add(res.AddedBytes)

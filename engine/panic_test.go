@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,13 @@ func (r *buggyRepo) SaveBlob(ctx context.Context, t blob.Type, id blob.ID, data 
 	return r.Repository.SaveBlob(ctx, t, id, data)
 }
 
+func (r *buggyRepo) SaveFrame(ctx context.Context, t blob.Type, blobs []repo.FrameBlob) (repo.FrameResult, error) {
+	if r.in == "SaveFrame" {
+		panic("injected bug in SaveFrame")
+	}
+	return r.Repository.SaveFrame(ctx, t, blobs)
+}
+
 func (r *buggyRepo) SaveTree(ctx context.Context, t *tree.Tree) (blob.ID, repo.SaveResult, error) {
 	switch r.in {
 	case "SaveTree":
@@ -65,6 +73,8 @@ func TestPanicInBackupGoroutineResumes(t *testing.T) {
 
 	small := t.TempDir()
 	os.WriteFile(filepath.Join(small, "a"), []byte("some data"), 0o644)
+	large := t.TempDir()
+	os.WriteFile(filepath.Join(large, "one-chunk"), bytes.Repeat([]byte("frame-sized chunk "), (512<<10)/18+1), 0o644)
 	// Two data regions 40 MiB apart: chunked by parallel goroutines.
 	big := t.TempDir()
 	f, _ := os.Create(filepath.Join(big, "sparse.db"))
@@ -74,7 +84,8 @@ func TestPanicInBackupGoroutineResumes(t *testing.T) {
 
 	for _, tc := range []struct{ in, dir, where string }{
 		{"HasBlob", small, "reading files"},
-		{"SaveBlob", small, "saving chunks"},
+		{"SaveFrame", small, "saving chunks"}, // a small file's chunk joins the tail frame
+		{"SaveBlob", large, "saving chunks"},  // a chunk as large as a frame is saved alone
 		{"SaveTree", small, "saving the tree of"},
 		{"HasBlob", big, "a parallel part of a file"},
 		{"Progress", small, "reporting progress"},
