@@ -364,6 +364,9 @@ func (b *backup) writeSnapshot(ctx context.Context, rootID blob.ID) (*repo.Snaps
 			return nil, fmt.Errorf("backup: the stdin stream of %s was not read to its end", b.stdin.path) // never a snapshot without it
 		}
 	}
+	if err := b.blobs.unstored(); err != nil {
+		return nil, err
+	}
 	if err := b.repo.Flush(ctx); err != nil {
 		return nil, err
 	}

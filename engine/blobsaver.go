@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
@@ -50,6 +51,10 @@ type blobSaver struct {
 	tailMu sync.Mutex
 	tail   frameBuilder
 	frames sync.Pool // *[]byte for pendingFrame
+	// held counts the chunks gathered into frames and not yet queued (nor
+	// dropped with a stream that failed): the snapshot is written only
+	// when it is 0 (unstored).
+	held atomic.Int64
 }
 
 // saveJob is a chunk, or a frame of chunks, waiting in the blob saver's queue.
@@ -182,6 +187,7 @@ func (f *frameBuilder) add(id blob.ID, data []byte) {
 	*f.cur.buf = append(*f.cur.buf, data...)
 	f.cur.ids = append(f.cur.ids, id)
 	f.cur.ends = append(f.cur.ends, len(*f.cur.buf))
+	f.saver.held.Add(1)
 }
 
 // flush queues the chunks gathered so far as one frame.
@@ -191,7 +197,18 @@ func (f *frameBuilder) flush(ctx context.Context) error {
 	}
 	j := saveJob{frame: f.cur}
 	f.cur = nil
+	f.saver.held.Add(-int64(len(j.frame.ids)))
 	return f.saver.enqueue(ctx, j)
+}
+
+// drop forgets the chunks gathered by a stream that failed (its content
+// is not used; a chunk another stream needs is gathered by that one).
+func (f *frameBuilder) drop() {
+	if f.cur != nil {
+		f.saver.held.Add(-int64(len(f.cur.ids)))
+		f.saver.putFrame(f.cur)
+		f.cur = nil
+	}
 }
 
 // finish ends the builder's stream: its last, partial frame joins the
@@ -203,6 +220,7 @@ func (f *frameBuilder) finish(ctx context.Context) error {
 	}
 	f.cur = nil
 	s := f.saver
+	s.held.Add(-int64(len(p.ids))) // added again to the tail
 	defer s.putFrame(p)
 	s.tailMu.Lock()
 	defer s.tailMu.Unlock()
@@ -291,4 +309,13 @@ func (s *blobSaver) close(ctx context.Context) {
 	s.tail.flush(ctx)
 	s.tailMu.Unlock()
 	close(s.queue)
+}
+
+// unstored returns an error when chunks gathered into frames were never
+// queued to be stored: a snapshot would name chunks the repository lacks.
+func (s *blobSaver) unstored() error {
+	if n := s.held.Load(); n != 0 {
+		return fmt.Errorf("backup: %d chunks gathered into frames were not stored (a bug: no snapshot is written; please report it)", n)
+	}
+	return nil
 }

@@ -117,6 +117,7 @@ func (s *fileSaver) chunkReader(ctx context.Context, rd io.Reader, profile repo.
 		}
 		if err != nil {
 			s.blobs.release(buf)
+			frame.drop()
 			return nil, read, err
 		}
 		*buf = c.Data[:0]
@@ -124,6 +125,7 @@ func (s *fileSaver) chunkReader(ctx context.Context, rd io.Reader, profile repo.
 		s.counts.doneBytes.Add(int64(c.Length))
 		id, err := frame.save(ctx, c.Data, buf)
 		if err != nil {
+			frame.drop()
 			return nil, read, err
 		}
 		content = append(content, tree.Extent{ID: id, Length: uint64(c.Length)})
