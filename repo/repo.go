@@ -45,6 +45,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -217,6 +218,10 @@ func Open(ctx context.Context, st backend.Storage, o OpenOptions) (*Repository, 
 		}
 		mk, keyID, err = unlock(ctx, b, dir, pw)
 		clear(pw)
+		// The key derivation (argon2id) used tens of MiB that nothing
+		// needs any more: give them back now, or they stay in the
+		// process's resident set for the whole command.
+		debug.FreeOSMemory()
 		if err != nil {
 			return nil, err
 		}
