@@ -166,7 +166,7 @@ func (r *Repository) storeFrame(ctx context.Context, t blob.Type, blobs []FrameB
 			data, storage = buf, pack.FrameZstd
 		}
 	}
-	data, release := r.sealFrame(t, data)
+	data, release := r.sealStored(data, adFrame(t))
 	defer release()
 	if err := r.packers[t].addFrame(ctx, storage, ids, lens, data); err != nil {
 		return 0, err
@@ -179,19 +179,6 @@ func (r *Repository) storeFrame(ctx context.Context, t blob.Type, blobs []FrameB
 // its type only.
 func adFrame(t blob.Type) []byte {
 	return []byte{'s', 't', 'a', 's', 'i', 's', '-', 'f', 'r', 'a', 'm', 'e', byte(t)}
-}
-
-// sealFrame is sealBlob for a multi-blob frame.
-func (r *Repository) sealFrame(t blob.Type, data []byte) (sealed []byte, release func()) {
-	if r.mk == nil {
-		return data, func() {}
-	}
-	buf, _ := r.sealBufs.Get().(*[]byte)
-	if buf == nil {
-		buf = new([]byte)
-	}
-	*buf = r.mk.Seal((*buf)[:0], data, adFrame(t))
-	return *buf, func() { r.sealBufs.Put(buf) }
 }
 
 // maxFramePlain bounds the plaintext of a multi-blob frame: a frame is

@@ -307,6 +307,13 @@ func (r *Repository) ChangePassword(ctx context.Context, password []byte, p cryp
 // repository (into a pooled buffer; call the returned release once the bytes
 // are written), stored as it is otherwise.
 func (r *Repository) sealBlob(t blob.Type, id blob.ID, stored []byte) (sealed []byte, release func()) {
+	ad := adBlob(t, id)
+	return r.sealStored(stored, ad[:])
+}
+
+// sealStored seals the stored bytes of a frame with additional data ad
+// into a pooled buffer (see sealBlob).
+func (r *Repository) sealStored(stored, ad []byte) (sealed []byte, release func()) {
 	if r.mk == nil {
 		return stored, func() {}
 	}
@@ -314,8 +321,7 @@ func (r *Repository) sealBlob(t blob.Type, id blob.ID, stored []byte) (sealed []
 	if buf == nil {
 		buf = new([]byte)
 	}
-	ad := adBlob(t, id)
-	*buf = r.mk.Seal((*buf)[:0], stored, ad[:])
+	*buf = r.mk.Seal((*buf)[:0], stored, ad)
 	return *buf, func() { r.sealBufs.Put(buf) }
 }
 
