@@ -9,6 +9,7 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -237,13 +238,20 @@ func (r *Repository) readFramed(ctx context.Context, id blob.ID, loc index.Locat
 		return nil, fmt.Errorf("blob %s in pack %s: %w: the index gives its frame %d bytes and the blob %d bytes at %d, more than a frame can have; the index is damaged or was tampered with (run `stasis repair index`)",
 			id, loc.Pack, ErrCorruptBlob, loc.Length, loc.RawLength, loc.Inner)
 	}
-	frame, err := r.frames.get(frameKey{loc.Pack, loc.Offset, loc.Length}, func() ([]byte, error) {
+	load := func() ([]byte, error) {
 		raw := make([]byte, loc.Length)
 		if err := r.packs.readAt(ctx, loc.Pack, raw, int64(loc.Offset)); err != nil {
 			return nil, fmt.Errorf("read blob %s from pack %s: %w", id, loc.Pack, err)
 		}
 		return r.decodeFrame(id, loc.Type, loc.Storage, raw, nil)
-	})
+	}
+	key := frameKey{loc.Pack, loc.Offset, loc.Length}
+	frame, err := r.frames.get(key, load)
+	if err != nil && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		// Another reader of this frame (a mount's request) was cancelled
+		// while it loaded the frame for both: load it again.
+		frame, err = r.frames.get(key, load)
+	}
 	if err != nil {
 		return nil, err
 	}
