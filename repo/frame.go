@@ -302,10 +302,10 @@ func (c *frameCache) get(k frameKey, load func() ([]byte, error)) ([]byte, error
 	c.entries = append(c.entries, e)
 	c.mu.Unlock()
 	e.plain, e.err = load()
-	close(e.done)
 	if e.err != nil {
-		c.drop(e)
+		c.drop(e) // before the waiters wake: one that loads again starts afresh
 	}
+	close(e.done)
 	return e.plain, e.err
 }
 
