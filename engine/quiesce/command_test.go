@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -91,6 +92,10 @@ func TestCommandTimeoutKillsGroup(t *testing.T) {
 func TestCommandCancelKillsGroup(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	fifo := filepath.Join(t.TempDir(), "fifo")
+	// Opening a fifo no one writes to blocks: the command runs until cancel.
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	s, err := Command{Argv: []string{"/bin/sh", "-c", "echo go; read x < " + fifo}, Grace: time.Second}.Start(ctx)
 	if err != nil {
 		t.Fatal(err)
