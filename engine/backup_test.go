@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -374,6 +375,14 @@ func TestLargeSparseFileRestoresByRanges(t *testing.T) {
 	target := t.TempDir()
 	restore(t, r, sn, engine.RestoreOptions{Target: target})
 	compareTrees(t, dir, filepath.Join(target, dir))
+	// The parts are allocated before they are written: the hole must not be.
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(target, p), &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 25<<20 {
+		t.Errorf("the restored file uses %d bytes of disk: its 16 MiB hole was allocated", used)
+	}
 }
 
 func TestDiffBetweenDays(t *testing.T) {

@@ -529,30 +529,36 @@ func (rs *restorer) writeContent(ctx context.Context, fd int, name string, conte
 	}
 	segs = append(segs, segment{off - segBytes, content[start:]})
 	write := func(ctx context.Context, s segment, buf []byte) ([]byte, error) {
-		off := s.off
+		w := runWriter{fd: fd, name: name, off: s.off, buf: buf[:0], done: func(n int64) {
+			covered.Add(n)
+			rs.opts.Progress.Add(0, n)
+		}}
+		if cap(w.buf) < restoreWriteSize {
+			w.buf = make([]byte, 0, restoreWriteSize)
+		}
 		for _, e := range s.extents {
 			if e.Hole {
-				off += int64(e.Length)
-				covered.Add(int64(e.Length))
-				rs.opts.Progress.Add(0, int64(e.Length))
+				if err := w.skip(int64(e.Length)); err != nil {
+					return w.buf, err
+				}
 				continue
 			}
-			data, err := rs.loadChunk(ctx, e, off, buf)
+			if err := w.reserve(int(e.Length)); err != nil {
+				return w.buf, err
+			}
+			data, err := rs.loadChunk(ctx, e, w.end(), w.buf[len(w.buf):len(w.buf)])
 			if err != nil {
-				return buf, err
+				return w.buf, err
 			}
-			buf = data
-			if err := pwriteAll(fd, data, off); err != nil {
-				return buf, fmt.Errorf("write %s: %w", name, err)
-			}
-			off += int64(len(data))
-			covered.Add(int64(len(data)))
-			rs.opts.Progress.Add(0, int64(len(data)))
+			w.add(data)
 		}
-		return buf, nil
+		return w.buf, w.flush()
 	}
 	if len(segs) == 1 {
 		return write(ctx, segs[0], buf)
+	}
+	if err := preallocate(fd, content); err != nil {
+		return buf, fmt.Errorf("allocate %s: %w", name, err)
 	}
 	bufs := make([][]byte, workers(len(segs)))
 	return buf, parallel(ctx, len(segs), func(ctx context.Context, w, i int) error {
@@ -560,6 +566,106 @@ func (rs *restorer) writeContent(ctx context.Context, fd int, name string, conte
 		bufs[w], err = write(ctx, segs[i], bufs[w])
 		return err
 	})
+}
+
+// preallocate allocates the data (not the holes) of a large file before
+// its parts are written at once: ext4 then maps each page written to a
+// block it already has instead of reserving one per page (a third of the
+// kernel's time in a restore of a 1 GiB database), and a full disk shows
+// before any content is decoded. A filesystem without fallocate is written
+// as it is.
+func preallocate(fd int, content []tree.Extent) error {
+	var off, run int64
+	for i, e := range content {
+		if !e.Hole {
+			run += int64(e.Length)
+		}
+		if (e.Hole || i == len(content)-1) && run > 0 {
+			start := off - run
+			if !e.Hole {
+				start += int64(e.Length)
+			}
+			err := unix.Fallocate(fd, 0, start, run)
+			if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			run = 0
+		}
+		off += int64(e.Length)
+	}
+	return nil
+}
+
+// restoreWriteSize is how much of a file's consecutive content a restore
+// gathers before one pwrite: one system call (and one take of the inode's
+// lock, which the writers of a large file share) per MiB, not per chunk.
+const restoreWriteSize = 1 << 20
+
+// runWriter gathers consecutive chunks of a file in buf, the content at
+// off, and writes them with one pwrite when buf is full, at a hole and at
+// the end. done is told how many bytes each write (or hole) covered.
+type runWriter struct {
+	fd   int
+	name string
+	off  int64
+	buf  []byte
+	done func(n int64)
+}
+
+// end is the file offset just past the gathered bytes.
+func (w *runWriter) end() int64 { return w.off + int64(len(w.buf)) }
+
+// reserve makes room for n more bytes in buf, writing what is gathered
+// first when they do not fit.
+func (w *runWriter) reserve(n int) error {
+	if len(w.buf)+n <= cap(w.buf) {
+		return nil
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	if n > cap(w.buf) {
+		w.buf = make([]byte, 0, n)
+	}
+	return nil
+}
+
+// add appends data, which a loader may already have put in place at the
+// end of buf (in the room reserve made).
+func (w *runWriter) add(data []byte) {
+	n := len(w.buf)
+	if len(data) > 0 && &w.buf[n : n+1][0] == &data[0] {
+		w.buf = w.buf[:n+len(data)]
+		return
+	}
+	w.buf = append(w.buf, data...)
+}
+
+// skip writes what is gathered and moves past a hole of n bytes.
+func (w *runWriter) skip(n int64) error {
+	if err := w.flush(); err != nil {
+		return err
+	}
+	w.off += n
+	w.done(n)
+	return nil
+}
+
+// flush writes the gathered bytes.
+func (w *runWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	if err := pwriteAll(w.fd, w.buf, w.off); err != nil {
+		return fmt.Errorf("write %s: %w", w.name, err)
+	}
+	w.off += int64(len(w.buf))
+	w.done(int64(len(w.buf)))
+	w.buf = w.buf[:0]
+	return nil
 }
 
 // loadChunk loads (and so verifies) extent e at offset off into buf and
