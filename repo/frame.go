@@ -188,11 +188,16 @@ func adFrame(t blob.Type) []byte {
 func (r *Repository) maxFramePlain() uint64 { return 2 * uint64(r.cfg.FrameSize) }
 
 // decodeFrame opens (in an encrypted repository) and decompresses the
-// stored bytes of a multi-blob frame of type t, appending to buf[:0].
+// stored bytes of a multi-blob frame of type t, appending to buf[:0]. With
+// scratch, stored is the caller's to lose: it is opened in place.
 // Errors match ErrCorruptBlob; first names the frame in them.
-func (r *Repository) decodeFrame(first blob.ID, t blob.Type, storage pack.Storage, stored, buf []byte) ([]byte, error) {
+func (r *Repository) decodeFrame(first blob.ID, t blob.Type, storage pack.Storage, stored, buf []byte, scratch bool) ([]byte, error) {
 	if r.mk != nil {
-		opened, err := r.mk.Open(nil, stored, adFrame(t))
+		var dst []byte
+		if scratch && len(stored) >= crypto.NonceSize {
+			dst = stored[crypto.NonceSize:crypto.NonceSize]
+		}
+		opened, err := r.mk.Open(dst, stored, adFrame(t))
 		if err != nil {
 			return nil, fmt.Errorf("frame of blob %s: %w: %v", first, ErrCorruptBlob, err)
 		}
@@ -239,11 +244,18 @@ func (r *Repository) readFramed(ctx context.Context, id blob.ID, loc index.Locat
 			id, loc.Pack, ErrCorruptBlob, loc.Length, loc.RawLength, loc.Inner)
 	}
 	load := func() ([]byte, error) {
-		raw := make([]byte, loc.Length)
+		bp := storedFrames.Get().(*[]byte)
+		defer storedFrames.Put(bp)
+		if cap(*bp) < int(loc.Length) {
+			*bp = make([]byte, loc.Length)
+		}
+		raw := (*bp)[:loc.Length]
 		if err := r.packs.readAt(ctx, loc.Pack, raw, int64(loc.Offset)); err != nil {
 			return nil, fmt.Errorf("read blob %s from pack %s: %w", id, loc.Pack, err)
 		}
-		return r.decodeFrame(id, loc.Type, loc.Storage, raw, nil)
+		// The decoded frame is a new slice (it is cached); raw goes back
+		// to the pool.
+		return r.decodeFrame(id, loc.Type, loc.Storage, raw, nil, true)
 	}
 	key := frameKey{loc.Pack, loc.Offset, loc.Length}
 	frame, err := r.frames.get(key, load)
@@ -257,6 +269,9 @@ func (r *Repository) readFramed(ctx context.Context, id blob.ID, loc index.Locat
 	}
 	return r.blobInFrame(id, loc.Inner, loc.RawLength, frame, buf)
 }
+
+// storedFrames holds buffers for frames as stored, read from packs.
+var storedFrames = sync.Pool{New: func() any { return new([]byte) }}
 
 // frameKey names a frame: its pack, offset and stored length.
 type frameKey struct {
@@ -344,7 +359,7 @@ func (d *BlobDecoder) Decode(p blob.ID, e pack.Entry, stored, buf []byte) ([]byt
 	k := frameKey{p, e.Offset, e.Length}
 	if !d.valid || d.key != k {
 		d.key, d.valid = k, true
-		d.frame, d.err = d.r.decodeFrame(e.ID, e.Type, e.Storage, stored, d.frame)
+		d.frame, d.err = d.r.decodeFrame(e.ID, e.Type, e.Storage, stored, d.frame, false)
 	}
 	if d.err != nil {
 		return nil, d.err
