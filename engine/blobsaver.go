@@ -99,8 +99,20 @@ func newBlobSaver(r blobRepo, counts *backupCounts, queued, frameSize int) *blob
 // with release.
 func (s *blobSaver) buffer() *[]byte { return s.bufs.Get().(*[]byte) }
 
-// release puts back a buffer that holds no chunk to save.
-func (s *blobSaver) release(buf *[]byte) { s.bufs.Put(buf) }
+// release puts back a buffer that holds no chunk to save. A buffer grown
+// for a large chunk (up to 8 MiB) is left to the collector instead: kept, it
+// would hold its size for every small chunk after it, and a few of them
+// made most of a backup's peak memory.
+func (s *blobSaver) release(buf *[]byte) {
+	if cap(*buf) > maxPooledChunk {
+		return
+	}
+	s.bufs.Put(buf)
+}
+
+// maxPooledChunk is the largest chunk buffer the pool keeps: a few chunks
+// of the default profile's average size (1 MiB).
+const maxPooledChunk = 2 << 20
 
 // save hashes data (held in buf, whose ownership passes to the saver) and
 // queues it to be stored on its own unless the repository has it already
@@ -270,7 +282,7 @@ func (s *blobSaver) run(ctx context.Context) error {
 		} else {
 			res, err = s.repo.SaveBlob(ctx, blob.Data, job.id, job.data)
 		}
-		s.bufs.Put(job.buf)
+		s.release(job.buf)
 		if err != nil {
 			return repoError{fmt.Errorf("save chunk %s: %w", job.id.Short(), err)}
 		}

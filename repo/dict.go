@@ -133,6 +133,14 @@ func (r *Repository) loadCompressor(ctx context.Context) (c *compressor, problem
 	}
 	level := zstd.EncoderLevelFromZstd(r.cfg.CompressionLevel)
 	encOpts := []zstd.EOption{zstd.WithEncoderLevel(level), zstd.WithEncoderCRC(false)}
+	if r.cfg.framed() {
+		// A frame is at most 2 × FrameSize: a window as large holds all
+		// of it, and each encoder's history stays that small (the default
+		// 8 MiB window was a third of a backup's peak heap). A blob alone
+		// larger than that (a chunk up to 8 MiB) finds matches within the
+		// window only.
+		encOpts = append(encOpts, zstd.WithWindowSize(frameWindow(r.cfg.FrameSize)))
+	}
 	decOpts := []zstd.DOption{zstd.WithDecoderMaxMemory(1 << 30)}
 	c = &compressor{dicts: len(names), files: files, ids: ids, bad: bad}
 	if c.plain, err = zstd.NewWriter(nil, encOpts...); err != nil {
@@ -237,4 +245,14 @@ func (r *Repository) DictNames(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("list compression dictionaries of %s: %w", r.loc, err)
 	}
 	return names, nil
+}
+
+// frameWindow is the zstd window for frames of frameSize: the smallest
+// power of two that holds a whole frame (2 × frameSize).
+func frameWindow(frameSize int64) int {
+	w := zstd.MinWindowSize
+	for int64(w) < 2*frameSize && w < zstd.MaxWindowSize {
+		w *= 2
+	}
+	return w
 }

@@ -169,3 +169,50 @@ func TestFrameLocationBeyondAFrameIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// A backup of many small chunks writes an index file every 65,536 blobs,
+// before it has 64 packs, so that the entries it holds for the next index
+// file stay bounded (and a crash loses the deduplication of fewer).
+func TestIndexFileEveryManyBlobs(t *testing.T) {
+	dir := t.TempDir()
+	o := enginetest.InitOptions()
+	o.PackSize = 1 << 20
+	r, err := repo.Init(ctx, enginetest.Local(filepath.Join(dir, "repo")), o, enginetest.OpenOptionsIn(filepath.Join(dir, "cache")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	rng := rand.New(rand.NewSource(3))
+	const n = 70000 // 300 random bytes each: ≈ 21 packs of 1 MiB, far from 64
+	var frame []repo.FrameBlob
+	for i := 0; i < n; i++ {
+		b := make([]byte, 300)
+		rng.Read(b)
+		frame = append(frame, repo.FrameBlob{ID: r.Hash(b), Data: b})
+		if len(frame) == 1000 || i == n-1 {
+			if _, err := r.SaveFrame(ctx, blob.Data, frame); err != nil {
+				t.Fatal(err)
+			}
+			frame = nil
+		}
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "repo", "index", "*"))
+	packs, _ := filepath.Glob(filepath.Join(dir, "repo", "packs", "*", "*"))
+	if len(packs) >= 64 {
+		t.Fatalf("%d packs: the test means fewer than 64", len(packs))
+	}
+	if len(files) != 2 {
+		t.Errorf("%d index files for %d blobs in %d packs, want 2 (one at 65,536 blobs, one at the end)", len(files), n, len(packs))
+	}
+	r2, err := repo.Open(ctx, enginetest.Local(filepath.Join(dir, "repo")), enginetest.OpenOptionsIn(filepath.Join(t.TempDir(), "cache")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if blobs, _, err := r2.IndexCounts(); err != nil || blobs != n {
+		t.Errorf("a fresh cache indexes %d blobs (%v), want %d", blobs, err, n)
+	}
+}

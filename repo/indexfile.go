@@ -43,6 +43,11 @@ const (
 	// packs' worth of deduplication, never data), and the size of the files
 	// prune writes when it consolidates.
 	packsPerIndexFile = 64
+	// blobsPerIndexFile is the other bound of a backup's index file: a
+	// backup of small chunks (a database) fills one with 65,536 blobs
+	// (≈ 4.6 MiB of index file) before 64 packs, so that the entries it
+	// keeps in memory until then stay bounded.
+	blobsPerIndexFile = 1 << 16
 )
 
 var adIndex = []byte("stasis-index")
@@ -226,15 +231,17 @@ func (r *Repository) IndexFiles(ctx context.Context) ([]string, error) {
 // names yet.
 type unsavedIndex struct {
 	packs []index.IndexedPack
+	blobs int // entries in packs
 }
 
 // writeIndex writes an index file for the packs stored since the last one,
-// if any. The packer calls it every packsPerIndexFile packs, and Flush at
+// if any. The packer calls it after every pack (it writes one once
+// packsPerIndexFile packs or blobsPerIndexFile blobs wait), and Flush at
 // its end.
 func (r *Repository) writeIndex(ctx context.Context, all bool) error {
 	r.unsavedMu.Lock()
 	defer r.unsavedMu.Unlock()
-	if len(r.unsaved.packs) == 0 || (!all && len(r.unsaved.packs) < packsPerIndexFile) {
+	if len(r.unsaved.packs) == 0 || (!all && len(r.unsaved.packs) < packsPerIndexFile && r.unsaved.blobs < blobsPerIndexFile) {
 		return nil
 	}
 	name, err := r.SaveIndexFile(ctx, r.unsaved.packs)
@@ -242,7 +249,7 @@ func (r *Repository) writeIndex(ctx context.Context, all bool) error {
 		return err
 	}
 	r.markKnown(name)
-	r.unsaved.packs = nil
+	r.unsaved.packs, r.unsaved.blobs = nil, 0
 	if !r.idx.ReadOnly() {
 		if err := r.idx.AddFile(name, nil); err != nil {
 			return fmt.Errorf("record index file %s in the cache: %w", name, err)

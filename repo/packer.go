@@ -203,6 +203,7 @@ func (p *packer) finish(ctx context.Context, o *openPackFile) error {
 		return fmt.Errorf("index pack %s: %w", id, err)
 	}
 	r.unsaved.packs = append(r.unsaved.packs, index.IndexedPack{ID: id, Size: size, Entries: entries})
+	r.unsaved.blobs += len(entries)
 	r.unsavedMu.Unlock()
 	p.forget(entries)
 	return r.writeIndex(ctx, false)

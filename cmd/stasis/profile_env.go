@@ -1,16 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
+	"time"
 )
 
 // startProfiles honours STASIS_CPUPROFILE=FILE and STASIS_MEMPROFILE=FILE,
-// for measuring a real command (docs/benchmarks.md). The returned function
-// writes the profiles; it is a no-op when neither is set.
+// for measuring a real command (docs/benchmarks.md). The heap profile is
+// the one taken when the live heap was largest (it is checked every 10 ms),
+// so it shows what makes the peak RSS, not what is left at the end. The
+// returned function writes the profiles; it is a no-op when neither is set.
 func startProfiles(stderr io.Writer) func() {
 	cpu, mem := os.Getenv("STASIS_CPUPROFILE"), os.Getenv("STASIS_MEMPROFILE")
 	var cpuFile *os.File
@@ -25,21 +30,66 @@ func startProfiles(stderr io.Writer) func() {
 			cpuFile = f
 		}
 	}
+	var peak *heapPeak
+	if mem != "" {
+		peak = watchHeapPeak()
+	}
 	return func() {
 		if cpuFile != nil {
 			pprof.StopCPUProfile()
 			cpuFile.Close()
 		}
-		if mem != "" {
-			f, err := os.Create(mem)
-			if err == nil {
-				runtime.GC()
-				err = pprof.Lookup("heap").WriteTo(f, 0)
-				f.Close()
-			}
-			if err != nil {
+		if peak != nil {
+			if err := os.WriteFile(mem, peak.stop(), 0o644); err != nil {
 				fmt.Fprintf(stderr, "stasis: STASIS_MEMPROFILE: %v\n", err)
+			} else {
+				fmt.Fprintf(stderr, "stasis: heap profile at the largest live heap seen (%.1f MiB) in %s\n", float64(peak.max)/(1<<20), mem)
 			}
 		}
 	}
+}
+
+// heapPeak keeps the heap profile taken at the largest live heap seen.
+type heapPeak struct {
+	done, stopped chan struct{}
+	max           uint64
+	profile       []byte
+}
+
+func watchHeapPeak() *heapPeak {
+	p := &heapPeak{done: make(chan struct{}), stopped: make(chan struct{})}
+	go func() {
+		defer close(p.stopped)
+		sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			metrics.Read(sample)
+			if live := sample[0].Value.Uint64(); live > p.max+p.max/20 || p.profile == nil {
+				var b bytes.Buffer
+				if pprof.Lookup("heap").WriteTo(&b, 0) == nil {
+					p.max, p.profile = live, b.Bytes()
+				}
+			}
+			select {
+			case <-p.done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return p
+}
+
+// stop ends the watch and returns the profile of the peak.
+func (p *heapPeak) stop() []byte {
+	close(p.done)
+	<-p.stopped
+	if p.profile == nil {
+		runtime.GC()
+		var b bytes.Buffer
+		pprof.Lookup("heap").WriteTo(&b, 0)
+		return b.Bytes()
+	}
+	return p.profile
 }

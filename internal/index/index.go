@@ -85,9 +85,11 @@ type Index struct {
 
 	damaged atomic.Bool // a transaction panicked: remove the file at Close
 
-	mu      sync.RWMutex
-	overlay map[blob.ID]Location // blobs not in the file
-	oPacks  map[blob.ID]PackInfo // packs not in the file
+	mu        sync.RWMutex
+	overlay   map[blob.ID]overlayLoc // blobs not in the file
+	oPackIDs  []blob.ID              // the packs overlayLoc.pack numbers
+	oPackNums map[blob.ID]uint32     // and their numbers
+	oPacks    map[blob.ID]PackInfo   // packs not in the file
 }
 
 // Location says where a blob is stored: the frame that holds it (Offset
@@ -154,7 +156,7 @@ func open(path string, repoID []byte, opts Options, dbp **bolt.DB) (*Index, erro
 	if err != nil {
 		return nil, fmt.Errorf("open index cache %s: %w", path, err)
 	}
-	ix := &Index{db: db, path: path, readOnly: opts.ReadOnly, overlay: map[blob.ID]Location{}, oPacks: map[blob.ID]PackInfo{}}
+	ix := &Index{db: db, path: path, readOnly: opts.ReadOnly, overlay: map[blob.ID]overlayLoc{}, oPackNums: map[blob.ID]uint32{}, oPacks: map[blob.ID]PackInfo{}}
 	// A writable open writes only to make a new file: a commit would change
 	// the txid and disown the saved filter.
 	err = db.View(func(tx *bolt.Tx) error { return checkMeta(tx, repoID) })
@@ -302,7 +304,7 @@ func (ix *Index) probe(id blob.ID) (loc Location, inOverlay, ruledOut bool) {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	if l, ok := ix.overlay[id]; ok {
-		return l, true, false
+		return ix.location(l), true, false
 	}
 	return Location{}, false, ix.filt != nil && !ix.filt.mayHave(id)
 }
@@ -557,7 +559,9 @@ func (ix *Index) EachBlob(fn func(id blob.ID, loc Location) error) error {
 	}
 	ix.mu.RLock()
 	blobs := make(map[blob.ID]Location, len(ix.overlay))
-	maps.Copy(blobs, ix.overlay)
+	for id, l := range ix.overlay {
+		blobs[id] = ix.location(l)
+	}
 	ix.mu.RUnlock()
 	for id, loc := range blobs {
 		if err := fn(id, loc); err != nil {

@@ -20,8 +20,27 @@ func (ix *Index) overlayLookup(id blob.ID) (Location, bool) {
 	if len(ix.overlay) == 0 {
 		return Location{}, false
 	}
-	loc, ok := ix.overlay[id]
-	return loc, ok
+	l, ok := ix.overlay[id]
+	if !ok {
+		return Location{}, false
+	}
+	return ix.location(l), true
+}
+
+// overlayLoc is a blob's location in the overlay, its pack named by its
+// place in oPackIDs: 24 bytes instead of Location's 64, for an overlay that
+// holds every new blob of a backup (a third of its peak heap before).
+type overlayLoc struct {
+	pack                             uint32
+	typ                              blob.Type
+	storage                          pack.Storage
+	offset, length, rawLength, inner uint32
+}
+
+// location expands l; ix.mu is held.
+func (ix *Index) location(l overlayLoc) Location {
+	return Location{Pack: ix.oPackIDs[l.pack], Type: l.typ, Storage: l.storage, Offset: uint64(l.offset),
+		Length: l.length, RawLength: l.rawLength, Inner: l.inner}
 }
 
 // addOverlay records a pack in the overlay. A blob the overlay already
@@ -31,6 +50,12 @@ func (ix *Index) overlayLookup(id blob.ID) (Location, bool) {
 func (ix *Index) addOverlay(id blob.ID, size uint64, entries []pack.Entry) error {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	num, ok := ix.oPackNums[id]
+	if !ok {
+		num = uint32(len(ix.oPackIDs))
+		ix.oPackIDs = append(ix.oPackIDs, id)
+		ix.oPackNums[id] = num
+	}
 	ix.oPacks[id] = PackInfo{Size: size, Count: uint32(len(entries)), Type: packType(entries)}
 	for _, e := range entries {
 		if _, ok := ix.overlay[e.ID]; ok {
@@ -39,7 +64,8 @@ func (ix *Index) addOverlay(id blob.ID, size uint64, entries []pack.Entry) error
 		if e.Offset > 1<<32-1 {
 			return fmt.Errorf("index: blob %s at offset %d: packs larger than 4 GiB are not supported", e.ID.Short(), e.Offset)
 		}
-		ix.overlay[e.ID] = LocationOf(id, e)
+		ix.overlay[e.ID] = overlayLoc{pack: num, typ: e.Type, storage: e.Storage, offset: uint32(e.Offset),
+			length: e.Length, rawLength: e.RawLength, inner: e.Inner}
 	}
 	return nil
 }
@@ -170,6 +196,8 @@ func (ix *Index) Reset() error {
 	ix.mu.Lock()
 	clear(ix.overlay)
 	clear(ix.oPacks)
+	clear(ix.oPackNums)
+	ix.oPackIDs = nil
 	ix.filt.free()
 	ix.filt = newFilter(0)
 	ix.filt.dirty = true
