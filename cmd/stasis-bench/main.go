@@ -37,6 +37,11 @@
 // --stasis-encrypt). Figures: wall, CPU, peak RSS, and the repository size
 // after each backup (du of the directory; the sum of the object sizes under
 // the prefix); one table per backend.
+//
+// floor applies the daily change to a workload of its own (WORK/floor) and
+// prints the floor of the daily growth: only the changed database pages, the
+// log's new bytes and the new files, compressed with zstd in 512 KiB frames
+// at three levels (runFloor).
 package main
 
 import (
@@ -143,8 +148,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runProfile(ctx, o, stdout, log)
 	case "s3":
 		err = runS3(ctx, o, stdout, log)
+	case "floor":
+		err = runFloor(ctx, o, stdout, log)
 	default:
-		fmt.Fprintf(stderr, "stasis-bench: unknown command %q: use run, scale, profile or s3\n", cmd)
+		fmt.Fprintf(stderr, "stasis-bench: unknown command %q: use run, scale, profile, s3 or floor\n", cmd)
 		return 2
 	}
 	return exitCode(err, stderr)
