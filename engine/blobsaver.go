@@ -99,12 +99,12 @@ func newBlobSaver(r blobRepo, counts *backupCounts, queued, frameSize int) *blob
 // with release.
 func (s *blobSaver) buffer() *[]byte { return s.bufs.Get().(*[]byte) }
 
-// release puts back a buffer that holds no chunk to save. A buffer grown
+// release puts back a buffer that holds no chunk to save (nil: none). A buffer grown
 // for a large chunk (up to 8 MiB) is left to the collector instead: kept, it
 // would hold its size for every small chunk after it, and a few of them
 // made most of a backup's peak memory.
 func (s *blobSaver) release(buf *[]byte) {
-	if cap(*buf) > maxPooledChunk {
+	if buf == nil || cap(*buf) > maxPooledChunk {
 		return
 	}
 	s.bufs.Put(buf)
@@ -119,18 +119,18 @@ const maxPooledChunk = 2 << 20
 // (and may reuse it). It returns the chunk's id. It blocks while the queue
 // is full; when ctx ends first it returns ctx.Err().
 func (s *blobSaver) save(ctx context.Context, data []byte, buf *[]byte) (blob.ID, error) {
-	id, isNew, replace, err := s.lookup(ctx, data, buf)
+	id := s.repo.Hash(data)
+	isNew, replace, err := s.lookup(ctx, id, buf)
 	if err != nil || !isNew {
 		return id, err
 	}
 	return id, s.enqueue(ctx, saveJob{id: id, data: data, buf: buf, replace: replace})
 }
 
-// lookup hashes data and reports whether it must be stored (isNew), and
-// whether in place of an indexed copy that does not decode (replace). A
-// chunk that need not be stored has its buffer released.
-func (s *blobSaver) lookup(ctx context.Context, data []byte, buf *[]byte) (id blob.ID, isNew, replace bool, err error) {
-	id = s.repo.Hash(data)
+// lookup reports whether the chunk id must be stored (isNew), and whether
+// in place of an indexed copy that does not decode (replace). A chunk that
+// need not be stored has its buffer released.
+func (s *blobSaver) lookup(ctx context.Context, id blob.ID, buf *[]byte) (isNew, replace bool, err error) {
 	has, err := s.repo.HasBlob(id)
 	if err == nil && has {
 		has, err = s.usable(ctx, id)
@@ -138,13 +138,13 @@ func (s *blobSaver) lookup(ctx context.Context, data []byte, buf *[]byte) (id bl
 	}
 	if err != nil {
 		s.release(buf)
-		return id, false, false, repoError{fmt.Errorf("look up chunk %s: %w", id.Short(), err)}
+		return false, false, repoError{fmt.Errorf("look up chunk %s: %w", id.Short(), err)}
 	}
 	if has {
 		s.release(buf)
-		return id, false, false, nil
+		return false, false, nil
 	}
-	return id, true, replace, nil
+	return true, replace, nil
 }
 
 func (s *blobSaver) enqueue(ctx context.Context, j saveJob) error {
@@ -170,20 +170,33 @@ type frameBuilder struct {
 
 // save is blobSaver.save for a chunk of the builder's stream.
 func (f *frameBuilder) save(ctx context.Context, data []byte, buf *[]byte) (blob.ID, error) {
+	id := f.saver.repo.Hash(data)
+	return id, f.saveHashed(ctx, id, data, buf)
+}
+
+// saveHashed is save for a chunk whose id the caller has computed from
+// data (Hash). With buf nil, data stays the caller's: it is copied only if
+// it is to be stored.
+func (f *frameBuilder) saveHashed(ctx context.Context, id blob.ID, data []byte, buf *[]byte) error {
 	s := f.saver
-	id, isNew, replace, err := s.lookup(ctx, data, buf)
+	isNew, replace, err := s.lookup(ctx, id, buf)
 	if err != nil || !isNew {
-		return id, err
+		return err
 	}
 	if replace || len(data) >= s.frameSize {
-		return id, s.enqueue(ctx, saveJob{id: id, data: data, buf: buf, replace: replace})
+		if buf == nil {
+			buf = s.buffer()
+			*buf = append((*buf)[:0], data...)
+			data = *buf
+		}
+		return s.enqueue(ctx, saveJob{id: id, data: data, buf: buf, replace: replace})
 	}
 	f.add(id, data)
 	s.release(buf)
 	if f.cur.size() >= s.frameSize {
-		return id, f.flush(ctx)
+		return f.flush(ctx)
 	}
-	return id, nil
+	return nil
 }
 
 // add copies chunk data into the frame being gathered.

@@ -216,7 +216,11 @@ func (s *fileSaver) readFile(ctx context.Context, job *fileJob, profile repo.Chu
 		// re-reads the original instead of reusing this older content.
 		n.MTime = bn.MTime
 	}
-	content, read, err := s.chunkFile(ctx, f, int64(bn.Size), profile, ck)
+	var guide *parentChunks
+	if job.parent != nil && job.parent.Kind == tree.File {
+		guide = newParentChunks(job.parent.Content, int(profile.Max))
+	}
+	content, read, err := s.chunkFile(ctx, f, int64(bn.Size), profile, ck, guide)
 	s.counts.bytesRead.Add(read)
 	if err != nil {
 		return false, err

@@ -192,3 +192,56 @@ func TestFileSpansSplitAtTheChunkWindow(t *testing.T) {
 		t.Errorf("spans %+v: want them to end at %d with a cut at %d", spans, size, engine.ChunkWindow)
 	}
 }
+
+// A changed file is chunked with its chunks in the parent snapshot as a
+// guide (unchanged stretches are hashed, not run through the chunker): the
+// chunks must be exactly those the chunker alone makes, after pages
+// rewritten in place, pages appended, and bytes inserted (a shift that the
+// chunker must resynchronise after).
+func TestGuidedChunkingMakesTheChunkersChunks(t *testing.T) {
+	dir := t.TempDir()
+	db, log := filepath.Join(dir, "X500.db"), filepath.Join(dir, "tx.log")
+	rng := rand.New(rand.NewSource(21))
+	writePages(t, db, 10240, rng) // 40 MiB: two chunk windows, chunked at once
+	big := make([]byte, 12<<20)
+	rng.Read(big)
+	if err := os.WriteFile(log, big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := enginetest.NewRepo(t)
+	backup(t, r, day1, dir)
+
+	f, err := os.OpenFile(db, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pg := range []int64{0, 3, 700, 701, 702, 4000, 8191, 8192, 10239} {
+		f.WriteAt(page(rng), pg*4096)
+	}
+	f.WriteAt(page(rng), 10240*4096) // appended
+	f.Close()
+	shifted := append(append(append([]byte(nil), big[:5<<20]...), "inserted"...), big[5<<20:]...)
+	if err := os.WriteFile(log, shifted, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	guided := backup(t, r, day1.Add(24*time.Hour), dir)
+	if guided.Summary.FilesChanged != 2 {
+		t.Fatalf("%d files changed, want 2", guided.Summary.FilesChanged)
+	}
+	fresh := enginetest.NewRepo(t) // same id key and polynomial: same chunk ids
+	plain := backup(t, fresh, day1.Add(24*time.Hour), dir)
+	for _, p := range []string{db, log} {
+		g, c := lookup(t, r, guided, p).Content, lookup(t, fresh, plain, p).Content
+		if len(g) != len(c) {
+			t.Fatalf("%s: %d chunks with the guide, %d by the chunker alone", p, len(g), len(c))
+		}
+		for i := range g {
+			if g[i] != c[i] {
+				t.Fatalf("%s: chunk %d is %s (%d bytes) with the guide, %s (%d bytes) by the chunker alone", p, i, g[i].ID.Short(), g[i].Length, c[i].ID.Short(), c[i].Length)
+			}
+		}
+	}
+	target := t.TempDir()
+	restore(t, r, guided, engine.RestoreOptions{Target: target})
+	compareTrees(t, dir, filepath.Join(target, dir))
+}
