@@ -234,11 +234,11 @@ func (r *blockReader) bytes(off int64, n int) ([]byte, error) {
 	return r.block[:min(n, got)], nil
 }
 
-// parentChunks are the data chunks of a file's node in the parent
-// snapshot, by the offset they start at.
+// parentChunks are the chunks of a file's node in the parent snapshot, by
+// the offset they start at (8 bytes per extent beside the node's own).
 type parentChunks struct {
-	offsets []int64 // ascending
-	chunks  []tree.Extent
+	offsets []int64 // of every extent, ascending
+	content []tree.Extent
 }
 
 // newParentChunks returns the guide of a file whose parent node has
@@ -246,36 +246,40 @@ type parentChunks struct {
 // file was chunked with another profile then: its chunks would not be the
 // chunker's now).
 func newParentChunks(content []tree.Extent, max int) *parentChunks {
-	var g parentChunks
+	g := parentChunks{offsets: make([]int64, len(content)), content: content}
 	var off int64
-	for _, e := range content {
+	data := false
+	for i, e := range content {
 		if !e.Hole && e.Length > uint64(max) {
 			return nil
 		}
-		if !e.Hole && e.Length > 0 {
-			g.offsets = append(g.offsets, off)
-			g.chunks = append(g.chunks, e)
-		}
+		data = data || !e.Hole
+		g.offsets[i] = off
 		off += int64(e.Length)
 	}
-	if len(g.chunks) == 0 {
+	if !data {
 		return nil
 	}
 	return &g
 }
 
-// at returns the parent chunk that starts at off, if one does.
+// at returns the parent's data chunk that starts at off, if one does.
 func (g *parentChunks) at(off int64) (tree.Extent, bool) {
 	i, ok := slices.BinarySearch(g.offsets, off)
-	if !ok {
+	// A zero-length extent shares its offset with the next one: take the
+	// last extent at off.
+	for ok && i+1 < len(g.offsets) && g.offsets[i+1] == off {
+		i++
+	}
+	if !ok || g.content[i].Hole {
 		return tree.Extent{}, false
 	}
-	return g.chunks[i], true
+	return g.content[i], true
 }
 
-// starts reports whether a parent chunk starts at off.
+// starts reports whether a parent data chunk starts at off.
 func (g *parentChunks) starts(off int64) bool {
-	_, ok := slices.BinarySearch(g.offsets, off)
+	_, ok := g.at(off)
 	return ok
 }
 

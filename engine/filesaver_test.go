@@ -208,9 +208,18 @@ func TestGuidedChunkingMakesTheChunkersChunks(t *testing.T) {
 	if err := os.WriteFile(log, big, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	sparse := filepath.Join(dir, "sparse.db") // data, a hole, data
+	writePages(t, sparse, 2048, rng)
+	sf, _ := os.OpenFile(sparse, os.O_RDWR, 0)
+	sf.WriteAt(bytes.Repeat(page(rng), 256), 30<<20)
+	sf.Close()
 	r := enginetest.NewRepo(t)
 	backup(t, r, day1, dir)
 
+	sf, _ = os.OpenFile(sparse, os.O_RDWR, 0)
+	sf.WriteAt(page(rng), 100*4096)
+	sf.WriteAt(page(rng), 30<<20+4096)
+	sf.Close()
 	f, err := os.OpenFile(db, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -225,12 +234,12 @@ func TestGuidedChunkingMakesTheChunkersChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	guided := backup(t, r, day1.Add(24*time.Hour), dir)
-	if guided.Summary.FilesChanged != 2 {
-		t.Fatalf("%d files changed, want 2", guided.Summary.FilesChanged)
+	if guided.Summary.FilesChanged != 3 {
+		t.Fatalf("%d files changed, want 3", guided.Summary.FilesChanged)
 	}
 	fresh := enginetest.NewRepo(t) // same id key and polynomial: same chunk ids
 	plain := backup(t, fresh, day1.Add(24*time.Hour), dir)
-	for _, p := range []string{db, log} {
+	for _, p := range []string{db, log, sparse} {
 		g, c := lookup(t, r, guided, p).Content, lookup(t, fresh, plain, p).Content
 		if len(g) != len(c) {
 			t.Fatalf("%s: %d chunks with the guide, %d by the chunker alone", p, len(g), len(c))
