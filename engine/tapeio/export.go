@@ -24,7 +24,6 @@ import (
 	"github.com/stasisbackup/stasis/engine/tape"
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
-	"github.com/stasisbackup/stasis/repo/tree"
 )
 
 // ExportOptions tune Export.
@@ -123,7 +122,7 @@ func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOp
 // left out (config and keys are always written: they are small and keys
 // change).
 func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool) ([]tape.Member, int, error) {
-	l := &memberList{r: r, skip: skip, havePack: map[string]bool{}}
+	l := &memberList{r: r, skip: skip, havePack: map[string]bool{}, needs: newPackFinder(r)}
 	// Snapshots first, then packs: every pack a listed snapshot needs was
 	// stored before the snapshot, so a backup committing meanwhile cannot
 	// make a listed snapshot's pack look missing.
@@ -172,6 +171,7 @@ type memberList struct {
 	out      []tape.Member
 	skipped  int             // names left out because they are in skip
 	havePack map[string]bool // pack file names known to be stored
+	needs    *packFinder     // the packs each snapshot needs
 }
 
 // member returns the member of repository file name, of size bytes.
@@ -225,7 +225,7 @@ func (l *memberList) addSnapshot(ctx context.Context, sn *repo.Snapshot) error {
 		return err
 	}
 	m.Time = sn.Time
-	if m.Needs, err = neededPacks(ctx, l.r, sn); err != nil {
+	if m.Needs, err = l.needs.snapshot(ctx, sn); err != nil {
 		return err
 	}
 	for _, p := range m.Needs {
@@ -262,51 +262,4 @@ func (l *memberList) addFiles(ctx context.Context, names []string, skippable boo
 		l.out = append(l.out, m)
 	}
 	return nil
-}
-
-// neededPacks returns the sorted pack file names holding the trees and
-// chunks of snapshot sn.
-func neededPacks(ctx context.Context, r *repo.Repository, sn *repo.Snapshot) ([]string, error) {
-	packs := map[string]bool{}
-	add := func(id blob.ID) error {
-		loc, ok, err := r.LookupBlob(ctx, id)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("blob %s of snapshot %s is not in the index; run `stasis check`", id.Short(), sn.ID.Short())
-		}
-		packs[repo.PackName(loc.Pack)] = true
-		return nil
-	}
-	if err := add(sn.Tree); err != nil {
-		return nil, fmt.Errorf("tape export: %w", err)
-	}
-	err := engine.Walk(ctx, r, sn, "", func(_ string, n *tree.Node) error {
-		if n.Kind == tree.Dir {
-			return add(n.Subtree)
-		}
-		for _, id := range n.Lists {
-			if err := add(id); err != nil {
-				return err
-			}
-		}
-		for _, e := range n.Content {
-			if !e.Hole {
-				if err := add(e.ID); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("tape export: walk snapshot %s: %w", sn.ID.Short(), err)
-	}
-	out := make([]string, 0, len(packs))
-	for p := range packs {
-		out = append(out, p)
-	}
-	sort.Strings(out)
-	return out, nil
 }
