@@ -112,6 +112,13 @@ func (m missingBlob) LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]by
 	return m.Repository.LoadBlob(ctx, id, buf)
 }
 
+func (m missingBlob) LoadBlobAt(ctx context.Context, id blob.ID, loc repo.Location, buf []byte) ([]byte, error) {
+	if id == m.id {
+		return buf, fmt.Errorf("blob %s: %w", id.Short(), repo.ErrBlobNotFound)
+	}
+	return m.Repository.LoadBlobAt(ctx, id, loc, buf)
+}
+
 // check --read-data counts every pack it reads, of all the packs there are.
 func TestProgressCheckReadDataReachesTotals(t *testing.T) {
 	f := newFixture(t, 13)

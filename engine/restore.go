@@ -25,6 +25,8 @@ import (
 type RestoreRepo interface {
 	LoadTree(ctx context.Context, id blob.ID) (*tree.Tree, error)
 	LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]byte, error)
+	LookupBlobs(ctx context.Context, ids []blob.ID) ([]repo.Location, []bool, error)
+	LoadBlobAt(ctx context.Context, id blob.ID, loc repo.Location, buf []byte) ([]byte, error)
 }
 
 var _ RestoreRepo = (*repo.Repository)(nil)
@@ -536,7 +538,11 @@ func (rs *restorer) writeContent(ctx context.Context, fd int, name string, conte
 		if cap(w.buf) < restoreWriteSize {
 			w.buf = make([]byte, 0, restoreWriteSize)
 		}
-		for _, e := range s.extents {
+		locs, err := rs.locate(ctx, s.extents)
+		if err != nil {
+			return w.buf, err
+		}
+		for i, e := range s.extents {
 			if e.Hole {
 				if err := w.skip(int64(e.Length)); err != nil {
 					return w.buf, err
@@ -546,7 +552,7 @@ func (rs *restorer) writeContent(ctx context.Context, fd int, name string, conte
 			if err := w.reserve(int(e.Length)); err != nil {
 				return w.buf, err
 			}
-			data, err := rs.loadChunk(ctx, e, w.end(), w.buf[len(w.buf):len(w.buf)])
+			data, err := rs.loadChunkAt(ctx, e, locs[i], w.end(), w.buf[len(w.buf):len(w.buf)])
 			if err != nil {
 				return w.buf, err
 			}
@@ -668,10 +674,52 @@ func (w *runWriter) flush() error {
 	return nil
 }
 
+// locate looks up the chunks of extents in one read of the index; an
+// extent whose chunk is not found (or a hole) gets nil, and loadChunkAt
+// loads it by id (and names what is missing).
+func (rs *restorer) locate(ctx context.Context, extents []tree.Extent) ([]*repo.Location, error) {
+	ids := make([]blob.ID, 0, len(extents))
+	for _, e := range extents {
+		if !e.Hole {
+			ids = append(ids, e.ID)
+		}
+	}
+	found, ok, err := rs.repo.LookupBlobs(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("look up chunks: %w", err)
+	}
+	locs := make([]*repo.Location, len(extents))
+	j := 0
+	for i, e := range extents {
+		if e.Hole {
+			continue
+		}
+		if ok[j] {
+			locs[i] = &found[j]
+		}
+		j++
+	}
+	return locs, nil
+}
+
+// loadChunkAt is loadChunk for a chunk at loc (nil: look it up).
+func (rs *restorer) loadChunkAt(ctx context.Context, e tree.Extent, loc *repo.Location, off int64, buf []byte) ([]byte, error) {
+	if loc == nil {
+		return rs.loadChunk(ctx, e, off, buf)
+	}
+	data, err := rs.repo.LoadBlobAt(ctx, e.ID, *loc, buf)
+	return rs.checkChunk(e, off, data, err)
+}
+
 // loadChunk loads (and so verifies) extent e at offset off into buf and
 // checks its length.
 func (rs *restorer) loadChunk(ctx context.Context, e tree.Extent, off int64, buf []byte) ([]byte, error) {
 	data, err := rs.repo.LoadBlob(ctx, e.ID, buf)
+	return rs.checkChunk(e, off, data, err)
+}
+
+// checkChunk checks what loading extent e at offset off gave.
+func (rs *restorer) checkChunk(e tree.Extent, off int64, data []byte, err error) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("chunk at offset %d: %w", off, err)
 	}

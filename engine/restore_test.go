@@ -10,6 +10,7 @@ import (
 
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/internal/enginetest"
+	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
 )
 
@@ -19,6 +20,10 @@ type unreadableChunks struct{ engine.RestoreRepo }
 
 func (unreadableChunks) LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]byte, error) {
 	return nil, errors.New("chunk " + id.Short() + " is damaged")
+}
+
+func (u unreadableChunks) LoadBlobAt(ctx context.Context, id blob.ID, _ repo.Location, buf []byte) ([]byte, error) {
+	return u.LoadBlob(ctx, id, buf)
 }
 
 // With --overwrite into a target that holds an older version of a

@@ -183,7 +183,10 @@ func TestIndexFileEveryManyBlobs(t *testing.T) {
 	}
 	defer r.Close()
 	rng := rand.New(rand.NewSource(3))
-	const n = 70000 // 300 random bytes each: ≈ 21 packs of 1 MiB, far from 64
+	// 300 random bytes each: ≈ 40 packs of 1 MiB, fewer than 64. Packs are
+	// finished in the background, so a few more than 65,536 blobs may go
+	// into one index file; twice as many make two files in any order.
+	const n = 140000
 	var frame []repo.FrameBlob
 	for i := 0; i < n; i++ {
 		b := make([]byte, 300)
@@ -204,8 +207,8 @@ func TestIndexFileEveryManyBlobs(t *testing.T) {
 	if len(packs) >= 64 {
 		t.Fatalf("%d packs: the test means fewer than 64", len(packs))
 	}
-	if len(files) != 2 {
-		t.Errorf("%d index files for %d blobs in %d packs, want 2 (one at 65,536 blobs, one at the end)", len(files), n, len(packs))
+	if len(files) < 2 || len(files) > 3 {
+		t.Errorf("%d index files for %d blobs in %d packs, want 2 or 3 (one at each 65,536 blobs, one at the end)", len(files), n, len(packs))
 	}
 	r2, err := repo.Open(ctx, enginetest.Local(filepath.Join(dir, "repo")), enginetest.OpenOptionsIn(filepath.Join(t.TempDir(), "cache")))
 	if err != nil {

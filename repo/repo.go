@@ -483,6 +483,12 @@ func (r *Repository) LoadBlob(ctx context.Context, id blob.ID, buf []byte) ([]by
 	if !ok {
 		return nil, fmt.Errorf("blob %s: %w in the index (run `stasis check`)", id, ErrBlobNotFound)
 	}
+	return r.LoadBlobAt(ctx, id, loc, buf)
+}
+
+// LoadBlobAt is LoadBlob for a blob whose location the caller looked up
+// (LookupBlobs).
+func (r *Repository) LoadBlobAt(ctx context.Context, id blob.ID, loc index.Location, buf []byte) ([]byte, error) {
 	data, err := r.ReadBlobAt(ctx, id, loc, buf)
 	if err != nil && isDamage(err) {
 		// In a repository that lost a dictionary, a later backup may

@@ -45,5 +45,24 @@ func (r *Repository) LookupBlob(ctx context.Context, id blob.ID) (Location, bool
 	return r.lookupAfterCatchUp(ctx, id)
 }
 
+// LookupBlobs is LookupBlob for many blobs, in one read of the index: the
+// locations of a large file's chunks cost one transaction, not one each. A
+// blob this view lacks is looked up again after taking in other clients'
+// index files, as LookupBlob does.
+func (r *Repository) LookupBlobs(ctx context.Context, ids []blob.ID) ([]Location, []bool, error) {
+	locs, found, err := r.idx.LookupMany(ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, ok := range found {
+		if !ok {
+			if locs[i], found[i], err = r.lookupAfterCatchUp(ctx, ids[i]); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	return locs, found, nil
+}
+
 // IndexCounts returns the number of indexed blobs and packs.
 func (r *Repository) IndexCounts() (blobs, packs int, err error) { return r.idx.Counts() }

@@ -337,12 +337,18 @@ func decodeLocation(tx *bolt.Tx, b []byte) (Location, error) {
 	if len(id) != blob.IDSize {
 		return Location{}, fmt.Errorf("index names pack number %d, which it does not record (run `stasis repair index`)", num)
 	}
-	l := Location{Pack: blob.ID(id), Type: blob.Type(b[4]), Storage: pack.Storage(b[5])}
+	return locationOf(blob.ID(id), b), nil
+}
+
+// locationOf decodes blob record b (of blobValueSize bytes) of a blob in
+// pack packID.
+func locationOf(packID blob.ID, b []byte) Location {
+	l := Location{Pack: packID, Type: blob.Type(b[4]), Storage: pack.Storage(b[5])}
 	l.Offset = uint64(binary.LittleEndian.Uint32(b[6:]))
 	l.Length = binary.LittleEndian.Uint32(b[10:])
 	l.RawLength = binary.LittleEndian.Uint32(b[14:])
 	l.Inner = binary.LittleEndian.Uint32(b[18:])
-	return l, nil
+	return l
 }
 
 // packNumber returns the number of pack id, assigning the next one (and
@@ -392,6 +398,43 @@ func (ix *Index) Lookup(id blob.ID) (loc Location, ok bool, err error) {
 		return err
 	})
 	return loc, ok, err
+}
+
+// LookupMany is Lookup for many ids in one read transaction: locs[i] and
+// found[i] are those of ids[i]. A pack's number is resolved once per call.
+func (ix *Index) LookupMany(ids []blob.ID) (locs []Location, found []bool, err error) {
+	locs, found = make([]Location, len(ids)), make([]bool, len(ids))
+	err = ix.view(func(tx *bolt.Tx) error {
+		blobs, nums := tx.Bucket(bucketBlobs), tx.Bucket(bucketPackNums)
+		packs := map[uint32]blob.ID{}
+		for i, id := range ids {
+			loc, in, out := ix.probe(id)
+			if in || out {
+				locs[i], found[i] = loc, in
+				continue
+			}
+			v := blobs.Get(id[:])
+			if v == nil {
+				continue
+			}
+			if len(v) != blobValueSize {
+				return fmt.Errorf("index entry of %d bytes, want %d (run `stasis repair index`)", len(v), blobValueSize)
+			}
+			num := binary.LittleEndian.Uint32(v)
+			pack, ok := packs[num]
+			if !ok {
+				pid := nums.Get(packNumKey(num))
+				if len(pid) != blob.IDSize {
+					return fmt.Errorf("index names pack number %d, which it does not record (run `stasis repair index`)", num)
+				}
+				pack = blob.ID(pid)
+				packs[num] = pack
+			}
+			locs[i], found[i] = locationOf(pack, v), true
+		}
+		return nil
+	})
+	return locs, found, err
 }
 
 // Has reports whether blob id is indexed.

@@ -86,3 +86,46 @@ func TestPackNumbers(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// LookupMany gives, for every id, what Lookup gives: blobs of the file in
+// several packs, of the read-only overlay, and absent ones.
+func TestLookupManyIsLookup(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix, err := Open(path, []byte("repo"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seed := byte(1); seed <= 3; seed++ {
+		if err := ix.AddPack(blob.ID{seed}, 1000, entries(seed, 5)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ix.Close()
+	ro, err := Open(path, []byte("repo"), Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := ro.AddPack(blob.ID{9}, 500, entries(9, 2)); err != nil { // the overlay
+		t.Fatal(err)
+	}
+	var ids []blob.ID
+	for _, seed := range []byte{3, 9, 1, 7, 2} { // 7: never indexed
+		for _, e := range entries(seed, 2) {
+			ids = append(ids, e.ID)
+		}
+	}
+	locs, found, err := ro.LookupMany(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		loc, ok, err := ro.Lookup(id)
+		if err != nil || loc != locs[i] || ok != found[i] {
+			t.Errorf("blob %s: LookupMany %+v %v, Lookup %+v %v %v", id.Short(), locs[i], found[i], loc, ok, err)
+		}
+		if want := id[0] != 7; ok != want {
+			t.Errorf("blob %s: found %v, want %v", id.Short(), ok, want)
+		}
+	}
+}
