@@ -16,6 +16,10 @@ import (
 // writes version 1 repositories, whose packs hold one blob per frame.
 const FormatVersion = 2
 
+// DefaultCompressionLevel is the zstd level of a new repository: zstd's
+// fastest encoder (levels 1 and 2 are the same one here).
+const DefaultCompressionLevel = 2
+
 // DefaultFrameSize is the frame size of a new repository: small chunks of
 // one file (and the small files of a backup) are compressed and sealed
 // together, up to this many plaintext bytes per frame.
@@ -83,7 +87,7 @@ type Config struct {
 	Profiles          map[ProfileName]ChunkProfile `json:"profiles"`
 	DBGlobs           []string                     `json:"db_globs"` // files chunked with profile ProfileNameDB
 	Compression       Compression                  `json:"compression"`
-	CompressionLevel  int                          `json:"compression_level"` // zstd encoder level (1 fastest .. 4 best)
+	CompressionLevel  int                          `json:"compression_level"` // zstd level, 1..22 (EncoderLevelFromZstd: 1-2 fastest, 3-5 default, 6-9 better, 10+ best)
 	PackSize          int64                        `json:"pack_size"`         // target pack size in bytes
 	// FrameSize is the largest plaintext of a frame of several blobs
 	// (version 2); 0 in version 1, whose frames hold one blob each.
@@ -117,6 +121,9 @@ type InitOptions struct {
 	Version int
 	DBGlobs []string
 	Now     time.Time
+	// CompressionLevel is the zstd level of every blob written (1..22);
+	// 0 means DefaultCompressionLevel.
+	CompressionLevel int
 
 	// Password protects the first key file of an encrypted repository.
 	Password []byte
@@ -154,7 +161,7 @@ func newConfig(o InitOptions) (Config, error) {
 		Created: o.Now, ChunkerPolynomial: strconv.FormatUint(uint64(pol), 16),
 		IDKey:    hex.EncodeToString(key),
 		Profiles: map[ProfileName]ChunkProfile{ProfileNameDefault: ProfileDefault, ProfileNameDB: ProfileDB},
-		DBGlobs:  o.DBGlobs, Compression: CompressionZstd, CompressionLevel: 2, PackSize: o.PackSize,
+		DBGlobs:  o.DBGlobs, Compression: CompressionZstd, CompressionLevel: o.CompressionLevel, PackSize: o.PackSize,
 		Encrypted: !o.InsecureNoPassword, FrameSize: o.FrameSize,
 	}
 	switch o.Version {
@@ -166,6 +173,9 @@ func newConfig(o InitOptions) (Config, error) {
 		c.Version, c.FrameSize = 1, 0
 	default:
 		return Config{}, fmt.Errorf("%w %d: this stasis creates versions 1 and %d", ErrVersion, o.Version, FormatVersion)
+	}
+	if c.CompressionLevel == 0 {
+		c.CompressionLevel = DefaultCompressionLevel
 	}
 	if c.Created.IsZero() {
 		c.Created = time.Now()
@@ -243,6 +253,9 @@ func (c Config) validatePublic() error {
 	}
 	if c.Compression != CompressionZstd && c.Compression != CompressionNone {
 		return fmt.Errorf("config: unknown compression %q", c.Compression)
+	}
+	if c.Compression == CompressionZstd && (c.CompressionLevel < 1 || c.CompressionLevel > 22) {
+		return fmt.Errorf("config: compression_level %d out of range 1..22", c.CompressionLevel)
 	}
 	if c.PackSize < 1<<16 || c.PackSize > 1<<30 {
 		return fmt.Errorf("config: pack_size %d out of range", c.PackSize)

@@ -9,11 +9,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
 
-// runFloor measures the floor of the daily change's repository growth: the
+// runFloor measures two floors of repository size on the workload. First
+// the initial backup's: the tree's content alone (no trees, index or pack
+// headers), the database, the log and the small files each compressed with
+// zstd in 512 KiB and 2 MiB frames at three levels, with the compression's
+// speed on one core. Then the daily change's growth: the
 // bytes no backup tool can avoid storing however it chunks, the database
 // pages that changed (compared page by page with the day before), the
 // bytes appended to the log and the new files, each compressed with zstd in
@@ -25,6 +30,9 @@ func runFloor(_ context.Context, o options, stdout io.Writer, log func(string, .
 	w.Root = filepath.Join(o.work, "floor", "srv", "zoomserv")
 	log("generating workload in %s", w.Root)
 	if _, err := w.Generate(); err != nil {
+		return err
+	}
+	if err := initialFloor(stdout, w.Root); err != nil {
 		return err
 	}
 	day0, err := os.ReadFile(w.DBPath())
@@ -107,10 +115,61 @@ func newFiles(root, marker string) ([]byte, error) {
 }
 
 // framed is the size of data compressed by enc in 512 KiB frames.
-func framed(enc *zstd.Encoder, data []byte) int64 {
+func framed(enc *zstd.Encoder, data []byte) int64 { return framedIn(enc, data, 512<<10) }
+
+// framedIn is the size of data compressed by enc in frames of frame bytes.
+func framedIn(enc *zstd.Encoder, data []byte, frame int) int64 {
 	var n int64
-	for i := 0; i < len(data); i += 512 << 10 {
-		n += int64(len(enc.EncodeAll(data[i:min(i+512<<10, len(data))], nil)))
+	for i := 0; i < len(data); i += frame {
+		n += int64(len(enc.EncodeAll(data[i:min(i+frame, len(data))], nil)))
 	}
 	return n
+}
+
+// initialFloor prints the size of the tree's content at root compressed in
+// frames, by part, and how fast each level compressed it (one core).
+func initialFloor(stdout io.Writer, root string) error {
+	parts := map[string][]byte{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		k := "small files"
+		switch d.Name() {
+		case "X500.db":
+			k = "database"
+		case "tx.log":
+			k = "log"
+		}
+		parts[k] = append(parts[k], b...)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Floor of the initial backup's size: the content alone (%s database, %s log, %s of small files), zstd in frames\n\n",
+		mib(int64(len(parts["database"]))), mib(int64(len(parts["log"]))), mib(int64(len(parts["small files"]))))
+	fmt.Fprintln(stdout, "| frame | level | database | log | small files | sum MiB | MB/s (one core) |")
+	fmt.Fprintln(stdout, "|---|---|---:|---:|---:|---:|---:|")
+	for _, frame := range []int{512 << 10, 2 << 20} {
+		for _, l := range []zstd.EncoderLevel{zstd.SpeedFastest, zstd.SpeedDefault, zstd.SpeedBetterCompression} {
+			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(l), zstd.WithEncoderCRC(false), zstd.WithEncoderConcurrency(1))
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			var sizes [3]int64
+			var raw int
+			for i, k := range []string{"database", "log", "small files"} {
+				sizes[i] = framedIn(enc, parts[k], frame)
+				raw += len(parts[k])
+			}
+			secs := time.Since(start).Seconds()
+			fmt.Fprintf(stdout, "| %d KiB | zstd %s | %s | %s | %s | %.1f |  %.0f |\n", frame>>10, l, mib(sizes[0]), mib(sizes[1]), mib(sizes[2]),
+				float64(sizes[0]+sizes[1]+sizes[2])/(1<<20), float64(raw)/secs/1e6)
+		}
+	}
+	fmt.Fprintln(stdout)
+	return nil
 }

@@ -132,7 +132,7 @@ func (a *app) initMissingRepo(ctx context.Context, dir string, dbGlobs []string)
 	if ok, err := repo.ObjectExists(ctx, st, "config"); err != nil || ok {
 		return err
 	}
-	r, err := a.initRepo(ctx, dbGlobs)
+	r, err := a.initRepo(ctx, repo.InitOptions{DBGlobs: dbGlobs})
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io/fs"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -247,5 +249,46 @@ func TestCLIDiff(t *testing.T) {
 	out := mustRun(t, "diff", "--repo", repoDir, snaps[0]["id"].(string), "latest")
 	if !strings.Contains(out, "+  "+filepath.Join(src, "ldif", "new.ldif")) || !strings.Contains(out, "1 added, 0 removed") {
 		t.Errorf("diff output:\n%s", out)
+	}
+}
+
+// init --compression-level applies to every later backup: a higher level
+// stores the same tree in fewer bytes; a level zstd does not have is a usage
+// error that creates nothing.
+func TestInitCompressionLevel(t *testing.T) {
+	setupEnv(t)
+	src := t.TempDir()
+	var b bytes.Buffer
+	rng := rand.New(rand.NewSource(5))
+	words := []string{"alice", "bob", "carol", "dave", "people", "sales", "Zoomserv", "example", "org", "mail", "uid", "cn"}
+	for i := 0; b.Len() < 4<<20; i++ {
+		fmt.Fprintf(&b, "dn: uid=%s%d,ou=%s,o=Zoomserv\nmail: %s.%s@%s.org\nuidNumber: %d\n\n", words[rng.Intn(len(words))], rng.Intn(100000),
+			words[rng.Intn(len(words))], words[rng.Intn(len(words))], words[rng.Intn(len(words))], words[rng.Intn(len(words))], rng.Intn(1<<20))
+	}
+	os.WriteFile(filepath.Join(src, "people.ldif"), b.Bytes(), 0o600)
+	size := func(level string) int64 {
+		dir := filepath.Join(t.TempDir(), "repo")
+		mustRun(t, "init", "--repo", dir, "--compression-level", level)
+		mustRun(t, "backup", "--repo", dir, src)
+		var n int64
+		filepath.WalkDir(filepath.Join(dir, "packs"), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				fi, _ := d.Info()
+				n += fi.Size()
+			}
+			return err
+		})
+		return n
+	}
+	fast, better := size("2"), size("9")
+	if better >= fast {
+		t.Errorf("packs at level 9: %d bytes, at level 2: %d; want fewer", better, fast)
+	}
+	dir := filepath.Join(t.TempDir(), "repo")
+	if code, _, errs := stasis(t, "init", "--repo", dir, "--compression-level", "23"); code != exitUsage || !strings.Contains(errs, "--compression-level 23") {
+		t.Errorf("init --compression-level 23: exit %d, %s", code, errs)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("a refused init left %s behind (%v)", dir, err)
 	}
 }

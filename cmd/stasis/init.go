@@ -4,10 +4,12 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"github.com/stasisbackup/stasis/repo"
 )
 
 func (a *app) initCommand() *cobra.Command {
 	var dbGlobs []string
+	var level int
 	c := &cobra.Command{
 		Use:   "init",
 		Short: "Create a new repository",
@@ -17,14 +19,22 @@ STASIS_PASSWORD, or is asked twice on a terminal. Without the password the
 repository cannot be read: keep it safe (stasis key add makes a second one).
 
 --insecure-no-password creates an unencrypted repository instead, on purpose
-only: anyone who can read its files (or tapes) can read the backups.`,
+only: anyone who can read its files (or tapes) can read the backups.
+
+--compression-level trades backup speed for repository size, for every backup
+into the repository: 2 (the default) is zstd's fastest encoder; 3 is about 7%
+smaller and 20% slower to write; 7 about a quarter smaller and half as fast;
+restores decode every level about as fast (docs/benchmarks.md has the figures).`,
 		Args: exactArgs(0, "no arguments (the repository comes from --repo)"),
 		RunE: func(c *cobra.Command, args []string) error {
 			dir, err := a.needRepo()
 			if err != nil {
 				return err
 			}
-			r, err := a.initRepo(c.Context(), dbGlobs)
+			if level < 1 || level > 22 {
+				return usagef("--compression-level %d: zstd levels are 1..22 (%d is the default)", level, repo.DefaultCompressionLevel)
+			}
+			r, err := a.initRepo(c.Context(), repo.InitOptions{DBGlobs: dbGlobs, CompressionLevel: level})
 			if err != nil {
 				return err
 			}
@@ -40,5 +50,6 @@ only: anyone who can read its files (or tapes) can read the backups.`,
 		},
 	}
 	c.Flags().StringSliceVar(&dbGlobs, "db-glob", nil, "base-name globs of database files chunked with the small \"db\" profile (default *.db)")
+	c.Flags().IntVar(&level, "compression-level", repo.DefaultCompressionLevel, "zstd level of every backup into the repository: 1-2 fastest, 3-5 default, 6-9 better, 10-22 best")
 	return c
 }

@@ -87,13 +87,13 @@ func (a *app) newPassword(ctx context.Context, file, command string) ([]byte, er
 // initRepo creates the repository dir for `init` and `backup --init`:
 // encrypted with a password read from the usual sources (asked twice on a
 // terminal), or unencrypted with --insecure-no-password.
-func (a *app) initRepo(ctx context.Context, dbGlobs []string) (*repo.Repository, error) {
+func (a *app) initRepo(ctx context.Context, o repo.InitOptions) (*repo.Repository, error) {
 	st, err := a.storage(ctx)
 	if err != nil {
 		return nil, err
 	}
 	dir := st.Location()
-	o := repo.InitOptions{DBGlobs: dbGlobs, InsecureNoPassword: a.insecureNoPassword}
+	o.InsecureNoPassword = a.insecureNoPassword
 	if !a.insecureNoPassword {
 		if ok, err := repo.ObjectExists(ctx, st, "config"); err != nil {
 			return nil, fmt.Errorf("init %s: %w", dir, err)
