@@ -230,10 +230,9 @@ func (r *Repository) blobInFrame(id blob.ID, inner, rawLength uint32, frame, buf
 	if end > uint64(len(frame)) {
 		return nil, fmt.Errorf("blob %s: %w: it ends at %d of a frame of %d bytes", id, ErrCorruptBlob, end, len(frame))
 	}
-	if _, err := r.verifyBlob(id, int(rawLength), frame[inner:end]); err != nil {
-		return nil, err
-	}
-	return append(buf[:0], frame[inner:end]...), nil
+	// The copy is what is verified: whatever happens to the frame's buffer
+	// afterwards, what the caller gets hashes to id.
+	return r.verifyBlob(id, int(rawLength), append(buf[:0], frame[inner:end]...))
 }
 
 // readFramed reads blob id from a multi-blob frame at loc, through the
@@ -243,7 +242,7 @@ func (r *Repository) readFramed(ctx context.Context, id blob.ID, loc index.Locat
 		return nil, fmt.Errorf("blob %s in pack %s: %w: the index gives its frame %d bytes and the blob %d bytes at %d, more than a frame can have; the index is damaged or was tampered with (run `stasis repair index`)",
 			id, loc.Pack, ErrCorruptBlob, loc.Length, loc.RawLength, loc.Inner)
 	}
-	load := func() ([]byte, error) {
+	load := func(dst []byte) ([]byte, error) {
 		bp := storedFrames.Get().(*[]byte)
 		defer storedFrames.Put(bp)
 		if cap(*bp) < int(loc.Length) {
@@ -253,21 +252,22 @@ func (r *Repository) readFramed(ctx context.Context, id blob.ID, loc index.Locat
 		if err := r.packs.readAt(ctx, loc.Pack, raw, int64(loc.Offset)); err != nil {
 			return nil, fmt.Errorf("read blob %s from pack %s: %w", id, loc.Pack, err)
 		}
-		// The decoded frame is a new slice (it is cached); raw goes back
-		// to the pool.
-		return r.decodeFrame(id, loc.Type, loc.Storage, raw, nil, true)
+		// The decoded frame goes into dst (a buffer of the cache's);
+		// raw goes back to the pool.
+		return r.decodeFrame(id, loc.Type, loc.Storage, raw, dst, true)
 	}
 	key := frameKey{loc.Pack, loc.Offset, loc.Length}
-	frame, err := r.frames.get(key, load)
+	e, err := r.frames.get(key, load)
 	if err != nil && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		// Another reader of this frame (a mount's request) was cancelled
 		// while it loaded the frame for both: load it again.
-		frame, err = r.frames.get(key, load)
+		e, err = r.frames.get(key, load)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return r.blobInFrame(id, loc.Inner, loc.RawLength, frame, buf)
+	defer r.frames.release(e)
+	return r.blobInFrame(id, loc.Inner, loc.RawLength, e.plain, buf)
 }
 
 // storedFrames holds buffers for frames as stored, read from packs.
@@ -282,11 +282,15 @@ type frameKey struct {
 
 // frameCache holds the last few decoded frames, so that reading the
 // consecutive chunks of a file decodes each frame once. Concurrent gets of
-// one frame decode it once. Frames that fail to decode are not cached.
+// one frame decode it once. Frames that fail to decode are not cached. A
+// frame's buffer is reused for another frame once it has left the cache and
+// its last reader released it (the large allocations were a tenth of a
+// restore's CPU, with the collections and page faults they caused).
 type frameCache struct {
 	mu      sync.Mutex
 	entries []*cachedFrame // most recently used last
 	max     int
+	free    [][]byte // buffers of frames gone, for the next loads
 }
 
 type cachedFrame struct {
@@ -294,45 +298,90 @@ type cachedFrame struct {
 	done  chan struct{} // closed once plain/err are set
 	plain []byte
 	err   error
+	refs  int  // gets not yet released (under frameCache.mu)
+	gone  bool // out of the cache: plain is reused once refs is 0
 }
 
 // framesCached is how many decoded frames a repository keeps: a few per
 // restore worker, at most 8 × 2 × FrameSize bytes.
 const framesCached = 8
 
-func (c *frameCache) get(k frameKey, load func() ([]byte, error)) ([]byte, error) {
+// get returns frame k, loading it into a buffer of the cache when it is not
+// held. The caller reads e.plain until it calls release(e); on error there
+// is nothing to release.
+func (c *frameCache) get(k frameKey, load func(dst []byte) ([]byte, error)) (*cachedFrame, error) {
 	c.mu.Lock()
 	for i, e := range c.entries {
 		if e.key == k {
 			c.entries = append(append(c.entries[:i:i], c.entries[i+1:]...), e)
+			e.refs++
 			c.mu.Unlock()
 			<-e.done
-			return e.plain, e.err
+			if e.err != nil {
+				c.release(e)
+				return nil, e.err
+			}
+			return e, nil
 		}
 	}
-	e := &cachedFrame{key: k, done: make(chan struct{})}
+	e := &cachedFrame{key: k, done: make(chan struct{}), refs: 1}
 	if len(c.entries) >= max(c.max, 1) {
-		c.entries = append(c.entries[:0:0], c.entries[1:]...)
+		c.leave(c.entries[0])
 	}
 	c.entries = append(c.entries, e)
+	var dst []byte
+	if n := len(c.free); n > 0 {
+		dst, c.free = c.free[n-1], c.free[:n-1]
+	}
 	c.mu.Unlock()
-	e.plain, e.err = load()
+	e.plain, e.err = load(dst)
 	if e.err != nil {
 		c.drop(e) // before the waiters wake: one that loads again starts afresh
 	}
 	close(e.done)
-	return e.plain, e.err
+	if e.err != nil {
+		c.release(e)
+		return nil, e.err
+	}
+	return e, nil
+}
+
+// release ends a get of e.
+func (c *frameCache) release(e *cachedFrame) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.refs--
+	c.reuse(e)
+}
+
+// leave takes e out of the cache; c.mu is held.
+func (c *frameCache) leave(e *cachedFrame) {
+	for i, o := range c.entries {
+		if o == e {
+			c.entries = append(c.entries[:i:i], c.entries[i+1:]...)
+			break
+		}
+	}
+	e.gone = true
+	c.reuse(e)
+}
+
+// reuse keeps e's buffer for the next load once e is out of the cache and
+// nobody reads it; c.mu is held.
+func (c *frameCache) reuse(e *cachedFrame) {
+	if !e.gone || e.refs > 0 || e.plain == nil {
+		return
+	}
+	if len(c.free) < max(c.max, 1) {
+		c.free = append(c.free, e.plain[:0])
+	}
+	e.plain = nil
 }
 
 func (c *frameCache) drop(e *cachedFrame) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for i, o := range c.entries {
-		if o == e {
-			c.entries = append(c.entries[:i:i], c.entries[i+1:]...)
-			return
-		}
-	}
+	c.leave(e)
 }
 
 // BlobDecoder decodes the blobs of packs read whole (check, repair),
