@@ -56,13 +56,9 @@ func (r *Repository) SaveTree(ctx context.Context, t *tree.Tree) (blob.ID, SaveR
 // does not fail the directory: that file gets Node.ContentError (and no
 // Content), so every other entry stays usable.
 func (r *Repository) LoadTree(ctx context.Context, id blob.ID) (*tree.Tree, error) {
-	data, err := r.LoadBlob(ctx, id, nil)
+	t, err := r.LoadTreeLists(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("load tree %s: %w", id.Short(), err)
-	}
-	t, err := tree.Decode(data)
-	if err != nil {
-		return nil, fmt.Errorf("tree %s: %w", id.Short(), err)
+		return nil, err
 	}
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
@@ -94,6 +90,20 @@ func (r *Repository) LoadTree(ctx context.Context, id blob.ID) (*tree.Tree, erro
 		if n.ContentError != "" {
 			n.Content = nil
 		}
+	}
+	return t, nil
+}
+
+// LoadTreeLists is LoadTree without expanding the extent lists: a file's
+// Content names its list blobs (Extent.List) as the tree stores them.
+func (r *Repository) LoadTreeLists(ctx context.Context, id blob.ID) (*tree.Tree, error) {
+	data, err := r.LoadBlob(ctx, id, nil)
+	if err != nil {
+		return nil, fmt.Errorf("load tree %s: %w", id.Short(), err)
+	}
+	t, err := tree.Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("tree %s: %w", id.Short(), err)
 	}
 	return t, nil
 }

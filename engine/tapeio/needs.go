@@ -55,13 +55,9 @@ func (f *packFinder) tree(ctx context.Context, id blob.ID) ([]uint32, error) {
 		return nil, err
 	}
 	set := []uint32{own}
-	data, err := f.r.LoadBlob(ctx, id, nil)
+	t, err := f.r.LoadTreeLists(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("load tree %s: %w", id.Short(), err)
-	}
-	t, err := tree.Decode(data)
-	if err != nil {
-		return nil, fmt.Errorf("tree %s: %w", id.Short(), err)
+		return nil, err
 	}
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
