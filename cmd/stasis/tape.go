@@ -212,10 +212,13 @@ catalogs are recorded in the repository under tape/.`,
 }
 
 func (a *app) exportSummary(res *tapeio.ExportResult, dev *tape.PathDevice, d time.Duration) {
+	for _, p := range res.Problems {
+		fmt.Fprintf(a.stderr, "warning: %s\n", p)
+	}
 	if a.json {
 		writeJSONLine(a.stdout, map[string]any{"message_type": "summary", "set_id": res.SetID, "appended": res.Appended,
 			"volumes": len(res.Catalogs), "members": res.Members, "bytes": res.Bytes, "skipped": res.Skipped,
-			"duration_seconds": d.Seconds()})
+			"problems": res.Problems, "duration_seconds": d.Seconds()})
 		return
 	}
 	for _, c := range res.Catalogs {

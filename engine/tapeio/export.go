@@ -53,6 +53,11 @@ type ExportResult struct {
 	// and snapshot files already on the set.
 	Members, Skipped int
 	Bytes            int64
+	// Problems name what the catalog could not plan from: extent lists
+	// that cannot be read, whose files' chunks are left out of their
+	// snapshots' needs. The volumes still hold every pack (the damage
+	// too): the export is a faithful copy, of a repository to check.
+	Problems []string
 }
 
 // Export writes the repository r to new volumes on dev and records their
@@ -76,11 +81,11 @@ func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOp
 			}
 		}
 	}
-	members, skipped, err := exportMembers(ctx, r, onSet)
+	members, skipped, problems, err := exportMembers(ctx, r, onSet)
 	if err != nil {
 		return nil, err
 	}
-	res.Skipped = skipped
+	res.Skipped, res.Problems = skipped, problems
 	wo := o.Write
 	wo.RepositoryID = r.Config().ID
 	wo.SetID = res.SetID
@@ -120,48 +125,48 @@ func Export(ctx context.Context, r *repo.Repository, dev tape.Device, o ExportOp
 // exportMembers lists the repository files to write: packs, snapshot files,
 // then config, key files and compression dictionaries; names in skip are
 // left out (config and keys are always written: they are small and keys
-// change).
-func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool) ([]tape.Member, int, error) {
+// change). problems are the pack finder's (ExportResult.Problems).
+func exportMembers(ctx context.Context, r *repo.Repository, skip map[string]bool) ([]tape.Member, int, []string, error) {
 	l := &memberList{r: r, skip: skip, havePack: map[string]bool{}, needs: newPackFinder(r)}
 	// Snapshots first, then packs: every pack a listed snapshot needs was
 	// stored before the snapshot, so a backup committing meanwhile cannot
 	// make a listed snapshot's pack look missing.
 	snaps, bad, err := r.Snapshots(ctx)
 	if err != nil {
-		return nil, 0, fmt.Errorf("tape export: %w", err)
+		return nil, 0, nil, fmt.Errorf("tape export: %w", err)
 	}
 	if err := l.addPacks(ctx); err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	if len(bad) > 0 {
-		return nil, 0, fmt.Errorf("tape export: %d snapshot records cannot be read (first: %v); run `stasis check` and `stasis repair index`", len(bad), bad[0])
+		return nil, 0, nil, fmt.Errorf("tape export: %d snapshot records cannot be read (first: %v); run `stasis check` and `stasis repair index`", len(bad), bad[0])
 	}
 	for _, sn := range snaps {
 		if err := l.addSnapshot(ctx, sn); err != nil {
-			return nil, 0, err
+			return nil, 0, nil, err
 		}
 	}
 	if err := l.addFiles(ctx, []string{"config"}, false); err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	keys, err := r.KeyNames(ctx)
 	if err != nil {
-		return nil, 0, fmt.Errorf("tape export: %w", err)
+		return nil, 0, nil, fmt.Errorf("tape export: %w", err)
 	}
 	if err := l.addFiles(ctx, slices.DeleteFunc(keys, func(name string) bool { return !repo.ValidFileName(name) }), false); err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	// Compression dictionaries are needed to decode blobs; they are
 	// immutable and content-addressed like packs, so an incremental export
 	// skips those already on the set.
 	dicts, err := r.DictNames(ctx)
 	if err != nil {
-		return nil, 0, fmt.Errorf("tape export: list compression dictionaries: %w", err)
+		return nil, 0, nil, fmt.Errorf("tape export: list compression dictionaries: %w", err)
 	}
 	if err := l.addFiles(ctx, dicts, true); err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
-	return l.out, l.skipped, nil
+	return l.out, l.skipped, l.needs.problems, nil
 }
 
 // memberList collects the members of an export, in order.

@@ -22,6 +22,9 @@ type packFinder struct {
 	names []string             // pack file names by number
 	nums  map[blob.ID]uint32   // pack id → number
 	below map[blob.ID][]uint32 // tree or list blob → sorted pack numbers of it and all below
+	// problems name extent lists that could not be read (their chunks
+	// are not in the needs), once each.
+	problems []string
 }
 
 func newPackFinder(r *repo.Repository) *packFinder {
@@ -92,7 +95,8 @@ func (f *packFinder) tree(ctx context.Context, id blob.ID) ([]uint32, error) {
 
 // list returns the packs of extent-list blob e and of its chunks. A list
 // that cannot be read costs only its chunks (as in LoadTree: restore names
-// that file); the list blob itself must be indexed.
+// that file) and is named in problems; the list blob itself must be
+// indexed.
 func (f *packFinder) list(ctx context.Context, e tree.Extent) ([]uint32, error) {
 	if s, ok := f.below[e.ID]; ok {
 		return s, nil
@@ -102,19 +106,23 @@ func (f *packFinder) list(ctx context.Context, e tree.Extent) ([]uint32, error) 
 		return nil, err
 	}
 	set := []uint32{own}
-	if data, err := f.r.LoadBlob(ctx, e.ID, nil); err == nil {
-		if ext, _, err := tree.DecodeList(data); err == nil {
-			for _, c := range ext {
-				if c.Hole {
-					continue
-				}
-				p, err := f.pack(ctx, c.ID)
-				if err != nil {
-					return nil, err
-				}
-				set = append(set, p)
-			}
+	data, err := f.r.LoadBlob(ctx, e.ID, nil)
+	var ext []tree.Extent
+	if err == nil {
+		ext, _, err = tree.DecodeList(data)
+	}
+	if err != nil {
+		f.problems = append(f.problems, fmt.Sprintf("extent list %s cannot be read (%v): the chunks of its file are not in the catalog's needs, and that file cannot be restored from this repository or its tapes; run `stasis check --read-data`", e.ID.Short(), err))
+	}
+	for _, c := range ext {
+		if c.Hole {
+			continue
 		}
+		p, err := f.pack(ctx, c.ID)
+		if err != nil {
+			return nil, err
+		}
+		set = append(set, p)
 	}
 	return f.remember(e.ID, set), nil
 }

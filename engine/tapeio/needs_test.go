@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stasisbackup/stasis/engine"
@@ -112,4 +113,50 @@ func everyPack(t *testing.T, r *repo.Repository, sn *repo.Snapshot) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// An extent list that cannot be read leaves its file's chunks out of the
+// catalog's needs: the export says so instead of planning from it quietly.
+func TestExportNamesAnUnreadableExtentList(t *testing.T) {
+	ctx := context.Background()
+	r := enginetest.NewRepo(t)
+	src := t.TempDir()
+	db := make([]byte, 2<<20) // X500.db: ≈130 chunks, in extent lists
+	rand.New(rand.NewSource(8)).Read(db)
+	os.WriteFile(filepath.Join(src, "X500.db"), db, 0o600)
+	sn, err := engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d0 := &drive{dir: t.TempDir(), blockSize: 4096, capacity: 64 << 20}
+	if res, err := Export(ctx, r, d0, ExportOptions{Write: tape.WriteOptions{BlockSize: 4096}}); err != nil || len(res.Problems) != 0 {
+		t.Fatalf("a whole repository exports with problems: %v, %v", res, err)
+	}
+	var node tree.Node
+	engine.Walk(ctx, r, sn, filepath.Join(src, "X500.db"), func(_ string, n *tree.Node) error { node = *n; return nil })
+	if len(node.Lists) < 2 {
+		t.Fatalf("X500.db has %d extent lists; the test needs several", len(node.Lists))
+	}
+	list := node.Lists[len(node.Lists)/2]
+	loc, _, _ := r.Index().Lookup(list)
+	packFile := filepath.Join(r.Location(), repo.PackName(loc.Pack))
+	good, _ := os.ReadFile(packFile)
+	bad := append([]byte(nil), good...)
+	bad[loc.Offset+uint64(loc.Length)/2] ^= 1
+	os.Chmod(packFile, 0o600)
+	os.WriteFile(packFile, bad, 0o600)
+	defer os.WriteFile(packFile, good, 0o600) // whole again for the cleanup check
+	r2, err := repo.Open(ctx, enginetest.Local(r.Location()), enginetest.OpenOptionsIn(t.TempDir())) // no decoded frame cached
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	d := &drive{dir: t.TempDir(), blockSize: 4096, capacity: 64 << 20}
+	res, err := Export(ctx, r2, d, ExportOptions{Write: tape.WriteOptions{BlockSize: 4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Problems) != 1 || !strings.Contains(res.Problems[0], list.Short()) {
+		t.Errorf("export with a damaged extent list %s: problems %v", list.Short(), res.Problems)
+	}
 }
