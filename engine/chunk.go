@@ -3,12 +3,14 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
 
 	"github.com/restic/chunker"
 	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/tree"
 	"golang.org/x/sys/unix"
 )
@@ -167,9 +169,16 @@ func (s *fileSaver) guidedSpan(ctx context.Context, f *os.File, sp span, profile
 		frame.drop()
 		return nil, pos - sp.start, err
 	}
+	// The parent's chunks in the span are looked up in one transaction:
+	// when all are stored (the rule, unless the repository is damaged), a
+	// chunk that is still the same needs no lookup of its own.
+	stored, err := s.blobs.haveAll(ctx, guide.idsIn(sp))
+	if err != nil {
+		return fail(repoError{fmt.Errorf("look up the parent's chunks: %w", err)})
+	}
 	for pos < sp.end {
 		if e, ok := guide.at(pos); ok && pos+int64(e.Length) <= sp.end {
-			match, err := s.sameChunk(ctx, rd, pos, e, frame)
+			match, err := s.sameChunk(ctx, rd, pos, e, frame, stored)
 			if err != nil {
 				return fail(err)
 			}
@@ -193,14 +202,19 @@ func (s *fileSaver) guidedSpan(ctx context.Context, f *os.File, sp span, profile
 }
 
 // sameChunk reports whether the bytes at off are parent chunk e (their hash
-// is its id) and then saves them as that chunk. A short read (the file
-// shrank) reports false: the chunker reads what is there.
-func (s *fileSaver) sameChunk(ctx context.Context, rd *blockReader, off int64, e tree.Extent, frame *frameBuilder) (bool, error) {
+// is its id) and then saves them as that chunk; stored: the repository is
+// known to hold it (blobSaver.haveAll), so saving is nothing to do. A
+// short read (the file shrank) reports false: the chunker reads what is
+// there.
+func (s *fileSaver) sameChunk(ctx context.Context, rd *blockReader, off int64, e tree.Extent, frame *frameBuilder, stored bool) (bool, error) {
 	data, err := rd.bytes(off, int(e.Length))
 	if err != nil || len(data) < int(e.Length) || s.blobs.repo.Hash(data) != e.ID {
 		return false, err
 	}
 	s.counts.doneBytes.Add(int64(len(data)))
+	if stored {
+		return true, nil
+	}
 	return true, frame.saveHashed(ctx, e.ID, data, nil)
 }
 
@@ -275,6 +289,19 @@ func (g *parentChunks) at(off int64) (tree.Extent, bool) {
 		return tree.Extent{}, false
 	}
 	return g.content[i], true
+}
+
+// idsIn returns the ids of the parent's data chunks that lie within sp.
+func (g *parentChunks) idsIn(sp span) []blob.ID {
+	i, _ := slices.BinarySearch(g.offsets, sp.start)
+	var ids []blob.ID
+	for ; i < len(g.offsets) && g.offsets[i] < sp.end; i++ {
+		e := g.content[i]
+		if !e.Hole && g.offsets[i]+int64(e.Length) <= sp.end {
+			ids = append(ids, e.ID)
+		}
+	}
+	return ids
 }
 
 // starts reports whether a parent data chunk starts at off.

@@ -115,6 +115,26 @@ func TestFileSaverReadsAndReusesFromTheParent(t *testing.T) {
 	}
 }
 
+// A changed file whose parent's chunks the repository does not hold (a
+// damaged or repaired repository; here another repository's snapshot) is
+// still guided by them, and every chunk is stored: the guide's batched
+// lookup must not take "the parent had it" for "it is stored".
+func TestGuidedChunkingStoresWhatTheRepositoryLacks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data.bin")
+	data := fileSaverRandomFile(t, path, 3<<20, 4)
+	nodes, _ := fileSaverRun(t, enginetest.NewRepo(t), 0, nil, path)
+	n := nodes[0]
+
+	other := enginetest.NewRepo(t)
+	nodes, p := fileSaverRun(t, other, n.MTime, map[string]*tree.Node{path: &n}, path)
+	if s := p.Summary(); s.FilesChanged != 1 || s.BlobsAdded != int64(len(n.Content)) {
+		t.Errorf("summary %+v; want the changed file's %d chunks all stored", s, len(n.Content))
+	}
+	if !bytes.Equal(fileSaverContent(t, other, nodes[0]), data) {
+		t.Error("the chunks stored do not give the file back")
+	}
+}
+
 // Two names of a hard-linked file are read once and share the content.
 func TestFileSaverReadsAHardLinkOnce(t *testing.T) {
 	r := enginetest.NewRepo(t)

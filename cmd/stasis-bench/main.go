@@ -42,6 +42,10 @@
 // prints the floor of the daily growth: only the changed database pages, the
 // log's new bytes and the new files, compressed with zstd in 512 KiB frames
 // at three levels (runFloor).
+//
+// change --day N generates the workload in WORK/data (or reuses it) and
+// applies day N's change to it, as run does before its daily backup: for
+// profiling one daily backup with the CLI (docs/benchmarks.md).
 package main
 
 import (
@@ -73,6 +77,7 @@ type options struct {
 	logSize     int64
 	files       int
 	seed        int64
+	day         int
 	runs        int
 	cold        bool
 	stasisBin   string
@@ -99,6 +104,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&logSize, "log-size", "", "size of the transaction log (default: db-size/16)")
 	fs.IntVar(&o.files, "files", 20000, "number of small LDIF/config files")
 	fs.Int64Var(&o.seed, "seed", 1, "workload seed")
+	fs.IntVar(&o.day, "day", 1, "change: the day whose change to apply")
 	fs.IntVar(&o.runs, "runs", 3, "runs of each scenario (the median is reported)")
 	fs.BoolVar(&o.cold, "cold", false, "drop the page cache before every measured command (root only); default: warm cache")
 	fs.StringVar(&o.stasisBin, "stasis", "", "stasis binary (default: go build ./cmd/stasis from the current module)")
@@ -150,8 +156,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runS3(ctx, o, stdout, log)
 	case "floor":
 		err = runFloor(ctx, o, stdout, log)
+	case "change":
+		err = runChange(o, stdout)
 	default:
-		fmt.Fprintf(stderr, "stasis-bench: unknown command %q: use run, scale, profile, s3 or floor\n", cmd)
+		fmt.Fprintf(stderr, "stasis-bench: unknown command %q: use run, scale, profile, s3, floor or change\n", cmd)
 		return 2
 	}
 	return exitCode(err, stderr)

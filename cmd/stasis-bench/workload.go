@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -348,4 +350,24 @@ func readyWorkload(w Workload, start time.Time, log func(string, ...any)) (int64
 	}
 	log("workload: %s in %d files, ready after %s", mib(total), w.Files+2, time.Since(start).Round(time.Second))
 	return total, nil
+}
+
+// runChange applies day o.day's change to the workload as it is (changes
+// accumulate, as on the days of run), generating it first if it is missing.
+func runChange(o options, stdout io.Writer) error {
+	w := o.workload()
+	if _, err := os.Stat(w.DBPath()); errors.Is(err, fs.ErrNotExist) {
+		if _, err := w.Generate(); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	c, err := w.DailyChange(o.day)
+	if err != nil {
+		return fmt.Errorf("day %d's change: %w", o.day, err)
+	}
+	fmt.Fprintf(stdout, "%s: day %d: %d page writes in %d runs, %d pages appended, %d bytes of log, %d new files\n",
+		w.Root, o.day, c.PagesRewritten, c.Runs, c.PagesAppended, c.LogAppended, c.FilesAdded)
+	return nil
 }

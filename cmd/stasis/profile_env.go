@@ -8,11 +8,14 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"runtime/pprof"
+	"runtime/trace"
 	"time"
 )
 
-// startProfiles honours STASIS_CPUPROFILE=FILE and STASIS_MEMPROFILE=FILE,
-// for measuring a real command (docs/benchmarks.md). The heap profile is
+// startProfiles honours STASIS_CPUPROFILE=FILE, STASIS_MEMPROFILE=FILE and
+// STASIS_TRACE=FILE (an execution trace, `go tool trace FILE`: where the
+// wall time goes when the CPU profile does not say), for measuring a real
+// command (docs/benchmarks.md). The heap profile is
 // the one taken when the live heap was largest (it is checked every 10 ms),
 // so it shows what makes the peak RSS, not what is left at the end. The
 // returned function writes the profiles; it is a no-op when neither is set.
@@ -34,7 +37,25 @@ func startProfiles(stderr io.Writer) func() {
 	if mem != "" {
 		peak = watchHeapPeak()
 	}
+	var traceFile *os.File
+	if name := os.Getenv("STASIS_TRACE"); name != "" {
+		f, err := os.Create(name)
+		if err == nil {
+			if err = trace.Start(f); err != nil {
+				f.Close()
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "stasis: STASIS_TRACE: %v\n", err)
+		} else {
+			traceFile = f
+		}
+	}
 	return func() {
+		if traceFile != nil {
+			trace.Stop()
+			traceFile.Close()
+		}
 		if cpuFile != nil {
 			pprof.StopCPUProfile()
 			cpuFile.Close()

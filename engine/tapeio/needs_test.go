@@ -145,7 +145,8 @@ func TestExportNamesAnUnreadableExtentList(t *testing.T) {
 	bad[loc.Offset+uint64(loc.Length)/2] ^= 1
 	os.Chmod(packFile, 0o600)
 	os.WriteFile(packFile, bad, 0o600)
-	defer os.WriteFile(packFile, good, 0o600) // whole again for the cleanup check
+	// Whole again for the cleanup check.
+	defer os.WriteFile(packFile, good, 0o600)
 	r2, err := repo.Open(ctx, enginetest.Local(r.Location()), enginetest.OpenOptionsIn(t.TempDir())) // no decoded frame cached
 	if err != nil {
 		t.Fatal(err)

@@ -451,16 +451,27 @@ func (ix *Index) Has(id blob.ID) (bool, error) {
 }
 
 // HasAll reports whether every id is indexed, in one read transaction.
+// The ids are looked up in key order with one cursor that steps forward
+// to the next id when it is near (a file's chunks are often a good part of
+// the index: stepping is much cheaper than a search from the root).
 func (ix *Index) HasAll(ids []blob.ID) (bool, error) {
+	ids = slices.Clone(ids)
+	slices.SortFunc(ids, func(a, b blob.ID) int { return bytes.Compare(a[:], b[:]) })
 	ok := true
 	err := ix.view(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketBlobs)
+		c := tx.Bucket(bucketBlobs).Cursor()
+		var k []byte // the cursor's key; nil before the first seek and at the end
 		for _, id := range ids {
 			_, in, out := ix.probe(id)
 			if in {
 				continue
 			}
-			if out || b.Get(id[:]) == nil {
+			if out {
+				ok = false
+				return nil
+			}
+			k = seekForward(c, k, id[:])
+			if !bytes.Equal(k, id[:]) {
 				ok = false
 				return nil
 			}
@@ -468,6 +479,25 @@ func (ix *Index) HasAll(ids []blob.ID) (bool, error) {
 		return nil
 	})
 	return ok, err
+}
+
+// seekForward moves cursor c, at key k (nil: not positioned), to the first
+// key ≥ key, which is not before k: with a few steps when it is near,
+// else with a seek. It returns the key it stops at (nil past the end).
+func seekForward(c *bolt.Cursor, k, key []byte) []byte {
+	const steps = 16
+	if k != nil {
+		for range steps {
+			if bytes.Compare(k, key) >= 0 {
+				return k
+			}
+			if k, _ = c.Next(); k == nil {
+				return nil
+			}
+		}
+	}
+	k, _ = c.Seek(key)
+	return k
 }
 
 // AddPack records a pack and all its blobs (in one transaction, or in the

@@ -1,7 +1,9 @@
 package index
 
 import (
+	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/stasisbackup/stasis/internal/pack"
@@ -126,6 +128,58 @@ func TestLookupManyIsLookup(t *testing.T) {
 		}
 		if want := id[0] != 7; ok != want {
 			t.Errorf("blob %s: found %v, want %v", id.Short(), ok, want)
+		}
+	}
+}
+
+// HasAll steps a cursor through the sorted ids: every present set is all
+// there, and one absent id anywhere (before, between and after the indexed
+// keys, near or far from the previous one) makes it false.
+func TestHasAllIsEveryHas(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	ix, err := Open(path, []byte("repo"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var present []blob.ID
+	for seed := byte(10); seed < 250; seed += 3 {
+		es := entries(seed, 200)
+		if err := ix.AddPack(blob.ID{seed}, 100000, es); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			present = append(present, e.ID)
+		}
+	}
+	ix.Close()
+	ro, err := Open(path, []byte("repo"), Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	overlay := entries(252, 3)
+	if err := ro.AddPack(blob.ID{252}, 500, overlay); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{1, 10, 1000, len(present)} {
+		ids := append([]blob.ID{overlay[1].ID}, present[:0:0]...)
+		for _, i := range rng.Perm(len(present))[:n] {
+			ids = append(ids, present[i])
+		}
+		ids = append(ids, ids[len(ids)/2]) // a duplicate
+		if ok, err := ro.HasAll(ids); err != nil || !ok {
+			t.Fatalf("HasAll of %d indexed ids = %v, %v", len(ids), ok, err)
+		}
+		for _, absent := range []blob.ID{{0}, {11, 5}, {13, 199, 1}, {41}, {255, 255}} {
+			with := append(slices.Clone(ids), absent)
+			rng.Shuffle(len(with), func(i, j int) { with[i], with[j] = with[j], with[i] })
+			if has, _ := ro.Has(absent); has {
+				t.Fatalf("test id %s is indexed", absent.Short())
+			}
+			if ok, err := ro.HasAll(with); err != nil || ok {
+				t.Errorf("HasAll of %d ids with %s never indexed = %v, %v", len(with), absent.Short(), ok, err)
+			}
 		}
 	}
 }
