@@ -5,6 +5,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -95,5 +96,95 @@ func TestExtentListsOfALargeFile(t *testing.T) {
 	res, err := engine.Restore(ctx, r, sn2, engine.RestoreOptions{Target: t.TempDir()})
 	if !errors.Is(err, engine.ErrRestoreIncomplete) || len(res.Problems) != 1 || res.Problems[0].Path != db || res.Files != 1 {
 		t.Errorf("restore with a lost extent list: %v %+v", err, res)
+	}
+}
+
+// The extent lists of a directory's files are read together (on several
+// goroutines): one damaged list costs its own file, in the middle of the
+// others, and every other file's content is exactly what was stored.
+func TestLoadTreeReadsTheListsOfEveryFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "zoomserv")
+	os.MkdirAll(dir, 0o755)
+	rng := rand.New(rand.NewSource(22))
+	names := []string{"A.db", "B.db", "C.db"}
+	for _, name := range names {
+		writePages(t, filepath.Join(dir, name), 2048, rng) // 8 MiB, ≈25 lists each
+	}
+	r := enginetest.NewRepo(t)
+	sn := backup(t, r, day1, dir)
+	var subtree blob.ID
+	engine.Walk(ctx, r, sn, dir, func(p string, n *tree.Node) error {
+		if p == dir {
+			subtree = n.Subtree
+		}
+		return nil
+	})
+	whole, err := r.LoadTree(ctx, subtree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The reference, before the damage: each list decoded on its own.
+	stored, err := r.LoadTreeLists(ctx, subtree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range whole.Nodes {
+		var flat []tree.Extent
+		for _, e := range stored.Nodes[i].Content {
+			if !e.List {
+				flat = append(flat, e)
+				continue
+			}
+			data, err := r.LoadBlob(ctx, e.ID, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ext, _, err := tree.DecodeList(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			flat = append(flat, ext...)
+		}
+		if !slices.Equal(want.Content, flat) {
+			t.Errorf("%s: LoadTree gives %d extents, its lists hold %d", want.Name, len(want.Content), len(flat))
+		}
+	}
+	b := whole.Nodes[1]
+	if b.Name != "B.db" || len(b.Lists) < 16 {
+		t.Fatalf("node %q has %d lists; the test needs B.db with many", b.Name, len(b.Lists))
+	}
+	damaged := b.Lists[len(b.Lists)/2]
+	loc, _, _ := r.Index().Lookup(damaged)
+	packFile := filepath.Join(r.Location(), repo.PackName(loc.Pack))
+	good, _ := os.ReadFile(packFile)
+	bad := append([]byte(nil), good...)
+	bad[loc.Offset+uint64(loc.Length)/2] ^= 1
+	os.Chmod(packFile, 0o600)
+	os.WriteFile(packFile, bad, 0o600)
+	// Whole again for the cleanup check.
+	defer os.WriteFile(packFile, good, 0o600)
+	r2, err := repo.Open(ctx, enginetest.Local(r.Location()), enginetest.OpenOptionsIn(t.TempDir())) // nothing cached
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	got, err := r2.LoadTree(ctx, subtree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range got.Nodes {
+		want := whole.Nodes[i]
+		if !slices.Equal(n.Lists, want.Lists) {
+			t.Errorf("%s: lists %d, want %d", n.Name, len(n.Lists), len(want.Lists))
+		}
+		if n.Name == "B.db" {
+			if n.Content != nil || !strings.Contains(n.ContentError, damaged.Short()) {
+				t.Errorf("B.db with list %s damaged: %d extents, error %q", damaged.Short(), len(n.Content), n.ContentError)
+			}
+			continue
+		}
+		if n.ContentError != "" || !slices.Equal(n.Content, want.Content) {
+			t.Errorf("%s: %d extents (error %q), want its %d", n.Name, len(n.Content), n.ContentError, len(want.Content))
+		}
 	}
 }

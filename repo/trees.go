@@ -3,6 +3,9 @@ package repo
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/stasisbackup/stasis/repo/blob"
 	"github.com/stasisbackup/stasis/repo/tree"
@@ -54,44 +57,105 @@ func (r *Repository) SaveTree(ctx context.Context, t *tree.Tree) (blob.ID, SaveR
 // its files: Node.Content is always the flat list of chunks and holes, and
 // Node.Lists names the list blobs it came from. A list that cannot be read
 // does not fail the directory: that file gets Node.ContentError (and no
-// Content), so every other entry stays usable.
+// Content), so every other entry stays usable. The lists (thousands for a
+// large database file) are looked up in one index transaction and read on
+// several goroutines.
 func (r *Repository) LoadTree(ctx context.Context, id blob.ID) (*tree.Tree, error) {
 	t, err := r.LoadTreeLists(ctx, id)
 	if err != nil {
 		return nil, err
 	}
+	var lists []tree.Extent
+	for _, n := range t.Nodes {
+		if n.Kind == tree.File {
+			for _, e := range n.Content {
+				if e.List {
+					lists = append(lists, e)
+				}
+			}
+		}
+	}
+	if len(lists) == 0 {
+		return t, nil
+	}
+	extents, errs := r.loadLists(ctx, lists)
+	next := 0 // the index in lists of the node's first list
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
 		if n.Kind != tree.File || !hasList(n.Content) {
 			continue
 		}
-		// A list holds at most 64 extents when stasis wrote it; the hint is
-		// capped so that a crafted tree naming many lists cannot make this
-		// allocate before a single list was read (the lists' real extents
-		// grow it).
-		flat := make([]tree.Extent, 0, min(len(n.Content)*64, 1<<16))
+		size := 0
+		for _, e := range n.Content {
+			if !e.List {
+				size++
+				continue
+			}
+			n.Lists = append(n.Lists, e.ID)
+			if err := errs[next]; err != nil && n.ContentError == "" {
+				n.ContentError = err.Error()
+			}
+			size += len(extents[next])
+			next++
+		}
+		if n.ContentError != "" {
+			n.Content = nil
+			continue
+		}
+		// Sized from the lists as read, so a crafted tree naming many
+		// lists cannot make this allocate more than they hold.
+		flat := make([]tree.Extent, 0, size)
+		k := next - len(n.Lists)
 		for _, e := range n.Content {
 			if !e.List {
 				flat = append(flat, e)
 				continue
 			}
-			n.Lists = append(n.Lists, e.ID)
-			if n.ContentError != "" {
-				continue
-			}
-			ext, err := r.loadList(ctx, e)
-			if err != nil {
-				n.ContentError = err.Error()
-				continue
-			}
-			flat = append(flat, ext...)
+			flat = append(flat, extents[k]...)
+			k++
 		}
 		n.Content = flat
-		if n.ContentError != "" {
-			n.Content = nil
-		}
 	}
 	return t, nil
+}
+
+// loadLists reads and decodes extent lists: their extents, or for each
+// one that cannot be read its error.
+func (r *Repository) loadLists(ctx context.Context, lists []tree.Extent) ([][]tree.Extent, []error) {
+	extents, errs := make([][]tree.Extent, len(lists)), make([]error, len(lists))
+	ids := make([]blob.ID, len(lists))
+	for i, e := range lists {
+		ids[i] = e.ID
+	}
+	locs, found, err := r.LookupBlobs(ctx, ids)
+	if err != nil {
+		found = make([]bool, len(lists)) // each is looked up again, and fails on its own
+	}
+	load := func(i int) {
+		if found[i] {
+			extents[i], errs[i] = r.loadListAt(ctx, lists[i], locs[i])
+		} else {
+			extents[i], errs[i] = r.loadList(ctx, lists[i])
+		}
+	}
+	workers := min(runtime.NumCPU(), 4, (len(lists)+15)/16)
+	if workers <= 1 {
+		for i := range lists {
+			load(i)
+		}
+		return extents, errs
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(lists); i = int(next.Add(1) - 1) {
+				load(i)
+			}
+		})
+	}
+	wg.Wait()
+	return extents, errs
 }
 
 // LoadTreeLists is LoadTree without expanding the extent lists: a file's
@@ -122,6 +186,20 @@ func (r *Repository) loadList(ctx context.Context, e tree.Extent) ([]tree.Extent
 	if err != nil {
 		return nil, fmt.Errorf("extent list %s: %w", e.ID.Short(), err)
 	}
+	return decodeList(e, data)
+}
+
+// loadListAt is loadList for a list whose location was looked up.
+func (r *Repository) loadListAt(ctx context.Context, e tree.Extent, loc Location) ([]tree.Extent, error) {
+	data, err := r.LoadBlobAt(ctx, e.ID, loc, nil)
+	if err != nil {
+		return nil, fmt.Errorf("extent list %s: %w", e.ID.Short(), err)
+	}
+	return decodeList(e, data)
+}
+
+// decodeList decodes list blob e, read as data.
+func decodeList(e tree.Extent, data []byte) ([]tree.Extent, error) {
 	ext, total, err := tree.DecodeList(data)
 	if err != nil {
 		return nil, fmt.Errorf("extent list %s: %w", e.ID.Short(), err)
