@@ -4,6 +4,7 @@ package engine
 
 import (
 	"context"
+	"sync/atomic"
 
 	"github.com/stasisbackup/stasis/repo"
 	"github.com/stasisbackup/stasis/repo/blob"
@@ -56,4 +57,13 @@ func SubHint(hs, hd *tree.Tree, name string) (src, dst blob.ID, ok bool) {
 		return blob.ID{}, blob.ID{}, false
 	}
 	return h.src, h.dst, true
+}
+
+// CountSharedFrames counts the frames that restores write first (shared by
+// segments of a large file) until the test ends.
+func CountSharedFrames(t interface{ Cleanup(func()) }) *atomic.Int64 {
+	var n atomic.Int64
+	testHookSharedFrames = func(k int) { n.Add(int64(k)) }
+	t.Cleanup(func() { testHookSharedFrames = nil })
+	return &n
 }
