@@ -58,6 +58,17 @@ func fileSpans(f *os.File, size int64) []span {
 // many bytes it read. guide, when not nil, holds the chunks of the file in
 // the parent snapshot (guidedSpan).
 func (s *fileSaver) chunkFile(ctx context.Context, f *os.File, size int64, profile repo.ChunkProfile, ck *chunker.Chunker, guide *parentChunks) ([]tree.Extent, int64, error) {
+	if guide != nil {
+		// The parent's chunks are looked up together, in one read
+		// transaction (a cursor stepping through the index): when all are
+		// stored (the rule, unless the repository is damaged), a chunk that
+		// is still the same needs no lookup of its own.
+		stored, err := s.blobs.haveAll(ctx, guide.dataIDs())
+		if err != nil {
+			return nil, 0, repoError{fmt.Errorf("look up the parent's chunks: %w", err)}
+		}
+		guide.stored = stored
+	}
 	spans := fileSpans(f, size)
 	parts := make([][]tree.Extent, len(spans))
 	reads := make([]int64, len(spans))
@@ -169,16 +180,9 @@ func (s *fileSaver) guidedSpan(ctx context.Context, f *os.File, sp span, profile
 		frame.drop()
 		return nil, pos - sp.start, err
 	}
-	// The parent's chunks in the span are looked up in one transaction:
-	// when all are stored (the rule, unless the repository is damaged), a
-	// chunk that is still the same needs no lookup of its own.
-	stored, err := s.blobs.haveAll(ctx, guide.idsIn(sp))
-	if err != nil {
-		return fail(repoError{fmt.Errorf("look up the parent's chunks: %w", err)})
-	}
 	for pos < sp.end {
 		if e, ok := guide.at(pos); ok && pos+int64(e.Length) <= sp.end {
-			match, err := s.sameChunk(ctx, rd, pos, e, frame, stored)
+			match, err := s.sameChunk(ctx, rd, pos, e, frame, guide.stored)
 			if err != nil {
 				return fail(err)
 			}
@@ -253,6 +257,7 @@ func (r *blockReader) bytes(off int64, n int) ([]byte, error) {
 type parentChunks struct {
 	offsets []int64 // of every extent, ascending
 	content []tree.Extent
+	stored  bool // every data chunk is known to be stored (set by chunkFile)
 }
 
 // newParentChunks returns the guide of a file whose parent node has
@@ -291,13 +296,11 @@ func (g *parentChunks) at(off int64) (tree.Extent, bool) {
 	return g.content[i], true
 }
 
-// idsIn returns the ids of the parent's data chunks that lie within sp.
-func (g *parentChunks) idsIn(sp span) []blob.ID {
-	i, _ := slices.BinarySearch(g.offsets, sp.start)
-	var ids []blob.ID
-	for ; i < len(g.offsets) && g.offsets[i] < sp.end; i++ {
-		e := g.content[i]
-		if !e.Hole && g.offsets[i]+int64(e.Length) <= sp.end {
+// dataIDs returns the ids of the parent's data chunks.
+func (g *parentChunks) dataIDs() []blob.ID {
+	ids := make([]blob.ID, 0, len(g.content))
+	for _, e := range g.content {
+		if !e.Hole {
 			ids = append(ids, e.ID)
 		}
 	}
