@@ -12,11 +12,6 @@ import (
 // per-goroutine state such as a buffer or a chunker. Items are handed out
 // in order; the first error cancels ctx for the rest and is returned.
 func parallel(ctx context.Context, n int, fn func(ctx context.Context, worker, i int) error) error {
-	return parallelN(ctx, runtime.NumCPU(), n, fn)
-}
-
-// parallelN is parallel on at most workers goroutines.
-func parallelN(ctx context.Context, workers, n int, fn func(ctx context.Context, worker, i int) error) error {
 	g, gctx := errgroup.WithContext(ctx)
 	next := make(chan int)
 	g.Go(func() error {
@@ -30,7 +25,7 @@ func parallelN(ctx context.Context, workers, n int, fn func(ctx context.Context,
 		}
 		return nil
 	})
-	for w := 0; w < min(workers, n); w++ {
+	for w := 0; w < min(runtime.NumCPU(), n); w++ {
 		g.Go(func() (err error) {
 			defer recoverTo(&err, "a parallel part of a file")
 			for i := range next {

@@ -219,8 +219,7 @@ const treeCacheNodes = 1 << 20
 
 // walk restores the entries below dir (tree t) in two passes: every
 // directory first (makeDirs), then the files and other entries of each
-// directory in the same order, two directories at a time
-// (restoreEntries), files through jobs. On
+// directory in the same order (restoreEntries), files through jobs. On
 // ext4 a tree whose directories are made while their files are created
 // degrades after a deletion (each new inode scans past the inodes freed in
 // the last minute, the directories land beside them); made first, the
@@ -232,12 +231,7 @@ func (rs *restorer) walk(ctx context.Context, dir string, t *tree.Tree, jobs cha
 	if err := rs.makeDirs(ctx, dir, t, &dirs, &cached); err != nil {
 		return err
 	}
-	// Two directories at a time: the kernel creates the files of one
-	// directory one at a time (under its lock), so the workers, fed from
-	// two, create files in two at once.
-	feeders := min(2, len(dirs))
-	return parallelN(ctx, feeders, len(dirs), func(ctx context.Context, _, i int) error {
-		d := dirs[i]
+	for _, d := range dirs {
 		sub := t
 		if d.loaded != nil {
 			sub = d.loaded
@@ -245,11 +239,14 @@ func (rs *restorer) walk(ctx context.Context, dir string, t *tree.Tree, jobs cha
 			var err error
 			if sub, err = rs.repo.LoadTree(ctx, d.tree); err != nil {
 				rs.problem(d.src, fmt.Errorf("directory contents cannot be restored: %w", err))
-				return nil
+				continue
 			}
 		}
-		return rs.restoreEntries(ctx, d.src, sub, jobs)
-	})
+		if err := rs.restoreEntries(ctx, d.src, sub, jobs); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // makeDirs makes the directories below dir (tree t) that are selected or
