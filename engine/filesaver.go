@@ -2,8 +2,10 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -50,6 +52,7 @@ type fileSaver struct {
 type fileJob struct {
 	path, read string
 	staged     bool       // read is a Substitutes copy (not a SourceRoots snapshot)
+	listed     bool       // found in its directory's listing (not a path given, not prefetched)
 	parent     *tree.Node // the file's node in the parent snapshot, or nil
 	fut        *future    // holds the node from lstat; the saver fills in the content
 }
@@ -58,13 +61,29 @@ type fileJob struct {
 // the parent snapshot or nil) and returns its future. When ctx ends before
 // the file is queued, the future is resolved with no content.
 func (s *fileSaver) submit(ctx context.Context, p string, n tree.Node, pn *tree.Node) *future {
+	return s.submitJob(ctx, p, n, pn, false)
+}
+
+// errRemoved marks the failure to open a file (its original path, not a
+// staged copy or a snapshot's) that no longer exists.
+var errRemoved = errors.New("removed since listed")
+
+// submitListed is submit for a file found in its directory's listing: when
+// it is removed before it is opened, it is left out of the snapshot with a
+// warning (as one removed before lstat is left out), not recorded as
+// unreadable.
+func (s *fileSaver) submitListed(ctx context.Context, p string, n tree.Node, pn *tree.Node) *future {
+	return s.submitJob(ctx, p, n, pn, true)
+}
+
+func (s *fileSaver) submitJob(ctx context.Context, p string, n tree.Node, pn *tree.Node, listed bool) *future {
 	f := newFuture(n)
 	if n.Links > 1 && s.linkTo(ctx, p, f) {
 		return f
 	}
 	read, staged := s.sources.file(p)
 	select {
-	case s.queue <- fileJob{path: p, read: read, staged: staged, parent: pn, fut: f}:
+	case s.queue <- fileJob{path: p, read: read, staged: staged, listed: listed, parent: pn, fut: f}:
 	case <-ctx.Done():
 		close(f.done)
 	}
@@ -144,6 +163,19 @@ func (s *fileSaver) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chun
 			if ctx.Err() != nil || isRepoError(err) || isPanic(err) { // a bug is not an unreadable file
 				return err
 			}
+			if errors.Is(err, errRemoved) && job.listed && n.Links <= 1 {
+				// Removed since it was listed (a service's temporary file):
+				// not part of the snapshot, as one removed before lstat.
+				job.fut.gone = true
+				if job.parent == nil {
+					s.counts.filesNew.Add(-1)
+				} else {
+					s.counts.filesChanged.Add(-1)
+				}
+				n.Size = 0
+				s.problems.add(repo.Problem{Path: job.path, Kind: repo.ProblemWarning, Error: "removed while the backup ran (after it was listed, before it was read): not in the snapshot"})
+				return nil
+			}
 			n.Flags, n.Error, n.Content, n.Size = tree.Unreadable, err.Error(), nil, 0
 			s.problems.add(repo.Problem{Path: job.path, Kind: repo.ProblemUnreadable, Error: err.Error()})
 			return nil
@@ -196,6 +228,9 @@ func (s *fileSaver) readFile(ctx context.Context, job *fileJob, profile repo.Chu
 	n := &job.fut.node
 	f, err := os.Open(job.read)
 	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && job.read == job.path {
+			return false, fmt.Errorf("%w: %w", errRemoved, err)
+		}
 		return false, err
 	}
 	defer f.Close()

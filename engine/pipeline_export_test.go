@@ -124,6 +124,14 @@ func (p *Parts) SubmitNode(ctx context.Context, path string, n tree.Node) *Futur
 	return p.b.files.submit(ctx, path, n, nil)
 }
 
+// SubmitListed is SubmitNode for a file found in its directory's listing.
+func (p *Parts) SubmitListed(ctx context.Context, path string, n tree.Node) *Future {
+	return p.b.files.submitListed(ctx, path, n, nil)
+}
+
+// Gone reports whether the future's entry was left out of the snapshot.
+func (f *future) Gone() bool { return f.gone }
+
 // SaveTree hands a directory to the tree saver.
 func (p *Parts) SaveTree(ctx context.Context, dir string, node tree.Node, kids []*Future) *Future {
 	return p.b.trees.save(ctx, dir, node, kids)

@@ -16,6 +16,9 @@ import (
 type future struct {
 	done chan struct{}
 	node tree.Node
+	// gone: the entry was removed after it was listed, before it could be
+	// read; it is not part of the snapshot (set before done is closed).
+	gone bool
 }
 
 // newFuture returns a future of n that is not done yet.
@@ -69,7 +72,9 @@ func (s *treeSaver) save(ctx context.Context, dir string, node tree.Node, kids [
 			case <-ctx.Done():
 				return
 			}
-			t.Nodes = append(t.Nodes, k.node)
+			if !k.gone {
+				t.Nodes = append(t.Nodes, k.node)
+			}
 		}
 		id, res, err := s.repo.SaveTree(ctx, t)
 		if err != nil {

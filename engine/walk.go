@@ -204,6 +204,8 @@ func (w *treeWalker) walkEntry(ctx context.Context, dir, name string, pn *tree.N
 	case sub != nil:
 		// A path leading to a selected path is not a directory any more.
 		return nil, fmt.Errorf("%s is not a directory", p)
+	case n.Kind == tree.File && only == nil:
+		return w.files.submitListed(ctx, p, n, pn), nil
 	case n.Kind == tree.File:
 		return w.files.submit(ctx, p, n, pn), nil
 	case n.Kind == tree.Symlink:
