@@ -39,10 +39,12 @@ const (
 
 func main() {
 	setGCPercent()
+	stopMemoryLimit := tuneMemoryLimit()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopProfiles := startProfiles(os.Stderr)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stopProfiles()
+	stopMemoryLimit()
 	stop()
 	os.Exit(code)
 }
