@@ -80,6 +80,14 @@ type BackupOptions struct {
 	// are not regular files, not under Paths or excluded are ignored.
 	Prefetch      []string
 	AfterPrefetch func()
+	// HeldStill, when set (stop, copy and reflink quiescing), reports
+	// whether the quiesce selection takes a file. A file it takes that is
+	// neither prefetched nor substituted appeared once the service was held
+	// still; when such a file, found in its directory's listing, is removed
+	// before it is opened (a resumed service's temporary file), it is left
+	// out of the snapshot with a warning instead of being recorded
+	// unreadable: it was never part of the state held still.
+	HeldStill func(path string) bool
 	// Progress, when set, is called about every ProgressEvery from one goroutine.
 	Progress      func(Progress)
 	ProgressEvery time.Duration
@@ -272,7 +280,7 @@ func (b *backup) buildParts(pol chunker.Pol, profiles map[repo.ProfileName]repo.
 	src := sources{roots: b.opts.SourceRoots, substitutes: b.opts.Substitutes}
 	b.files = &fileSaver{sources: src, blobs: b.blobs, counts: &b.counts, problems: &b.problems, onPanic: b.recoverCancel,
 		pol: pol, profiles: profiles, dbGlobs: b.dbGlobs, retries: b.opts.Retries, parentCutoff: b.parentCutoff,
-		queue: make(chan fileJob, 4*b.opts.Workers), links: map[[2]uint64]*future{}}
+		heldStill: b.opts.HeldStill, queue: make(chan fileJob, 4*b.opts.Workers), links: map[[2]uint64]*future{}}
 	b.trees = &treeSaver{repo: b.repo, counts: &b.counts, fail: b.cancel, onPanic: b.recoverCancel}
 	b.walker = &treeWalker{repo: b.repo, sources: src, excluded: b.excluded, names: b.names,
 		files: b.files, trees: b.trees, counts: &b.counts, problems: &b.problems, stdin: b.stdin}

@@ -42,6 +42,8 @@ type fileSaver struct {
 	retries  int                                    // re-reads of a file that changed while read
 	// parentCutoff: a parent's file with mtime at or after this (ns) is re-read.
 	parentCutoff int64
+	// heldStill is BackupOptions.HeldStill (nil: no quiescing).
+	heldStill func(path string) bool
 
 	queue chan fileJob
 	mu    sync.Mutex
@@ -69,9 +71,11 @@ func (s *fileSaver) submit(ctx context.Context, p string, n tree.Node, pn *tree.
 var errRemoved = errors.New("removed since listed")
 
 // submitListed is submit for a file found in its directory's listing: when
-// it is removed before it is opened, it is left out of the snapshot with a
-// warning (as one removed before lstat is left out), not recorded as
-// unreadable.
+// it is one the quiesce selection takes (heldStill) but was not held still,
+// so it appeared after the service was stopped, and it is removed before it
+// is opened, it is left out of the snapshot with a warning, not recorded as
+// unreadable. Any other file removed before it is opened is unreadable
+// (exit 3): it may have been renamed into a directory already walked.
 func (s *fileSaver) submitListed(ctx context.Context, p string, n tree.Node, pn *tree.Node) *future {
 	return s.submitJob(ctx, p, n, pn, true)
 }
@@ -163,9 +167,10 @@ func (s *fileSaver) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chun
 			if ctx.Err() != nil || isRepoError(err) || isPanic(err) { // a bug is not an unreadable file
 				return err
 			}
-			if errors.Is(err, errRemoved) && job.listed && n.Links <= 1 {
-				// Removed since it was listed (a service's temporary file):
-				// not part of the snapshot, as one removed before lstat.
+			if errors.Is(err, errRemoved) && job.listed && n.Links <= 1 && s.heldStill != nil && s.heldStill(job.path) {
+				// Appeared after the service was held still, and removed
+				// since it was listed (the resumed service's temporary file):
+				// not part of the state held still.
 				job.fut.gone = true
 				if job.parent == nil {
 					s.counts.filesNew.Add(-1)
@@ -173,7 +178,7 @@ func (s *fileSaver) saveFile(ctx context.Context, job *fileJob, ck *chunker.Chun
 					s.counts.filesChanged.Add(-1)
 				}
 				n.Size = 0
-				s.problems.add(repo.Problem{Path: job.path, Kind: repo.ProblemWarning, Error: "removed while the backup ran (after it was listed, before it was read): not in the snapshot"})
+				s.problems.add(repo.Problem{Path: job.path, Kind: repo.ProblemWarning, Error: "appeared after the service was held still and was removed before it was read: not in the snapshot"})
 				return nil
 			}
 			n.Flags, n.Error, n.Content, n.Size = tree.Unreadable, err.Error(), nil, 0

@@ -183,49 +183,57 @@ func TestFileSaverRecordsAnUnreadableFile(t *testing.T) {
 	}
 }
 
-// A file found in its directory's listing and removed before it is opened
-// (a service's temporary file, renamed away) is left out of the snapshot
-// with a warning, and the snapshot is complete; the directory's tree holds
-// only the entries that were read.
-func TestFileSaverLeavesOutAListedFileRemovedBeforeItIsRead(t *testing.T) {
-	r := enginetest.NewRepo(t)
-	dir := t.TempDir()
-	gone, kept := filepath.Join(dir, "pg_internal.init.15507"), filepath.Join(dir, "kept")
-	fileSaverRandomFile(t, gone, 10, 5)
-	fileSaverRandomFile(t, kept, 10, 6)
-	fi, err := os.Lstat(gone)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Remove(gone)
-	p := engine.NewParts(ctx, r, engine.BackupOptions{})
-	p.RunFileWorkers(1)
-	p.RunBlobSavers(1)
-	f := p.SubmitListed(ctx, gone, tree.Node{Name: filepath.Base(gone), Kind: tree.File, Size: uint64(fi.Size())})
-	k := p.SubmitListed(ctx, kept, tree.Node{Name: "kept", Kind: tree.File, Size: 10})
-	d := p.SaveTree(ctx, dir, tree.Node{Name: filepath.Base(dir), Kind: tree.Dir}, []*engine.Future{f, k})
-	dn, err := d.Wait(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Close(); err != nil {
-		t.Fatalf("a removed file failed the saver: %v", err)
-	}
-	if !f.Gone() {
-		t.Error("the removed file is not left out")
-	}
-	if ps := p.Problems(); len(ps) != 1 || ps[0].Path != gone || ps[0].Kind != repo.ProblemWarning {
-		t.Errorf("problems %+v; want one warning naming %s", ps, gone)
-	}
-	if err := r.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := r.LoadTree(ctx, dn.Subtree)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(tr.Nodes) != 1 || tr.Nodes[0].Name != "kept" || tr.Nodes[0].Flags != 0 {
-		t.Errorf("tree %+v; want only kept, read", tr.Nodes)
+// A file found in its directory's listing that the quiesce selection takes
+// but that was not held still (it appeared once the service was stopped: a
+// restarted PostgreSQL's pg_internal.init.PID) and is removed before it is
+// opened is left out of the snapshot with a warning, and the snapshot is
+// complete. Without quiescing, or outside the selection, such a file is
+// unreadable (it may have been renamed into a directory already walked).
+func TestFileSaverLeavesOutAFileOfTheResumedService(t *testing.T) {
+	for _, held := range []bool{true, false} {
+		r := enginetest.NewRepo(t)
+		dir := t.TempDir()
+		gone, kept := filepath.Join(dir, "pg_internal.init.15507"), filepath.Join(dir, "kept")
+		fileSaverRandomFile(t, gone, 10, 5)
+		fileSaverRandomFile(t, kept, 10, 6)
+		fi, err := os.Lstat(gone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(gone)
+		p := engine.NewParts(ctx, r, engine.BackupOptions{HeldStill: func(p string) bool { return held && p == gone }})
+		p.RunFileWorkers(1)
+		p.RunBlobSavers(1)
+		f := p.SubmitListed(ctx, gone, tree.Node{Name: filepath.Base(gone), Kind: tree.File, Size: uint64(fi.Size())})
+		k := p.SubmitListed(ctx, kept, tree.Node{Name: "kept", Kind: tree.File, Size: 10})
+		d := p.SaveTree(ctx, dir, tree.Node{Name: filepath.Base(dir), Kind: tree.Dir}, []*engine.Future{f, k})
+		dn, err := d.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Close(); err != nil {
+			t.Fatalf("a removed file failed the saver: %v", err)
+		}
+		if err := r.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		tr, err := r.LoadTree(ctx, dn.Subtree)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps := p.Problems()
+		if held {
+			if !f.Gone() || len(ps) != 1 || ps[0].Path != gone || ps[0].Kind != repo.ProblemWarning {
+				t.Errorf("held still: gone %v, problems %+v; want it left out with one warning", f.Gone(), ps)
+			}
+			if len(tr.Nodes) != 1 || tr.Nodes[0].Name != "kept" || tr.Nodes[0].Flags != 0 {
+				t.Errorf("held still: tree %+v; want only kept, read", tr.Nodes)
+			}
+			continue
+		}
+		if f.Gone() || len(ps) != 1 || ps[0].Kind != repo.ProblemUnreadable || len(tr.Nodes) != 2 {
+			t.Errorf("not held still: gone %v, problems %+v, %d entries; want it recorded unreadable", f.Gone(), ps, len(tr.Nodes))
+		}
 	}
 }
 

@@ -10,7 +10,8 @@ import (
 // parallel calls fn(ctx, worker, i) for every i in [0, n), on
 // min(NumCPU, n) goroutines; worker (0 ≤ worker < that number) lets fn keep
 // per-goroutine state such as a buffer or a chunker. Items are handed out
-// in order; the first error cancels ctx for the rest and is returned.
+// in order; the first error cancels ctx for the rest and is returned. When
+// ctx ends before every item was handed out, its error is returned.
 func parallel(ctx context.Context, n int, fn func(ctx context.Context, worker, i int) error) error {
 	g, gctx := errgroup.WithContext(ctx)
 	next := make(chan int)
@@ -20,7 +21,10 @@ func parallel(ctx context.Context, n int, fn func(ctx context.Context, worker, i
 			select {
 			case next <- i:
 			case <-gctx.Done():
-				return nil
+				// Not every item was handed out: that is an error (the
+				// first one, a worker's, is the one returned), also when
+				// only the caller's ctx ended.
+				return context.Cause(gctx)
 			}
 		}
 		return nil

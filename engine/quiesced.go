@@ -71,12 +71,14 @@ func captureOptions(opts BackupOptions, s *quiesce.Stage) BackupOptions {
 	case quiesce.FreezeStop:
 		opts.Prefetch = s.Files
 		opts.AfterPrefetch = func() { _ = s.Resume() } // a failure is in the Report and Run's error
+		opts.HeldStill = s.HeldStill
 	case quiesce.FreezeSnapshot:
 		// The whole tree below each snapshotted volume, not only the
 		// quiesced files, is read from the snapshot.
 		opts.SourceRoots = s.Roots()
 		opts.Excludes = append(append([]string{}, opts.Excludes...), s.Excludes...)
 	default:
+		opts.HeldStill = s.HeldStill
 		opts.Substitutes = make(map[string]string, len(s.Files))
 		for _, f := range s.Files {
 			opts.Substitutes[f] = s.Path(f)

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -560,7 +561,7 @@ func (rs *restorer) writeContent(ctx context.Context, fd int, name string, conte
 	if err := preallocate(fd, content); err != nil {
 		return buf, fmt.Errorf("allocate %s: %w", name, err)
 	}
-	bufs := make([][]byte, workers(len(segs)))
+	bufs := make([][]byte, runtime.NumCPU()) // one per goroutine of parallel
 	for w := 0; w < len(segs); w += segmentsPerWindow {
 		win := segs[w:min(len(segs), w+segmentsPerWindow)]
 		shared, err := rs.planWindow(ctx, win)

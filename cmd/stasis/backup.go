@@ -31,10 +31,7 @@ func (a *app) backupCommand() *cobra.Command {
 		Long: `Take a snapshot of PATHs. Files unchanged since the last snapshot of the same
 host and paths are not read again. A file that cannot be read, or that keeps
 changing while it is read, is listed and the exit code is 3; the snapshot is
-still written and everything else in it is restorable. A file removed while
-the backup runs, after its directory was listed and before it was read (a
-service's temporary file), is not in the snapshot: a warning names it, and
-the snapshot is complete.
+still written and everything else in it is restorable.
 
 A live service is held still with --quiesce CMD and --resume CMD (shell
 commands; resume always runs once quiesce started, also on errors, Ctrl-C and

@@ -64,3 +64,19 @@ func TestFilesListedAgainAfterQuiesceHook(t *testing.T) {
 		})
 	}
 }
+
+// A stage says which files its selection takes (to tell the resumed
+// service's new files from those held still): every file without quiesce
+// paths, else those matching one.
+func TestStageHeldStillIsTheSelection(t *testing.T) {
+	all := &Stage{Freeze: FreezeStop}
+	dbs := &Stage{Freeze: FreezeStop, globs: []string{"*.db"}}
+	for p, want := range map[string][2]bool{
+		"/srv/zoomserv/X500.db":    {true, true},
+		"/srv/zoomserv/log/tx.log": {true, false},
+	} {
+		if got := [2]bool{all.HeldStill(p), dbs.HeldStill(p)}; got != want {
+			t.Errorf("HeldStill(%s) = %v (no globs, *.db), want %v", p, got, want)
+		}
+	}
+}

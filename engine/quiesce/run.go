@@ -302,7 +302,7 @@ func (w *window) resume(ctx context.Context) error {
 // through Stage.Resume once it has read them.
 func (w *window) captureStop(ctx context.Context, capture func(ctx context.Context, s *Stage) error) error {
 	fmt.Fprintf(w.opts.Log, "stasis: quiesced; capturing %d files (stop)\n", len(w.files))
-	stage := &Stage{Freeze: FreezeStop, Files: w.files, resume: func() error { return w.resume(ctx) }, report: w.report}
+	stage := &Stage{Freeze: FreezeStop, Files: w.files, globs: w.opts.QuiescePaths, resume: func() error { return w.resume(ctx) }, report: w.report}
 	if err := capture(ctx, stage); err != nil {
 		return err
 	}
@@ -351,7 +351,7 @@ func (w *window) captureStaged(ctx context.Context, capture func(ctx context.Con
 		return err
 	}
 	rerr := w.resume(ctx)
-	if err := capture(ctx, &Stage{Freeze: used, Files: w.files, StagingDir: w.opts.Staging, Excludes: w.excludes, staged: staged, report: w.report}); err != nil {
+	if err := capture(ctx, &Stage{Freeze: used, Files: w.files, StagingDir: w.opts.Staging, Excludes: w.excludes, staged: staged, globs: w.opts.QuiescePaths, report: w.report}); err != nil {
 		return errors.Join(err, rerr)
 	}
 	return rerr

@@ -37,8 +37,18 @@ type Stage struct {
 
 	staged map[string]string
 	roots  map[string]string
+	globs  []string // Options.QuiescePaths: which files are held still (none: all)
 	resume func() error
 	report func() Report
+}
+
+// HeldStill reports whether the quiesce selection (Options.QuiescePaths,
+// every file when there are none) takes regular file p: a file it takes that
+// is not in Files appeared after the files to hold still were listed, once
+// the service was stopped (it belongs to the resumed service, not to the
+// state held still).
+func (s *Stage) HeldStill(p string) bool {
+	return len(s.globs) == 0 || matchAny(p, s.globs)
 }
 
 // Report returns a copy of the Report so far. Once the service has resumed
