@@ -656,17 +656,11 @@ func (rs *restorer) planWindow(ctx context.Context, win []contentSegment) ([][]p
 	if len(shared) == 0 {
 		return nil, nil
 	}
-	// Mark them done: the chunks of each segment are in file order, so one
-	// pass over the segments finds them.
-	isShared := map[sharedFrame]bool{}
-	for _, c := range shared {
-		isShared[sharedFrame{c[0].loc.Pack, c[0].loc.Offset, c[0].loc.Length}] = true
-	}
 	for si := range win {
 		s := &win[si]
 		s.done = make([]bool, len(s.extents))
 		for j, l := range s.locs {
-			s.done[j] = l != nil && l.Storage.Framed() && isShared[sharedFrame{l.Pack, l.Offset, l.Length}]
+			s.done[j] = l != nil && l.Storage.Framed() && uses[sharedFrame{l.Pack, l.Offset, l.Length}].segs >= 2
 		}
 	}
 	return shared, nil
