@@ -14,6 +14,7 @@ import (
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/internal/enginetest"
 	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/tree"
 )
 
 // BenchmarkBackupDatabase backs up a 64 MiB page-structured database into an
@@ -189,4 +190,64 @@ func BenchmarkZstdDictionary(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkRestoreDaysOfChanges restores a 64 MiB page-structured database
+// after ten days of 150 single pages rewritten all over it, each day backed
+// up: the changed pages of a day sit in a few frames that the whole file
+// uses. It reports the frames decoded per restore beside the frames the
+// file uses (a restore that decodes each frame once has the two equal).
+// go test -run '^$' -bench RestoreDaysOfChanges ./engine
+func BenchmarkRestoreDaysOfChanges(b *testing.B) {
+	dir := b.TempDir()
+	db := filepath.Join(dir, "X500.db")
+	const pages = 16384
+	rng := rand.New(rand.NewSource(4))
+	writePages(b, db, pages, rng)
+	r := enginetest.NewRepo(b)
+	var sn *repo.Snapshot
+	for day := 0; day <= 10; day++ {
+		if day > 0 {
+			f, err := os.OpenFile(db, os.O_RDWR, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := 0; i < 150; i++ {
+				f.WriteAt(page(rng), int64(rng.Intn(pages))*4096)
+			}
+			f.Close()
+		}
+		var err error
+		if sn, err = engine.Backup(ctx, r, engine.BackupOptions{Paths: []string{dir}, Now: clock(day1.Add(time.Duration(day) * 24 * time.Hour))}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var node tree.Node
+	engine.Walk(ctx, r, sn, db, func(_ string, n *tree.Node) error { node = *n; return nil })
+	frames := map[[3]uint64]bool{}
+	for _, e := range node.Content {
+		if loc, ok, _ := r.Index().Lookup(e.ID); ok && loc.Storage.Framed() {
+			frames[[3]uint64{uint64(loc.Pack[0])<<56 | uint64(loc.Pack[1])<<48 | uint64(loc.Pack[2])<<40, loc.Offset, uint64(loc.Length)}] = true
+		}
+	}
+	b.SetBytes(int64(node.Size))
+	b.ResetTimer()
+	decoded := int64(0)
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		r2, err := repo.Open(ctx, enginetest.Local(r.Location()), enginetest.OpenOptionsIn(b.TempDir())) // no frame cached
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if _, err := engine.Restore(ctx, r2, sn, engine.RestoreOptions{Target: b.TempDir(), Includes: []string{db}}); err != nil {
+			b.Fatal(err)
+		}
+		decoded += r2.DataFramesDecoded()
+		b.StopTimer()
+		r2.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(decoded)/float64(b.N), "frames-decoded/op")
+	b.ReportMetric(float64(len(frames)), "frames-used")
 }

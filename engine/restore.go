@@ -611,14 +611,17 @@ type sharedFrame struct {
 }
 
 // planWindow locates the chunks of the segments in win and returns, for
-// each frame that two or more of them use, that frame's chunks in file
-// order, marking them done in their segments. The frames are in the order
-// the file first uses them.
+// each frame the window comes back to (its chunks are used in two or more
+// runs apart, or in two segments), that frame's chunks in file order,
+// marking them done in their segments. The frames are in the order the file
+// first uses them. Which frames those are depends on how the backups stored
+// the file: a day's changed chunks of a backup's span of the file share a few
+// frames, and the runs of the first backup's frames are broken where they
+// changed.
 func (rs *restorer) planWindow(ctx context.Context, win []contentSegment) ([][]placedChunk, error) {
 	type use struct {
-		chunks  []placedChunk
-		lastSeg int
-		segs    int
+		chunks []placedChunk
+		runs   int
 	}
 	uses := map[sharedFrame]*use{}
 	var order []sharedFrame
@@ -630,17 +633,19 @@ func (rs *restorer) planWindow(ctx context.Context, win []contentSegment) ([][]p
 		}
 		s.locs = locs
 		off := s.off
+		var prev *use // the frame of the segment's last chunk
 		for j, e := range s.extents {
 			if l := locs[j]; l != nil && l.Storage.Framed() {
 				k := sharedFrame{l.Pack, l.Offset, l.Length}
 				u := uses[k]
 				if u == nil {
-					u = &use{lastSeg: -1}
+					u = &use{}
 					uses[k] = u
 					order = append(order, k)
 				}
-				if u.lastSeg != si {
-					u.lastSeg, u.segs = si, u.segs+1
+				if u != prev {
+					u.runs++
+					prev = u
 				}
 				u.chunks = append(u.chunks, placedChunk{off, e, l})
 			}
@@ -649,7 +654,7 @@ func (rs *restorer) planWindow(ctx context.Context, win []contentSegment) ([][]p
 	}
 	var shared [][]placedChunk
 	for _, k := range order {
-		if u := uses[k]; u.segs >= 2 {
+		if u := uses[k]; u.runs >= 2 {
 			shared = append(shared, u.chunks)
 		}
 	}
@@ -660,7 +665,7 @@ func (rs *restorer) planWindow(ctx context.Context, win []contentSegment) ([][]p
 		s := &win[si]
 		s.done = make([]bool, len(s.extents))
 		for j, l := range s.locs {
-			s.done[j] = l != nil && l.Storage.Framed() && uses[sharedFrame{l.Pack, l.Offset, l.Length}].segs >= 2
+			s.done[j] = l != nil && l.Storage.Framed() && uses[sharedFrame{l.Pack, l.Offset, l.Length}].runs >= 2
 		}
 	}
 	return shared, nil

@@ -94,6 +94,8 @@ type Repository struct {
 	frameBufs sync.Pool // *[]byte for the plaintext of frames being stored
 
 	frames frameCache // decoded multi-blob frames (frame.go)
+	// framesDecoded counts the data frames readFramed decoded (DataFramesDecoded).
+	framesDecoded atomic.Int64
 
 	mu      sync.Mutex
 	pending map[blob.ID]struct{} // blobs in packs not yet indexed
