@@ -2,9 +2,10 @@ package main
 
 import (
 	"os"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
-	"time"
+	"sync/atomic"
 )
 
 // memoryFloor is the least soft memory limit stasis sets: above the key
@@ -25,29 +26,35 @@ func memoryLimitFor(live uint64) int64 {
 }
 
 // tuneMemoryLimit keeps the soft memory limit at memoryLimitFor of the live
-// heap, checked every 20 ms, unless the environment sets GOMEMLIMIT. The
-// returned function stops it.
+// heap, set again after every collection (a finalizer of an object made
+// anew each cycle, so an idle process such as `stasis mount` does no work
+// for it), unless the environment sets GOMEMLIMIT. The returned function
+// stops it.
 func tuneMemoryLimit() (stop func()) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return func() {}
 	}
 	debug.SetMemoryLimit(memoryFloor)
-	done := make(chan struct{})
-	go func() {
-		sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
+	var stopped atomic.Bool
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	var arm func()
+	arm = func() {
+		runtime.SetFinalizer(new(gcCycle), func(*gcCycle) {
+			if stopped.Load() {
 				return
-			case <-tick.C:
 			}
 			metrics.Read(sample)
 			if sample[0].Value.Kind() == metrics.KindUint64 {
 				debug.SetMemoryLimit(memoryLimitFor(sample[0].Value.Uint64()))
 			}
-		}
-	}()
-	return func() { close(done) }
+			arm()
+		})
+	}
+	arm()
+	return func() { stopped.Store(true) }
 }
+
+// gcCycle is the object whose finalizer runs once a collection has found
+// it unreachable. It holds a pointer so that it is not a tiny allocation
+// (those share a block, and their finalizers may never run).
+type gcCycle struct{ _ *byte }
