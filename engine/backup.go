@@ -88,7 +88,9 @@ type BackupOptions struct {
 	// out of the snapshot with a warning instead of being recorded
 	// unreadable: it was never part of the state held still.
 	HeldStill func(path string) bool
-	// Progress, when set, is called about every ProgressEvery from one goroutine.
+	// Progress, when set, is called about every ProgressEvery from one
+	// goroutine, and a last time when the backup ends: after a backup that
+	// completed, that call's counts are at their totals.
 	Progress      func(Progress)
 	ProgressEvery time.Duration
 	// Now returns the backup's start time (tests inject a clock).
@@ -317,7 +319,7 @@ func (b *backup) run(ctx context.Context, paths []string) (blob.ID, error) {
 	// failure they stop at ctx, or finish a save in progress: wait, so that
 	// nothing writes to the repository after Backup returns.
 	b.trees.wait()
-	stopProgress()
+	stopProgress(err == nil && context.Cause(ctx) == nil)
 	if cause := context.Cause(ctx); err == nil || ((isRepoError(cause) || isPanic(cause)) && !errors.Is(cause, context.Canceled)) {
 		// A failed tree save cancels ctx with its cause; the workers then
 		// return "context canceled", which must not hide the cause.

@@ -62,11 +62,15 @@ type progressReporter struct {
 	onPanic func(where string)
 }
 
-// run starts the scanner and the ticker; the returned function stops both
-// and waits for them. Without a report function it does nothing.
-func (p *progressReporter) run(ctx context.Context, paths []string) (stop func()) {
+// run starts the scanner and the ticker; the returned function stops both,
+// waits for them and reports a last time, so that the last report is the
+// end whatever the ticker's timing. After a backup that completed, that
+// report's totals are what the backup did (a scan cut short when the
+// backup ended first has counted less). Without a report function it does
+// nothing.
+func (p *progressReporter) run(ctx context.Context, paths []string) (stop func(completed bool)) {
 	if p.report == nil {
-		return func() {}
+		return func(bool) {}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -81,7 +85,15 @@ func (p *progressReporter) run(ctx context.Context, paths []string) (stop func()
 		defer p.onPanic("reporting progress")
 		p.tick(ctx)
 	}()
-	return func() { cancel(); wg.Wait() }
+	return func(completed bool) {
+		cancel()
+		wg.Wait()
+		last := p.counts.progress(time.Since(p.start))
+		if completed {
+			last.TotalFiles, last.TotalBytes, last.ScanDone = last.Files, last.Bytes, true
+		}
+		p.report(last)
+	}
 }
 
 // scan counts the regular files below paths and their sizes, skipping
