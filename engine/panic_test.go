@@ -89,12 +89,16 @@ func TestPanicInBackupGoroutineResumes(t *testing.T) {
 		{"SaveTree", small, "saving the tree of"},
 		{"HasBlob", big, "a parallel part of a file"},
 		{"Progress", small, "reporting progress"},
+		{"last Progress", small, "reporting progress"}, // the report made when the backup ends
 	} {
-		t.Run(tc.where, func(t *testing.T) {
+		t.Run(tc.in+" "+tc.where, func(t *testing.T) {
 			r := &buggyRepo{Repository: enginetest.NewRepo(t), in: tc.in}
 			opts := engine.BackupOptions{Paths: []string{tc.dir}, Host: "test", Now: clock(day1)}
-			if tc.in == "Progress" {
+			if strings.HasSuffix(tc.in, "Progress") {
 				opts.ProgressEvery = time.Millisecond
+				if tc.in == "last Progress" {
+					opts.ProgressEvery = time.Hour
+				}
 				opts.Progress = func(engine.Progress) { panic("injected bug in the progress callback") }
 			}
 			var sn *repo.Snapshot

@@ -92,7 +92,10 @@ func (p *progressReporter) run(ctx context.Context, paths []string) (stop func(c
 		if completed {
 			last.TotalFiles, last.TotalBytes, last.ScanDone = last.Files, last.Bytes, true
 		}
-		p.report(last)
+		func() {
+			defer p.onPanic("reporting progress")
+			p.report(last)
+		}()
 	}
 }
 
