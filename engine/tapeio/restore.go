@@ -15,6 +15,7 @@ import (
 	"github.com/stasisbackup/stasis/engine"
 	"github.com/stasisbackup/stasis/engine/tape"
 	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/backend"
 )
 
 // RestoreOptions tune Restore.
@@ -94,10 +95,7 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 		return res, fmt.Errorf("tape restore: create the spool directory: %w", err)
 	}
 	defer os.RemoveAll(spool)
-	st, err := repo.OpenStorage(ctx, filepath.Join(spool, "repo"))
-	if err != nil {
-		return res, fmt.Errorf("tape restore: %w", err)
-	}
+	st := backend.NewScratch(filepath.Join(spool, "repo")) // removed at the end: no fsyncs
 	for _, seq := range res.VolumesNeeded {
 		if v := set.bySeq[seq]; v != nil {
 			if err := spoolVolume(ctx, st, v, set.known, plan, o.Read, log, res); err != nil {

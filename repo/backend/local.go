@@ -22,6 +22,8 @@ const TempDir = "tmp"
 // object is durable and whole once Put returns.
 type Local struct {
 	dir string
+	// scratch skips every fsync (NewScratch).
+	scratch bool
 }
 
 var (
@@ -34,6 +36,14 @@ var (
 // NewLocal returns the Storage of directory dir (which need not exist yet:
 // Put creates directories as needed).
 func NewLocal(dir string) *Local { return &Local{dir: filepath.Clean(dir)} }
+
+// NewScratch returns the Storage of directory dir for files that need not
+// survive a crash: objects are whole once Put returns (written aside and
+// renamed) but not fsynced. Only for a directory the caller removes when
+// it is done, such as tape restore's spool: a fsync there would make the
+// spooled packs wait for the disk before the restore reads them from the
+// page cache.
+func NewScratch(dir string) *Local { return &Local{dir: filepath.Clean(dir), scratch: true} }
 
 // Dir returns the directory.
 func (l *Local) Dir() string { return l.dir }
@@ -82,8 +92,10 @@ func (l *Local) Adopt(ctx context.Context, f *os.File, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", f.Name(), err)
+	if !l.scratch {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("fsync %s: %w", f.Name(), err)
+		}
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", f.Name(), err)
@@ -98,7 +110,7 @@ func (l *Local) Adopt(ctx context.Context, f *os.File, name string) error {
 			return fmt.Errorf("create directory of %s: %w", name, err)
 		}
 		// The new directory's entry must be durable too.
-		if err := syncDirsUp(l.dir, dir); err != nil {
+		if err := l.syncDirsUp(dir); err != nil {
 			return fmt.Errorf("fsync the new directory of %s: %w", name, err)
 		}
 		if err := os.Rename(f.Name(), final); err != nil {
@@ -106,6 +118,9 @@ func (l *Local) Adopt(ctx context.Context, f *os.File, name string) error {
 		}
 	}
 	ok = true
+	if l.scratch {
+		return nil
+	}
 	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("fsync directory of %s: %w", name, err)
 	}
@@ -133,9 +148,14 @@ func (l *Local) Put(ctx context.Context, name string, r io.ReaderAt, size int64)
 	return l.Adopt(ctx, f, name)
 }
 
-// syncDirsUp fsyncs the parents of dir up to and including root (after
-// MkdirAll created dir and perhaps some of its parents).
-func syncDirsUp(root, dir string) error {
+// syncDirsUp fsyncs the parents of dir up to and including the
+// repository's directory (after MkdirAll created dir and perhaps some of
+// its parents); nothing for a scratch directory.
+func (l *Local) syncDirsUp(dir string) error {
+	if l.scratch {
+		return nil
+	}
+	root := l.dir
 	for d := filepath.Dir(dir); ; d = filepath.Dir(d) {
 		if err := syncDir(d); err != nil {
 			return err

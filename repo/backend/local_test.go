@@ -19,6 +19,14 @@ func TestLocalConformance(t *testing.T) {
 	})
 }
 
+// TestScratchConformance: a scratch directory (no fsyncs) keeps every other
+// promise of the contract.
+func TestScratchConformance(t *testing.T) {
+	backendtest.RunConformance(t, func(t *testing.T) backend.Storage {
+		return backend.NewScratch(t.TempDir())
+	})
+}
+
 // errSource is a data source that breaks after some bytes.
 type errSource struct {
 	data []byte
