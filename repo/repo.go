@@ -633,7 +633,8 @@ func PackName(id blob.ID) string {
 // chunk.
 type packReader struct {
 	st     backend.Storage
-	files  backend.FileOpener // nil: not local
+	files  backend.FileOpener     // nil: not local
+	ranges backend.ObjectReaderAt // nil: not ranges of local files
 	window int64
 
 	mu    sync.Mutex
@@ -687,6 +688,8 @@ func newPackReader(st backend.Storage) *packReader {
 	c := &packReader{st: st, sizes: map[blob.ID]int64{}, open: map[blob.ID]*openPack{}}
 	if fo, ok := st.(backend.FileOpener); ok {
 		c.files = fo
+	} else if ra, ok := st.(backend.ObjectReaderAt); ok {
+		c.ranges = ra
 	} else {
 		c.window = readWindow
 	}
@@ -696,6 +699,10 @@ func newPackReader(st backend.Storage) *packReader {
 func (c *packReader) readAt(ctx context.Context, id blob.ID, p []byte, off int64) error {
 	if c.files != nil {
 		return c.readLocal(ctx, id, p, off)
+	}
+	if c.ranges != nil {
+		n, err := c.ranges.ReadObjectAt(ctx, PackName(id), p, off)
+		return readResult(id, p, off, n, err)
 	}
 	if int64(len(p)) >= c.window {
 		return backend.ReadAt(ctx, c.st, PackName(id), p, off)
@@ -780,6 +787,12 @@ func (c *packReader) readLocal(ctx context.Context, id blob.ID, p []byte, off in
 		e.f.Close()
 	}
 	c.mu.Unlock()
+	return readResult(id, p, off, n, err)
+}
+
+// readResult is the error of a read of len(p) bytes of pack id at off
+// that gave n bytes and err: nil when all were read.
+func readResult(id blob.ID, p []byte, off int64, n int, err error) error {
 	if n == len(p) {
 		return nil
 	}

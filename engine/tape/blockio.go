@@ -146,6 +146,7 @@ type blockReader struct {
 	buf  []byte
 	i, n int
 	err  error
+	off  int64 // bytes served so far: the offset in the volume of the next byte
 }
 
 func newBlockReader(r io.Reader, blockSize int) *blockReader {
@@ -168,5 +169,6 @@ func (b *blockReader) Read(p []byte) (int, error) {
 	}
 	c := copy(p, b.buf[b.i:b.n])
 	b.i += c
+	b.off += int64(c)
 	return c, nil
 }

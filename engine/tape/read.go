@@ -118,6 +118,16 @@ func (r *Report) Err() error {
 // io.ErrUnexpectedEOF stops ReadVolume.
 type MemberFunc func(e Entry, r io.Reader) error
 
+// Offsetter is implemented by the reader a MemberFunc receives: Offset is
+// where the member's bytes start in the volume (a volume file holds them
+// there, contiguous, as in any tar archive).
+type Offsetter interface {
+	Offset() int64
+}
+
+// Offset implements Offsetter.
+func (h *hashReader) Offset() int64 { return h.off }
+
 // ReadLabel reads the label, the first member of a volume.
 func ReadLabel(ctx context.Context, r io.Reader, opts ReadOptions) (Label, error) {
 	_, l, err := openVolume(ctx, r, opts)
@@ -155,33 +165,41 @@ func ReadVolume(ctx context.Context, r io.Reader, opts ReadOptions, fn MemberFun
 }
 
 func openVolume(ctx context.Context, r io.Reader, opts ReadOptions) (*tar.Reader, Label, error) {
+	tr, _, l, err := openVolumeAt(ctx, r, opts)
+	return tr, l, err
+}
+
+// openVolumeAt is openVolume that also returns the block reader below the
+// tar reader, whose offset is that of the next byte of the volume.
+func openVolumeAt(ctx context.Context, r io.Reader, opts ReadOptions) (*tar.Reader, *blockReader, Label, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, Label{}, err
+		return nil, nil, Label{}, err
 	}
 	bs := opts.BlockSize
 	if bs == 0 {
 		bs = DefaultBlockSize
 	}
 	if bs < 0 {
-		return nil, Label{}, fmt.Errorf("negative block size %d", bs)
+		return nil, nil, Label{}, fmt.Errorf("negative block size %d", bs)
 	}
-	tr := tar.NewReader(newBlockReader(r, bs))
+	br := newBlockReader(r, bs)
+	tr := tar.NewReader(br)
 	hdr, err := tr.Next()
 	if err == io.EOF {
-		return nil, Label{}, fmt.Errorf("empty volume (no tar members): %w", ErrNotVolume)
+		return nil, nil, Label{}, fmt.Errorf("empty volume (no tar members): %w", ErrNotVolume)
 	}
 	if err != nil {
-		return nil, Label{}, fmt.Errorf("read first tar header: %v: %w", err, ErrNotVolume)
+		return nil, nil, Label{}, fmt.Errorf("read first tar header: %v: %w", err, ErrNotVolume)
 	}
 	if hdr.Name != LabelName {
-		return nil, Label{}, fmt.Errorf("first member is %q, not %s: %w", hdr.Name, LabelName, ErrNotVolume)
+		return nil, nil, Label{}, fmt.Errorf("first member is %q, not %s: %w", hdr.Name, LabelName, ErrNotVolume)
 	}
 	data, err := readAll(tr, maxLabelSize)
 	if err != nil {
-		return nil, Label{}, fmt.Errorf("read %s: %v: %w", LabelName, err, ErrNotVolume)
+		return nil, nil, Label{}, fmt.Errorf("read %s: %v: %w", LabelName, err, ErrNotVolume)
 	}
 	l, err := DecodeLabel(data)
-	return tr, l, err
+	return tr, br, l, err
 }
 
 func readAll(r io.Reader, limit int64) ([]byte, error) {
@@ -194,11 +212,11 @@ func readAll(r io.Reader, limit int64) ([]byte, error) {
 
 // scan reads a volume; problems are undecodable metadata and odd members.
 func scan(ctx context.Context, r io.Reader, opts ReadOptions, fn MemberFunc) (*Volume, []Problem, error) {
-	tr, l, err := openVolume(ctx, r, opts)
+	tr, br, l, err := openVolumeAt(ctx, r, opts)
 	if err != nil {
 		return nil, nil, err
 	}
-	sc := &scanner{tr: tr, l: l, v: &Volume{Label: l}, fn: fn, ref: map[string]Entry{}, dropped: map[string]bool{}, buf: make([]byte, 64<<10)}
+	sc := &scanner{tr: tr, br: br, l: l, v: &Volume{Label: l}, fn: fn, ref: map[string]Entry{}, dropped: map[string]bool{}, buf: make([]byte, 64<<10)}
 	if c := opts.Catalog; c != nil {
 		for _, d := range c.Dropped {
 			sc.dropped[d.Name] = true
@@ -242,6 +260,7 @@ func scan(ctx context.Context, r io.Reader, opts ReadOptions, fn MemberFunc) (*V
 // scanner is the state of scan, reading the members of one volume.
 type scanner struct {
 	tr       *tar.Reader
+	br       *blockReader // below tr: its offset is where a member's data starts after tr.Next
 	l        Label
 	v        *Volume
 	fn       MemberFunc
@@ -293,7 +312,7 @@ func (sc *scanner) payload(hdr *tar.Header) (end bool, err error) {
 		sc.problems = append(sc.problems, Problem{name, fmt.Sprintf("not a payload member (type %q, %v); skipped", hdr.Typeflag, err)})
 		return false, nil
 	}
-	hr := &hashReader{r: sc.tr, h: blake3.New(), size: hdr.Size, name: name}
+	hr := &hashReader{r: sc.tr, h: blake3.New(), size: hdr.Size, name: name, off: sc.br.off}
 	e := Entry{Name: name, Size: hdr.Size, Volume: vol}
 	if re, ok := sc.ref[name]; ok {
 		hr.want = &re
@@ -322,6 +341,7 @@ func (sc *scanner) payload(hdr *tar.Header) (end bool, err error) {
 // hashReader hashes a member as it is read and checks it at its end.
 type hashReader struct {
 	r    io.Reader
+	off  int64
 	h    hash.Hash
 	name string
 	size int64

@@ -31,7 +31,12 @@ type RestoreOptions struct {
 	Open repo.OpenOptions
 	// SpoolDir is where the needed packs are kept while restoring (a new
 	// temporary directory below it, removed at the end); "" is os.TempDir.
+	// When every needed volume is a regular file, the packs are read in
+	// place instead and the spool holds only the index files.
 	SpoolDir string
+	// Spool copies the needed members into the spool even when the
+	// volumes are regular files (volumes on a tape device always are).
+	Spool bool
 	// Restore says where and what to restore.
 	Restore engine.RestoreOptions
 	// Log, when set, receives one record per volume read and one when the
@@ -95,10 +100,19 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 		return res, fmt.Errorf("tape restore: create the spool directory: %w", err)
 	}
 	defer os.RemoveAll(spool)
-	st := backend.NewScratch(filepath.Join(spool, "repo")) // removed at the end: no fsyncs
+	var st repo.Storage
+	var keep keeper
+	if !o.Spool && regularFiles(set, res.VolumesNeeded) {
+		ip := newInPlace(filepath.Join(spool, "repo"))
+		defer ip.Close()
+		st, keep = ip, inPlaceKeeper{ip}
+	} else {
+		sc := backend.NewScratch(filepath.Join(spool, "repo")) // removed at the end: no fsyncs
+		st, keep = sc, spoolKeeper{sc}
+	}
 	for _, seq := range res.VolumesNeeded {
 		if v := set.bySeq[seq]; v != nil {
-			if err := spoolVolume(ctx, st, v, set.known, plan, o.Read, log, res); err != nil {
+			if err := spoolVolume(ctx, keep, v, set.known, plan, o.Read, log, res); err != nil {
 				return res, err
 			}
 		}
@@ -112,11 +126,67 @@ func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreRes
 	return res, restoreFromSpool(ctx, st, spool, o, log, res)
 }
 
-// spoolVolume reads volume v once, storing in st the members the plan needs
-// from it, and stops after the last of them when its catalog is known. It
-// counts what it spooled in res and adds to res.Bad the needed members it
+// keeper keeps the needed members of volumes as they are read: copied into
+// the spool, or recorded where they are in a volume file.
+type keeper interface {
+	// keep keeps member e of volume v, read from r, and returns its size.
+	keep(ctx context.Context, v *VolumeFile, e tape.Entry, r io.Reader) (int64, error)
+	// drop forgets a member kept before the volume's check found it bad.
+	drop(ctx context.Context, name string)
+}
+
+// spoolKeeper copies members into the spool.
+type spoolKeeper struct{ st repo.Storage }
+
+func (k spoolKeeper) keep(ctx context.Context, v *VolumeFile, e tape.Entry, r io.Reader) (int64, error) {
+	return importMember(ctx, k.st, e.Name, r)
+}
+
+func (k spoolKeeper) drop(ctx context.Context, name string) { k.st.Delete(ctx, name) }
+
+// inPlaceKeeper reads each member through (so that it is checked against
+// its catalog) and records where it is in the volume file.
+type inPlaceKeeper struct{ ip *inPlace }
+
+func (k inPlaceKeeper) keep(ctx context.Context, v *VolumeFile, e tape.Entry, r io.Reader) (int64, error) {
+	if !repoFile(e.Name) {
+		return 0, fmt.Errorf("import %s: not a repository file name", e.Name)
+	}
+	at, ok := r.(tape.Offsetter)
+	if !ok {
+		return 0, fmt.Errorf("member %s: its offset in %s is not known", e.Name, v.Path)
+	}
+	off := at.Offset()
+	n, err := io.Copy(io.Discard, r)
+	if err != nil {
+		return n, err
+	}
+	return n, k.ip.add(v.Path, e.Name, off, n)
+}
+
+func (k inPlaceKeeper) drop(ctx context.Context, name string) { k.ip.drop(name) }
+
+// regularFiles reports whether every needed volume given is a regular
+// file, whose members can be read in place.
+func regularFiles(set *volumeSet, needed []int) bool {
+	for _, seq := range needed {
+		v := set.bySeq[seq]
+		if v == nil {
+			continue
+		}
+		fi, err := os.Stat(v.Path)
+		if err != nil || !fi.Mode().IsRegular() {
+			return false
+		}
+	}
+	return true
+}
+
+// spoolVolume reads volume v once, keeping the members the plan needs from
+// it, and stops after the last of them when its catalog is known. It
+// counts what it kept in res and adds to res.Bad the needed members it
 // did not find intact; the error is for a volume that cannot be read.
-func spoolVolume(ctx context.Context, st repo.Storage, v *VolumeFile, known map[int]tape.Catalog, plan restorePlan, o ReadOptions, log *slog.Logger, res *RestoreResult) error {
+func spoolVolume(ctx context.Context, keep keeper, v *VolumeFile, known map[int]tape.Catalog, plan restorePlan, o ReadOptions, log *slog.Logger, res *RestoreResult) error {
 	seq := v.Head.Label.Volume
 	var ref *tape.Catalog
 	if c, ok := known[seq]; ok {
@@ -130,7 +200,7 @@ func spoolVolume(ctx context.Context, st repo.Storage, v *VolumeFile, known map[
 		if plan.need[e.Name] != seq || got[e.Name] {
 			return nil
 		}
-		n, err := importMember(ctx, st, e.Name, r)
+		n, err := keep.keep(ctx, v, e, r)
 		if err != nil {
 			return err // ErrChecksum, ErrUnexpectedEOF: reported below
 		}
@@ -150,6 +220,12 @@ func spoolVolume(ctx context.Context, st repo.Storage, v *VolumeFile, known map[
 	if rep != nil {
 		for _, p := range rep.Bad {
 			bad[p.Name] = p.Problem
+		}
+	}
+	for name := range bad {
+		if got[name] {
+			keep.drop(ctx, name)
+			got[name] = false
 		}
 	}
 	for name, vs := range plan.need {

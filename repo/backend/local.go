@@ -299,6 +299,16 @@ func (l *Local) Delete(ctx context.Context, name string) error {
 	return os.Remove(l.p(name))
 }
 
+// ObjectReaderAt is implemented by a Storage whose objects are ranges of
+// local files without being files of their own (tape restore reads packs
+// where they are in volume files): readers read them with pread instead of
+// fetching windows as from an object store. ReadObjectAt follows
+// io.ReaderAt: fewer than len(p) bytes come with an error (io.EOF at the
+// end of the object).
+type ObjectReaderAt interface {
+	ReadObjectAt(ctx context.Context, name string, p []byte, off int64) (int, error)
+}
+
 // FileOpener is implemented by a Storage whose objects are local files
 // (Local): readers that read many ranges of one object keep the file open
 // instead of opening it for every range.
