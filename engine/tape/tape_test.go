@@ -399,3 +399,41 @@ func TestInvalidNames(t *testing.T) {
 		}
 	}
 }
+
+// TestMemberOffsets: the reader a MemberFunc receives tells where the
+// member's bytes are in the volume file, for a reader that reads them in
+// place (tape restore from volume files).
+func TestMemberOffsets(t *testing.T) {
+	ms := makeMembers(11, 40, 1, 20<<10)
+	dev, cats := writeMulti(t, ms, 128<<10)
+	want := map[string][]byte{}
+	for _, m := range ms {
+		want[m.name] = m.data
+	}
+	seen := 0
+	for i := range cats {
+		p := fmt.Sprintf(dev.Path, i+1)
+		vol, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ReadVolume(context.Background(), openFile(t, p), ReadOptions{BlockSize: 4096}, func(e Entry, r io.Reader) error {
+			at, ok := r.(Offsetter)
+			if !ok {
+				t.Fatalf("member %s: the reader has no offset", e.Name)
+			}
+			off := at.Offset()
+			if off < 0 || off+e.Size > int64(len(vol)) || !bytes.Equal(vol[off:off+e.Size], want[e.Name]) {
+				t.Errorf("volume %d, member %s: the bytes at offset %d are not the member's", i+1, e.Name, off)
+			}
+			seen++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if seen != len(ms) {
+		t.Errorf("%d members seen, want %d", seen, len(ms))
+	}
+}
