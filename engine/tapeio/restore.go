@@ -32,7 +32,7 @@ type RestoreOptions struct {
 	// SpoolDir is where the needed packs are kept while restoring (a new
 	// temporary directory below it, removed at the end); "" is os.TempDir.
 	// When every needed volume is a regular file, the packs are read in
-	// place instead and the spool holds only the index files.
+	// place instead and the spool holds only an empty index cache.
 	SpoolDir string
 	// Spool copies the needed members into the spool even when the
 	// volumes are regular files (volumes on a tape device always are).
@@ -73,9 +73,10 @@ var errEnough = errors.New("every needed member was read")
 // once each, stopping a volume after its last needed member, and keeps the
 // needed members (packs, the snapshot file, config and key files) in a
 // temporary spool directory laid out like a repository, whose index it
-// builds from the spooled packs; engine.Restore restores from it, verifying
-// every chunk. A damaged or missing member costs only the files whose data
-// is in it: every other file is restored, and the result names the rest.
+// holds in memory, read from the packs' headers; engine.Restore restores
+// from it, verifying every chunk. A damaged or missing member costs only
+// the files whose data is in it: every other file is restored, and the
+// result names the rest.
 func Restore(ctx context.Context, paths []string, o RestoreOptions) (*RestoreResult, error) {
 	log := o.Log
 	if log == nil {
@@ -241,7 +242,7 @@ func spoolVolume(ctx context.Context, keep keeper, v *VolumeFile, known map[int]
 }
 
 // restoreFromSpool opens the spooled repository files in st (the spool
-// directory's repo), indexes the spooled packs and restores the snapshot
+// directory's repo), indexes the spooled packs in memory and restores the snapshot
 // res names, setting res.RestoreResult.
 func restoreFromSpool(ctx context.Context, st repo.Storage, spool string, o RestoreOptions, log *slog.Logger, res *RestoreResult) error {
 	oo := o.Open
@@ -252,8 +253,13 @@ func restoreFromSpool(ctx context.Context, st repo.Storage, spool string, o Rest
 		return fmt.Errorf("tape restore: open the spooled repository files: %w", err)
 	}
 	defer r.Close()
-	if _, err := r.RebuildIndex(ctx, repo.RebuildOptions{}); err != nil {
+	// The spool lives for this command: its index is held in memory.
+	_, _, damaged, err := r.IndexPacksInMemory(ctx)
+	if err != nil {
 		return fmt.Errorf("tape restore: index the spooled packs: %w", err)
+	}
+	for _, d := range damaged {
+		res.Bad = append(res.Bad, tape.Problem{Name: repo.PackName(d.ID), Problem: "its header cannot be read: " + d.Problem})
 	}
 	sn, err := r.FindSnapshot(ctx, res.SnapshotID, repo.SnapshotFilter{})
 	if err != nil {

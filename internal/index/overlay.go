@@ -214,3 +214,11 @@ func (ix *Index) Reset() error {
 		return tx.Bucket(bucketMeta).Delete([]byte("nextpack"))
 	})
 }
+
+// Hold adds a pack to the in-memory overlay only, also when the cache file
+// is open for writing: for a repository that lives for one command (a tape
+// restore's spool), whose index is never kept, so that indexing it costs
+// neither transactions nor index files.
+func (ix *Index) Hold(id blob.ID, size uint64, entries []pack.Entry) error {
+	return ix.addOverlay(id, size, entries)
+}

@@ -1,0 +1,97 @@
+package repo_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stasisbackup/stasis/internal/enginetest"
+	"github.com/stasisbackup/stasis/repo"
+	"github.com/stasisbackup/stasis/repo/blob"
+)
+
+// A repository of packs without index files (as tape restore's spool) is
+// indexed in memory: every blob loads, nothing is stored (no index file,
+// and a later command with the same cache finds none of it), and a pack
+// whose header is unreadable is named while the others still load.
+func TestIndexPacksInMemory(t *testing.T) {
+	ctx := context.Background()
+	st, cache := cacheRepo(t)
+	r := openIn(t, st, cache)
+	rng := rand.New(rand.NewPCG(3, 4))
+	first := saveRandom(t, r, rng, 3)
+	second := saveRandom(t, r, rng, 3)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The spool: the repository's files but its index files, and a new cache.
+	dir := st.Location()
+	if err := os.RemoveAll(filepath.Join(dir, "index")); err != nil {
+		t.Fatal(err)
+	}
+	spoolCache := t.TempDir()
+	open := func() *repo.Repository {
+		r, err := repo.Open(ctx, enginetest.Local(dir), repo.OpenOptions{CacheDir: spoolCache, Exclusive: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r = open()
+	packs, blobs, bad, err := r.IndexPacksInMemory(ctx)
+	if err != nil || len(bad) != 0 {
+		t.Fatalf("IndexPacksInMemory: %v, damaged %v", err, bad)
+	}
+	if packs != 2 || blobs != 6 {
+		t.Errorf("indexed %d packs and %d blobs, want 2 and 6", packs, blobs)
+	}
+	wantBlobs(t, r, append(append([]blob.ID{}, first...), second...), "in memory")
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r = open()
+	if names, err := r.IndexFiles(ctx); err != nil || len(names) != 0 {
+		t.Errorf("index files after indexing in memory: %v (%v), want none", names, err)
+	}
+	if _, err := r.LoadBlob(ctx, first[0], nil); err == nil {
+		t.Error("a new command with the same cache found a blob indexed in another command's memory")
+	}
+
+	// Damage the header of the first blobs' pack: cut its last bytes.
+	loc, ok, err := lookupAfterIndexing(ctx, r, first[0])
+	if err != nil || !ok {
+		t.Fatalf("lookup %s: %v %v", first[0].Short(), ok, err)
+	}
+	r.Close()
+	p := filepath.Join(dir, repo.PackName(loc.Pack))
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, fi.Size()-4); err != nil {
+		t.Fatal(err)
+	}
+	r = open()
+	defer r.Close()
+	packs, _, bad, err = r.IndexPacksInMemory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if packs != 1 || len(bad) != 1 || bad[0].ID != loc.Pack {
+		t.Fatalf("indexed %d packs, damaged %v; want 1 and pack %s", packs, bad, loc.Pack.Short())
+	}
+	wantBlobs(t, r, second, "the intact pack")
+	if _, err := r.LoadBlob(ctx, first[0], nil); err == nil {
+		t.Error("a blob of the pack with the unreadable header loaded")
+	}
+}
+
+// lookupAfterIndexing indexes r's packs in memory and looks id up.
+func lookupAfterIndexing(ctx context.Context, r *repo.Repository, id blob.ID) (repo.Location, bool, error) {
+	if _, _, _, err := r.IndexPacksInMemory(ctx); err != nil {
+		return repo.Location{}, false, err
+	}
+	return r.LookupBlob(ctx, id)
+}
