@@ -18,7 +18,10 @@ import (
 // the bbolt transactions and index files were 0.4 s of CPU, on the
 // critical path). A pack whose header cannot be read is returned in bad
 // and its blobs are not indexed, so what needs them fails by name.
-func (r *Repository) IndexPacksInMemory(ctx context.Context) (packs, blobs int, bad []DamagedPack, err error) {
+//
+// Memory grows by about 70 bytes per blob: past maxBlobs blobs it stops
+// with ErrTooManyForMemory, having indexed nothing (use RebuildIndex).
+func (r *Repository) IndexPacksInMemory(ctx context.Context, maxBlobs int) (packs, blobs int, bad []DamagedPack, err error) {
 	err = r.EachPackFile(ctx, func(id blob.ID, size int64) error {
 		entries, _, err := r.ReadPackHeader(ctx, id)
 		if err != nil {
@@ -33,7 +36,20 @@ func (r *Repository) IndexPacksInMemory(ctx context.Context) (packs, blobs int, 
 		}
 		packs++
 		blobs += len(entries)
+		if blobs > maxBlobs {
+			return ErrTooManyForMemory
+		}
 		return nil
 	}, nil)
-	return packs, blobs, bad, err
+	if err != nil {
+		if rerr := r.idx.Reset(); rerr != nil {
+			return 0, 0, nil, fmt.Errorf("%w (and emptying the index: %v)", err, rerr)
+		}
+		return 0, 0, nil, err
+	}
+	return packs, blobs, bad, nil
 }
+
+// ErrTooManyForMemory says that IndexPacksInMemory met more blobs than it
+// was allowed to hold.
+var ErrTooManyForMemory = errors.New("too many blobs to index in memory")

@@ -2,6 +2,7 @@ package repo_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -40,7 +41,7 @@ func TestIndexPacksInMemory(t *testing.T) {
 		return r
 	}
 	r = open()
-	packs, blobs, bad, err := r.IndexPacksInMemory(ctx)
+	packs, blobs, bad, err := r.IndexPacksInMemory(ctx, 1000)
 	if err != nil || len(bad) != 0 {
 		t.Fatalf("IndexPacksInMemory: %v, damaged %v", err, bad)
 	}
@@ -75,7 +76,7 @@ func TestIndexPacksInMemory(t *testing.T) {
 	}
 	r = open()
 	defer r.Close()
-	packs, _, bad, err = r.IndexPacksInMemory(ctx)
+	packs, _, bad, err = r.IndexPacksInMemory(ctx, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,8 +91,35 @@ func TestIndexPacksInMemory(t *testing.T) {
 
 // lookupAfterIndexing indexes r's packs in memory and looks id up.
 func lookupAfterIndexing(ctx context.Context, r *repo.Repository, id blob.ID) (repo.Location, bool, error) {
-	if _, _, _, err := r.IndexPacksInMemory(ctx); err != nil {
+	if _, _, _, err := r.IndexPacksInMemory(ctx, 1000); err != nil {
 		return repo.Location{}, false, err
 	}
 	return r.LookupBlob(ctx, id)
+}
+
+// Past its bound IndexPacksInMemory stops and leaves nothing indexed.
+func TestIndexPacksInMemoryBound(t *testing.T) {
+	ctx := context.Background()
+	st, cache := cacheRepo(t)
+	r := openIn(t, st, cache)
+	ids := saveRandom(t, r, rand.New(rand.NewPCG(5, 6)), 3)
+	saveRandom(t, r, rand.New(rand.NewPCG(7, 8)), 3)
+	r.Close()
+	dir := st.Location()
+	if err := os.RemoveAll(filepath.Join(dir, "index")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(ctx, enginetest.Local(dir), repo.OpenOptions{CacheDir: t.TempDir(), Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, _, _, err := r.IndexPacksInMemory(ctx, 4); !errors.Is(err, repo.ErrTooManyForMemory) {
+		t.Fatalf("6 blobs with room for 4: %v, want ErrTooManyForMemory", err)
+	}
+	for _, id := range ids {
+		if _, ok, err := r.LookupBlob(ctx, id); err != nil || ok {
+			t.Errorf("blob %s is indexed after the bound was passed (%v)", id.Short(), err)
+		}
+	}
 }

@@ -253,13 +253,8 @@ func restoreFromSpool(ctx context.Context, st repo.Storage, spool string, o Rest
 		return fmt.Errorf("tape restore: open the spooled repository files: %w", err)
 	}
 	defer r.Close()
-	// The spool lives for this command: its index is held in memory.
-	_, _, damaged, err := r.IndexPacksInMemory(ctx)
-	if err != nil {
-		return fmt.Errorf("tape restore: index the spooled packs: %w", err)
-	}
-	for _, d := range damaged {
-		res.Bad = append(res.Bad, tape.Problem{Name: repo.PackName(d.ID), Problem: "its header cannot be read: " + d.Problem})
+	if err := indexSpool(ctx, r, res); err != nil {
+		return err
 	}
 	sn, err := r.FindSnapshot(ctx, res.SnapshotID, repo.SnapshotFilter{})
 	if err != nil {
@@ -271,6 +266,32 @@ func restoreFromSpool(ctx context.Context, st repo.Storage, spool string, o Rest
 		err = fmt.Errorf("tape restore: %d needed members were damaged or missing (%s): %w", len(res.Bad), problems(res.Bad), engine.ErrRestoreIncomplete)
 	}
 	return err
+}
+
+// maxBlobsInMemory bounds the blobs of a spool indexed in memory (about
+// 70 MiB); a larger one is indexed into its cache file.
+var maxBlobsInMemory = 1 << 20
+
+// indexSpool indexes the spool's packs. The spool lives for this command,
+// so its index is held in memory (index files and a cache file were a
+// third of the time before the restore could start); past
+// maxBlobsInMemory blobs it is built in the spool's cache file instead.
+// Packs whose header cannot be read are added to res.Bad.
+func indexSpool(ctx context.Context, r *repo.Repository, res *RestoreResult) error {
+	_, _, damaged, err := r.IndexPacksInMemory(ctx, maxBlobsInMemory)
+	if errors.Is(err, repo.ErrTooManyForMemory) {
+		var rep *repo.RebuildReport
+		if rep, err = r.RebuildIndex(ctx, repo.RebuildOptions{}); err == nil {
+			damaged = rep.Damaged
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("tape restore: index the spooled packs: %w", err)
+	}
+	for _, d := range damaged {
+		res.Bad = append(res.Bad, tape.Problem{Name: repo.PackName(d.ID), Problem: "its header cannot be read: " + d.Problem})
+	}
+	return nil
 }
 
 func problems(ps []tape.Problem) string {

@@ -94,13 +94,20 @@ func TestExportEndOfMediaRestores(t *testing.T) {
 		t.Fatalf("import: %v (%+v)", err, imp)
 	}
 	// The volumes are files: read in place, and copied into the spool as
-	// from a tape device.
-	for _, spool := range []bool{false, true} {
+	// from a tape device; the spool indexed in memory, and (too many blobs
+	// for memory) in its cache file.
+	defer func(n int) { maxBlobsInMemory = n }(maxBlobsInMemory)
+	for _, c := range []struct {
+		spool bool
+		max   int
+	}{{false, 1 << 20}, {true, 1 << 20}, {false, 0}, {true, 0}} {
+		spool := c.spool
+		maxBlobsInMemory = c.max
 		target := t.TempDir()
 		rr, err := Restore(ctx, paths, RestoreOptions{Read: ReadOptions{BlockSize: 4096}, Snapshot: "latest", Spool: spool,
 			Open: enginetest.OpenOptions(), Restore: engine.RestoreOptions{Target: target}})
 		if err != nil {
-			t.Fatalf("tape restore (spool %v): %v", spool, err)
+			t.Fatalf("tape restore (spool %v, %d blobs in memory): %v", spool, c.max, err)
 		}
 		if rr.Files != 3 {
 			t.Errorf("spool %v: restored %d files, want 3", spool, rr.Files)
