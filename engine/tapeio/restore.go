@@ -268,9 +268,10 @@ func restoreFromSpool(ctx context.Context, st repo.Storage, spool string, o Rest
 	return err
 }
 
-// maxBlobsInMemory bounds the blobs of a spool indexed in memory (about
-// 70 MiB); a larger one is indexed into its cache file.
-var maxBlobsInMemory = 1 << 20
+// maxBlobsInMemory bounds the blobs of a spool indexed in memory (at most
+// about 64 MiB; 8 GiB of data in 16 KiB chunks); a larger one is indexed
+// into its cache file.
+var maxBlobsInMemory = 1 << 19
 
 // indexSpool indexes the spool's packs. The spool lives for this command,
 // so its index is held in memory (index files and a cache file were a
