@@ -318,6 +318,22 @@ func (r *Repository) loadOtherCopy(ctx context.Context, id blob.ID, loc index.Lo
 	return nil, err
 }
 
+// OtherCopies returns the packs of the stored copies of blob id other than
+// the one the index names, in a degraded repository (a lost dictionary:
+// a later backup stored a copy that decodes, ReplaceBlob); in a healthy
+// one nil. Tape export lists them in a snapshot's needs, so that a tape
+// restore has the copy that decodes.
+func (r *Repository) OtherCopies(ctx context.Context, id blob.ID) ([]blob.ID, error) {
+	if deg, err := r.Degraded(ctx); err != nil || !deg {
+		return nil, err
+	}
+	var packs []blob.ID
+	for _, l := range r.alternates(ctx, id) {
+		packs = append(packs, l.Pack)
+	}
+	return packs, nil
+}
+
 // alternates returns the stored copies of blob id other than the one the
 // index names: from the index files (read once, then again after this
 // Repository wrote more) and from this process's packs not yet in an index

@@ -2,7 +2,6 @@ package repo_test
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -17,7 +16,7 @@ import (
 // indexed in memory: every blob loads, nothing is stored (no index file,
 // and a later command with the same cache finds none of it), and a pack
 // whose header is unreadable is named while the others still load.
-func TestIndexPacksInMemory(t *testing.T) {
+func TestIndexPacksForCommand(t *testing.T) {
 	ctx := context.Background()
 	st, cache := cacheRepo(t)
 	r := openIn(t, st, cache)
@@ -41,9 +40,9 @@ func TestIndexPacksInMemory(t *testing.T) {
 		return r
 	}
 	r = open()
-	packs, blobs, bad, err := r.IndexPacksInMemory(ctx, 1000)
+	packs, blobs, bad, err := r.IndexPacksForCommand(ctx, 1000)
 	if err != nil || len(bad) != 0 {
-		t.Fatalf("IndexPacksInMemory: %v, damaged %v", err, bad)
+		t.Fatalf("IndexPacksForCommand: %v, damaged %v", err, bad)
 	}
 	if packs != 2 || blobs != 6 {
 		t.Errorf("indexed %d packs and %d blobs, want 2 and 6", packs, blobs)
@@ -76,7 +75,7 @@ func TestIndexPacksInMemory(t *testing.T) {
 	}
 	r = open()
 	defer r.Close()
-	packs, _, bad, err = r.IndexPacksInMemory(ctx, 1000)
+	packs, _, bad, err = r.IndexPacksForCommand(ctx, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,35 +90,47 @@ func TestIndexPacksInMemory(t *testing.T) {
 
 // lookupAfterIndexing indexes r's packs in memory and looks id up.
 func lookupAfterIndexing(ctx context.Context, r *repo.Repository, id blob.ID) (repo.Location, bool, error) {
-	if _, _, _, err := r.IndexPacksInMemory(ctx, 1000); err != nil {
+	if _, _, _, err := r.IndexPacksForCommand(ctx, 1000); err != nil {
 		return repo.Location{}, false, err
 	}
 	return r.LookupBlob(ctx, id)
 }
 
-// Past its bound IndexPacksInMemory stops and leaves nothing indexed.
-func TestIndexPacksInMemoryBound(t *testing.T) {
+// Past its bound in memory IndexPacksForCommand indexes the packs into the
+// cache file, marked so that a later command does not trust that cache.
+func TestIndexPacksForCommandPastTheBound(t *testing.T) {
 	ctx := context.Background()
 	st, cache := cacheRepo(t)
 	r := openIn(t, st, cache)
 	ids := saveRandom(t, r, rand.New(rand.NewPCG(5, 6)), 3)
-	saveRandom(t, r, rand.New(rand.NewPCG(7, 8)), 3)
+	ids = append(ids, saveRandom(t, r, rand.New(rand.NewPCG(7, 8)), 3)...)
 	r.Close()
 	dir := st.Location()
 	if err := os.RemoveAll(filepath.Join(dir, "index")); err != nil {
 		t.Fatal(err)
 	}
-	r, err := repo.Open(ctx, enginetest.Local(dir), repo.OpenOptions{CacheDir: t.TempDir(), Exclusive: true})
-	if err != nil {
+	spoolCache := t.TempDir()
+	open := func() *repo.Repository {
+		r, err := repo.Open(ctx, enginetest.Local(dir), repo.OpenOptions{CacheDir: spoolCache, Exclusive: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r = open()
+	packs, blobs, bad, err := r.IndexPacksForCommand(ctx, 4) // one pack in memory, one in the cache file
+	if err != nil || len(bad) != 0 || packs != 2 || blobs != 6 {
+		t.Fatalf("IndexPacksForCommand: %d packs, %d blobs, damaged %v, %v; want 2, 6", packs, blobs, bad, err)
+	}
+	wantBlobs(t, r, ids, "past the bound")
+	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
+	r = open()
 	defer r.Close()
-	if _, _, _, err := r.IndexPacksInMemory(ctx, 4); !errors.Is(err, repo.ErrTooManyForMemory) {
-		t.Fatalf("6 blobs with room for 4: %v, want ErrTooManyForMemory", err)
-	}
 	for _, id := range ids {
 		if _, ok, err := r.LookupBlob(ctx, id); err != nil || ok {
-			t.Errorf("blob %s is indexed after the bound was passed (%v)", id.Short(), err)
+			t.Errorf("blob %s is indexed for the next command too (%v): the cache of packs in no index file was trusted", id.Short(), err)
 		}
 	}
 }

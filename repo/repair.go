@@ -276,13 +276,12 @@ func (w *indexWriter) flush(ctx context.Context) error {
 func (r *Repository) indexPackHeaders(ctx context.Context, w *indexWriter, readData bool, log *slog.Logger, rep *RebuildReport) ([]DamagedPack, error) {
 	var bad []DamagedPack
 	err := r.EachPackFile(ctx, func(id blob.ID, size int64) error {
-		entries, _, err := r.ReadPackHeader(ctx, id)
+		entries, d, err := r.readHeaderOrDamaged(ctx, id)
 		if err != nil {
-			if errors.Is(err, pack.ErrCorrupt) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-				bad = append(bad, DamagedPack{ID: id, Problem: err.Error(), Lost: -1})
-				return nil
-			}
 			return err
+		} else if d != nil {
+			bad = append(bad, *d)
+			return nil
 		}
 		if readData {
 			d, ok, dropped, err := r.verifyPack(ctx, id, entries)

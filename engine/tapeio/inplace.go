@@ -18,8 +18,7 @@ import (
 // is a regular file: each needed member, once checked against its catalog
 // in the one pass over its volume, is read at its offset in the volume file
 // (a tar member's bytes are contiguous); what the restore writes itself
-// (the index files of the packs) goes to a scratch directory. Members are
-// read-only.
+// (the index cache) goes to a scratch directory. Members are read-only.
 type inPlace struct {
 	scratch *backend.Local
 

@@ -53,11 +53,10 @@ func (f *packFinder) tree(ctx context.Context, id blob.ID) ([]uint32, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	own, err := f.pack(ctx, id)
+	set, err := f.packs(ctx, id, nil)
 	if err != nil {
 		return nil, err
 	}
-	set := []uint32{own}
 	t, err := f.r.LoadTreeLists(ctx, id)
 	if err != nil {
 		return nil, err
@@ -82,11 +81,9 @@ func (f *packFinder) tree(ctx context.Context, id blob.ID) ([]uint32, error) {
 				}
 				set = append(set, sub...)
 			default:
-				p, err := f.pack(ctx, e.ID)
-				if err != nil {
+				if set, err = f.packs(ctx, e.ID, set); err != nil {
 					return nil, err
 				}
-				set = append(set, p)
 			}
 		}
 	}
@@ -101,11 +98,10 @@ func (f *packFinder) list(ctx context.Context, e tree.Extent) ([]uint32, error) 
 	if s, ok := f.below[e.ID]; ok {
 		return s, nil
 	}
-	own, err := f.pack(ctx, e.ID)
+	set, err := f.packs(ctx, e.ID, nil)
 	if err != nil {
 		return nil, err
 	}
-	set := []uint32{own}
 	data, err := f.r.LoadBlob(ctx, e.ID, nil)
 	var ext []tree.Extent
 	if err == nil {
@@ -118,11 +114,9 @@ func (f *packFinder) list(ctx context.Context, e tree.Extent) ([]uint32, error) 
 		if c.Hole {
 			continue
 		}
-		p, err := f.pack(ctx, c.ID)
-		if err != nil {
+		if set, err = f.packs(ctx, c.ID, set); err != nil {
 			return nil, err
 		}
-		set = append(set, p)
 	}
 	return f.remember(e.ID, set), nil
 }
@@ -135,20 +129,29 @@ func (f *packFinder) remember(id blob.ID, set []uint32) []uint32 {
 	return set
 }
 
-// pack returns the number of the pack that holds blob id.
-func (f *packFinder) pack(ctx context.Context, id blob.ID) (uint32, error) {
+// packs appends to set the numbers of the packs that hold blob id: the one
+// the index names and, in a repository that lost a dictionary, those of its
+// other copies (the copy that decodes may be any of them).
+func (f *packFinder) packs(ctx context.Context, id blob.ID, set []uint32) ([]uint32, error) {
 	loc, ok, err := f.r.LookupBlob(ctx, id)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	if !ok {
-		return 0, fmt.Errorf("blob %s is not in the index; run `stasis check`", id.Short())
+		return nil, fmt.Errorf("blob %s is not in the index; run `stasis check`", id.Short())
 	}
-	n, ok := f.nums[loc.Pack]
-	if !ok {
-		n = uint32(len(f.names))
-		f.names = append(f.names, repo.PackName(loc.Pack))
-		f.nums[loc.Pack] = n
+	others, err := f.r.OtherCopies(ctx, id)
+	if err != nil {
+		return nil, err
 	}
-	return n, nil
+	for _, p := range append([]blob.ID{loc.Pack}, others...) {
+		n, ok := f.nums[p]
+		if !ok {
+			n = uint32(len(f.names))
+			f.names = append(f.names, repo.PackName(p))
+			f.nums[p] = n
+		}
+		set = append(set, n)
+	}
+	return set, nil
 }

@@ -32,7 +32,7 @@ type RestoreOptions struct {
 	// SpoolDir is where the needed packs are kept while restoring (a new
 	// temporary directory below it, removed at the end); "" is os.TempDir.
 	// When every needed volume is a regular file, the packs are read in
-	// place instead and the spool holds only an empty index cache.
+	// place instead and the spool holds only the index cache.
 	SpoolDir string
 	// Spool copies the needed members into the spool even when the
 	// volumes are regular files (volumes on a tape device always are).
@@ -269,29 +269,23 @@ func restoreFromSpool(ctx context.Context, st repo.Storage, spool string, o Rest
 }
 
 // maxBlobsInMemory bounds the blobs of a spool indexed in memory (at most
-// about 64 MiB; 8 GiB of data in 16 KiB chunks); a larger one is indexed
-// into its cache file.
+// about 64 MiB; 8 GiB of data in 16 KiB chunks); the packs past it are
+// indexed into the spool's cache file.
 var maxBlobsInMemory = 1 << 19
 
-// indexSpool indexes the spool's packs. The spool lives for this command,
-// so its index is held in memory (index files and a cache file were a
-// third of the time before the restore could start); past
-// maxBlobsInMemory blobs it is built in the spool's cache file instead.
-// Packs whose header cannot be read are added to res.Bad.
+// indexSpool indexes the spool's packs for this command only (it lives for
+// this command: index files and a cache file were a third of the time
+// before the restore could start). Packs whose header cannot be read are
+// added to res.Bad.
 func indexSpool(ctx context.Context, r *repo.Repository, res *RestoreResult) error {
-	_, _, damaged, err := r.IndexPacksInMemory(ctx, maxBlobsInMemory)
-	if errors.Is(err, repo.ErrTooManyForMemory) {
-		var rep *repo.RebuildReport
-		if rep, err = r.RebuildIndex(ctx, repo.RebuildOptions{}); err == nil {
-			damaged = rep.Damaged
-		}
-	}
+	_, _, damaged, err := r.IndexPacksForCommand(ctx, maxBlobsInMemory)
 	if err != nil {
 		return fmt.Errorf("tape restore: index the spooled packs: %w", err)
 	}
 	for _, d := range damaged {
 		res.Bad = append(res.Bad, tape.Problem{Name: repo.PackName(d.ID), Problem: "its header cannot be read: " + d.Problem})
 	}
+	sort.Slice(res.Bad, func(i, j int) bool { return res.Bad[i].Name < res.Bad[j].Name })
 	return nil
 }
 

@@ -183,3 +183,26 @@ func TestHasAllIsEveryHas(t *testing.T) {
 		}
 	}
 }
+
+// Hold keeps the first location of a blob and returns the other copies.
+func TestHoldReturnsOtherCopies(t *testing.T) {
+	ix, err := Open(filepath.Join(t.TempDir(), "index.db"), []byte("repo"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.Close()
+	a, b := blob.ID{1}, blob.ID{2}
+	p1 := []pack.Entry{{ID: a, Offset: 0, Length: 10}, {ID: b, Offset: 10, Length: 10}}
+	dups, err := ix.Hold(blob.ID{0xa1}, 100, p1)
+	if err != nil || len(dups) != 0 {
+		t.Fatalf("first pack: dups %v, %v", dups, err)
+	}
+	p2 := []pack.Entry{{ID: b, Offset: 0, Length: 10}}
+	dups, err = ix.Hold(blob.ID{0xa2}, 100, p2)
+	if err != nil || len(dups) != 1 || dups[0].ID != b {
+		t.Fatalf("second pack: dups %v, %v; want the copy of %s", dups, err, b.Short())
+	}
+	if loc, ok, err := ix.Lookup(b); err != nil || !ok || loc.Pack != (blob.ID{0xa1}) {
+		t.Errorf("lookup %s: %+v %v %v, want the first pack's copy", b.Short(), loc, ok, err)
+	}
+}

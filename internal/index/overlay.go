@@ -48,6 +48,13 @@ func (ix *Index) location(l overlayLoc) Location {
 // found in the overlay first, at a location as valid as the file's, and
 // checking would fault file pages into the process for every new blob.
 func (ix *Index) addOverlay(id blob.ID, size uint64, entries []pack.Entry) error {
+	_, err := ix.addOverlayDups(id, size, entries, false)
+	return err
+}
+
+// addOverlayDups is addOverlay; with dups it returns the entries whose blob
+// the overlay held already (at another location).
+func (ix *Index) addOverlayDups(id blob.ID, size uint64, entries []pack.Entry, dups bool) ([]pack.Entry, error) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	num, ok := ix.oPackNums[id]
@@ -57,17 +64,21 @@ func (ix *Index) addOverlay(id blob.ID, size uint64, entries []pack.Entry) error
 		ix.oPackNums[id] = num
 	}
 	ix.oPacks[id] = PackInfo{Size: size, Count: uint32(len(entries)), Type: packType(entries)}
+	var held []pack.Entry
 	for _, e := range entries {
-		if _, ok := ix.overlay[e.ID]; ok {
+		if l, ok := ix.overlay[e.ID]; ok {
+			if dups && (l.pack != num || uint64(l.offset) != e.Offset) {
+				held = append(held, e)
+			}
 			continue
 		}
 		if e.Offset > 1<<32-1 {
-			return fmt.Errorf("index: blob %s at offset %d: packs larger than 4 GiB are not supported", e.ID.Short(), e.Offset)
+			return nil, fmt.Errorf("index: blob %s at offset %d: packs larger than 4 GiB are not supported", e.ID.Short(), e.Offset)
 		}
 		ix.overlay[e.ID] = overlayLoc{pack: num, typ: e.Type, storage: e.Storage, offset: uint32(e.Offset),
 			length: e.Length, rawLength: e.RawLength, inner: e.Inner}
 	}
-	return nil
+	return held, nil
 }
 
 // OverlaySize returns the number of blobs held in memory because the cache
@@ -218,7 +229,8 @@ func (ix *Index) Reset() error {
 // Hold adds a pack to the in-memory overlay only, also when the cache file
 // is open for writing: for a repository that lives for one command (a tape
 // restore's spool), whose index is never kept, so that indexing it costs
-// neither transactions nor index files.
-func (ix *Index) Hold(id blob.ID, size uint64, entries []pack.Entry) error {
-	return ix.addOverlay(id, size, entries)
+// neither transactions nor index files. It returns the entries whose blob
+// the overlay already held at another location (other copies of it).
+func (ix *Index) Hold(id blob.ID, size uint64, entries []pack.Entry) (dups []pack.Entry, err error) {
+	return ix.addOverlayDups(id, size, entries, true)
 }
