@@ -18,28 +18,9 @@ import (
 // whose header is unreadable is named while the others still load.
 func TestIndexPacksForCommand(t *testing.T) {
 	ctx := context.Background()
-	st, cache := cacheRepo(t)
-	r := openIn(t, st, cache)
-	rng := rand.New(rand.NewPCG(3, 4))
-	first := saveRandom(t, r, rng, 3)
-	second := saveRandom(t, r, rng, 3)
-	if err := r.Close(); err != nil {
-		t.Fatal(err)
-	}
-	// The spool: the repository's files but its index files, and a new cache.
-	dir := st.Location()
-	if err := os.RemoveAll(filepath.Join(dir, "index")); err != nil {
-		t.Fatal(err)
-	}
-	spoolCache := t.TempDir()
-	open := func() *repo.Repository {
-		r, err := repo.Open(ctx, enginetest.Local(dir), repo.OpenOptions{CacheDir: spoolCache, Exclusive: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
-	r = open()
+	dir, open, packIDs := spoolOfTwoPacks(t)
+	first, second := packIDs[0], packIDs[1]
+	r := open()
 	packs, blobs, bad, err := r.IndexPacksForCommand(ctx, 1000)
 	if err != nil || len(bad) != 0 {
 		t.Fatalf("IndexPacksForCommand: %v, damaged %v", err, bad)
@@ -100,24 +81,9 @@ func lookupAfterIndexing(ctx context.Context, r *repo.Repository, id blob.ID) (r
 // cache file, marked so that a later command does not trust that cache.
 func TestIndexPacksForCommandPastTheBound(t *testing.T) {
 	ctx := context.Background()
-	st, cache := cacheRepo(t)
-	r := openIn(t, st, cache)
-	ids := saveRandom(t, r, rand.New(rand.NewPCG(5, 6)), 3)
-	ids = append(ids, saveRandom(t, r, rand.New(rand.NewPCG(7, 8)), 3)...)
-	r.Close()
-	dir := st.Location()
-	if err := os.RemoveAll(filepath.Join(dir, "index")); err != nil {
-		t.Fatal(err)
-	}
-	spoolCache := t.TempDir()
-	open := func() *repo.Repository {
-		r, err := repo.Open(ctx, enginetest.Local(dir), repo.OpenOptions{CacheDir: spoolCache, Exclusive: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
-	r = open()
+	_, open, packIDs := spoolOfTwoPacks(t)
+	ids := append(append([]blob.ID{}, packIDs[0]...), packIDs[1]...)
+	r := open()
 	packs, blobs, bad, err := r.IndexPacksForCommand(ctx, 4) // one pack in memory, one in the cache file
 	if err != nil || len(bad) != 0 || packs != 2 || blobs != 6 {
 		t.Fatalf("IndexPacksForCommand: %d packs, %d blobs, damaged %v, %v; want 2, 6", packs, blobs, bad, err)
@@ -133,4 +99,33 @@ func TestIndexPacksForCommandPastTheBound(t *testing.T) {
 			t.Errorf("blob %s is indexed for the next command too (%v): the cache of packs in no index file was trusted", id.Short(), err)
 		}
 	}
+}
+
+// spoolOfTwoPacks makes a repository of two packs of three blobs each (ids
+// by pack) and deletes its index files, as in tape restore's spool; open
+// opens it for one command with a cache of its own.
+func spoolOfTwoPacks(t *testing.T) (dir string, open func() *repo.Repository, ids [2][]blob.ID) {
+	t.Helper()
+	st, cache := cacheRepo(t)
+	r := openIn(t, st, cache)
+	rng := rand.New(rand.NewPCG(3, 4))
+	ids[0] = saveRandom(t, r, rng, 3)
+	ids[1] = saveRandom(t, r, rng, 3)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dir = st.Location()
+	if err := os.RemoveAll(filepath.Join(dir, "index")); err != nil {
+		t.Fatal(err)
+	}
+	spoolCache := t.TempDir()
+	open = func() *repo.Repository {
+		t.Helper()
+		r, err := repo.Open(context.Background(), enginetest.Local(dir), repo.OpenOptions{CacheDir: spoolCache, Exclusive: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	return dir, open, ids
 }
