@@ -242,8 +242,9 @@ func spoolVolume(ctx context.Context, keep keeper, v *VolumeFile, known map[int]
 }
 
 // restoreFromSpool opens the spooled repository files in st (the spool
-// directory's repo), indexes the spooled packs in memory and restores the snapshot
-// res names, setting res.RestoreResult.
+// directory's repo), indexes the spooled packs for this command
+// (indexSpool) and restores the snapshot res names, setting
+// res.RestoreResult.
 func restoreFromSpool(ctx context.Context, st repo.Storage, spool string, o RestoreOptions, log *slog.Logger, res *RestoreResult) error {
 	oo := o.Open
 	oo.Exclusive = true                         // the spool is this command's alone
